@@ -1,0 +1,77 @@
+"""``MemoryConfig``: every knob in one dataclass, environment read in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_HOME = "~/.neuralsync2/memory"
+HOME_ENV = "NEURALSYNC_HOME"
+DURABILITY_LEVELS = ("normal", "full")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Settings of one store. Paths starting with ``~`` are expanded on use.
+
+    ``base_path`` holds ``memory.db`` and the replica's key. ``pool_size_mb``
+    is the memory-mapped window over the database file (SQLite ``mmap_size``).
+    ``durability`` ``"normal"`` survives a crashed process (WAL, no fsync per
+    commit); ``"full"`` also survives power loss at an fsync per commit.
+    """
+
+    base_path: str | os.PathLike[str] = DEFAULT_HOME
+    target_response_time_ms: float = 5.0
+    enable_auto_optimization: bool = True
+    pool_size_mb: int = 512
+    cache_size_mb: int = 64
+    durability: str = "normal"
+    busy_timeout_ms: int = 10_000
+    max_content_chars: int = 100_000
+    max_tags: int = 64
+    max_tag_chars: int = 128
+    max_metadata_bytes: int = 64 * 1024
+    max_top_k: int = 1000
+    redact_secrets: bool = True
+    extra_secret_patterns: tuple[str, ...] = ()
+    tool: str | None = None
+    monitor_samples: int = 4096
+    # Recall work bound: at most this many FTS matches are scored per query
+    # term set; beyond it, scoring is restricted to the newest matching rows.
+    text_match_budget: int = 4000
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_LEVELS:
+            raise ConfigError(f"durability must be one of {DURABILITY_LEVELS}, not {self.durability!r}")
+        for name in ("pool_size_mb", "cache_size_mb", "busy_timeout_ms", "max_content_chars",
+                     "max_top_k", "text_match_budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.target_response_time_ms <= 0:
+            raise ConfigError("target_response_time_ms must be positive")
+
+    @property
+    def home(self) -> Path:
+        """The store directory, with ``~`` expanded (not created)."""
+        return Path(os.path.expanduser(os.fspath(self.base_path)))
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file of this store."""
+        return self.home / "memory.db"
+
+    @property
+    def key_path(self) -> Path:
+        """This replica's Ed25519 private key (mode 0600)."""
+        return self.home / "identity.key"
+
+    @classmethod
+    def from_env(cls, base_path: str | os.PathLike[str] | None = None, **overrides: object) -> MemoryConfig:
+        """Config for entry points: ``base_path`` argument, else ``$NEURALSYNC_HOME``, else the default."""
+        path = base_path or os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return replace(cls(base_path=path), **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""Ops of the hash-linked, signed log: canonical encoding, hashing, signing, checks.
+
+Design (Kleppmann, "Making CRDTs Byzantine Fault Tolerant", PaPoC 2022):
+an op's id is SHA-256 over a typed, length-prefixed canonical encoding of
+``{v, kind, record_id, fields, hlc, author, preds}``; the author is the Ed25519
+public key itself, so a signature can be checked from the op alone; ``preds``
+are the ids of the heads the author had seen. Validity depends only on the op
+(and, in the sync layer, its ancestors) - never on local clock or config.
+
+The encoding is our own rather than JSON so that floats, integers and nesting
+have exactly one byte form: each value is a one-byte type tag, then a 4-byte
+big-endian length (or fixed width), then the payload; map keys are sorted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from .clock import HLC_MAX
+from .errors import InvalidOp
+from .model import Op
+
+FORMAT_VERSION = 1
+OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona"})
+MAX_OP_BYTES = 1 << 20  # one op, encoded
+MAX_PREDS = 64
+MAX_DEPTH = 8
+SIG_DOMAIN = b"neuralsync-op-v1\x00"
+
+_I64 = struct.Struct(">q")
+_F64 = struct.Struct(">d")
+_LEN = struct.Struct(">I")
+
+
+# ---------------------------------------------------------------- encoding
+def encode(value: Any) -> bytes:
+    """The canonical byte form of a JSON-like value (None, bool, int, float, str, bytes, list, dict)."""
+    out: list[bytes] = []
+    _encode(value, out, 0)
+    return b"".join(out)
+
+
+def _encode(value: Any, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidOp("value nested too deeply")
+    if value is None:
+        out.append(b"N")
+    elif value is True:
+        out.append(b"T")
+    elif value is False:
+        out.append(b"F")
+    elif isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise InvalidOp("integer outside the signed 64-bit range")
+        out.append(b"i" + _I64.pack(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidOp("non-finite float")
+        out.append(b"f" + _F64.pack(value + 0.0))  # + 0.0 folds -0.0 into 0.0
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        out.append(b"s" + _LEN.pack(len(raw)) + raw)
+    elif isinstance(value, bytes):
+        out.append(b"b" + _LEN.pack(len(value)) + value)
+    elif isinstance(value, (list, tuple)):
+        out.append(b"l" + _LEN.pack(len(value)))
+        for item in value:
+            _encode(item, out, depth + 1)
+    elif isinstance(value, dict):
+        out.append(b"d" + _LEN.pack(len(value)))
+        for key in sorted(value):
+            if not isinstance(key, str):
+                raise InvalidOp("map keys must be strings")
+            _encode(key, out, depth + 1)
+            _encode(value[key], out, depth + 1)
+    else:
+        raise InvalidOp(f"cannot encode a {type(value).__name__}")
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of :func:`encode`; rejects trailing bytes and non-canonical maps."""
+    value, end = _decode(memoryview(data), 0, 0)
+    if end != len(data):
+        raise InvalidOp("trailing bytes after encoded value")
+    return value
+
+
+def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
+    if depth > MAX_DEPTH:
+        raise InvalidOp("value nested too deeply")
+    try:
+        tag = bytes(buf[pos : pos + 1])
+        pos += 1
+        if tag in (b"N", b"T", b"F"):
+            return {b"N": None, b"T": True, b"F": False}[tag], pos
+        if tag == b"i":
+            return _I64.unpack_from(buf, pos)[0], pos + 8
+        if tag == b"f":
+            number = _F64.unpack_from(buf, pos)[0]
+            if not math.isfinite(number) or (number == 0.0 and math.copysign(1, number) < 0):
+                raise InvalidOp("non-canonical float")
+            return number, pos + 8
+        (length,) = _LEN.unpack_from(buf, pos)
+        pos += 4
+        if tag in (b"s", b"b"):
+            if pos + length > len(buf):
+                raise InvalidOp("truncated value")
+            raw = bytes(buf[pos : pos + length])
+            return (raw.decode("utf-8") if tag == b"s" else raw), pos + length
+        if tag == b"l":
+            items = []
+            for _ in range(length):
+                item, pos = _decode(buf, pos, depth + 1)
+                items.append(item)
+            return items, pos
+        if tag == b"d":
+            return _decode_map(buf, pos, depth, length)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise InvalidOp(f"malformed encoding: {exc}") from None
+    raise InvalidOp(f"unknown type tag {tag!r}")
+
+
+def _decode_map(buf: memoryview, pos: int, depth: int, length: int) -> tuple[dict[str, Any], int]:
+    result: dict[str, Any] = {}
+    previous: str | None = None
+    for _ in range(length):
+        key, pos = _decode(buf, pos, depth + 1)
+        if not isinstance(key, str) or (previous is not None and key <= previous):
+            raise InvalidOp("map keys must be unique strings in sorted order")
+        result[key], pos = _decode(buf, pos, depth + 1)
+        previous = key
+    return result, pos
+
+
+# ---------------------------------------------------------------- ops
+def op_body(kind: str, record_id: str, fields: dict[str, Any], hlc: int, author: bytes,
+            preds: Iterable[bytes]) -> bytes:
+    """The canonical body whose SHA-256 is the op id. Preds are sorted: a set, not a list."""
+    return encode({
+        "v": FORMAT_VERSION,
+        "kind": kind,
+        "record_id": record_id,
+        "fields": fields,
+        "hlc": hlc,
+        "author": author,
+        "preds": sorted(preds),
+    })
+
+
+def op_id(body: bytes) -> bytes:
+    """The 32-byte id of an op body."""
+    return hashlib.sha256(body).digest()
+
+
+def make_op(key: nacl.signing.SigningKey, kind: str, record_id: str, fields: dict[str, Any],
+            hlc: int, preds: Iterable[bytes]) -> Op:
+    """Build, hash and sign a new op authored by ``key``."""
+    author = bytes(key.verify_key)
+    pred_list = tuple(sorted(preds))
+    body = op_body(kind, record_id, fields, hlc, author, pred_list)
+    if len(body) > MAX_OP_BYTES:
+        raise InvalidOp(f"op of {len(body)} bytes exceeds {MAX_OP_BYTES}")
+    oid = op_id(body)
+    sig = key.sign(SIG_DOMAIN + oid).signature
+    return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body)
+
+
+def parse_op(body: bytes, sig: bytes) -> Op:
+    """Decode and fully check an op received as bytes (from the log or a peer).
+
+    Checks structure, bounds and the signature. Checks that need the rest of the
+    log (predecessors present, clock above theirs) belong to the caller.
+    """
+    if len(body) > MAX_OP_BYTES:
+        raise InvalidOp("op too large")
+    data = decode(body)
+    if not isinstance(data, dict) or set(data) != {"v", "kind", "record_id", "fields", "hlc", "author", "preds"}:
+        raise InvalidOp("op body has the wrong set of keys")
+    if data["v"] != FORMAT_VERSION:
+        raise InvalidOp(f"unsupported op format version {data['v']!r}")
+    kind, record_id, fields = data["kind"], data["record_id"], data["fields"]
+    hlc, author, preds = data["hlc"], data["author"], data["preds"]
+    if kind not in OP_KINDS:
+        raise InvalidOp(f"unknown op kind {kind!r}")
+    if not isinstance(record_id, str) or not 0 < len(record_id) <= 128:
+        raise InvalidOp("bad record_id")
+    if not isinstance(fields, dict):
+        raise InvalidOp("fields must be a map")
+    if not isinstance(hlc, int) or isinstance(hlc, bool) or not 0 < hlc <= HLC_MAX:
+        raise InvalidOp("hlc out of range")
+    if not isinstance(author, bytes) or len(author) != 32:
+        raise InvalidOp("author must be a 32-byte Ed25519 public key")
+    if (not isinstance(preds, list) or len(preds) > MAX_PREDS
+            or any(not isinstance(p, bytes) or len(p) != 32 for p in preds)
+            or preds != sorted(set(preds))):
+        raise InvalidOp("preds must be a sorted set of at most 64 op ids")
+    oid = op_id(body)
+    verify_signature(author, oid, sig)
+    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body)
+
+
+def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:
+    """Raise :class:`InvalidOp` unless ``sig`` is ``author``'s signature of ``oid``."""
+    try:
+        nacl.signing.VerifyKey(author).verify(SIG_DOMAIN + oid, sig)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        raise InvalidOp("bad signature") from None

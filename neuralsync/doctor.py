@@ -1,0 +1,149 @@
+"""Integrity checks: SQLite, FTS, every op's hash and signature, and a rebuild
+of the materialised state from the log into a scratch database.
+
+The state digest covers what replicas must agree on (memories, tags,
+tombstones, persona, heads) and nothing local (rowids, access statistics,
+apply order), so two replicas holding the same ops report the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import crdt
+from .errors import InvalidOp
+from .materialize import apply_op
+from .schema import MIGRATIONS
+from .storage import Storage
+from .store import Store
+
+Progress = Callable[[int, int], None]
+MAX_LISTED = 20
+
+_DIGEST_QUERIES = (
+    "SELECT id, content, tags, scope, kind, tool, source, session, priority, confidence, metadata,"
+    " created_at, updated_at, expires_at, content_hash FROM memories ORDER BY id",
+    "SELECT record_id FROM tombstones ORDER BY record_id",
+    "SELECT key, value FROM kv ORDER BY key",
+    "SELECT id FROM heads ORDER BY id",
+)
+
+
+@dataclass
+class DoctorReport:
+    """What ``doctor`` found; ``ok`` is True when every check passed."""
+
+    ok: bool = True
+    integrity: str = "ok"
+    fts: str = "ok"
+    ops_checked: int = 0
+    bad_ops: list[str] = field(default_factory=list)
+    digest: str = ""
+    rebuilt_digest: str = ""
+    differences: list[str] = field(default_factory=list)
+    memories: int = 0
+
+    def fail(self, message: str, bucket: list[str]) -> None:
+        """Record one problem (the list is capped, ``ok`` flips either way)."""
+        self.ok = False
+        if len(bucket) < MAX_LISTED:
+            bucket.append(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dict(self.__dict__)
+
+
+def state_digest(conn: sqlite3.Connection) -> str:
+    """SHA-256 over the replicated state in canonical order."""
+    digest = hashlib.sha256()
+    for sql in _DIGEST_QUERIES:
+        digest.update(sql.encode())
+        for row in conn.execute(sql):
+            digest.update(crdt.encode(list(row)))
+    return digest.hexdigest()
+
+
+def run_doctor(store: Store, progress: Progress | None = None, quick: bool = False) -> DoctorReport:
+    """Check everything; ``quick`` uses ``PRAGMA quick_check`` instead of a full integrity check."""
+    report = DoctorReport()
+    conn = store.storage.conn
+    report.integrity = ", ".join(r[0] for r in conn.execute(
+        "PRAGMA quick_check" if quick else "PRAGMA integrity_check"))
+    if report.integrity != "ok":
+        report.ok = False
+    try:
+        conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        report.fts = f"FTS index does not match the memories table: {exc}"
+        report.ok = False
+    report.memories = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+    with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir:
+        scratch = Storage(replace(store.config, durability="normal"), Path(scratch_dir) / "rebuild.db")
+        try:
+            scratch.migrate(MIGRATIONS)
+            _replay(store, scratch, report, progress)
+            report.rebuilt_digest = state_digest(scratch.conn)
+            with store.storage.read() as live:
+                report.digest = state_digest(live)
+            if report.digest != report.rebuilt_digest:
+                _diff(store.storage.conn, scratch.conn, report)
+        finally:
+            scratch.close()
+    return report
+
+
+def _replay(store: Store, scratch: Storage, report: DoctorReport, progress: Progress | None) -> None:
+    """Verify each op and apply it to the scratch store in log order."""
+    total = store.storage.conn.execute("SELECT count(*) FROM ops").fetchone()[0]
+    seen_hlc: dict[bytes, int] = {}
+    last_seq = 0
+    while True:
+        rows = store.storage.conn.execute(
+            "SELECT seq, id, body, sig FROM ops WHERE seq > ? ORDER BY seq LIMIT 2000", (last_seq,)).fetchall()
+        if not rows:
+            break
+        with scratch.write() as conn:
+            for seq, stored_id, body, sig in rows:
+                _check_and_apply(conn, seq, stored_id, body, sig, seen_hlc, report)
+        last_seq = rows[-1][0]
+        if progress:
+            progress(report.ops_checked, total)
+
+
+def _check_and_apply(conn: sqlite3.Connection, seq: int, stored_id: bytes, body: bytes, sig: bytes,
+                     seen_hlc: dict[bytes, int], report: DoctorReport) -> None:
+    report.ops_checked += 1
+    try:
+        op = crdt.parse_op(body, sig)
+        if op.id != stored_id:
+            raise InvalidOp("stored id is not the hash of the body")
+        missing = [p for p in op.preds if p not in seen_hlc]
+        if missing:
+            raise InvalidOp(f"predecessor {missing[0].hex()[:16]} not earlier in the log")
+        if op.preds and op.hlc <= max(seen_hlc[p] for p in op.preds):
+            raise InvalidOp("clock not above its predecessors'")
+    except InvalidOp as exc:
+        report.fail(f"op #{seq} {stored_id.hex()[:16]}: {exc}", report.bad_ops)
+        return
+    seen_hlc[op.id] = op.hlc
+    apply_op(conn, op)
+
+
+def _diff(live: sqlite3.Connection, rebuilt: sqlite3.Connection, report: DoctorReport) -> None:
+    sql = _DIGEST_QUERIES[0]
+    a = {row[0]: row for row in live.execute(sql)}
+    b = {row[0]: row for row in rebuilt.execute(sql)}
+    for record_id in sorted(a.keys() | b.keys()):
+        if a.get(record_id) != b.get(record_id):
+            where = "missing from rebuild" if record_id not in b else (
+                "missing from store" if record_id not in a else "differs")
+            report.fail(f"memory {record_id}: {where}", report.differences)
+    if not report.differences:
+        report.fail("tombstones, persona or heads differ from the rebuild", report.differences)

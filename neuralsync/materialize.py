@@ -1,0 +1,206 @@
+"""Apply ops to the derived tables: the single path for local writes, remote ops and rebuilds.
+
+``apply_op`` inserts the op into the log, moves the heads and updates the
+materialised tables (memories, tags, FTS, persona) inside the caller's
+transaction. The state it produces depends only on the set of ops applied
+(given that each op is applied after its predecessors):
+
+- scalar fields: last-writer-wins per field by the clock ``(hlc, author, op id)``;
+  an op's hlc always exceeds its predecessors', so causally later writes win;
+- tags: observed-remove set; a remove names the add ops it saw;
+- delete: removes the record and leaves a tombstone; later ops on it are no-ops.
+  (Concurrent update-wins semantics arrive with replication, issue 5.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any
+
+from .clock import hlc_ms
+from .model import UPDATABLE_FIELDS, Op
+from .utils import now_ms
+
+TAG_SEP = "\x1f"  # tags column separator; a word separator for the FTS tokenizer
+
+
+def clock_of(op: Op) -> bytes:
+    """The total order used for last-writer-wins: hlc, then author, then op id."""
+    return op.hlc.to_bytes(8, "big") + op.author + op.id
+
+
+def content_hash(content: str) -> str:
+    """Short, stable hash of the content (duplicate detection)."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+
+
+def dump_metadata(value: dict[str, Any]) -> str:
+    """Canonical JSON text of a metadata dict."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def apply_op(conn: sqlite3.Connection, op: Op) -> bool:
+    """Insert ``op`` into the log and materialise it. False if it was already applied."""
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms()),
+    )
+    if cursor.rowcount == 0:
+        return False
+    if op.preds:
+        conn.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in op.preds])
+    conn.execute("INSERT INTO heads(id) VALUES (?)", (op.id,))
+    _HANDLERS[op.kind](conn, op)
+    return True
+
+
+# ------------------------------------------------------------------ handlers
+def _create(conn: sqlite3.Connection, op: Op) -> None:
+    if _tombstoned(conn, op.record_id):
+        return
+    if _row(conn, op.record_id) is not None:
+        # A second create for a known id (a replayed import from another replica):
+        # treat its fields as an update and its tags as adds, so the result is
+        # the same whichever create arrived first.
+        _update(conn, op)
+        for tag in op.fields.get("tags", ()):
+            _add_tag(conn, op, tag)
+        return
+    f = op.fields
+    tags = sorted(set(f.get("tags", ())))
+    content = f["content"]
+    created = f.get("created_at", hlc_ms(op.hlc))
+    cursor = conn.execute(
+        "INSERT INTO memories(id, content, tags, scope, kind, tool, source, session, priority,"
+        " confidence, metadata, created_at, updated_at, expires_at, content_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.record_id, content, TAG_SEP.join(tags), f["scope"], f["kind"], f.get("tool"),
+         f.get("source"), f.get("session"), f["priority"], f["confidence"],
+         dump_metadata(f.get("metadata") or {}), created, max(created, hlc_ms(op.hlc)),
+         f.get("expires_at"), content_hash(content)),
+    )
+    mem = cursor.lastrowid
+    if tags:
+        conn.executemany("INSERT INTO tags(mem, tag, add_op) VALUES (?, ?, ?)",
+                         [(mem, tag, op.id) for tag in tags])
+    conn.execute("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)",
+                 (mem, content, TAG_SEP.join(tags), f["scope"]))
+
+
+def _update(conn: sqlite3.Connection, op: Op) -> None:
+    row = conn.execute("SELECT rowid, content, tags, scope, clocks, updated_at FROM memories WHERE id = ?",
+                       (op.record_id,)).fetchone()
+    if row is None:
+        return  # deleted (tombstone) - nothing to update
+    mem, old_content, tag_text, old_scope, clocks_text, updated_at = row
+    clocks: dict[str, str] = json.loads(clocks_text) if clocks_text else {}
+    base = _create_clock(conn, op.record_id)
+    mine = clock_of(op)
+    changes: dict[str, Any] = {}
+    for field, value in op.fields.items():
+        if field not in UPDATABLE_FIELDS:
+            continue  # unknown to this version: ignored alike on every replica
+        current = bytes.fromhex(clocks[field]) if field in clocks else base
+        if mine > current:
+            changes[field] = dump_metadata(value) if field == "metadata" else value
+            clocks[field] = mine.hex()
+    if "content" in changes:
+        changes["content_hash"] = content_hash(changes["content"])
+    changes["clocks"] = json.dumps(clocks, sort_keys=True) if clocks else None
+    changes["updated_at"] = max(updated_at, hlc_ms(op.hlc))
+    assignments = ", ".join(f"{name} = ?" for name in changes)
+    conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
+    new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
+    if (new_content, new_scope) != (old_content, old_scope):
+        _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
+
+
+def _create_clock(conn: sqlite3.Connection, record_id: str) -> bytes:
+    row = conn.execute("SELECT max(hlc), author, id FROM ops WHERE record_id = ? AND kind = 'create'",
+                       (record_id,)).fetchone()
+    if row is None or row[0] is None:
+        return b""
+    return int(row[0]).to_bytes(8, "big") + row[1] + row[2]
+
+
+def _tag_add(conn: sqlite3.Connection, op: Op) -> None:
+    _add_tag(conn, op, op.fields["tag"])
+
+
+def _add_tag(conn: sqlite3.Connection, op: Op, tag: str) -> None:
+    row = _row(conn, op.record_id)
+    if row is None:
+        return
+    conn.execute("INSERT OR IGNORE INTO tags(mem, tag, add_op) VALUES (?, ?, ?)", (row[0], tag, op.id))
+    _refresh_tags(conn, row, hlc_ms(op.hlc))
+
+
+def _tag_remove(conn: sqlite3.Connection, op: Op) -> None:
+    row = _row(conn, op.record_id)
+    if row is None:
+        return
+    conn.executemany("DELETE FROM tags WHERE mem = ? AND tag = ? AND add_op = ?",
+                     [(row[0], op.fields["tag"], add) for add in op.fields.get("removes", ())])
+    _refresh_tags(conn, row, hlc_ms(op.hlc))
+
+
+def _refresh_tags(conn: sqlite3.Connection, row: tuple[Any, ...], at_ms: int) -> None:
+    mem, content, old_tags, scope = row
+    tags = [t for (t,) in conn.execute("SELECT DISTINCT tag FROM tags WHERE mem = ? ORDER BY tag", (mem,))]
+    new_tags = TAG_SEP.join(tags)
+    conn.execute("UPDATE memories SET tags = ?, updated_at = max(updated_at, ?) WHERE rowid = ?",
+                 (new_tags, at_ms, mem))
+    if new_tags != old_tags:
+        _reindex(conn, mem, (content, old_tags, scope), (content, new_tags, scope))
+
+
+def _delete(conn: sqlite3.Connection, op: Op) -> None:
+    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
+    row = _row(conn, op.record_id)
+    if row is None:
+        return
+    mem, content, tags, scope = row
+    conn.execute("INSERT INTO memories_fts(memories_fts, rowid, content, tags, scope)"
+                 " VALUES ('delete', ?, ?, ?, ?)", (mem, content, tags, scope))
+    conn.execute("DELETE FROM tags WHERE mem = ?", (mem,))
+    conn.execute("DELETE FROM access WHERE mem = ?", (mem,))
+    conn.execute("DELETE FROM memories WHERE rowid = ?", (mem,))
+
+
+def _persona(conn: sqlite3.Connection, op: Op) -> None:
+    key = op.fields.get("key", "persona")
+    mine = clock_of(op)
+    row = conn.execute("SELECT clock FROM kv WHERE key = ?", (key,)).fetchone()
+    if row is None or mine > row[0]:
+        conn.execute("INSERT OR REPLACE INTO kv(key, value, clock) VALUES (?, ?, ?)",
+                     (key, op.fields["text"], mine))
+
+
+# ------------------------------------------------------------------ helpers
+def _row(conn: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
+    return conn.execute("SELECT rowid, content, tags, scope FROM memories WHERE id = ?",
+                        (record_id,)).fetchone()
+
+
+def _tombstoned(conn: sqlite3.Connection, record_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM tombstones WHERE record_id = ?", (record_id,)).fetchone() is not None
+
+
+def _reindex(conn: sqlite3.Connection, mem: int, old: tuple[str, str, str], new: tuple[str, str, str]) -> None:
+    """Replace a row's FTS entry; external-content FTS needs the exact old values to delete."""
+    conn.execute("INSERT INTO memories_fts(memories_fts, rowid, content, tags, scope)"
+                 " VALUES ('delete', ?, ?, ?, ?)", (mem, *old))
+    conn.execute("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)", (mem, *new))
+
+
+_HANDLERS = {
+    "create": _create,
+    "update": _update,
+    "tag_add": _tag_add,
+    "tag_remove": _tag_remove,
+    "delete": _delete,
+    "persona": _persona,
+}

@@ -1,0 +1,79 @@
+"""Records passed between layers: frozen, slotted dataclasses with no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Scalar fields a create/update op may set; the materialised columns of a memory.
+SCALAR_FIELDS: tuple[str, ...] = (
+    "content",
+    "scope",
+    "kind",
+    "tool",
+    "source",
+    "session",
+    "priority",
+    "confidence",
+    "metadata",
+    "expires_at",
+    "created_at",
+)
+UPDATABLE_FIELDS: frozenset[str] = frozenset(SCALAR_FIELDS) - {"created_at", "session"}
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One remembered item as a reader sees it."""
+
+    id: str
+    content: str
+    scope: str
+    kind: str
+    tags: tuple[str, ...]
+    priority: float
+    confidence: float
+    tool: str | None
+    source: str | None
+    session: str | None
+    metadata: dict[str, Any]
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    content_hash: str
+    accessed_at: int | None = None
+    access_count: int = 0
+    score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tags as a list)."""
+        d = asdict(self)
+        d["tags"] = list(self.tags)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One signed entry of the op log. ``id`` is the hash of the canonical body."""
+
+    id: bytes
+    kind: str
+    record_id: str
+    fields: dict[str, Any]
+    hlc: int
+    author: bytes
+    preds: tuple[bytes, ...]
+    sig: bytes
+    body: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied op as the local change feed reports it."""
+
+    seq: int
+    op_id: str
+    kind: str
+    record_id: str
+    hlc: int
+    author: str

@@ -1,0 +1,99 @@
+"""Numbered schema migrations. Each runs inside one transaction and is recorded.
+
+The op log (``ops``, ``heads``) is the truth; every other table is derived
+from it by ``materialize`` and can be rebuilt (``neuralsync doctor``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would COMMIT the migration's transaction."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _m001_initial(conn: sqlite3.Connection) -> None:
+    _run(conn, """
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+    -- The op log. seq is the local apply order and the change-feed cursor.
+    CREATE TABLE ops(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id BLOB NOT NULL UNIQUE,
+        author BLOB NOT NULL,
+        hlc INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX ops_record ON ops(record_id);
+    CREATE TABLE heads(id BLOB PRIMARY KEY) WITHOUT ROWID;
+
+    -- Materialised memories. rowid is never reused (AUTOINCREMENT) because the
+    -- FTS index and, later, the vector index key on it.
+    CREATE TABLE memories(
+        rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        content TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '',
+        scope TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        tool TEXT,
+        source TEXT,
+        session TEXT,
+        priority REAL NOT NULL,
+        confidence REAL NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        content_hash TEXT NOT NULL,
+        clocks TEXT
+    );
+    CREATE INDEX memories_scope_created ON memories(scope, created_at);
+    CREATE INDEX memories_created ON memories(created_at);
+    CREATE INDEX memories_updated ON memories(updated_at);
+    CREATE INDEX memories_hash ON memories(content_hash);
+    CREATE INDEX memories_expires ON memories(expires_at) WHERE expires_at IS NOT NULL;
+
+    -- Observed-remove tag set: one row per (memory, tag, add op).
+    CREATE TABLE tags(
+        mem INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        add_op BLOB NOT NULL,
+        PRIMARY KEY(mem, tag, add_op)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_tag ON tags(tag, mem);
+
+    CREATE TABLE tombstones(record_id TEXT PRIMARY KEY, op BLOB NOT NULL) WITHOUT ROWID;
+
+    -- Key/value registers (persona), last-writer-wins by clock.
+    CREATE TABLE kv(key TEXT PRIMARY KEY, value TEXT NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID;
+
+    -- Local-only access statistics: not replicated, not part of the state digest.
+    CREATE TABLE access(mem INTEGER PRIMARY KEY, accessed_at INTEGER NOT NULL,
+                        access_count INTEGER NOT NULL);
+
+    -- scope is indexed (weight 0 in bm25) so scope filters intersect inside FTS.
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, tags, scope, content='memories', content_rowid='rowid',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('pgsz', 4050);
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('automerge', 8);
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('crisismerge', 32);
+    """)
+
+
+MIGRATIONS: list[Migration] = [
+    (1, "initial schema: op log, memories, tags, fts", _m001_initial),
+]

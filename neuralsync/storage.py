@@ -1,0 +1,214 @@
+"""SQLite storage: the connection factory, pragmas, transactions and migrations.
+
+Concurrency model, said out loud:
+- One connection per thread (``threading.local``), re-opened after ``fork``:
+  a connection is never shared across threads or processes.
+- WAL journal: readers never block the single writer and vice versa.
+- Every write transaction starts with ``BEGIN IMMEDIATE`` so a conflict shows
+  at ``BEGIN`` (where waiting is safe), not at the first write. SQLite waits up
+  to ``busy_timeout``; if the lock is still held we retry a bounded number of
+  times, then raise the typed, transient :class:`StoreBusy`. Nothing is dropped.
+- Transactions nest: the outer level is BEGIN/COMMIT, inner levels savepoints;
+  any exception rolls back its level.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import MemoryConfig
+from .errors import StoreBusy, StoreError
+
+# Only these pragmas may be set, and only with these value types: the factory
+# formats them into SQL, so nothing caller-controlled reaches the string.
+PRAGMA_WHITELIST: dict[str, type] = {
+    "journal_mode": str,
+    "synchronous": str,
+    "busy_timeout": int,
+    "foreign_keys": str,
+    "temp_store": str,
+    "mmap_size": int,
+    "cache_size": int,
+    "page_size": int,
+    "wal_autocheckpoint": int,
+    "journal_size_limit": int,
+}
+_IDENT_VALUES = {"wal", "normal", "full", "on", "off", "memory"}
+BUSY_RETRIES = 3
+
+
+def pragmas_for(config: MemoryConfig) -> dict[str, object]:
+    """The per-connection pragmas a config asks for (journal_mode is per-file but cheap to repeat)."""
+    return {
+        "page_size": 4096,  # only effective before the file is created
+        "journal_mode": "wal",
+        "synchronous": config.durability,
+        "busy_timeout": config.busy_timeout_ms,
+        "foreign_keys": "on",
+        "temp_store": "memory",
+        "mmap_size": config.pool_size_mb * 1024 * 1024,
+        "cache_size": -config.cache_size_mb * 1024,  # negative = KiB
+        "wal_autocheckpoint": 1000,
+        "journal_size_limit": 64 * 1024 * 1024,
+    }
+
+
+def _pragma_sql(name: str, value: object) -> str:
+    expected = PRAGMA_WHITELIST.get(name)
+    if expected is None or not isinstance(value, expected) or isinstance(value, bool):
+        raise StoreError(f"pragma {name}={value!r} is not allowed")
+    if isinstance(value, str) and value not in _IDENT_VALUES:
+        raise StoreError(f"pragma {name}={value!r} is not allowed")
+    return f"PRAGMA {name}={value}"
+
+
+def translate(exc: sqlite3.Error) -> Exception:
+    """Map a driver error to the package hierarchy (the storage boundary)."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return StoreBusy(f"store is busy: {exc}")
+    return StoreError(f"database error: {exc}")
+
+
+class Storage:
+    """Owns the database file: connections, transactions and schema."""
+
+    def __init__(self, config: MemoryConfig, path: Path | None = None) -> None:
+        self.config = config
+        self.path = path or config.db_path
+        self._pragmas = pragmas_for(config)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ connections
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and after a fork."""
+        if self._closed:
+            raise StoreError("store is closed")
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn, local.pid, local.depth = conn, os.getpid(), 0
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.config.busy_timeout_ms / 1000)
+            for name, value in self._pragmas.items():
+                self._with_retry(lambda n=name, v=value: conn.execute(_pragma_sql(n, v)).fetchall())
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this object opened in this process."""
+        self._closed = True
+        with self._all_lock:
+            conns, self._all = self._all, []
+        pid = os.getpid()
+        mine = getattr(self._local, "pid", pid) == pid
+        for conn in conns:
+            if mine:
+                conn.close()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ transactions
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls become savepoints."""
+        conn = self.conn
+        local = self._local
+        depth = local.depth
+        if depth == 0:
+            self._with_retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        else:
+            conn.execute(f"SAVEPOINT sp{depth}")
+        local.depth = depth + 1
+        try:
+            yield conn
+        except BaseException as exc:
+            local.depth = depth
+            self._rollback(conn, depth)
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc) from exc
+            raise
+        local.depth = depth
+        try:
+            conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+        except sqlite3.Error as exc:
+            self._rollback(conn, depth)
+            raise translate(exc) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent read snapshot (``BEGIN`` deferred) unless already in a transaction."""
+        conn = self.conn
+        if self._local.depth or conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN")
+        self._local.depth = 1
+        try:
+            yield conn
+        finally:
+            self._local.depth = 0
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    @property
+    def in_write(self) -> bool:
+        """True inside a :meth:`write` block on this thread."""
+        return getattr(self._local, "depth", 0) > 0
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection, depth: int) -> None:
+        try:
+            if depth == 0:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO sp{depth}")
+                conn.execute(f"RELEASE sp{depth}")
+        except sqlite3.Error:
+            pass  # the connection already rolled back (e.g. after a disk error)
+
+    def _with_retry(self, action: Callable[[], object]) -> object:
+        """Run ``action``, retrying only on a locked database, then :class:`StoreBusy`."""
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if ("locked" not in text and "busy" not in text) or attempt == BUSY_RETRIES:
+                    raise translate(exc) from exc
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ schema
+    def migrate(self, migrations: list[tuple[int, str, Callable[[sqlite3.Connection], None]]]) -> int:
+        """Apply numbered migrations not yet recorded; returns the schema version."""
+        with self.write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations("
+                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, step in sorted(migrations):
+                if version in done:
+                    continue
+                step(conn)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                             (version, name, int(time.time() * 1000)))
+            return max(done | {v for v, _, _ in migrations}, default=0)

@@ -1,0 +1,303 @@
+"""The one public door: ``UnifiedMemoryAPI`` and ``MemoryConfig``.
+
+Every adapter (CLI, HTTP, MCP) calls this class; it validates input, turns
+calls into ops on the :class:`~neuralsync.store.Store`, and times every call
+into the :class:`~neuralsync.performance_monitor.PerformanceMonitor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import validation as v
+from .access import AccessRecorder
+from .config import MemoryConfig
+from .errors import InvalidInput, NotFound
+from .maintenance import optimize
+from .model import Change, Memory
+from .performance_monitor import PerformanceMonitor, process_resources
+from .recall import Filters, Recaller
+from .redact import Redactor
+from .store import Store
+from .utils import new_id, now_ms
+
+__all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
+
+log = logging.getLogger(__name__)
+
+UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
+                              "ttl_ms", "confidence", "source", "expires_at"})
+AUTO_OPTIMIZE_EVERY = 10_000
+
+
+class UnifiedMemoryAPI:
+    """A persistent memory shared by every process that opens the same ``base_path``.
+
+    Use as a context manager (or call :meth:`close`). Safe to share between
+    threads; every process may open its own instance on the same store.
+    """
+
+    def __init__(self, config: MemoryConfig | None = None, *, tool: str | None = None) -> None:
+        self.config = config or MemoryConfig.from_env()
+        self.store = Store(self.config)
+        self.monitor = PerformanceMonitor(self.config.monitor_samples)
+        self.recaller = Recaller(self.store)
+        self.redactor = Redactor(self.config.redact_secrets, self.config.extra_secret_patterns)
+        self.access = AccessRecorder(self.store.storage)
+        self.session_id = new_id()
+        self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
+        self._ops_since_optimize = 0
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> UnifiedMemoryAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush statistics, run light maintenance if enabled, close connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self.access.close()
+        if self.config.enable_auto_optimization:
+            try:
+                self.store.storage.conn.execute("PRAGMA optimize")
+            except Exception as exc:  # noqa: BLE001 - closing must not fail on maintenance
+                log.debug("PRAGMA optimize at close skipped: %s", exc)
+        self.store.close()
+
+    # ------------------------------------------------------------ writes
+    def remember(self, content: str, scope: str = "global", priority: float = 0.5,
+                 tags: list[str] | tuple[str, ...] | str | None = None, kind: str = "fact",
+                 tool: str | None = None, metadata: dict[str, Any] | None = None,
+                 ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None) -> str:
+        """Store a memory and return its id. Secrets in ``content`` are redacted first."""
+        with self.monitor.measure("remember"):
+            record_id = new_id()
+            fields = self._create_fields(content, scope, priority, tags, kind, tool, metadata,
+                                         ttl_ms, confidence, source)
+            self._commit([("create", record_id, fields)])
+            return record_id
+
+    def _create_fields(self, content: object, scope: object, priority: object, tags: object,
+                       kind: object, tool: object, metadata: object, ttl_ms: object,
+                       confidence: object, source: object, created_at: int | None = None) -> dict[str, Any]:
+        cfg = self.config
+        text = self.redactor.redact(v.text(content, "content", cfg.max_content_chars))
+        ttl = v.positive_int(ttl_ms, "ttl_ms")
+        now = now_ms()
+        return {
+            "content": text,
+            "scope": v.label(scope, "scope", v.MAX_SCOPE_CHARS),
+            "priority": v.unit(priority, "priority"),
+            "confidence": v.unit(confidence, "confidence"),
+            "tags": list(v.tags(tags, cfg.max_tags, cfg.max_tag_chars)),
+            "kind": v.kind(kind),
+            "tool": v.label(tool if tool is not None else self.tool, "tool", v.MAX_TOOL_CHARS, optional=True),
+            "source": v.label(source, "source", v.MAX_SOURCE_CHARS, optional=True),
+            "session": self.session_id,
+            "metadata": self._redact_metadata(v.metadata(metadata, cfg.max_metadata_bytes)),
+            "expires_at": None if ttl is None else now + ttl,
+            "created_at": now if created_at is None else created_at,
+        }
+
+    def _redact_metadata(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redactor.redact(value)
+        if isinstance(value, dict):
+            return {k: self._redact_metadata(item) for k, item in value.items()}
+        if isinstance(value, list):
+            return [self._redact_metadata(item) for item in value]
+        return value
+
+    def update(self, memory_id: str, **fields: Any) -> Memory:
+        """Change fields of a memory (content, scope, priority, tags, kind, tool, metadata,
+        ttl_ms, confidence, source). ``tags`` replaces the tag set. Returns the new state."""
+        with self.monitor.measure("update"):
+            record_id = v.memory_id(memory_id)
+            unknown = sorted(set(fields) - UPDATE_ARGUMENTS)
+            if unknown:
+                raise InvalidInput(unknown[0], f"unknown field; updatable fields are {sorted(UPDATE_ARGUMENTS)}")
+            if not fields:
+                raise InvalidInput("fields", "nothing to update")
+            scalars = self._update_fields(fields)
+            new_tags = (v.tags(fields["tags"], self.config.max_tags, self.config.max_tag_chars)
+                        if "tags" in fields else None)
+            with self.store.storage.write():
+                current = self._require(record_id)
+                intents = [("update", record_id, scalars)] if scalars else []
+                if new_tags is not None:
+                    intents += self._tag_intents(current, new_tags)
+                self._commit(intents)
+                return self._require(record_id)
+
+    def _update_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        checks = {
+            "content": lambda x: self.redactor.redact(v.text(x, "content", cfg.max_content_chars)),
+            "scope": lambda x: v.label(x, "scope", v.MAX_SCOPE_CHARS),
+            "priority": lambda x: v.unit(x, "priority"),
+            "confidence": lambda x: v.unit(x, "confidence"),
+            "kind": v.kind,
+            "tool": lambda x: v.label(x, "tool", v.MAX_TOOL_CHARS, optional=True),
+            "source": lambda x: v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True),
+            "metadata": lambda x: self._redact_metadata(v.metadata(x, cfg.max_metadata_bytes)),
+            "expires_at": lambda x: v.timestamp(x, "expires_at"),
+        }
+        out = {name: check(fields[name]) for name, check in checks.items() if name in fields}  # type: ignore[no-untyped-call]
+        if "ttl_ms" in fields:
+            ttl = v.positive_int(fields["ttl_ms"], "ttl_ms")
+            out["expires_at"] = None if ttl is None else now_ms() + ttl
+        return out
+
+    def _tag_intents(self, current: Memory, new_tags: tuple[str, ...]) -> list[tuple[str, str, dict[str, Any]]]:
+        old, new = set(current.tags), set(new_tags)
+        intents: list[tuple[str, str, dict[str, Any]]] = [
+            ("tag_add", current.id, {"tag": tag}) for tag in sorted(new - old)]
+        for tag in sorted(old - new):
+            removes = sorted(self.store.tag_adds(current.id, tag))
+            intents.append(("tag_remove", current.id, {"tag": tag, "removes": removes}))
+        return intents
+
+    def forget(self, memory_id: str) -> bool:
+        """Delete a memory. Raises :class:`NotFound` if there is no such live memory."""
+        with self.monitor.measure("forget"):
+            record_id = v.memory_id(memory_id)
+            with self.store.storage.write():
+                if not self.store.exists(record_id):
+                    raise NotFound(record_id)
+                self._commit([("delete", record_id, {})])
+            return True
+
+    def set_persona(self, text: str) -> None:
+        """Set the persona text shared by every tool (empty text clears it)."""
+        if not isinstance(text, str) or len(text) > self.config.max_content_chars:
+            raise InvalidInput("text", "must be a string within the content limit")
+        self._commit([("persona", "persona", {"key": "persona", "text": self.redactor.redact(text)})])
+
+    def get_persona(self) -> str:
+        """The persona text, or an empty string."""
+        found = self.store.persona()
+        return "" if found is None else found[0]
+
+    def _commit(self, intents: list[tuple[str, str, dict[str, Any]]]) -> None:
+        if not intents:
+            return
+        self.store.commit(intents)
+        self._ops_since_optimize += len(intents)
+        if (self.config.enable_auto_optimization and self._ops_since_optimize >= AUTO_OPTIMIZE_EVERY
+                and not self.store.storage.in_write):
+            self._ops_since_optimize = 0
+            optimize(self.store, light=True)
+
+    @contextmanager
+    def batch_operations(self) -> Iterator[UnifiedMemoryAPI]:
+        """Group writes into one transaction: all of them are stored, or none."""
+        with self.monitor.measure("batch_operations"), self.store.storage.write():
+            yield self
+
+    # ------------------------------------------------------------ reads
+    def get(self, memory_id: str) -> Memory:
+        """The memory with this id; :class:`NotFound` if absent, forgotten or expired."""
+        with self.monitor.measure("get"):
+            memory = self._require(v.memory_id(memory_id))
+            self.access.record([memory.id])
+            return memory
+
+    def _require(self, record_id: str) -> Memory:
+        memory = self.store.get(record_id)
+        if memory is None:
+            raise NotFound(record_id)
+        return memory
+
+    def recall(self, query: str = "", scope: str | None = None, top_k: int = 10,
+               tags: list[str] | tuple[str, ...] | str | None = None, kinds: list[str] | str | None = None,
+               since: Any = None, until: Any = None, tag_match: str = "any") -> list[Memory]:
+        """The best ``top_k`` memories for ``query`` (BM25 with priority/recency/confidence).
+
+        Query text is always literal. An empty query returns the most relevant
+        recent memories. ``scope=None`` searches every scope; ``tags`` match
+        any (or ``tag_match="all"``); ``since``/``until`` bound creation time.
+        """
+        with self.monitor.measure("recall"):
+            if not isinstance(query, str):
+                raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
+            filters = self._filters(scope, tags, kinds, since, until, tag_match)
+            k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
+            results = self.recaller.recall(query, filters, k)  # type: ignore[arg-type]
+            self.access.record([m.id for m in results])
+            return results
+
+    def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
+                 tag_match: str) -> Filters:
+        if tag_match not in ("any", "all"):
+            raise InvalidInput("tag_match", "must be 'any' or 'all'")
+        return Filters(
+            scope=v.label(scope, "scope", v.MAX_SCOPE_CHARS, optional=True),
+            tags=v.tags(tags, self.config.max_tags, self.config.max_tag_chars),
+            tag_match=tag_match,
+            kinds=v.string_list(kinds, "kinds"),
+            since=v.timestamp(since, "since"),
+            until=v.timestamp(until, "until"),
+        )
+
+    def range_recall(self, start_time: Any = None, end_time: Any = None, scope: str | None = None,
+                     limit: int | None = None) -> list[Memory]:
+        """Memories created between ``start_time`` and ``end_time`` (inclusive), oldest first."""
+        with self.monitor.measure("range_recall"):
+            start, end = v.timestamp(start_time, "start_time"), v.timestamp(end_time, "end_time")
+            if start is not None and end is not None and start > end:
+                raise InvalidInput("start_time", "is after end_time")
+            return self.store.range(start, end, v.label(scope, "scope", v.MAX_SCOPE_CHARS, optional=True),
+                                    v.positive_int(limit, "limit"))
+
+    def changes_since(self, seq: int = 0, limit: int = 1000) -> list[Change]:
+        """Ops applied to this store after local sequence number ``seq`` (the change feed)."""
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise InvalidInput("seq", "must be a non-negative integer")
+        return self.store.changes_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ operations
+    @contextmanager
+    def performance_profiling(self, name: str) -> Iterator[None]:
+        """Time the block into the monitor under ``name``."""
+        with self.monitor.measure(v.label(name, "name", 128) or "profile"):
+            yield
+
+    def optimize_performance(self, target_response_time_ms: float | None = None) -> dict[str, Any]:
+        """Run real maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge) and report
+        what was done and the probe latency before and after."""
+        target = target_response_time_ms or self.config.target_response_time_ms
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
+            raise InvalidInput("target_response_time_ms", "must be a positive number")
+        with self.monitor.measure("optimize_performance"):
+            report = optimize(self.store, light=False)
+        report["target_ms"] = float(target)
+        report["met"] = report["after_ms"] <= target
+        return report
+
+    def get_system_stats(self) -> dict[str, Any]:
+        """Counts, sizes, and latency percentiles per operation."""
+        counts = self.store.counts()
+        sizes = self.store.sizes()
+        perf = self.monitor.stats()
+        perf["target_response_time_ms"] = self.config.target_response_time_ms
+        return {
+            **counts,
+            "scopes_detail": self.store.scope_counts(),
+            "storage": {**sizes, "path": str(self.store.storage.path),
+                        "bytes_per_memory": round(sizes["total_bytes"] / counts["memories"], 1)
+                        if counts["memories"] else None},
+            "performance_stats": perf,
+            "site_id": self.store.site_id,
+            "schema_version": self.store.schema_version,
+            "session_id": self.session_id,
+            "process": process_resources(),
+        }

@@ -1,0 +1,185 @@
+"""Input checks: every public value is checked here before an op is built.
+
+Each failure raises :class:`InvalidInput` naming the field, so nothing is
+written for bad input. Functions return normalised values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InvalidInput
+from .utils import is_valid_id
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_SCOPE_CHARS = 128
+MAX_TOOL_CHARS = 64
+MAX_SOURCE_CHARS = 512
+MAX_METADATA_DEPTH = 6
+
+
+def memory_id(value: object, field: str = "id") -> str:
+    """A well-formed memory id."""
+    if not is_valid_id(value):
+        raise InvalidInput(field, f"malformed id {str(value)[:80]!r} (expected 32 lowercase hex characters)")
+    return value  # type: ignore[return-value]
+
+
+def text(value: object, field: str, max_chars: int) -> str:
+    """Non-empty, valid-unicode text of at most ``max_chars`` characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > max_chars:
+        raise InvalidInput(field, f"is {len(value)} characters; the limit is {max_chars}")
+    _check_unicode(value, field)
+    return value
+
+
+def label(value: object, field: str, max_chars: int, optional: bool = False) -> str | None:
+    """A short single-line name (scope, tool, source): no control characters."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
+    value = value.strip()
+    if not value or len(value) > max_chars:
+        raise InvalidInput(field, f"must be 1 to {max_chars} characters")
+    if _CONTROL.search(value):
+        raise InvalidInput(field, "must not contain control characters")
+    _check_unicode(value, field)
+    return value
+
+
+def kind(value: object) -> str:
+    """A memory kind such as ``fact``, ``preference``, ``decision``."""
+    if not isinstance(value, str) or not _KIND.match(value):
+        raise InvalidInput("kind", "must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+    return value
+
+
+def unit(value: object, field: str) -> float:
+    """A number in the closed interval 0..1 (priority, confidence)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(field, f"must be a number between 0 and 1, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise InvalidInput(field, f"must be between 0 and 1, not {value!r}")
+    return number + 0.0
+
+
+def tags(value: object, max_tags: int, max_chars: int) -> tuple[str, ...]:
+    """A sorted, de-duplicated tuple of tags; a string is read as comma-separated."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidInput("tags", f"must be a list of strings, not {type(value).__name__}")
+    result = set()
+    for item in value:
+        if not isinstance(item, str):
+            raise InvalidInput("tags", f"every tag must be a string, not {type(item).__name__} {item!r}")
+        result.add(label(item, "tags", max_chars))
+    if len(result) > max_tags:
+        raise InvalidInput("tags", f"{len(result)} tags; the limit is {max_tags}")
+    return tuple(sorted(result))  # type: ignore[arg-type]
+
+
+def metadata(value: object, max_bytes: int) -> dict[str, Any]:
+    """A JSON object of at most ``max_bytes`` when serialised."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata", f"must be an object/dict, not {type(value).__name__}")
+    _check_json(value, 0)
+    try:
+        size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("metadata", f"must be JSON-serialisable: {exc}") from None
+    if size > max_bytes:
+        raise InvalidInput("metadata", f"is {size} bytes; the limit is {max_bytes}")
+    return value
+
+
+def _check_json(value: object, depth: int) -> None:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInput("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput("metadata", f"keys must be strings, not {key!r}")
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+    elif isinstance(value, str):
+        _check_unicode(value, "metadata")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("metadata", "numbers must be finite")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise InvalidInput("metadata", "integers must fit in 64 bits")
+    elif value is not None and not isinstance(value, bool):
+        raise InvalidInput("metadata", f"values must be JSON types, not {type(value).__name__}")
+
+
+def positive_int(value: object, field: str, optional: bool = True, maximum: int = 1 << 62) -> int | None:
+    """A positive integer (ttl_ms, top_k, limit), or None when optional."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise InvalidInput(field, f"must be a positive integer up to {maximum}, not {value!r}")
+    return value
+
+
+def timestamp(value: object, field: str) -> int | None:
+    """Epoch milliseconds (int/float), a ``datetime`` or an ISO-8601 string; None passes."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(field, "must be a time, not a boolean")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not 0 <= value < 1 << 53:
+            raise InvalidInput(field, f"out of range: {value!r}")
+        return int(value)
+    from datetime import datetime, timezone
+
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(field, f"not an ISO-8601 time or epoch milliseconds: {value!r}") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return int(value.timestamp() * 1000)
+    raise InvalidInput(field, f"must be epoch milliseconds or ISO-8601, not {type(value).__name__}")
+
+
+def string_list(value: object, field: str) -> tuple[str, ...] | None:
+    """An optional list of short strings (kinds filter); a string is one item."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable) or isinstance(value, (bytes, dict)):
+        raise InvalidInput(field, "must be a list of strings")
+    items = tuple(value)
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidInput(field, "every item must be a string")
+    return items
+
+
+def _check_unicode(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "contains invalid unicode (lone surrogate)") from None
