@@ -48,9 +48,19 @@ def encode(value: Any) -> bytes:
 
 
 def _encode(value: Any, out: list[bytes], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise InvalidOp("value nested too deeply")
-    if value is None:
+    # Exact-type dispatch first (the hot path: every op is encoded once),
+    # then the subclass-tolerant checks.
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8")
+        out.append(b"s" + _LEN.pack(len(raw)) + raw)
+    elif kind is dict:
+        _encode_map(value, out, depth)
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InvalidOp("non-finite float")
+        out.append(b"f" + _F64.pack(value + 0.0))  # + 0.0 folds -0.0 into 0.0
+    elif value is None:
         out.append(b"N")
     elif value is True:
         out.append(b"T")
@@ -60,28 +70,34 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
         if not -(1 << 63) <= value < (1 << 63):
             raise InvalidOp("integer outside the signed 64-bit range")
         out.append(b"i" + _I64.pack(value))
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidOp("non-finite float")
-        out.append(b"f" + _F64.pack(value + 0.0))  # + 0.0 folds -0.0 into 0.0
-    elif isinstance(value, str):
-        raw = value.encode("utf-8")
-        out.append(b"s" + _LEN.pack(len(raw)) + raw)
-    elif isinstance(value, bytes):
-        out.append(b"b" + _LEN.pack(len(value)) + value)
     elif isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise InvalidOp("value nested too deeply")
         out.append(b"l" + _LEN.pack(len(value)))
         for item in value:
             _encode(item, out, depth + 1)
     elif isinstance(value, dict):
-        out.append(b"d" + _LEN.pack(len(value)))
-        for key in sorted(value):
-            if not isinstance(key, str):
-                raise InvalidOp("map keys must be strings")
-            _encode(key, out, depth + 1)
-            _encode(value[key], out, depth + 1)
+        _encode_map(value, out, depth)
+    elif isinstance(value, str):
+        _encode(str(value), out, depth)
+    elif isinstance(value, float):
+        _encode(float(value), out, depth)
+    elif isinstance(value, bytes):
+        out.append(b"b" + _LEN.pack(len(value)) + bytes(value))
     else:
         raise InvalidOp(f"cannot encode a {type(value).__name__}")
+
+
+def _encode_map(value: dict[Any, Any], out: list[bytes], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise InvalidOp("value nested too deeply")
+    out.append(b"d" + _LEN.pack(len(value)))
+    for key in sorted(value):
+        if type(key) is not str:
+            raise InvalidOp("map keys must be strings")
+        raw = key.encode("utf-8")
+        out.append(b"s" + _LEN.pack(len(raw)) + raw)
+        _encode(value[key], out, depth + 1)
 
 
 def decode(data: bytes) -> Any:
@@ -93,8 +109,6 @@ def decode(data: bytes) -> Any:
 
 
 def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    if depth > MAX_DEPTH:
-        raise InvalidOp("value nested too deeply")
     try:
         tag = bytes(buf[pos : pos + 1])
         pos += 1
@@ -114,6 +128,8 @@ def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
                 raise InvalidOp("truncated value")
             raw = bytes(buf[pos : pos + length])
             return (raw.decode("utf-8") if tag == b"s" else raw), pos + length
+        if tag in (b"l", b"d") and depth >= MAX_DEPTH:
+            raise InvalidOp("value nested too deeply")
         if tag == b"l":
             items = []
             for _ in range(length):

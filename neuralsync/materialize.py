@@ -59,9 +59,12 @@ def apply_op(conn: sqlite3.Connection, op: Op) -> bool:
 
 # ------------------------------------------------------------------ handlers
 def _create(conn: sqlite3.Connection, op: Op) -> None:
-    if _tombstoned(conn, op.record_id):
+    gone, exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM tombstones WHERE record_id = ?),"
+        " EXISTS (SELECT 1 FROM memories WHERE id = ?)", (op.record_id, op.record_id)).fetchone()
+    if gone:
         return
-    if _row(conn, op.record_id) is not None:
+    if exists:
         # A second create for a known id (a replayed import from another replica):
         # treat its fields as an update and its tags as adds, so the result is
         # the same whichever create arrived first.
@@ -183,10 +186,6 @@ def _persona(conn: sqlite3.Connection, op: Op) -> None:
 def _row(conn: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
     return conn.execute("SELECT rowid, content, tags, scope FROM memories WHERE id = ?",
                         (record_id,)).fetchone()
-
-
-def _tombstoned(conn: sqlite3.Connection, record_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM tombstones WHERE record_id = ?", (record_id,)).fetchone() is not None
 
 
 def _reindex(conn: sqlite3.Connection, mem: int, old: tuple[str, str, str], new: tuple[str, str, str]) -> None:

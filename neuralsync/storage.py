@@ -99,7 +99,7 @@ class Storage:
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
             conn = self._connect()
-            local.conn, local.pid, local.depth = conn, os.getpid(), 0
+            local.conn, local.pid, local.depth, local.poisoned, local.tx_cache = conn, os.getpid(), 0, False, {}
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -128,25 +128,45 @@ class Storage:
 
     # ------------------------------------------------------------ transactions
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); nested calls become savepoints."""
+    def write(self, savepoint: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls become savepoints.
+
+        ``savepoint=False`` joins an enclosing transaction without a savepoint:
+        FTS5 flushes its pending index at every savepoint boundary, so the op
+        path inside a batch avoids them. A failure inside such a block cannot be
+        undone alone, so it poisons the enclosing transaction, which then rolls
+        back as a whole - a batch stays all-or-nothing even if the error is caught.
+        """
         conn = self.conn
         local = self._local
         depth = local.depth
+        was_poisoned = local.poisoned
         if depth == 0:
             self._with_retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-        else:
+            local.poisoned = was_poisoned = False
+            local.tx_cache = {}
+        elif savepoint:
             conn.execute(f"SAVEPOINT sp{depth}")
         local.depth = depth + 1
         try:
             yield conn
         except BaseException as exc:
             local.depth = depth
-            self._rollback(conn, depth)
+            local.tx_cache = {}
+            if depth and not savepoint:
+                local.poisoned = True
+            else:
+                self._rollback(conn, depth)
+                local.poisoned = was_poisoned
             if isinstance(exc, sqlite3.Error):
                 raise translate(exc) from exc
             raise
         local.depth = depth
+        if depth and not savepoint:
+            return
+        if depth == 0 and local.poisoned:
+            self._rollback(conn, 0)
+            raise StoreError("transaction rolled back: a write inside it failed")
         try:
             conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
         except sqlite3.Error as exc:
@@ -168,6 +188,15 @@ class Storage:
             self._local.depth = 0
             if conn.in_transaction:
                 conn.execute("COMMIT")
+
+    @property
+    def tx_cache(self) -> dict[str, object]:
+        """Scratch values valid only inside the current write transaction on this thread.
+
+        Emptied at ``BEGIN`` and whenever any level rolls back, so nothing in it
+        can outlive the data it was derived from.
+        """
+        return self._local.tx_cache  # type: ignore[no-any-return]
 
     @property
     def in_write(self) -> bool:

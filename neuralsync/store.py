@@ -61,16 +61,20 @@ class Store:
     def commit(self, intents: Iterable[Intent]) -> list[Op]:
         """Sign and apply intents as ops, in order, in one transaction."""
         ops: list[Op] = []
-        with self.storage.write() as conn:
-            heads = conn.execute("SELECT h.id, o.hlc FROM heads h JOIN ops o ON o.id = h.id").fetchall()
-            preds = [head for head, _ in heads]
-            after = max((hlc for _, hlc in heads), default=0)
+        with self.storage.write(savepoint=False) as conn:
+            cache = self.storage.tx_cache
+            heads = cache.get("heads")
+            if heads is None:  # the first commit of this transaction reads them
+                rows = conn.execute("SELECT h.id, o.hlc FROM heads h JOIN ops o ON o.id = h.id").fetchall()
+                heads = ([head for head, _ in rows], max((hlc for _, hlc in rows), default=0))
+            preds, after = heads  # type: ignore[misc]
             for kind, record_id, fields in intents:
                 hlc = self.clock.tick(after)
                 op = crdt.make_op(self.key, kind, record_id, fields, hlc, preds)
                 apply_op(conn, op)
                 ops.append(op)
                 preds, after = [op.id], hlc
+                cache["heads"] = (preds, after)
         return ops
 
     # ------------------------------------------------------------ reads
@@ -84,6 +88,11 @@ class Store:
     def exists(self, record_id: str) -> bool:
         """True if a memory with this id is materialised (expired ones included)."""
         return self.storage.conn.execute("SELECT 1 FROM memories WHERE id = ?", (record_id,)).fetchone() is not None
+
+    def is_deleted(self, record_id: str) -> bool:
+        """True if a delete op for this id has been applied."""
+        return self.storage.conn.execute("SELECT 1 FROM tombstones WHERE record_id = ?",
+                                         (record_id,)).fetchone() is not None
 
     def tag_adds(self, record_id: str, tag: str) -> list[bytes]:
         """Ids of the ops whose add of ``tag`` on this record is still present."""

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
                               "ttl_ms", "confidence", "source", "expires_at"})
+IMPORT_FIELDS = frozenset({"id", "content", "scope", "priority", "tags", "kind", "tool", "metadata",
+                           "confidence", "source", "session", "created_at", "updated_at", "expires_at",
+                           "content_hash", "accessed_at", "access_count", "score"})
 AUTO_OPTIMIZE_EVERY = 10_000
 
 
@@ -85,6 +88,33 @@ class UnifiedMemoryAPI:
                                          ttl_ms, confidence, source)
             self._commit([("create", record_id, fields)])
             return record_id
+
+    def import_memory(self, record: dict[str, Any]) -> bool:
+        """Store an exported memory under its own id and creation time.
+
+        Idempotent: returns False (and writes nothing) when the id already
+        exists or was forgotten here. Fields are validated like ``remember``.
+        """
+        with self.monitor.measure("import_memory"):
+            if not isinstance(record, dict):
+                raise InvalidInput("record", "must be a JSON object")
+            unknown = sorted(set(record) - IMPORT_FIELDS)
+            if unknown:
+                raise InvalidInput(unknown[0], "unknown field in imported record")
+            record_id = v.memory_id(record.get("id"), "id") if record.get("id") is not None else new_id()
+            created = v.timestamp(record.get("created_at"), "created_at")
+            fields = self._create_fields(
+                record.get("content"), record.get("scope", "global"), record.get("priority", 0.5),
+                record.get("tags"), record.get("kind", "fact"), record.get("tool"), record.get("metadata"),
+                None, record.get("confidence", 0.8), record.get("source"), created_at=created)
+            fields["expires_at"] = v.timestamp(record.get("expires_at"), "expires_at")
+            if record.get("session") is not None:
+                fields["session"] = v.label(record["session"], "session", v.MAX_SOURCE_CHARS)
+            with self.store.storage.write():
+                if self.store.exists(record_id) or self.store.is_deleted(record_id):
+                    return False
+                self._commit([("create", record_id, fields)])
+            return True
 
     def _create_fields(self, content: object, scope: object, priority: object, tags: object,
                        kind: object, tool: object, metadata: object, ttl_ms: object,
