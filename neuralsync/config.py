@@ -39,6 +39,9 @@ class MemoryConfig:
     extra_secret_patterns: tuple[str, ...] = ()
     tool: str | None = None
     monitor_samples: int = 4096
+    # Growth: the size the store is expected to stay under (projection only).
+    quota_bytes: int = 2 * 1024**3
+    session_timeout_ms: int = 3_600_000
     # Recall work bound: at most this many FTS matches are scored per query
     # term set; beyond it, scoring is restricted to the newest matching rows.
     text_match_budget: int = 4000

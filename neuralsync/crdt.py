@@ -14,6 +14,8 @@ big-endian length (or fixed width), then the payload; map keys are sorted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import struct
@@ -188,10 +190,11 @@ def make_op(key: nacl.signing.SigningKey, kind: str, record_id: str, fields: dic
     return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body)
 
 
-def parse_op(body: bytes, sig: bytes) -> Op:
+def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
     """Decode and fully check an op received as bytes (from the log or a peer).
 
-    Checks structure, bounds and the signature. Checks that need the rest of the
+    Checks structure, bounds and (unless ``verify`` is False, for ops read back
+    from this store's own log) the signature. Checks that need the rest of the
     log (predecessors present, clock above theirs) belong to the caller.
     """
     if len(body) > MAX_OP_BYTES:
@@ -218,7 +221,8 @@ def parse_op(body: bytes, sig: bytes) -> Op:
             or preds != sorted(set(preds))):
         raise InvalidOp("preds must be a sorted set of at most 64 op ids")
     oid = op_id(body)
-    verify_signature(author, oid, sig)
+    if verify:
+        verify_signature(author, oid, sig)
     return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body)
 
 
@@ -228,3 +232,35 @@ def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:
         nacl.signing.VerifyKey(author).verify(SIG_DOMAIN + oid, sig)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
         raise InvalidOp("bad signature") from None
+
+
+# ---------------------------------------------------------------- wire form
+def op_to_wire(op: Op) -> dict[str, Any]:
+    """JSON form of an op: the signed body and signature, plus readable copies of its header."""
+    return {
+        "id": op.id.hex(),
+        "body": base64.b64encode(op.body).decode("ascii"),
+        "sig": base64.b64encode(op.sig).decode("ascii"),
+        "kind": op.kind,
+        "record_id": op.record_id,
+        "hlc": op.hlc,
+        "author": op.author.hex(),
+    }
+
+
+def op_from_wire(data: object) -> Op:
+    """Parse and verify an op from its JSON form; the readable copies are ignored, the body rules."""
+    if not isinstance(data, dict) or not isinstance(data.get("body"), str) or not isinstance(data.get("sig"), str):
+        raise InvalidOp("an op must be an object with base64 'body' and 'sig'")
+    if len(data["body"]) > MAX_OP_BYTES * 4 // 3 + 4:
+        raise InvalidOp("op too large")
+    try:
+        body = base64.b64decode(data["body"], validate=True)
+        sig = base64.b64decode(data["sig"], validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidOp("op body or signature is not valid base64") from None
+    op = parse_op(body, sig)
+    claimed = data.get("id")
+    if claimed is not None and claimed != op.id.hex():
+        raise InvalidOp("op id does not match the hash of its body")
+    return op

@@ -94,6 +94,24 @@ def _m001_initial(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _m002_sessions(conn: sqlite3.Connection) -> None:
+    # Local-only: which processes use this store. Not replicated, not in the digest.
+    _run(conn, """
+    CREATE TABLE sessions(
+        id TEXT PRIMARY KEY,
+        tool TEXT,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        cwd TEXT,
+        started INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        ended INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_open ON sessions(ended, last_seen)
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
+    (2, "session registry", _m002_sessions),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import crdt
@@ -24,6 +25,28 @@ from .storage import Storage
 from .utils import now_ms
 
 Intent = tuple[str, str, dict[str, Any]]  # (kind, record_id, fields)
+
+
+@dataclass
+class ApplyResult:
+    """What :meth:`Store.apply_remote` did with a batch of ops (ids in hex)."""
+
+    applied: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    missing: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_changes(conn: sqlite3.Connection, seq: int, limit: int) -> list[Change]:
+    """Ops applied after local sequence ``seq``, oldest first, at most ``limit``."""
+    rows = conn.execute("SELECT seq, id, kind, record_id, hlc, author FROM ops WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (seq, limit)).fetchall()
+    return [Change(r[0], r[1].hex(), r[2], r[3], r[4], r[5].hex()) for r in rows]
+
+
+def _stored_hlc(conn: sqlite3.Connection, oid: bytes) -> int | None:
+    row = conn.execute("SELECT hlc FROM ops WHERE id = ?", (oid,)).fetchone()
+    return None if row is None else int(row[0])
 
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
                   " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
@@ -76,6 +99,45 @@ class Store:
                 preds, after = [op.id], hlc
                 cache["heads"] = (preds, after)
         return ops
+
+    def apply_remote(self, ops: Iterable[Op]) -> ApplyResult:
+        """Apply verified ops from elsewhere in one transaction, each after its predecessors.
+
+        Ops already present count as duplicates. An op whose predecessors are
+        neither stored nor in this batch is returned as ``missing`` (ask the
+        sender for them). An op whose clock is not above its predecessors' is
+        rejected: that rule depends only on the op and its ancestors, so every
+        replica decides it alike.
+        """
+        result = ApplyResult()
+        pending = {op.id: op for op in ops}
+        with self.storage.write() as conn:
+            for oid in [oid for oid in pending if _stored_hlc(conn, oid) is not None]:
+                del pending[oid]
+                result.duplicates += 1
+            progress = True
+            while pending and progress:
+                progress = False
+                for oid, op in list(pending.items()):
+                    pred_hlcs = [_stored_hlc(conn, p) for p in op.preds]
+                    if any(h is None for h in pred_hlcs):
+                        continue
+                    del pending[oid]
+                    progress = True
+                    if pred_hlcs and op.hlc <= max(h for h in pred_hlcs if h is not None):
+                        result.rejected.append((oid.hex(), "clock not above its predecessors'"))
+                        continue
+                    apply_op(conn, op)
+                    self.clock.observe(op.hlc)
+                    result.applied.append(oid.hex())
+            result.missing = sorted(oid.hex() for oid in pending)
+        return result
+
+    def ops_since(self, seq: int, limit: int) -> list[tuple[int, Op]]:
+        """Stored ops after local sequence ``seq`` with their sequence numbers (sync pull)."""
+        rows = self.storage.conn.execute(
+            "SELECT seq, body, sig FROM ops WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [(r[0], crdt.parse_op(r[1], r[2], verify=False)) for r in rows]
 
     # ------------------------------------------------------------ reads
     def get(self, record_id: str) -> Memory | None:
@@ -141,10 +203,7 @@ class Store:
 
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
         """Ops applied locally after ``seq`` (the change feed), oldest first."""
-        rows = self.storage.conn.execute(
-            "SELECT seq, id, kind, record_id, hlc, author FROM ops WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit)).fetchall()
-        return [Change(r[0], r[1].hex(), r[2], r[3], r[4], r[5].hex()) for r in rows]
+        return read_changes(self.storage.conn, seq, limit)
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables."""

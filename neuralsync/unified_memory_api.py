@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from . import validation as v
 from .access import AccessRecorder
 from .config import MemoryConfig
-from .errors import InvalidInput, NotFound
+from .core_memory import CoreMemory
+from .errors import InvalidInput, NeuralSyncError, NotFound
 from .maintenance import optimize
 from .model import Change, Memory
 from .performance_monitor import PerformanceMonitor, process_resources
@@ -53,6 +55,8 @@ class UnifiedMemoryAPI:
         self.access = AccessRecorder(self.store.storage)
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
+        self.core = CoreMemory(self.store, self.config.session_timeout_ms)
+        self.core.register_session(self.session_id, self.tool)
         self._ops_since_optimize = 0
         self._closed = False
 
@@ -69,6 +73,10 @@ class UnifiedMemoryAPI:
             return
         self._closed = True
         self.access.close()
+        try:
+            self.core.end_session(self.session_id)
+        except NeuralSyncError as exc:  # a busy store must not make close() fail
+            log.debug("could not mark session ended: %s", exc)
         if self.config.enable_auto_optimization:
             try:
                 self.store.storage.conn.execute("PRAGMA optimize")
@@ -293,6 +301,24 @@ class UnifiedMemoryAPI:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise InvalidInput("seq", "must be a non-negative integer")
         return self.store.changes_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+
+    def subscribe(self, since: int | None = None, timeout: float | None = None,
+                  stop: threading.Event | None = None) -> Iterator[Change]:
+        """Follow every process's writes as they commit (blocking iterator); see :class:`CoreMemory`."""
+        return self.core.subscribe(since=since, timeout=timeout, stop=stop)
+
+    def last_seq(self) -> int:
+        """The newest change-feed sequence number."""
+        return self.core.last_seq()
+
+    def sessions(self, include_ended: bool = False) -> list[dict[str, Any]]:
+        """Processes registered on this store (dead ones reaped first)."""
+        return self.core.sessions(include_ended)
+
+    def growth(self, days: int = 30) -> dict[str, Any]:
+        """Memories and bytes per day, and the projected day the configured quota is reached."""
+        return self.core.growth(v.positive_int(days, "days", optional=False, maximum=3650) or 30,
+                                self.config.quota_bytes)
 
     # ------------------------------------------------------------ operations
     @contextmanager
