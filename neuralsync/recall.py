@@ -36,6 +36,7 @@ class Filters:
     kinds: tuple[str, ...] | None = None
     since: int | None = None
     until: int | None = None
+    tool: str | None = None
 
     def sql(self, now: int) -> tuple[str, list[object]]:
         """WHERE clauses on ``memories m`` (exact checks, expiry included)."""
@@ -43,6 +44,9 @@ class Filters:
         if self.scope is not None:
             where.append("m.scope = ?")
             args.append(self.scope)
+        if self.tool is not None:
+            where.append("m.tool = ?")
+            args.append(self.tool)
         if self.kinds:
             where.append(f"m.kind IN ({','.join('?' * len(self.kinds))})")
             args.extend(self.kinds)

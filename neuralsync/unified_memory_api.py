@@ -257,24 +257,26 @@ class UnifiedMemoryAPI:
 
     def recall(self, query: str = "", scope: str | None = None, top_k: int = 10,
                tags: list[str] | tuple[str, ...] | str | None = None, kinds: list[str] | str | None = None,
-               since: Any = None, until: Any = None, tag_match: str = "any") -> list[Memory]:
+               since: Any = None, until: Any = None, tag_match: str = "any",
+               tool: str | None = None) -> list[Memory]:
         """The best ``top_k`` memories for ``query`` (BM25 with priority/recency/confidence).
 
         Query text is always literal. An empty query returns the most relevant
         recent memories. ``scope=None`` searches every scope; ``tags`` match
-        any (or ``tag_match="all"``); ``since``/``until`` bound creation time.
+        any (or ``tag_match="all"``); ``since``/``until`` bound creation time;
+        ``tool`` keeps only memories written by that tool.
         """
         with self.monitor.measure("recall"):
             if not isinstance(query, str):
                 raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
-            filters = self._filters(scope, tags, kinds, since, until, tag_match)
+            filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
             k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
             results = self.recaller.recall(query, filters, k)  # type: ignore[arg-type]
             self.access.record([m.id for m in results])
             return results
 
     def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
-                 tag_match: str) -> Filters:
+                 tag_match: str, tool: object = None) -> Filters:
         if tag_match not in ("any", "all"):
             raise InvalidInput("tag_match", "must be 'any' or 'all'")
         return Filters(
@@ -284,6 +286,7 @@ class UnifiedMemoryAPI:
             kinds=v.string_list(kinds, "kinds"),
             since=v.timestamp(since, "since"),
             until=v.timestamp(until, "until"),
+            tool=v.label(tool, "tool", v.MAX_TOOL_CHARS, optional=True),
         )
 
     def range_recall(self, start_time: Any = None, end_time: Any = None, scope: str | None = None,

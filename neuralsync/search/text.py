@@ -6,9 +6,9 @@ quotes, ``*``, ``AND``, ``NEAR(`` and parentheses are searched as words.
 
 Why a bound: BM25 must score every matching row before it can order them. A
 word in half of a million rows costs ~0.3 s to rank. So each term is first
-probed with a capped count. Rare terms (at most ``budget`` matches) are ranked
-over the whole index; common terms then only add to the final score through
-query-term coverage. When every term is common, ranking runs over the newest
+probed with a capped count. The rarest terms, as many as fit together within
+``budget`` matches, are ranked over the whole index; the other terms then only
+add to the final score through query-term coverage. When every term is common, ranking runs over the newest
 ``budget`` matching rows (rowids grow with time), where recency would put the
 best answers anyway. Scope and tag filters are part of the FTS expression, so
 FTS intersects them with the terms before anything is scored.
@@ -76,11 +76,19 @@ class TextSearcher:
     def plan(self, conn: sqlite3.Connection, words: Sequence[str], filters: str) -> TextPlan | None:
         """Choose the match expression for ``words`` under ``filters``; None if nothing can match."""
         counts = {w: self._count(conn, w, filters) for w in words}
-        present = [w for w in words if counts[w] > 0]
+        present = sorted((w for w in words if counts[w] > 0), key=lambda w: counts[w])
         if not present:
             return None
-        rare = [w for w in present if counts[w] <= self.budget]
-        common = [w for w in present if counts[w] > self.budget]
+        # Rarest first while the matches to score stay within the budget: the
+        # total ranking work is bounded, however many mid-frequency words come.
+        rare: list[str] = []
+        total = 0
+        for word in present:
+            if total + counts[word] > self.budget:
+                break
+            rare.append(word)
+            total += counts[word]
+        common = present[len(rare):]
         chosen = rare or present
         match = " OR ".join(quote(w) for w in chosen)
         if filters:
