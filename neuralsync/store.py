@@ -217,13 +217,15 @@ class Store:
             "expired": expired,
             "deleted": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
             "ops": conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0],
-            "scopes": conn.execute("SELECT count(DISTINCT scope) FROM memories").fetchone()[0],
+            "scopes": conn.execute("SELECT count(DISTINCT scope) FROM memories m WHERE " + NOT_EXPIRED,
+                                   (now,)).fetchone()[0],
             "tags": conn.execute("SELECT count(DISTINCT tag) FROM tags").fetchone()[0],
         }
 
     def scope_counts(self) -> dict[str, int]:
         """Memories per scope."""
-        rows = self.storage.conn.execute("SELECT scope, count(*) FROM memories GROUP BY scope ORDER BY 2 DESC")
+        rows = self.storage.conn.execute(f"SELECT scope, count(*) FROM memories m WHERE {NOT_EXPIRED}"
+                                         " GROUP BY scope ORDER BY 2 DESC", (now_ms(),))
         return {scope: n for scope, n in rows}
 
     def sizes(self) -> dict[str, int]:

@@ -25,7 +25,7 @@ from .performance_monitor import PerformanceMonitor, process_resources
 from .recall import Filters, Recaller
 from .redact import Redactor
 from .store import Store
-from .utils import new_id, now_ms
+from .utils import derived_id, new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
 
@@ -109,16 +109,26 @@ class UnifiedMemoryAPI:
             unknown = sorted(set(record) - IMPORT_FIELDS)
             if unknown:
                 raise InvalidInput(unknown[0], "unknown field in imported record")
-            record_id = v.memory_id(record.get("id"), "id") if record.get("id") is not None else new_id()
             created = v.timestamp(record.get("created_at"), "created_at")
             fields = self._create_fields(
                 record.get("content"), record.get("scope", "global"), record.get("priority", 0.5),
-                record.get("tags"), record.get("kind", "fact"), record.get("tool"), record.get("metadata"),
+                record.get("tags"), record.get("kind", "fact"), None, record.get("metadata"),
                 None, record.get("confidence", 0.8), record.get("source"), created_at=created)
+            # An imported record keeps its own provenance: not this process's tool.
+            fields["tool"] = v.label(record.get("tool"), "tool", v.MAX_TOOL_CHARS, optional=True)
             fields["expires_at"] = v.timestamp(record.get("expires_at"), "expires_at")
+            updated = v.timestamp(record.get("updated_at"), "updated_at")
+            if updated is not None:
+                fields["updated_at"] = max(updated, fields["created_at"])
             if record.get("session") is not None:
                 fields["session"] = v.label(record["session"], "session", v.MAX_SOURCE_CHARS)
-            with self.store.storage.write():
+            if record.get("id") is not None:
+                record_id = v.memory_id(record["id"], "id")
+            else:  # the same line imported twice must not become two memories
+                record_id = derived_id(fields["created_at"], f"{fields['scope']}\0{fields['content']}".encode())
+            # No savepoint: import runs inside large batches, where savepoints make
+            # FTS5 flush per record; this block raises nothing after validation.
+            with self.store.storage.write(savepoint=False):
                 if self.store.exists(record_id) or self.store.is_deleted(record_id):
                     return False
                 self._commit([("create", record_id, fields)])
@@ -290,14 +300,15 @@ class UnifiedMemoryAPI:
         )
 
     def range_recall(self, start_time: Any = None, end_time: Any = None, scope: str | None = None,
-                     limit: int | None = None) -> list[Memory]:
-        """Memories created between ``start_time`` and ``end_time`` (inclusive), oldest first."""
+                     limit: int | None = None, newest_first: bool = False) -> list[Memory]:
+        """Memories created between ``start_time`` and ``end_time`` (inclusive), oldest first
+        (or newest first: then ``limit`` keeps the most recent)."""
         with self.monitor.measure("range_recall"):
             start, end = v.timestamp(start_time, "start_time"), v.timestamp(end_time, "end_time")
             if start is not None and end is not None and start > end:
                 raise InvalidInput("start_time", "is after end_time")
             return self.store.range(start, end, v.label(scope, "scope", v.MAX_SCOPE_CHARS, optional=True),
-                                    v.positive_int(limit, "limit"))
+                                    v.positive_int(limit, "limit"), descending=bool(newest_first))
 
     def changes_since(self, seq: int = 0, limit: int = 1000) -> list[Change]:
         """Ops applied to this store after local sequence number ``seq`` (the change feed)."""
@@ -333,7 +344,7 @@ class UnifiedMemoryAPI:
     def optimize_performance(self, target_response_time_ms: float | None = None) -> dict[str, Any]:
         """Run real maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge) and report
         what was done and the probe latency before and after."""
-        target = target_response_time_ms or self.config.target_response_time_ms
+        target = self.config.target_response_time_ms if target_response_time_ms is None else target_response_time_ms
         if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
             raise InvalidInput("target_response_time_ms", "must be a positive number")
         with self.monitor.measure("optimize_performance"):

@@ -61,6 +61,17 @@ def new_id(at_ms: int | None = None) -> str:
     return f"{value:032x}"
 
 
+def derived_id(at_ms: int, key: bytes) -> str:
+    """A deterministic id in the same time-ordered layout, for records that arrive
+    without one (imports): the same content and time always give the same id."""
+    import hashlib
+
+    digest = int.from_bytes(hashlib.sha256(key).digest()[:10], "big")
+    seq, rand = digest >> 68 & 0xFFF, digest & ((1 << 62) - 1)
+    value = (at_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+    return f"{value:032x}"
+
+
 def is_valid_id(value: object) -> bool:
     """True for a well-formed memory id (does not check existence)."""
     return isinstance(value, str) and ID_PATTERN.match(value) is not None

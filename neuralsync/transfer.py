@@ -1,0 +1,249 @@
+"""JSON Lines export and import of memories, streamed, plus a tiny progress renderer.
+
+One memory per line: ``Memory.to_dict()`` without the search ``score``. Both
+directions stream in bounded batches, so a store or file larger than memory
+moves through in constant space. Import is idempotent (a memory whose id is
+already present, or was forgotten here, is skipped), so a failed or repeated
+import is fixed by running it again.
+
+This module holds no argument parsing and no SQL: it talks to the facade
+(``import_memory``, ``batch_operations``) and to ``Store.iter_memories``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from .errors import InvalidInput
+
+if TYPE_CHECKING:  # the facade pulls in sqlite3 and nacl; keep this module light to import
+    from .model import Memory
+    from .unified_memory_api import UnifiedMemoryAPI
+
+__all__ = ["ImportReport", "ProgressBar", "export_jsonl", "export_record", "export_to_file", "human_bytes",
+           "import_jsonl"]
+
+BATCH_SIZE = 500
+MAX_LISTED_REJECTIONS = 100  # reasons kept for the report; the count is always exact
+_BOM = "\ufeff"
+T = TypeVar("T")
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent on pipes, files and CI logs.
+
+    Progress belongs on stderr so stdout stays a clean data stream, and only on
+    a TTY because carriage-return animation turns logs into noise. Redraws are
+    throttled so a fast loop does not spend its time painting.
+    """
+
+    def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None,
+                 enabled: bool | None = None, unit: str = "", min_interval: float = 0.1) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _is_tty(self.stream) if enabled is None else enabled
+        self.unit = unit
+        self.min_interval = min_interval
+        self._done = 0
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        """Report progress; ``total`` may arrive late (doctor learns it as it goes)."""
+        self._done = done
+        if total is not None:
+            self.total = total
+        now = time.monotonic()
+        if self.enabled and now - self._last_draw >= self.min_interval:
+            self._last_draw = now
+            self._draw()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Draw the final state and end the line, if anything was drawn."""
+        if self._drawn:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def render(self, width: int = 30) -> str:
+        """The bar as text (separate from drawing so it can be tested without a TTY)."""
+        if not self.total:
+            return f"{self.label} {_human(self._done, self.unit)}"
+        fraction = min(1.0, self._done / self.total)
+        filled = int(fraction * width)
+        bar = "#" * filled + "-" * (width - filled)
+        count = (f"{_human(self._done, self.unit)}/{_human(self.total, self.unit)}" if self.unit == "B"
+                 else f"{self._done}/{self.total}{self.unit}")
+        return f"{self.label} [{bar}] {fraction:4.0%} {count}"
+
+    def _draw(self) -> None:
+        self.stream.write("\r" + self.render() + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _human(value: int, unit: str) -> str:
+    return human_bytes(value) if unit == "B" else f"{value}{unit}"
+
+
+def human_bytes(size: float) -> str:
+    """``1536`` -> ``1.5 KB``: sizes people read at a glance."""
+    for suffix in ("B", "KB", "MB", "GB"):
+        if size < 1024 or suffix == "GB":
+            break
+        size /= 1024
+    return f"{size:.0f} {suffix}" if suffix == "B" else f"{size:.1f} {suffix}"
+
+
+# ---------------------------------------------------------------- export
+def export_record(memory: Memory) -> dict[str, Any]:
+    """The exported form of a memory: everything but the query-dependent score."""
+    record = memory.to_dict()
+    record.pop("score", None)
+    return record
+
+
+def export_jsonl(api: UnifiedMemoryAPI, out: IO[bytes], progress: Callable[[int], None] | None = None) -> int:
+    """Write every live memory as one JSON line (UTF-8); returns how many were written.
+
+    Bytes, not text, so the file is UTF-8 whatever the locale of the terminal.
+    """
+    count = 0
+    for memory in api.store.iter_memories():
+        line = json.dumps(export_record(memory), ensure_ascii=False, separators=(",", ":"))
+        out.write(line.encode("utf-8") + b"\n")
+        count += 1
+        if progress is not None:
+            progress(count)
+    out.flush()
+    return count
+
+
+def export_to_file(api: UnifiedMemoryAPI, path: str | os.PathLike[str],
+                   progress: Callable[[int], None] | None = None) -> int:
+    """Export to ``path`` through a temporary name, so a failed export never leaves a
+    truncated file that looks complete (or clobbers the previous good one)."""
+    partial = f"{os.fspath(path)}.partial"
+    try:
+        with open(partial, "wb") as out:
+            count = export_jsonl(api, out, progress)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return count
+
+
+# ---------------------------------------------------------------- import
+@dataclass
+class ImportReport:
+    """What an import did: ``rejected`` counts every bad line, ``rejections`` lists the first few."""
+
+    imported: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    lines: int = 0
+    rejections: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no line was rejected."""
+        return self.rejected == 0
+
+    def reject(self, line_no: int, reason: str) -> None:
+        """Count a bad line, keeping its reason while the list is short."""
+        self.rejected += 1
+        if len(self.rejections) < MAX_LISTED_REJECTIONS:
+            self.rejections.append((line_no, reason))
+
+    @property
+    def summary(self) -> str:
+        """One line for people."""
+        return f"imported {self.imported}, skipped {self.skipped} (already present), rejected {self.rejected}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (rejections as ``{"line", "reason"}`` objects)."""
+        return {"imported": self.imported, "skipped": self.skipped, "rejected": self.rejected,
+                "lines": self.lines, "ok": self.ok,
+                "rejections": [{"line": n, "reason": r} for n, r in self.rejections]}
+
+
+def import_jsonl(api: UnifiedMemoryAPI, lines: Iterable[bytes | str], batch_size: int = BATCH_SIZE,
+                 progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Import JSON lines, one transaction per ``batch_size`` lines.
+
+    A bad line (broken JSON, bad UTF-8, a field that fails validation) is
+    rejected with its line number and the import goes on; nothing of it is
+    written, because the facade validates before writing and each record is
+    a savepoint of the batch. Counts are added only after a batch commits, so
+    the report never claims what a failed commit rolled back. ``progress``
+    receives the number of bytes read so far.
+    """
+    report = ImportReport()
+    consumed = 0
+    for chunk in _chunks(enumerate(lines, start=1), batch_size):
+        imported = skipped = 0
+        with api.batch_operations():
+            for line_no, raw in chunk:
+                outcome = _import_line(api, line_no, raw, report)
+                imported += outcome == "imported"
+                skipped += outcome == "skipped"
+        report.imported += imported
+        report.skipped += skipped
+        report.lines = chunk[-1][0]
+        consumed += sum(len(raw) for _, raw in chunk)
+        if progress is not None:
+            progress(consumed)
+    return report
+
+
+def _import_line(api: UnifiedMemoryAPI, line_no: int, raw: bytes | str, report: ImportReport) -> str:
+    """Import one line; returns ``imported``, ``skipped``, ``blank`` or ``rejected``."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        report.reject(line_no, f"not valid UTF-8 (byte {exc.start + 1})")
+        return "rejected"
+    if line_no == 1:
+        text = text.removeprefix(_BOM)  # editors on Windows like to add one
+    if not text.strip():
+        return "blank"
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        report.reject(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})")
+        return "rejected"
+    except RecursionError:
+        report.reject(line_no, "invalid JSON: nested too deeply")
+        return "rejected"
+    try:
+        return "imported" if api.import_memory(record) else "skipped"
+    except InvalidInput as exc:
+        report.reject(line_no, str(exc))
+        return "rejected"
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most ``size`` items, pulled lazily (bounded memory)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
