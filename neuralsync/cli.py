@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
+from .cli_services import add_service_commands
 from .errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
 from .transfer import human_bytes  # light: the facade is only a type there
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Handler, text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+    def add(name: str, handler: Handler | None, text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, parents=[common], help=text, description=text, aliases=list(aliases))
         cmd.set_defaults(handler=handler)
         return cmd
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_write_commands(add)
     _add_read_commands(add)
     _add_admin_commands(add)
+    add_service_commands(add)
     return parser
 
 
@@ -159,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
+    if getattr(args, "standalone", None):  # servers open the store themselves
+        return int(args.standalone(args))
     with UnifiedMemoryAPI(MemoryConfig.from_env(args.home)) as api:
         handler: Handler = args.handler
         return handler(api, args)
@@ -240,14 +244,7 @@ def cmd_recall(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 def cmd_list(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Memories in a time window: newest first unless ``--oldest-first``."""
     since, until = _time(args.since, "--since"), _time(args.until, "--until")
-    if args.oldest_first:
-        memories = api.range_recall(since, until, args.scope, args.limit)
-    else:  # the facade walks oldest first only; the store's index walks either way
-        if args.limit <= 0:
-            raise InvalidInput("limit", f"must be a positive integer, not {args.limit}")
-        if since is not None and until is not None and since > until:
-            raise InvalidInput("since", "is after --until")
-        memories = api.store.range(since, until, args.scope, args.limit, descending=True)
+    memories = api.range_recall(since, until, args.scope, args.limit, newest_first=not args.oldest_first)
     if args.json:
         _emit_json([m.to_dict() for m in memories])
         return 0

@@ -1,0 +1,97 @@
+"""CLI commands that run services or touch files beside the store: ``mcp``,
+``serve``, ``token``, ``sessions``, ``identity``, ``install``/``uninstall``.
+
+Kept apart from ``cli.py`` so each file stays one concept. Servers open the
+store themselves, so these handlers take only the parsed arguments
+(``standalone``); heavy modules are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_MCP_HTTP_PORT = 8374
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from .config import MemoryConfig
+
+    return MemoryConfig.from_env(getattr(args, "home", None))
+
+
+def _standalone(cmd: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]) -> None:
+    cmd.set_defaults(standalone=handler, handler=None)
+
+
+def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register the service commands on the main parser."""
+    cmd = add("mcp", None, "run the MCP server (stdio by default; --http for streamable HTTP on 127.0.0.1)")
+    cmd.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    cmd.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1, loopback only)")
+    cmd.add_argument("--port", type=int, default=DEFAULT_MCP_HTTP_PORT, help="HTTP port (default: 8374)")
+    cmd.add_argument("--no-aliases", action="store_true", help="hide the peers' compatibility tool names")
+    _standalone(cmd, cmd_mcp)
+
+    cmd = add("identity", None, "print this replica's public key (its site id)")
+    _standalone(cmd, cmd_identity)
+
+    cmd = add("sessions", None, "processes using this store (dead ones are reaped first)")
+    cmd.add_argument("--all", action="store_true", help="include ended sessions")
+    _standalone(cmd, cmd_sessions)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve MCP until stdin closes (stdio) or the process is stopped (HTTP)."""
+    from . import mcp_server
+
+    config = _config(args)
+    if args.http:
+        mcp_server.run_http(config, host=args.host, port=args.port, token=_server_token(config),
+                            aliases=not args.no_aliases)
+    else:
+        mcp_server.run_stdio(config, aliases=not args.no_aliases)
+    return 0
+
+
+def _server_token(config: Any) -> str | None:
+    """The HTTP server's bearer token, shared with ``neuralsync serve``, when that module is available."""
+    try:
+        from .server.auth import load_or_create_token
+    except ImportError:
+        return None
+    return str(load_or_create_token(config))
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    """This replica's Ed25519 public key, hex."""
+    from .identity import load_or_create_key
+
+    key = load_or_create_key(_config(args).key_path)
+    public = bytes(key.verify_key).hex()
+    print(json.dumps({"public_key": public}) if getattr(args, "json", False) else public)
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """List sessions without registering one for this listing itself."""
+    from .core_memory import CoreMemory
+    from .store import Store
+
+    store = Store(_config(args))
+    try:
+        rows = CoreMemory(store).sessions(include_ended=args.all)
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no active sessions", file=sys.stderr)
+    for row in rows:
+        state = "ended" if row["ended"] else "active"
+        print(f"{row['id']}  {row['tool'] or '-':<14} pid {row['pid']:<8} {state:<6} {row['cwd'] or ''}")
+    return 0
