@@ -39,6 +39,18 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd = add("identity", None, "print this replica's public key (its site id)")
     _standalone(cmd, cmd_identity)
 
+    for name, text in (("install", "register the neuralsync MCP server in a tool's config (idempotent, backed up)"),
+                       ("uninstall", "remove the neuralsync MCP server from a tool's config")):
+        cmd = add(name, None, text)
+        cmd.add_argument("tool", choices=["claude-code", "codex", "gemini"])
+        cmd.add_argument("--dry-run", action="store_true", help="print the change as a unified diff; write nothing")
+        cmd.add_argument("--config", metavar="PATH", help="edit this file instead of the tool's default")
+        cmd.add_argument("--scope", choices=["user", "project"], default="user",
+                         help="user: ~/.claude.json, ~/.codex/config.toml, ~/.gemini/settings.json; "
+                              "project: ./.mcp.json, ./.codex/config.toml, ./.gemini/settings.json")
+        cmd.set_defaults(integration=name)
+        _standalone(cmd, cmd_integration)
+
     cmd = add("sessions", None, "processes using this store (dead ones are reaped first)")
     cmd.add_argument("--all", action="store_true", help="include ended sessions")
     _standalone(cmd, cmd_sessions)
@@ -64,6 +76,18 @@ def _server_token(config: Any) -> str | None:
     except ImportError:
         return None
     return str(load_or_create_token(config))
+
+
+def cmd_integration(args: argparse.Namespace) -> int:
+    """install / uninstall the MCP server entry in a tool's configuration."""
+    import importlib.util
+
+    from .integrations.install import run_cli
+
+    if args.integration == "install" and importlib.util.find_spec("mcp") is None:
+        print("neuralsync: warning: the MCP server needs the [mcp] extra, which is not installed here:"
+              " python -m pip install 'neuralsync[mcp]'", file=sys.stderr)
+    return run_cli(args.integration, args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope)
 
 
 def cmd_identity(args: argparse.Namespace) -> int:

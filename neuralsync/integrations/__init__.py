@@ -1,0 +1,10 @@
+"""Integrations with AI command-line tools: MCP registration and the ``*-ns`` wrappers.
+
+- :mod:`neuralsync.integrations.install`: ``install``/``uninstall`` register the
+  ``neuralsync`` MCP server in Claude Code, Codex CLI and Gemini CLI configs.
+- :mod:`neuralsync.integrations.wrap`: ``nswrap`` and the ``claude-ns``,
+  ``codex-ns``, ``gemini-ns`` entry points.
+
+Nothing is re-exported here: the submodule ``install`` and a function of the same
+name would shadow each other, and keeping this package empty keeps it free to import.
+"""

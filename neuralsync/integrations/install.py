@@ -1,0 +1,513 @@
+"""Register (or remove) the ``neuralsync`` MCP server in Claude Code, Codex CLI and Gemini CLI.
+
+Every edit is conservative: the existing file must parse (else nothing is written),
+only our one entry changes, the result is checked to parse with every other
+setting equal, the first change keeps a ``<file>.neuralsync.bak`` copy, and the
+write is atomic (temp file in the same directory, fsync, ``os.replace``) with the
+original file mode. JSON files are re-dumped with two-space indentation (the
+format the tools write themselves); Codex's TOML is edited as text, so comments
+and ordering elsewhere survive byte for byte.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import HOME_ENV
+from ..errors import InvalidInput, NeuralSyncError
+
+SERVER_NAME = "neuralsync"
+TOOLS = ("claude-code", "codex", "gemini")
+SCOPES = ("user", "project")
+BACKUP_SUFFIX = ".neuralsync.bak"
+NEW_FILE_MODE = 0o600  # these files can hold API keys
+NEW_DIR_MODE = 0o700
+_CHANGES = ("installed", "updated", "uninstalled")
+
+
+class InstallError(NeuralSyncError):
+    """A tool's configuration file could not be read or changed safely; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    """What ``install``/``uninstall`` did (or, with ``dry_run``, would do) to one file.
+
+    ``action`` is one of installed, updated, already-installed, uninstalled, not-installed.
+    """
+
+    tool: str
+    path: Path
+    action: str
+    dry_run: bool = False
+    diff: str = ""
+    backup: Path | None = None
+
+    @property
+    def changed(self) -> bool:
+        """True when the file was (or would be) modified."""
+        return self.action in _CHANGES
+
+    @property
+    def message(self) -> str:
+        """One human-readable line."""
+        if not self.changed:
+            return f"{SERVER_NAME} is {self.action.replace('-', ' ')} in {self.path}; nothing changed"
+        verb = {"installed": "install", "updated": "update", "uninstalled": "uninstall"}[self.action]
+        if self.dry_run:
+            return f"dry run: would {verb} the {SERVER_NAME} MCP server in {self.path}; nothing written"
+        kept = f" (backup: {self.backup})" if self.backup else ""
+        return f"{self.action} the {SERVER_NAME} MCP server in {self.path}{kept}; restart {self.tool} to use it"
+
+
+# ================================================================ public API
+def install(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
+            command: str | Sequence[str] | None = None, scope: str = "user") -> InstallResult:
+    """Register the MCP server in ``tool``'s config, idempotently.
+
+    ``command`` is the server's executable (then args ``["mcp"]``) or a full argv;
+    by default the ``neuralsync`` script on PATH, else this interpreter with ``-m``.
+    """
+    path = config_file(tool, scope, config_path)
+    old = _read(path)
+    entry = server_entry(tool, command)
+    if tool == "codex":
+        new, existed = _toml_install(old or "", entry, path)
+    else:
+        new, existed = _json_install(old, entry, _managed(tool), path)
+    action = "already-installed" if new == old else ("updated" if existed else "installed")
+    return _finish(tool, path, old, new, action, dry_run)
+
+
+def uninstall(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
+              command: str | Sequence[str] | None = None, scope: str = "user") -> InstallResult:
+    """Remove our entry (only ours) from ``tool``'s config. ``command`` is accepted for symmetry."""
+    del command
+    path = config_file(tool, scope, config_path)
+    old = _read(path)
+    if old is None:
+        return InstallResult(tool, path, "not-installed", dry_run)
+    if tool == "codex":
+        new, existed = _toml_remove(old, path)
+    else:
+        new, existed = _json_remove(old, _read(_backup_path(path)), path)
+    return _finish(tool, path, old, new, "uninstalled" if existed else "not-installed", dry_run)
+
+
+def run_cli(action: str, tool: str, *, dry_run: bool = False, config_path: str | None = None,
+            scope: str = "user") -> int:
+    """``neuralsync install|uninstall TOOL``: print the diff (dry run) and a summary; exit code 0.
+
+    Errors raise :class:`InstallError` (a ``NeuralSyncError``) for the CLI to map.
+    """
+    func = install if action == "install" else uninstall
+    result = func(tool, dry_run=dry_run, config_path=config_path, scope=scope)
+    if dry_run and result.diff:
+        sys.stdout.write(result.diff)
+    print(result.message)
+    return 0
+
+
+def config_file(tool: str, scope: str = "user", config_path: str | os.PathLike[str] | None = None) -> Path:
+    """The file ``install`` edits for ``tool`` in ``scope`` (``user`` or ``project``: the current directory)."""
+    if tool not in TOOLS:
+        raise InvalidInput("tool", f"must be one of {', '.join(TOOLS)}, not {tool!r}")
+    if scope not in SCOPES:
+        raise InvalidInput("scope", f"must be one of {', '.join(SCOPES)}, not {scope!r}")
+    if config_path is not None:
+        return Path(config_path).expanduser()
+    if scope == "project":
+        base = Path.cwd()
+        return {"claude-code": base / ".mcp.json", "codex": base / ".codex" / "config.toml",
+                "gemini": base / ".gemini" / "settings.json"}[tool]
+    home = Path.home()
+    codex_home = Path(os.environ["CODEX_HOME"]).expanduser() if os.environ.get("CODEX_HOME") else home / ".codex"
+    return {"claude-code": home / ".claude.json", "codex": codex_home / "config.toml",
+            "gemini": home / ".gemini" / "settings.json"}[tool]
+
+
+def server_entry(tool: str, command: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Our entry in ``tool``'s shape. ``env`` carries ``NEURALSYNC_HOME`` only when the user set it."""
+    if command is None:
+        script = shutil.which("neuralsync")
+        argv = [os.path.abspath(script), "mcp"] if script else [sys.executable, "-m", "neuralsync.cli", "mcp"]
+    elif isinstance(command, str):
+        argv = [command, "mcp"]
+    else:
+        argv = list(command)
+    if not argv or not argv[0]:
+        raise InvalidInput("command", "must name an executable")
+    home = os.environ.get(HOME_ENV)
+    env = {HOME_ENV: os.path.abspath(os.path.expanduser(home))} if home else {}
+    if tool == "claude-code":
+        return {"type": "stdio", "command": argv[0], "args": argv[1:], "env": env}
+    entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
+    if env:
+        entry["env"] = env
+    return entry
+
+
+# ================================================================ shared helpers
+def _managed(tool: str) -> frozenset[str]:
+    """Keys of our entry that install owns; any other key a user added is kept."""
+    return frozenset({"type", "command", "args", "env"} if tool == "claude-code" else {"command", "args", "env"})
+
+
+def _merge(current: object, entry: dict[str, Any], managed: frozenset[str]) -> dict[str, Any]:
+    kept = {k: v for k, v in current.items() if k not in managed or k in entry} if isinstance(current, dict) else {}
+    kept.update(entry)  # existing keys keep their position
+    return kept
+
+
+def _same(current: object, entry: dict[str, Any], managed: frozenset[str]) -> bool:
+    if not isinstance(current, dict):
+        return False
+    return all((current.get(k) or None) == (entry.get(k) or None) for k in managed)
+
+
+def _newline(text: str | None) -> str:
+    return "\r\n" if text and "\r\n" in text else "\n"
+
+
+def _backup_path(path: Path) -> Path:
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + BACKUP_SUFFIX)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InstallError(f"{path} is not UTF-8 text; nothing was changed") from exc
+
+
+def _finish(tool: str, path: Path, old: str | None, new: str, action: str, dry_run: bool) -> InstallResult:
+    if action not in _CHANGES:
+        return InstallResult(tool, path, action, dry_run)
+    diff = "".join(difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=str(path), tofile=f"{path} ({action})"))
+    if diff and not diff.endswith("\n"):
+        diff += "\n\\ No newline at end of file\n"
+    if dry_run:
+        return InstallResult(tool, path, action, True, diff)
+    return InstallResult(tool, path, action, False, diff, _write(path, old, new))
+
+
+def _write(path: Path, old: str | None, new: str) -> Path | None:
+    """Back up (first change only), then replace atomically. Returns the backup path if any."""
+    real = Path(os.path.realpath(path))  # edit the target of a symlinked dotfile, keep the link
+    if old is None:
+        real.parent.mkdir(NEW_DIR_MODE, parents=True, exist_ok=True)  # intermediate dirs get the umask
+        mode = NEW_FILE_MODE
+    else:
+        mode = stat.S_IMODE(real.stat().st_mode)
+        backup = _backup_path(path)
+        if not backup.exists():  # an existing backup is the pre-neuralsync original: keep it
+            _atomic_write(backup, old.encode("utf-8"), mode)
+    if _read(real) != old:
+        raise InstallError(f"{path} changed while it was being edited; nothing was written, run again")
+    _atomic_write(real, new.encode("utf-8"), mode)
+    backup = _backup_path(path)
+    return backup if backup.exists() else None
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.chmod(tmp, mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX only)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# ================================================================ JSON (Claude Code, Gemini CLI)
+def _json_load(text: str | None, path: Path) -> dict[str, Any]:
+    if text is None or not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InstallError(f"{path} is not valid JSON ({exc}); fix it first, nothing was changed") from exc
+    if not isinstance(data, dict):
+        raise InstallError(f"{path} does not hold a JSON object; nothing was changed")
+    if not isinstance(data.get("mcpServers", {}), dict):
+        raise InstallError(f"{path}: 'mcpServers' is not an object; nothing was changed")
+    return data
+
+
+def _json_dump(data: dict[str, Any], old: str | None) -> str:
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if old is None or not old.strip() or old.endswith("\n"):
+        text += "\n"
+    return text.replace("\n", _newline(old))
+
+
+def _json_install(old: str | None, entry: dict[str, Any], managed: frozenset[str],
+                  path: Path) -> tuple[str, bool]:
+    data = _json_load(old, path)
+    servers = data.setdefault("mcpServers", {})
+    current = servers.get(SERVER_NAME)
+    if old is not None and _same(current, entry, managed):
+        return old, True  # already there: keep the file exactly as it is
+    servers[SERVER_NAME] = _merge(current, entry, managed)
+    return _json_dump(data, old), current is not None
+
+
+def _json_remove(old: str, backup: str | None, path: Path) -> tuple[str, bool]:
+    data = _json_load(old, path)
+    servers = data.get("mcpServers")
+    if not isinstance(servers, dict) or SERVER_NAME not in servers:
+        return old, False
+    del servers[SERVER_NAME]
+    if not servers and not _had_servers(backup):
+        del data["mcpServers"]  # we created it: leave the file as it was before install
+    return _json_dump(data, old), True
+
+
+def _had_servers(backup: str | None) -> bool:
+    try:
+        return isinstance(backup, str) and "mcpServers" in json.loads(backup)
+    except (ValueError, TypeError):
+        return False
+
+
+# ================================================================ TOML (Codex CLI), edited as text
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_OUR_TABLE = ("mcp_servers", SERVER_NAME)
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError as exc:
+            raise InstallError("editing Codex's config.toml on Python 3.10 needs tomli: pip install tomli") from exc
+    return tomllib.loads(text)
+
+
+def _toml_load(text: str, path: Path) -> dict[str, Any]:
+    try:
+        doc = _toml_loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise InstallError(f"{path} is not valid TOML ({exc}); fix it first, nothing was changed") from exc
+    if not isinstance(doc.get("mcp_servers", {}), dict):
+        raise InstallError(f"{path}: 'mcp_servers' is not a table; nothing was changed")
+    return doc
+
+
+def _ours(doc: dict[str, Any]) -> Any:
+    return doc.get("mcp_servers", {}).get(SERVER_NAME)
+
+
+def _others(doc: dict[str, Any]) -> dict[str, Any]:
+    rest = dict(doc)
+    servers = {k: v for k, v in rest.pop("mcp_servers", {}).items() if k != SERVER_NAME}
+    return {**rest, "mcp_servers": servers} if servers else rest
+
+
+def _toml_install(old: str, entry: dict[str, Any], path: Path) -> tuple[str, bool]:
+    doc = _toml_load(old, path)
+    current, managed = _ours(doc), _managed("codex")
+    if _same(current, entry, managed):
+        return old, True
+    wanted = _merge(current, entry, managed)
+    nl = _newline(old)
+    block = nl.join([f"[mcp_servers.{SERVER_NAME}]", *(f"{_toml_key(k)} = {_toml_value(v)}"
+                                                      for k, v in wanted.items())]) + nl
+    headers = _headers(old)
+    spans = _spans(old, headers, _OUR_TABLE)
+    if current is not None and not spans:
+        raise InstallError(f"{path}: mcp_servers.{SERVER_NAME} is written as an inline table or dotted keys, "
+                           "which this installer does not rewrite; remove it by hand and run again")
+    if spans:
+        new = _cut(old, spans[1:])
+        new = new[:spans[0][0]] + block + new[spans[0][1]:]
+    else:
+        mcp = _spans(old, headers, ("mcp_servers",))
+        new = _insert(old, mcp[-1][1] if mcp else len(old), block, nl)
+    _check_toml(new, doc, wanted, path)
+    return new, current is not None
+
+
+def _toml_remove(old: str, path: Path) -> tuple[str, bool]:
+    doc = _toml_load(old, path)
+    if _ours(doc) is None:
+        return old, False
+    spans = _spans(old, _headers(old), _OUR_TABLE)
+    if not spans:
+        raise InstallError(f"{path}: mcp_servers.{SERVER_NAME} is written as an inline table or dotted keys, "
+                           "which this installer does not rewrite; remove it by hand")
+    new = _cut(old, spans)
+    _check_toml(new, doc, None, path)
+    return new, True
+
+
+def _check_toml(new: str, old_doc: dict[str, Any], wanted: dict[str, Any] | None, path: Path) -> None:
+    """The edit must parse, hold exactly ``wanted`` for us, and leave every other value equal."""
+    try:
+        doc = _toml_loads(new)
+    except ValueError as exc:
+        raise InstallError(f"editing {path} would break it ({exc}); nothing was written") from exc
+    if _ours(doc) != wanted or _others(doc) != _others(old_doc):
+        raise InstallError(f"editing {path} would change other settings (unusual layout); nothing was written")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # inf and nan are spelled the same in TOML
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON escapes are valid TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return value.isoformat()  # dates and times, as tomllib returned them
+
+
+def _insert(text: str, pos: int, block: str, nl: str) -> str:
+    before, after = text[:pos], text[pos:]
+    if before and not before.endswith("\n"):
+        before += nl
+    return before + (nl if before else "") + block + after
+
+
+def _cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """Remove spans (last first), each with the blank line that ``_insert`` put before it."""
+    for start, end in reversed(spans):
+        before, after = text[:start], text[end:]
+        for sep in ("\r\n", "\n"):
+            if before.endswith(sep * 2):
+                before = before[:-len(sep)]
+                break
+        else:
+            if not before:
+                after = after.lstrip("\r\n")
+        text = before + after
+    return text
+
+
+def _spans(text: str, headers: list[tuple[int, tuple[str, ...]]], prefix: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each table under ``prefix``, without trailing blank and comment lines."""
+    spans = []
+    for i, (start, key) in enumerate(headers):
+        if key[:len(prefix)] == prefix:
+            end = headers[i + 1][0] if i + 1 < len(headers) else len(text)
+            lines = text[start:end].splitlines(keepends=True)
+            while len(lines) > 1 and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
+                lines.pop()
+            spans.append((start, start + sum(map(len, lines))))
+    return spans
+
+
+def _headers(text: str) -> list[tuple[int, tuple[str, ...]]]:
+    """(line start, key path) of every ``[table]`` header, skipping strings, comments and arrays."""
+    found: list[tuple[int, tuple[str, ...]]] = []
+    i, n, depth, line_start = 0, len(text), 0, True
+    while i < n:
+        if line_start:
+            line_start, j = False, i
+            while j < n and text[j] in " \t":
+                j += 1
+            if depth == 0 and j < n and text[j] == "[":
+                end = text.find("\n", j)
+                end = n if end < 0 else end + 1
+                found.append((i, _header_key(text[j:end])))
+                i, line_start = end, True
+                continue
+            i = j
+            continue
+        c = text[i]
+        if c == "\n":
+            line_start = True
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            i = _skip_string(text, i)
+            continue
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return found
+
+
+def _skip_string(text: str, i: int) -> int:
+    quote = text[i]
+    if text.startswith(quote * 3, i):
+        j = i + 3
+        while j < len(text) and not text.startswith(quote * 3, j):
+            j += 2 if quote == '"' and text[j] == "\\" else 1
+        j += 3
+        while j < len(text) and text[j] == quote:  # up to two quotes may end the content
+            j += 1
+        return j
+    j = i + 1
+    while j < len(text) and text[j] not in (quote, "\n"):
+        j += 2 if quote == '"' and text[j] == "\\" else 1
+    return j + 1
+
+
+def _header_key(line: str) -> tuple[str, ...]:
+    """Key path of a header line; ``[[array]]`` headers get a marker so they never match a table."""
+    match = re.match(r"\[\[?", line)
+    assert match is not None
+    parts: list[str] = ["[["] if match.group() == "[[" else []
+    pos = match.end()
+    token = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[A-Za-z0-9_-]+)\s*([.\]])")
+    while (m := token.match(line, pos)) is not None:
+        raw = m.group(1)
+        parts.append(_unquote(raw))
+        pos = m.end()
+        if m.group(2) == "]":
+            return tuple(parts)
+    return ("<unparsed>", line)
+
+
+def _unquote(raw: str) -> str:
+    if raw[0] == "'":
+        return raw[1:-1]
+    if raw[0] != '"':
+        return raw
+    try:
+        return str(json.loads(raw))
+    except ValueError:  # a TOML-only escape such as \U0001F600: compare it raw
+        return raw[1:-1]

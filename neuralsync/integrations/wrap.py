@@ -1,0 +1,373 @@
+"""``nswrap`` and the ``claude-ns``/``codex-ns``/``gemini-ns`` wrappers (NeuralSync2's habits).
+
+``nswrap -- CMD ...`` fetches the persona and three recalled memories, writes the
+preamble (then any piped stdin) to the child's stdin, streams the child's stdout
+as it comes, and stores every output line that starts with ``@remember:``. The
+child's stderr passes straight through and its exit code is returned.
+
+The store is opened directly through the facade, so no server is needed; when
+``NS_ENDPOINT`` or ``NS_TOKEN`` is set, the NeuralSync2 HTTP routes are used
+instead. Memory trouble never stops the child: it becomes a warning on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+PROG = "nswrap"
+MARKER = "@remember:"
+DEFAULT_TOP_K = 3
+MAX_QUERY_CHARS = 2000  # recall needs the gist, not a whole piped file
+HTTP_TIMEOUT_S = 10.0
+NOT_FOUND_EXIT = 127
+_OPTION = re.compile(r"(kind|scope|tool|confidence|tag)=(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """One recalled memory, as the preamble shows it."""
+
+    kind: str
+    scope: str
+    confidence: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RememberLine:
+    """A parsed ``@remember:`` line; ``None`` fields take the store's defaults."""
+
+    text: str
+    kind: str | None = None
+    scope: str | None = None
+    tool: str | None = None
+    confidence: float | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class MemoryClient(Protocol):
+    """What the wrapper needs from a memory: read the context, store captured lines."""
+
+    def persona(self) -> str: ...
+    def recall(self, query: str, top_k: int) -> list[Recalled]: ...
+    def remember(self, item: RememberLine) -> None: ...
+    def close(self) -> None: ...
+
+
+# ================================================================ parsing and formatting
+def parse_remember(line: str) -> RememberLine | None:
+    """Parse ``@remember: [kind=K] [scope=S] [tool=T] [confidence=C] [tag=X]... TEXT``.
+
+    Returns None when the line is not a directive; raises ValueError when it is
+    malformed (empty text, a confidence that is not a number in 0..1).
+    """
+    stripped = line.strip()
+    if not stripped.startswith(MARKER):
+        return None
+    rest, options, tags = stripped[len(MARKER):].strip(), {}, []
+    while (m := _OPTION.match(rest)) is not None:
+        value = _unquote(m.group(2))
+        if m.group(1) == "tag":
+            tags.append(value)
+        else:
+            options[m.group(1)] = value
+        rest = rest[m.end():]
+    text = _unquote(rest.strip())
+    if not text:
+        raise ValueError("no text to remember")
+    confidence = None
+    if "confidence" in options:
+        try:
+            confidence = float(options["confidence"])
+        except ValueError:
+            raise ValueError(f"confidence must be a number, not {options['confidence']!r}") from None
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
+    return RememberLine(text, options.get("kind"), options.get("scope"), options.get("tool"), confidence,
+                        tuple(t for t in tags if t))
+
+
+def _unquote(text: str) -> str:
+    """Strip shell-style quotes; text with unbalanced quotes (``don't``) is kept as written."""
+    if not text or text[0] not in "\"'":
+        return text
+    try:
+        parts = shlex.split(text)
+    except ValueError:  # unbalanced: drop only the opening quote
+        return text[1:].strip()
+    return parts[0] if len(parts) == 1 else text
+
+
+def format_preamble(persona: str, items: Sequence[Recalled]) -> str:
+    """NeuralSync2's preamble: ``Persona: ...`` and a blank line, then ``[M1] (kind, scope, conf=c) text``."""
+    lines = [f"Persona: {persona}", ""] if persona else []
+    lines += [f"[M{i}] ({m.kind}, {m.scope}, conf={m.confidence}) {m.text}" for i, m in enumerate(items, 1)]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# ================================================================ memory backends
+class LocalMemory:
+    """The store on this machine, opened through the facade (``$NEURALSYNC_HOME``)."""
+
+    def __init__(self, tool: str | None) -> None:
+        from ..unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+
+        self.api = UnifiedMemoryAPI(MemoryConfig.from_env(), tool=tool)
+        self.tool = tool
+
+    def persona(self) -> str:
+        return self.api.get_persona()
+
+    def recall(self, query: str, top_k: int) -> list[Recalled]:
+        return [Recalled(m.kind, m.scope, m.confidence, m.content) for m in self.api.recall(query, top_k=top_k)]
+
+    def remember(self, item: RememberLine) -> None:
+        self.api.remember(item.text, kind=item.kind or "fact", scope=item.scope or "global",
+                          tool=item.tool or self.tool, tags=list(item.tags) or None,
+                          confidence=0.8 if item.confidence is None else item.confidence, source=PROG)
+
+    def close(self) -> None:
+        self.api.close()
+
+
+class HttpMemory:
+    """A running server, through NeuralSync2's routes (``/persona``, ``/recall``, ``/remember``)."""
+
+    def __init__(self, endpoint: str, token: str | None, tool: str | None) -> None:
+        if not endpoint.startswith(("http://", "https://")):  # urllib would also open file:// URLs
+            raise ValueError(f"NS_ENDPOINT must be an http(s) URL, not {endpoint!r}")
+        self.endpoint, self.token, self.tool = endpoint.rstrip("/"), token, tool
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.endpoint + path, data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return json.loads(response.read().decode("utf-8") or "null")
+
+    def persona(self) -> str:
+        answer = self._call("/persona")
+        return str(answer.get("text") or "") if isinstance(answer, dict) else ""
+
+    def recall(self, query: str, top_k: int) -> list[Recalled]:
+        answer = self._call("/recall", {"query": query, "top_k": top_k, "tool": None})
+        return [Recalled(str(i.get("kind", "fact")), str(i.get("scope", "global")), i.get("confidence", 0.8),
+                         str(i.get("text", ""))) for i in (answer or {}).get("items", [])]
+
+    def remember(self, item: RememberLine) -> None:
+        body: dict[str, Any] = {"text": item.text, "kind": item.kind or "fact", "scope": item.scope or "global",
+                                "tool": item.tool or self.tool, "tags": list(item.tags), "source": PROG}
+        if item.confidence is not None:
+            body["confidence"] = item.confidence
+        self._call("/remember", body)
+
+    def close(self) -> None:
+        pass
+
+
+def open_memory(tool: str | None) -> MemoryClient:
+    """HTTP when ``NS_ENDPOINT`` or ``NS_TOKEN`` is set (NeuralSync2's variables), else the local store."""
+    endpoint, token = os.environ.get("NS_ENDPOINT"), os.environ.get("NS_TOKEN")
+    if endpoint or token:
+        host, port = os.environ.get("NS_HOST", "127.0.0.1"), os.environ.get("NS_PORT", "8373")
+        return HttpMemory(endpoint or f"http://{host}:{port}", token, tool)
+    return LocalMemory(tool)
+
+
+# ================================================================ running the child
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _piped_stdin() -> bytes:
+    stdin = sys.stdin
+    if stdin is None or stdin.closed or stdin.isatty():
+        return b""
+    return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8")
+
+
+def _preamble(memory: MemoryClient | None, query: str, top_k: int) -> str:
+    if memory is None:
+        return ""
+    try:
+        return format_preamble(memory.persona(), memory.recall(query, top_k))
+    except Exception as exc:  # noqa: BLE001 - recall trouble must never stop the wrapped tool
+        _warn(f"no recalled context ({exc})")
+        return ""
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except (BrokenPipeError, OSError):  # the child does not read its stdin: that is its choice
+        pass
+
+
+def _capture(memory: MemoryClient | None, line: bytes) -> None:
+    text = line.decode("utf-8", errors="replace")
+    try:
+        item = parse_remember(text)
+    except ValueError as exc:
+        _warn(f"ignored {text.strip()[:80]!r}: {exc}")
+        return
+    if item is None or memory is None:
+        return
+    try:
+        memory.remember(item)
+    except Exception as exc:  # noqa: BLE001 - a lost memory must not stop the stream
+        _warn(f"could not remember {item.text[:60]!r}: {exc}")
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+def _stream(stdout: IO[bytes], memory: MemoryClient | None, out: _Sink | None) -> None:
+    """Copy the child's stdout as it arrives (partial lines too); capture complete lines."""
+    pending, sink = b"", out
+    while chunk := os.read(stdout.fileno(), 65536):
+        if sink is not None:
+            try:
+                sink.write(chunk)
+                sink.flush()
+            except BrokenPipeError:  # our reader left (`claude-ns ... | head`): keep capturing
+                sink = None
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            _capture(memory, line)
+    if pending:
+        _capture(memory, pending)
+
+
+def run(command: Sequence[str], tool: str | None, *, top_k: int = DEFAULT_TOP_K, prog: str = PROG) -> int:
+    """Run ``command`` with recalled context on stdin; returns its exit code (127 if not found)."""
+    binary = shutil.which(command[0]) if command else None
+    if binary is None:
+        name = command[0] if command else "(none)"
+        print(f"{prog}: error: command not found: {name!r} (is it installed and on PATH?)", file=sys.stderr)
+        return NOT_FOUND_EXIT
+    piped = _piped_stdin()
+    query = (piped.decode("utf-8", errors="replace").strip() or " ".join(command[1:]))[:MAX_QUERY_CHARS]
+    memory = _open(tool)
+    try:
+        preamble = _preamble(memory, query, top_k)
+        separator = "\n" if preamble and piped else ""
+        data = (preamble + separator).encode("utf-8") + piped
+        env = dict(os.environ, **({"TOOL_NAME": tool} if tool else {}))
+        try:
+            proc = subprocess.Popen([binary, *command[1:]], stdin=subprocess.PIPE if data else None,
+                                    stdout=subprocess.PIPE, env=env)
+        except OSError as exc:  # found on PATH but not runnable (permissions, bad interpreter line)
+            print(f"{prog}: error: cannot run {binary}: {exc.strerror or exc}", file=sys.stderr)
+            return 126
+        return _supervise(proc, data, memory)
+    except KeyboardInterrupt:  # before the child started (e.g. during recall)
+        return 130
+    finally:
+        if memory is not None:
+            memory.close()
+
+
+def _open(tool: str | None) -> MemoryClient | None:
+    try:
+        return open_memory(tool)
+    except Exception as exc:  # noqa: BLE001 - an unopenable store must not stop the wrapped tool
+        _warn(f"memory unavailable, running without it ({exc})")
+        return None
+
+
+def _supervise(proc: subprocess.Popen[bytes], stdin_data: bytes, memory: MemoryClient | None) -> int:
+    """Feed stdin, stream stdout, wait. With nothing to inject, stdin was left to the child (interactive use)."""
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin_data), daemon=True)
+    if proc.stdin is not None:
+        feeder.start()
+    # Ctrl-C reaches the whole foreground group: the child decides, we wait for its exit code.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        assert proc.stdout is not None
+        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+        _stream(proc.stdout, memory, out or _TextOut(sys.stdout))
+        proc.stdout.close()
+        code = proc.wait()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+        if feeder.is_alive():
+            feeder.join(timeout=1.0)
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's 128+N
+
+
+class _TextOut:
+    """Bytes adapter for a text-only ``sys.stdout`` (an embedding host or a test harness)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8", errors="replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+# ================================================================ entry points
+def nswrap_main(argv: Sequence[str] | None = None) -> int:
+    """``nswrap [--tool NAME] [-k N] -- CMD ...``; ``--tool`` defaults to ``$TOOL_NAME``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options, command = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else ([], args)
+    parser = argparse.ArgumentParser(prog=PROG, usage=f"{PROG} [--tool NAME] [-k N] -- CMD [ARG ...]",
+                                     description="Run CMD with recalled memories on its stdin; "
+                                                 f"store every '{MARKER}' line it prints.")
+    parser.add_argument("--tool", default=os.environ.get("TOOL_NAME"), help="tool name (default: $TOOL_NAME)")
+    parser.add_argument("-k", "--top-k", type=int, default=DEFAULT_TOP_K, help="memories to recall (default: 3)")
+    try:
+        opts = parser.parse_args(options)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    if not command:
+        parser.print_usage(sys.stderr)
+        return 2
+    return run(command, opts.tool or None, top_k=max(opts.top_k, 1))
+
+
+def _wrapper(tool: str, binary: str, argv: Sequence[str] | None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run([binary, *args], tool, prog=f"{tool.split('-')[0]}-ns")
+
+
+def claude_ns_main(argv: Sequence[str] | None = None) -> int:
+    """``claude-ns ARGS``: Claude Code (``claude``) with neuralsync memory."""
+    return _wrapper("claude-code", "claude", argv)
+
+
+def codex_ns_main(argv: Sequence[str] | None = None) -> int:
+    """``codex-ns ARGS``: Codex CLI (``codex``) with neuralsync memory."""
+    return _wrapper("codex", "codex", argv)
+
+
+def gemini_ns_main(argv: Sequence[str] | None = None) -> int:
+    """``gemini-ns ARGS``: Gemini CLI (``gemini``) with neuralsync memory."""
+    return _wrapper("gemini", "gemini", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(nswrap_main())

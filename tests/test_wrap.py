@@ -1,0 +1,219 @@
+"""``nswrap`` and the ``*-ns`` wrappers: real child processes, a real store in ``tmp_path``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuralsync.integrations.wrap import (
+    Recalled,
+    RememberLine,
+    claude_ns_main,
+    format_preamble,
+    nswrap_main,
+    parse_remember,
+)
+from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+
+CHILD = r'''
+import sys
+data = sys.stdin.read()
+sys.stdout.write("GOT<<" + data + ">>\n")
+print('@remember: kind=note scope=global tag=a "Loves minimal elegant code."')
+print("@remember: confidence=abc this line is broken")
+print("after the bad line")
+sys.stderr.write("child-stderr\n")
+sys.exit(3)
+'''
+
+
+def nswrap(args: list[str], home: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "NEURALSYNC_HOME": str(home), **env}
+    return subprocess.run([sys.executable, "-m", "neuralsync.integrations.wrap", *args], input=stdin,
+                          capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A store with a persona and one memory."""
+    path = tmp_path / "store"
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(path))) as api:
+        api.set_persona("Terse senior engineer.")
+        api.remember("The project stores memories in SQLite WAL mode.", confidence=0.9)
+    return path
+
+
+def memories(home: Path, query: str) -> list[Any]:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(home))) as api:
+        return api.recall(query, top_k=5)
+
+
+def test_nswrap_injects_preamble_streams_output_and_captures(home: Path) -> None:
+    done = nswrap(["--", sys.executable, "-c", CHILD], home, stdin="How is SQLite configured?\n", TOOL_NAME="codex")
+
+    assert done.returncode == 3
+    preamble = ("Persona: Terse senior engineer.\n\n"
+                "[M1] (fact, global, conf=0.9) The project stores memories in SQLite WAL mode.\n")
+    assert done.stdout.startswith("GOT<<" + preamble + "\nHow is SQLite configured?\n>>\n")
+    assert '@remember: kind=note scope=global tag=a "Loves minimal elegant code."\n' in done.stdout
+    assert done.stdout.endswith("after the bad line\n")
+    assert "child-stderr" in done.stderr
+    assert "warning" in done.stderr and "confidence must be a number" in done.stderr
+
+    [stored] = memories(home, "minimal elegant")
+    assert stored.content == "Loves minimal elegant code."
+    assert (stored.kind, stored.scope, stored.tags, stored.tool) == ("note", "global", ("a",), "codex")
+    assert memories(home, "broken") == []
+
+
+def test_query_falls_back_to_command_args_and_empty_store_sends_nothing(tmp_path: Path) -> None:
+    child = "import sys; print(repr(sys.stdin.read()))"
+    done = nswrap(["--", sys.executable, "-c", child], tmp_path / "empty-store")
+    assert (done.returncode, done.stdout) == (0, "''\n")
+
+
+def test_missing_binary_exits_127(home: Path) -> None:
+    done = nswrap(["--", "no-such-tool-xyz", "--flag"], home)
+    assert done.returncode == 127
+    assert "no-such-tool-xyz" in done.stderr and "not found" in done.stderr
+
+
+def test_wrapper_names_the_missing_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert claude_ns_main(["-p", "hi"]) == 127
+    err = capsys.readouterr().err
+    assert err.startswith("claude-ns: error:") and "'claude'" in err
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert nswrap_main(["--tool", "x", "--"]) == 2
+    assert nswrap_main(["--bogus", "--", "true"]) == 2
+
+
+def test_claude_ns_runs_claude_as_claude_code(home: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys\nsys.stdin.read()\n"
+                    "print('tool=' + os.environ['TOOL_NAME'] + ' args=' + ' '.join(sys.argv[1:]))\n"
+                    "sys.stdout.write('@remember: tool-less unquoted text, isn\\'t it')\n")
+    fake.chmod(0o755)
+    code = "import sys; from neuralsync.integrations.wrap import claude_ns_main; sys.exit(claude_ns_main())"
+    env = {**os.environ, "NEURALSYNC_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-c", code, "-p", "hello"], capture_output=True, text=True,
+                          env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tool=claude-code args=-p hello\n")
+    [stored] = memories(home, "unquoted")
+    assert (stored.content, stored.tool, stored.kind) == ("tool-less unquoted text, isn't it", "claude-code", "fact")
+
+
+def test_child_killed_by_signal_maps_to_128_plus_n(home: Path) -> None:
+    child = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    assert nswrap(["--", sys.executable, "-c", child], home).returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('@remember: kind=note scope=global "Loves minimal elegant code."',
+     RememberLine("Loves minimal elegant code.", "note", "global")),
+    ("@remember: plain words, don't quote", RememberLine("plain words, don't quote")),
+    ("  @remember: tag=a tag='b c' tool=gemini confidence=0.5 Uses 'tabs'",
+     RememberLine("Uses 'tabs'", tool="gemini", confidence=0.5, tags=("a", "b c"))),
+    ('@remember: scope="my project" "unbalanced quote', RememberLine("unbalanced quote", scope="my project")),
+    ("@remember: kind=fact two \"quoted\" words", RememberLine('two "quoted" words', "fact")),
+    ("not a directive @remember: x", None),
+])
+def test_parse_remember(line: str, expected: RememberLine | None) -> None:
+    assert parse_remember(line) == expected
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("@remember: confidence=abc text", "must be a number"),
+    ("@remember: confidence=1.5 text", "between 0 and 1"),
+    ("@remember: kind=note", "no text"),
+    ("@remember:", "no text"),
+])
+def test_parse_remember_rejects(line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_remember(line)
+
+
+def test_format_preamble() -> None:
+    items = [Recalled("fact", "global", 0.8, "a"), Recalled("note", "proj", 1.0, "b")]
+    assert format_preamble("", items) == "[M1] (fact, global, conf=0.8) a\n[M2] (note, proj, conf=1.0) b\n"
+    assert format_preamble("P", []) == "Persona: P\n\n"
+    assert format_preamble("", []) == ""
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str | None, Any]] = []
+
+    def _answer(self, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization"), None))
+        self._answer({"text": "Remote persona."})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.path, self.headers.get("Authorization"), body))
+        if self.path == "/recall":
+            self._answer({"items": [{"kind": "fact", "scope": "global", "confidence": 0.7, "text": "remote"}]})
+        else:
+            self._answer({"id": "x", **body})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Recorder.seen = []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_http_mode_uses_the_neuralsync2_routes(server: str, tmp_path: Path) -> None:
+    child = "import sys; sys.stdout.write(sys.stdin.read()); print('@remember: kind=pref tag=x Dark mode')"
+    done = nswrap(["--tool", "gemini", "--", sys.executable, "-c", child], tmp_path / "unused",
+                  stdin="theme?\n", NS_ENDPOINT=server, NS_TOKEN="t0k")
+    assert done.returncode == 0, done.stderr
+    preamble = "Persona: Remote persona.\n\n[M1] (fact, global, conf=0.7) remote\n"
+    assert done.stdout.startswith(preamble + "\ntheme?\n@remember:")
+    paths = [(path, auth) for path, auth, _ in _Recorder.seen]
+    assert paths == [("/persona", "Bearer t0k"), ("/recall", "Bearer t0k"), ("/remember", "Bearer t0k")]
+    assert _Recorder.seen[1][2]["query"] == "theme?" and _Recorder.seen[1][2]["top_k"] == 3
+    remembered = _Recorder.seen[2][2]
+    assert (remembered["text"], remembered["kind"], remembered["tags"], remembered["tool"]) == \
+        ("Dark mode", "pref", ["x"], "gemini")
+    assert not (tmp_path / "unused").exists()
+
+
+def test_unreachable_server_still_runs_the_child(tmp_path: Path) -> None:
+    child = "import sys; sys.stdout.write('ok:' + sys.stdin.read())"
+    done = nswrap(["--", sys.executable, "-c", child], tmp_path, stdin="x",
+                  NS_ENDPOINT="http://127.0.0.1:9", NS_TOKEN="t")
+    assert (done.returncode, done.stdout) == (0, "ok:x")
+    assert "no recalled context" in done.stderr
