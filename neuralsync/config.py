@@ -45,6 +45,10 @@ class MemoryConfig:
     # Recall work bound: at most this many FTS matches are scored per query
     # term set; beyond it, scoring is restricted to the newest matching rows.
     text_match_budget: int = 4000
+    # Semantic recall: "wordllama" (offline, bundled), "hashing" (no dependency),
+    # "sentence-transformers:<model>", "openai:<model>@<url>"; "none" disables it.
+    embedder: str = "wordllama"
+    embed_on_write: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

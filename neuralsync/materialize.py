@@ -82,7 +82,7 @@ def _create(conn: sqlite3.Connection, op: Op) -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (op.record_id, content, TAG_SEP.join(tags), f["scope"], f["kind"], f.get("tool"),
          f.get("source"), f.get("session"), f["priority"], f["confidence"],
-         dump_metadata(f.get("metadata") or {}), created, f.get("updated_at") or max(created, hlc_ms(op.hlc)),
+         dump_metadata(f.get("metadata") or {}), created, max(created, f.get("updated_at") or created),
          f.get("expires_at"), content_hash(content)),
     )
     mem = cursor.lastrowid

@@ -1,29 +1,43 @@
-"""Recall: text candidates from FTS5, filters in SQL, then a re-rank that adds
-priority, recency and confidence to relevance.
+"""Recall: text (BM25) and semantic candidates, filters in SQL, one fused ranking.
 
-final = (0.7 * bm25 / best_bm25 + 0.3 * coverage) * (0.6 + 0.4 * boost)
-boost = 0.5 * priority + 0.3 * recency + 0.2 * confidence,  recency = 2^(-age/30 days)
+Every candidate from either list is scored on *both* signals - a text hit gets
+its cosine similarity from its stored vector, a semantic hit its BM25 from FTS
+restricted to the candidates - so fusion compares like with like instead of
+guessing from ranks (plain reciprocal-rank fusion lost to semantic alone on
+paraphrases):
+
+relevance = W_SEM * cos / best_cos + W_TEXT * bm25 / best_bm25 + W_COVER * coverage
+final     = relevance * (0.6 + 0.4 * boost)
+boost     = 0.5 * priority + 0.3 * recency + 0.2 * confidence,  recency = 2^(-age/30 days)
 
 ``coverage`` is the share of query words present in the memory: it lets common
 words that were left out of the FTS expression (see ``search.text``) still
-order the candidates. An empty query returns the most relevant recent memories.
+order the candidates. Text mode uses W_SEM = 0, semantic mode W_TEXT = W_COVER
+= 0. An empty query returns the most relevant recent memories.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .model import Memory
 from .search.text import BM25_WEIGHTS, TextPlan, TextSearcher, filter_expr, terms
 from .store import MEMORY_COLUMNS, NOT_EXPIRED, Store, row_to_memory
 from .utils import now_ms
 
+if TYPE_CHECKING:
+    from .search.semantic import SemanticIndex
+
 _WORD = re.compile(r"[^\W_]+")
 HALF_LIFE_MS = 30 * 86_400_000
 RECENT_POOL = 200
+MODES = ("hybrid", "text", "semantic")
+W_SEM, W_TEXT, W_COVER = 0.55, 0.30, 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,26 +89,58 @@ def boost(memory: Memory, now: int) -> float:
 
 
 class Recaller:
-    """Runs recall queries against a :class:`Store`."""
+    """Runs recall queries against a :class:`Store` (and its vectors, when given)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, semantic: SemanticIndex | None = None) -> None:
         self.store = store
+        self.semantic = semantic
         self.text = TextSearcher(store.config.text_match_budget)
 
-    def recall(self, query: str, filters: Filters, top_k: int) -> list[Memory]:
+    def recall(self, query: str, filters: Filters, top_k: int, mode: str = "hybrid") -> list[Memory]:
         """The ``top_k`` best memories for ``query`` under ``filters``."""
         words = terms(query)
         now = now_ms()
-        with self.store.storage.read() as conn:
-            if not words:
+        if not words:
+            with self.store.storage.read() as conn:
                 return self._recent(conn, filters, top_k, now)
-            plan = self.text.plan(conn, words, filter_expr(filters.scope, filters.tags, filters.tag_match))
+        if mode == "text" or self.semantic is None:
+            return self._text_only(words, filters, top_k, now)
+        if mode == "semantic":
+            hits = self.semantic.search(query, top_k, filters, now)
+            return _best([(sim, m) for m, sim in hits], top_k)
+        return self._hybrid(query, words, filters, top_k, now)
+
+    def _text_only(self, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
+        with self.store.storage.read() as conn:
+            plan = self._plan(conn, words, filters)
             if plan is None:
                 return []
             hits = self._text_candidates(conn, plan, filters, max(top_k * 2, 30), now)
         return rerank(hits, words, top_k, now)
 
-    def _text_candidates(self, conn, plan: TextPlan, filters: Filters, limit: int,  # type: ignore[no-untyped-def]
+    def _plan(self, conn: sqlite3.Connection, words: list[str], filters: Filters) -> TextPlan | None:
+        return self.text.plan(conn, words, filter_expr(filters.scope, filters.tags, filters.tag_match))
+
+    def _hybrid(self, query: str, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
+        assert self.semantic is not None
+        pool = max(top_k * 3, 30)
+        if 0 < self.semantic.pending() <= 2000:
+            self.semantic.embed_pending()
+        vector = self.semantic.embed([query])[0]
+        sem_hits = self.semantic.search_vector(vector, pool, filters, now)
+        with self.store.storage.read() as conn:
+            plan = self._plan(conn, words, filters)
+            text_hits = self._text_candidates(conn, plan, filters, pool, now) if plan else []
+            candidates = {m.id: m for m, _ in (*text_hits, *sem_hits)}
+            rel = {m.id: r for m, r in text_hits}
+            missing = [rid for rid in candidates if rid not in rel]
+            if plan is not None and missing:
+                rel.update(_bm25_of(conn, plan, missing))
+        sims = {m.id: s for m, s in sem_hits}
+        sims.update(self.semantic.similarities(vector, [rid for rid in candidates if rid not in sims]))
+        return fuse(list(candidates.values()), rel, sims, words, top_k, now)
+
+    def _text_candidates(self, conn: sqlite3.Connection, plan: TextPlan, filters: Filters, limit: int,
                          now: int) -> list[tuple[Memory, float]]:
         where, args = filters.sql(now)
         floor = ""
@@ -107,7 +153,7 @@ class Recaller:
         rows = conn.execute(sql, (plan.match, *args, limit)).fetchall()
         return [(row_to_memory(r), -float(r[-1])) for r in rows]
 
-    def _recent(self, conn, filters: Filters, top_k: int, now: int) -> list[Memory]:  # type: ignore[no-untyped-def]
+    def _recent(self, conn: sqlite3.Connection, filters: Filters, top_k: int, now: int) -> list[Memory]:
         where, args = filters.sql(now)
         rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {where}"
                             " ORDER BY m.created_at DESC LIMIT ?", (*args, max(RECENT_POOL, top_k))).fetchall()
@@ -118,17 +164,36 @@ class Recaller:
 
 def rerank(hits: Sequence[tuple[Memory, float]], words: Sequence[str], top_k: int, now: int) -> list[Memory]:
     """Order text hits by relevance, query coverage and boosts; attach the score."""
-    if not hits:
+    rel = {m.id: r for m, r in hits}
+    return fuse([m for m, _ in hits], rel, {}, words, top_k, now, w_sem=0.0, w_text=0.7, w_cover=0.3)
+
+
+def fuse(candidates: Sequence[Memory], rel: dict[str, float], sims: dict[str, float], words: Sequence[str],
+         top_k: int, now: int, w_sem: float = W_SEM, w_text: float = W_TEXT, w_cover: float = W_COVER) -> list[Memory]:
+    """Score candidates on normalised BM25, cosine and query coverage, then boosts."""
+    if not candidates:
         return []
-    best = max(rel for _, rel in hits) or 1.0
+    best_rel = max(rel.values(), default=0.0) or 1.0
+    best_sim = max((s for s in sims.values() if s > 0), default=0.0) or 1.0
     wanted = set(words)
     scored = []
-    for memory, rel in hits:
+    for memory in candidates:
         present = wanted.intersection(_WORD.findall(memory.content.lower()))
-        coverage = len(present) / len(wanted)
-        score = (0.7 * rel / best + 0.3 * coverage) * (0.6 + 0.4 * boost(memory, now))
-        scored.append((score, memory))
+        coverage = len(present) / len(wanted) if wanted else 0.0
+        relevance = (w_sem * max(0.0, sims.get(memory.id, 0.0)) / best_sim
+                     + w_text * rel.get(memory.id, 0.0) / best_rel + w_cover * coverage)
+        scored.append((relevance * (0.6 + 0.4 * boost(memory, now)), memory))
     return _best(scored, top_k)
+
+
+def _bm25_of(conn: sqlite3.Connection, plan: TextPlan, record_ids: Sequence[str]) -> dict[str, float]:
+    """BM25 of specific memories for the plan's expression (0 when they do not match it)."""
+    marks = ",".join("?" * len(record_ids))
+    rows = conn.execute(
+        f"SELECT m.id, bm25(memories_fts, {BM25_WEIGHTS}) FROM memories_fts"
+        " JOIN memories m ON m.rowid = memories_fts.rowid"
+        f" WHERE memories_fts MATCH ? AND m.id IN ({marks})", (plan.match, *record_ids)).fetchall()
+    return {rid: -float(score) for rid, score in rows}
 
 
 def _best(scored: list[tuple[float, Memory]], top_k: int) -> list[Memory]:

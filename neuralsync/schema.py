@@ -14,9 +14,22 @@ Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 
 def _run(conn: sqlite3.Connection, script: str) -> None:
     """Run statements one by one: ``executescript`` would COMMIT the migration's transaction."""
-    for statement in script.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
+    for statement in _statements(script):
+        conn.execute(statement)
+
+
+def _statements(script: str) -> list[str]:
+    """Split on ``;`` at line ends, keeping trigger bodies (``BEGIN ... END;``) whole."""
+    out: list[str] = []
+    current: list[str] = []
+    for piece in script.split(";\n"):
+        current.append(piece)
+        text = ";\n".join(current)
+        if text.count("BEGIN\n") <= text.count("END"):
+            if text.strip():
+                out.append(text)
+            current = []
+    return out
 
 
 def _m001_initial(conn: sqlite3.Connection) -> None:
@@ -111,7 +124,40 @@ def _m002_sessions(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _m003_embeddings(conn: sqlite3.Connection) -> None:
+    # Vectors are derived, local data (never replicated, not in the digest).
+    # seq grows on every write: the HNSW file covers seq <= its covered_seq, and
+    # newer rows are searched exactly. Triggers keep the derived tables right
+    # whatever path changed a memory (local write, remote op, rebuild).
+    _run(conn, """
+    CREATE TABLE embeddings(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        mem INTEGER NOT NULL UNIQUE,
+        embedder TEXT NOT NULL,
+        vec BLOB NOT NULL
+    );
+    CREATE TABLE embed_queue(mem INTEGER PRIMARY KEY);
+    CREATE TABLE vector_removed(mem INTEGER PRIMARY KEY);
+    CREATE TRIGGER memories_queue_embedding AFTER INSERT ON memories BEGIN
+        INSERT OR IGNORE INTO embed_queue(mem) VALUES (new.rowid);
+    END;
+    CREATE TRIGGER memories_stale_embedding AFTER UPDATE OF content ON memories
+    WHEN new.content IS NOT old.content BEGIN
+        DELETE FROM embeddings WHERE mem = old.rowid;
+        INSERT OR IGNORE INTO embed_queue(mem) VALUES (old.rowid);
+        INSERT OR IGNORE INTO vector_removed(mem) VALUES (old.rowid);
+    END;
+    CREATE TRIGGER memories_drop_embedding AFTER DELETE ON memories BEGIN
+        DELETE FROM embeddings WHERE mem = old.rowid;
+        DELETE FROM embed_queue WHERE mem = old.rowid;
+        INSERT OR IGNORE INTO vector_removed(mem) VALUES (old.rowid);
+    END;
+    INSERT OR IGNORE INTO embed_queue(mem) SELECT rowid FROM memories
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
+    (3, "embeddings, embedding queue, vector removals", _m003_embeddings),
 ]

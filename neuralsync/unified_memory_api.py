@@ -22,8 +22,9 @@ from .errors import InvalidInput, NeuralSyncError, NotFound
 from .maintenance import optimize
 from .model import Change, Memory
 from .performance_monitor import PerformanceMonitor, process_resources
-from .recall import Filters, Recaller
+from .recall import MODES, Filters, Recaller
 from .redact import Redactor
+from .search.semantic import SemanticIndex
 from .store import Store
 from .utils import derived_id, new_id, now_ms
 
@@ -50,7 +51,10 @@ class UnifiedMemoryAPI:
         self.config = config or MemoryConfig.from_env()
         self.store = Store(self.config)
         self.monitor = PerformanceMonitor(self.config.monitor_samples)
-        self.recaller = Recaller(self.store)
+        self.semantic = (SemanticIndex(self.store, self.config.embedder)
+                         if self.config.embedder.lower() != "none" else None)
+        self.recaller = Recaller(self.store, self.semantic)
+        self._batch = threading.local()
         self.redactor = Redactor(self.config.redact_secrets, self.config.extra_secret_patterns)
         self.access = AccessRecorder(self.store.storage)
         self.session_id = new_id()
@@ -73,6 +77,8 @@ class UnifiedMemoryAPI:
             return
         self._closed = True
         self.access.close()
+        if self.semantic is not None:
+            self.semantic.close()
         try:
             self.core.end_session(self.session_id)
         except NeuralSyncError as exc:  # a busy store must not make close() fail
@@ -94,7 +100,7 @@ class UnifiedMemoryAPI:
             record_id = new_id()
             fields = self._create_fields(content, scope, priority, tags, kind, tool, metadata,
                                          ttl_ms, confidence, source)
-            self._commit([("create", record_id, fields)])
+            self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
             return record_id
 
     def import_memory(self, record: dict[str, Any]) -> bool:
@@ -131,7 +137,7 @@ class UnifiedMemoryAPI:
             with self.store.storage.write(savepoint=False):
                 if self.store.exists(record_id) or self.store.is_deleted(record_id):
                     return False
-                self._commit([("create", record_id, fields)])
+                self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
             return True
 
     def _create_fields(self, content: object, scope: object, priority: object, tags: object,
@@ -183,7 +189,8 @@ class UnifiedMemoryAPI:
                 intents = [("update", record_id, scalars)] if scalars else []
                 if new_tags is not None:
                     intents += self._tag_intents(current, new_tags)
-                self._commit(intents)
+                changed = "content" in scalars and scalars["content"] != current.content
+                self._commit(intents, embed=(record_id, scalars["content"]) if changed else None)
                 return self._require(record_id)
 
     def _update_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -235,21 +242,65 @@ class UnifiedMemoryAPI:
         found = self.store.persona()
         return "" if found is None else found[0]
 
-    def _commit(self, intents: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def _commit(self, intents: list[tuple[str, str, dict[str, Any]]],
+                embed: tuple[str, str] | None = None) -> None:
+        """Apply intents; write the vector of ``embed`` (id, text) in the same transaction.
+
+        Inside ``batch_operations`` vectors are computed in one call at the end
+        of the batch. If the embedder fails, the memory is stored anyway and
+        stays queued for ``embed_pending``: recall by text never waits on it.
+        """
         if not intents:
             return
-        self.store.commit(intents)
+        pending = getattr(self._batch, "pending", None)
+        if embed is not None and pending is not None:
+            pending.append(embed)
+            embed = None
+        vector = self._embed_now(embed) if embed is not None and self.config.embed_on_write else None
+        with self.store.storage.write(savepoint=False) as conn:
+            self.store.commit(intents)
+            if vector is not None and self.semantic is not None:
+                self.semantic.store_vectors(conn, [(embed[0], vector)])  # type: ignore[index]
         self._ops_since_optimize += len(intents)
         if (self.config.enable_auto_optimization and self._ops_since_optimize >= AUTO_OPTIMIZE_EVERY
                 and not self.store.storage.in_write):
             self._ops_since_optimize = 0
             optimize(self.store, light=True)
 
+    def _embed_now(self, item: tuple[str, str]) -> Any:
+        if self.semantic is None:
+            return None
+        try:
+            return self.semantic.embed([item[1]])[0]
+        except Exception as exc:  # noqa: BLE001 - any embedder failure leaves the row queued, never loses it
+            log.warning("embedding deferred (%s); the memory is stored and queued", exc)
+            return None
+
     @contextmanager
     def batch_operations(self) -> Iterator[UnifiedMemoryAPI]:
         """Group writes into one transaction: all of them are stored, or none."""
-        with self.monitor.measure("batch_operations"), self.store.storage.write():
-            yield self
+        outer = getattr(self._batch, "pending", None) is None
+        if outer:
+            self._batch.pending = []
+        try:
+            with self.monitor.measure("batch_operations"), self.store.storage.write() as conn:
+                yield self
+                if outer:
+                    self._flush_batch_vectors(conn)
+        finally:
+            if outer:
+                self._batch.pending = None
+
+    def _flush_batch_vectors(self, conn: Any) -> None:
+        items: list[tuple[str, str]] = self._batch.pending
+        if not items or self.semantic is None or not self.config.embed_on_write:
+            return
+        try:
+            vectors = self.semantic.embed([text for _, text in items])
+        except Exception as exc:  # noqa: BLE001 - see _embed_now
+            log.warning("batch embedding deferred (%s); the memories are stored and queued", exc)
+            return
+        self.semantic.store_vectors(conn, [(rid, vec) for (rid, _), vec in zip(items, vectors, strict=True)])
 
     # ------------------------------------------------------------ reads
     def get(self, memory_id: str) -> Memory:
@@ -268,22 +319,48 @@ class UnifiedMemoryAPI:
     def recall(self, query: str = "", scope: str | None = None, top_k: int = 10,
                tags: list[str] | tuple[str, ...] | str | None = None, kinds: list[str] | str | None = None,
                since: Any = None, until: Any = None, tag_match: str = "any",
-               tool: str | None = None) -> list[Memory]:
+               tool: str | None = None, mode: str = "hybrid") -> list[Memory]:
         """The best ``top_k`` memories for ``query`` (BM25 with priority/recency/confidence).
 
         Query text is always literal. An empty query returns the most relevant
         recent memories. ``scope=None`` searches every scope; ``tags`` match
         any (or ``tag_match="all"``); ``since``/``until`` bound creation time;
-        ``tool`` keeps only memories written by that tool.
+        ``tool`` keeps only memories written by that tool. ``mode`` is
+        ``"hybrid"`` (BM25 and meaning, fused), ``"text"`` or ``"semantic"``.
         """
         with self.monitor.measure("recall"):
-            if not isinstance(query, str):
-                raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
-            filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
-            k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
-            results = self.recaller.recall(query, filters, k)  # type: ignore[arg-type]
-            self.access.record([m.id for m in results])
-            return results
+            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, mode)
+
+    def semantic_search(self, query: str, top_k: int = 10, scope: str | None = None,
+                        tags: list[str] | tuple[str, ...] | str | None = None, since: Any = None,
+                        until: Any = None, kinds: list[str] | str | None = None,
+                        tag_match: str = "any", tool: str | None = None) -> list[Memory]:
+        """Memories closest in meaning to ``query`` (offline embeddings, HNSW index); same filters as recall."""
+        with self.monitor.measure("semantic_search"):
+            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, "semantic")
+
+    def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
+                until: object, tag_match: str, tool: object, mode: str) -> list[Memory]:
+        if not isinstance(query, str):
+            raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
+        if mode not in MODES:
+            raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
+        filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
+        k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
+        results = self.recaller.recall(query, filters, k, mode)  # type: ignore[arg-type]
+        self.access.record([m.id for m in results])
+        return results
+
+    def embed_pending(self, progress: Any = None) -> int:
+        """Embed memories that arrived without a vector (other writers, sync, changed content)."""
+        return 0 if self.semantic is None else self.semantic.embed_pending(progress=progress)
+
+    def rebuild_vector_index(self, full: bool = False, progress: Any = None) -> dict[str, Any]:
+        """Bring the HNSW file up to date now (incremental unless ``full``); returns what was done."""
+        if self.semantic is None:
+            return {"skipped": "semantic search is disabled (embedder 'none')"}
+        with self.monitor.measure("rebuild_vector_index"):
+            return self.semantic.refresh_index(full=full, progress=progress)
 
     def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
                  tag_match: str, tool: object = None) -> Filters:

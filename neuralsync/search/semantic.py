@@ -1,0 +1,338 @@
+"""Semantic search: embeddings in SQLite as the truth, an HNSW file as a cache.
+
+- Vectors are written beside the memory in the same transaction when the
+  writer embeds (``store_vectors``); every other new or changed memory is put
+  on ``embed_queue`` by a trigger and embedded by ``embed_pending`` (any
+  process; small queues are drained before a search, so one process sees
+  another's new memories at once).
+- The HNSW file (``vectors.usearch``) covers embeddings up to its
+  ``covered_seq`` and is opened memory-mapped, shared by every process. Newer
+  rows are kept in an in-memory delta and searched exactly; their keys
+  supersede the file's. The file is rewritten atomically by whichever process
+  holds ``vectors.lock`` (``refresh_index``), never by a reader.
+- Every hit is re-read from ``memories`` with the caller's filters in SQL, so a
+  forgotten, expired or out-of-scope memory can never come back, whatever the
+  file still holds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import NeuralSyncError
+from ..store import MEMORY_COLUMNS, Store, row_to_memory
+
+if TYPE_CHECKING:
+    from ..model import Memory
+    from ..recall import Filters
+    from .embed import Embedder
+    from .vector import AnnIndex, Hit, IndexMeta
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+EMBED_BATCH = 512
+DRAIN_BEFORE_SEARCH = 2000       # queue sizes a search embeds itself (~40 ms at most)
+EXACT_FILTER_LIMIT = 20_000      # filtered sets this small are searched exactly
+MAX_DELTA = 200_000              # newest rows kept in memory when the file lags far behind
+REFRESH_DELTA = 5_000            # a server rebuilds the file once this many rows are uncovered
+INDEX_FILE = "vectors.usearch"
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """Little-endian float32 bytes of one vector."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dims: int) -> np.ndarray:
+    """A (n, dims) float32 matrix from stored blobs."""
+    if not blobs:
+        return np.zeros((0, dims), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dims).astype(np.float32)
+
+
+class SemanticIndex:
+    """Embeds, stores and searches vectors for one store. Thread-safe."""
+
+    def __init__(self, store: Store, embedder_spec: str = "wordllama") -> None:
+        self.store = store
+        self.spec = embedder_spec
+        self.path = store.config.home / INDEX_FILE
+        self._embedder: Embedder | None = None
+        self._lock = threading.RLock()
+        self._ann: AnnIndex | None = None
+        self._ann_meta: IndexMeta | None = None
+        self._ann_stamp: tuple[int, int] | None = None
+        self._ann_checked = 0.0
+        self._delta: dict[int, np.ndarray] = {}
+        self._delta_upto = -1
+        self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------ embedding
+    @property
+    def embedder(self) -> Embedder:
+        """The configured embedder, loaded on first use."""
+        with self._lock:
+            if self._embedder is None:
+                from .embed import get_embedder
+
+                self._embedder = get_embedder(self.spec)
+            return self._embedder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors for ``texts``."""
+        return self.embedder.embed(list(texts))
+
+    def store_vectors(self, conn: sqlite3.Connection, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Write vectors for memory ids inside the caller's transaction and dequeue them."""
+        name = self.embedder.name
+        conn.executemany("INSERT OR REPLACE INTO embeddings(mem, embedder, vec)"
+                         " SELECT rowid, ?, ? FROM memories WHERE id = ?",
+                         [(name, to_blob(vec), record_id) for record_id, vec in items])
+        conn.executemany("DELETE FROM embed_queue WHERE mem = (SELECT rowid FROM memories WHERE id = ?)",
+                         [(record_id,) for record_id, _ in items])
+
+    def pending(self) -> int:
+        """Memories waiting for a vector."""
+        return int(self.store.storage.conn.execute("SELECT count(*) FROM embed_queue").fetchone()[0])
+
+    def embed_pending(self, limit: int | None = None, progress: Progress | None = None) -> int:
+        """Embed queued memories (new from elsewhere, or changed); returns how many."""
+        total = self.pending() if limit is None else min(limit, self.pending())
+        done = 0
+        while done < total:
+            rows = self.store.storage.conn.execute(
+                "SELECT q.mem, m.content, m.content_hash FROM embed_queue q JOIN memories m ON m.rowid = q.mem"
+                " ORDER BY q.mem LIMIT ?", (min(EMBED_BATCH, total - done),)).fetchall()
+            if not rows:
+                break
+            vectors = self.embed([content for _, content, _ in rows])
+            name = self.embedder.name
+            with self.store.storage.write() as conn:
+                # The content hash guards against a change made while we embedded.
+                conn.executemany(
+                    "INSERT OR REPLACE INTO embeddings(mem, embedder, vec)"
+                    " SELECT rowid, ?, ? FROM memories WHERE rowid = ? AND content_hash = ?",
+                    [(name, to_blob(vec), mem, chash) for (mem, _, chash), vec in zip(rows, vectors, strict=True)])
+                conn.executemany("DELETE FROM embed_queue WHERE mem = ? AND EXISTS"
+                                 " (SELECT 1 FROM embeddings WHERE mem = ?)", [(m, m) for m, _, _ in rows])
+            done += len(rows)
+            if progress:
+                progress(done, total)
+        return done
+
+    # ------------------------------------------------------------ search
+    def search(self, query: str, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
+        """Top ``k`` memories by cosine similarity to ``query`` that pass ``filters``."""
+        if self.pending() and self.pending() <= DRAIN_BEFORE_SEARCH:
+            self.embed_pending()
+        vector = self.embed([query])[0]
+        return self.search_vector(vector, k, filters, now)
+
+    def search_vector(self, vector: np.ndarray, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
+        """Like :meth:`search` for an already embedded query."""
+        want = max(k * 3, 30)
+        hits = self._candidates(vector, want)
+        found = self._fetch(hits, filters, now)
+        if len(found) < k and _restrictive(filters):
+            exact = self._exact_filtered(vector, k, filters, now)
+            if exact is not None:
+                return exact
+        return found[:k]
+
+    def similarities(self, vector: np.ndarray, record_ids: Sequence[str]) -> dict[str, float]:
+        """Cosine similarity of ``vector`` to each stored memory (ids without a vector are absent)."""
+        if not record_ids:
+            return {}
+        marks = ",".join("?" * len(record_ids))
+        rows = self.store.storage.conn.execute(
+            f"SELECT m.id, e.vec FROM embeddings e JOIN memories m ON m.rowid = e.mem WHERE m.id IN ({marks})",
+            list(record_ids)).fetchall()
+        if not rows:
+            return {}
+        matrix = from_blobs([blob for _, blob in rows], len(vector))
+        sims = matrix @ vector
+        return {rid: float(s) for (rid, _), s in zip(rows, sims, strict=True)}
+
+    def _candidates(self, vector: np.ndarray, want: int) -> list[Hit]:
+        from .vector import exact_search, merge_results
+
+        with self._lock:
+            ann = self._current_ann()
+            self._sync_delta()
+            keys, matrix = self._delta_matrix(len(vector))
+            stale = self._delta.keys()
+            ann_hits = ann.search(vector, want, exclude=lambda key: key in stale) if ann is not None else []
+        delta_hits = exact_search(matrix, keys, vector, want) if len(keys) else []
+        return merge_results(ann_hits, delta_hits, want)
+
+    def _fetch(self, hits: Sequence[Hit], filters: Filters, now: int) -> list[tuple[Memory, float]]:
+        if not hits:
+            return []
+        where, args = filters.sql(now)
+        marks = ",".join("?" * len(hits))
+        rows = self.store.storage.conn.execute(
+            f"SELECT {MEMORY_COLUMNS}, m.rowid FROM memories m WHERE m.rowid IN ({marks}) AND {where}"
+            " AND m.rowid NOT IN (SELECT mem FROM embed_queue)",
+            [h.key for h in hits] + args).fetchall()
+        by_key = {row[-1]: row_to_memory(row) for row in rows}
+        return [(by_key[h.key], h.similarity) for h in hits if h.key in by_key]
+
+    def _exact_filtered(self, vector: np.ndarray, k: int, filters: Filters,
+                        now: int) -> list[tuple[Memory, float]] | None:
+        """Exact search over a small filtered set (None when the set is too large for that)."""
+        from .vector import exact_search
+
+        where, args = filters.sql(now)
+        rows = self.store.storage.conn.execute(
+            f"SELECT e.mem, e.vec FROM embeddings e JOIN memories m ON m.rowid = e.mem WHERE {where} LIMIT ?",
+            (*args, EXACT_FILTER_LIMIT + 1)).fetchall()
+        if len(rows) > EXACT_FILTER_LIMIT:
+            return None
+        keys = np.array([mem for mem, _ in rows], dtype=np.int64)
+        hits = exact_search(from_blobs([b for _, b in rows], len(vector)), keys, vector, k) if rows else []
+        return self._fetch(hits, filters, now)
+
+    # ------------------------------------------------------------ the file and the delta
+    def _current_ann(self) -> AnnIndex | None:
+        """The memory-mapped index file, re-opened when another process replaced it."""
+        now = time.monotonic()
+        if now - self._ann_checked < 0.5:
+            return self._ann
+        self._ann_checked = now
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._drop_ann()
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._ann_stamp:
+            self._open_ann(stamp)
+        return self._ann
+
+    def _open_ann(self, stamp: tuple[int, int]) -> None:
+        from .vector import AnnIndex
+
+        self._drop_ann()
+        try:
+            ann, meta = AnnIndex.open(self.path, view=True)
+        except NeuralSyncError as exc:
+            log.warning("vector index %s unusable (%s); searching exactly until it is rebuilt", self.path, exc)
+            return
+        if meta.embedder != self.embedder.name or meta.dims != self.embedder.dims:
+            ann.close()  # built by another embedder: useless for this one's queries
+            return
+        self._ann, self._ann_meta, self._ann_stamp = ann, meta, stamp
+        self._delta, self._delta_upto, self._delta_cache = {}, meta.covered_seq, None
+
+    def _drop_ann(self) -> None:
+        if self._ann is not None:
+            self._ann.close()
+        self._ann = self._ann_meta = self._ann_stamp = None
+        if self._delta_upto > 0:
+            self._delta, self._delta_upto, self._delta_cache = {}, -1, None
+
+    def _sync_delta(self) -> None:
+        """Load embeddings written after what the file (or the last sync) covers."""
+        if self._delta_upto < 0:
+            self._delta_upto = 0
+        rows = self.store.storage.conn.execute(
+            "SELECT seq, mem, vec FROM embeddings WHERE seq > ? AND embedder = ? ORDER BY seq",
+            (self._delta_upto, self.embedder.name)).fetchall()
+        if not rows:
+            return
+        dims = self.embedder.dims
+        for _seq, mem, blob in rows[-MAX_DELTA:]:
+            self._delta[mem] = np.frombuffer(blob, dtype="<f4", count=dims)
+        self._delta_upto = rows[-1][0]
+        self._delta_cache = None
+
+    def _delta_matrix(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._delta_cache is None:
+            keys = np.fromiter(self._delta.keys(), dtype=np.int64, count=len(self._delta))
+            matrix = (np.stack(list(self._delta.values())).astype(np.float32) if self._delta
+                      else np.zeros((0, dims), dtype=np.float32))
+            self._delta_cache = (keys, matrix)
+        return self._delta_cache
+
+    def uncovered(self) -> int:
+        """Embeddings newer than the index file."""
+        covered = self._ann_meta.covered_seq if self._ann_meta else 0
+        row = self.store.storage.conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (covered,)).fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ rebuilding the file
+    def refresh_index(self, full: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        """Bring the index file up to date (write role: holder of ``vectors.lock``).
+
+        Incremental when a usable file exists and few rows were removed since;
+        otherwise a full build streamed from SQLite. Readers keep using the old
+        file until the new one is renamed over it.
+        """
+        from .vector import AnnIndex
+
+        self.store.config.home.mkdir(parents=True, exist_ok=True)
+        with open(self.store.config.home / "vectors.lock", "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return {"skipped": "another process is rebuilding the vector index"}
+            started = time.perf_counter()
+            self.embed_pending(progress=progress)
+            conn = self.store.storage.conn
+            top_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM embeddings").fetchone()[0])
+            removed = [m for (m,) in conn.execute("SELECT mem FROM vector_removed")]
+            with self._lock:
+                self._current_ann()
+                base = self._ann if (self._ann is not None and not full) else None
+                covered = self._ann_meta.covered_seq if (base is not None and self._ann_meta) else 0
+            index = base.writable_copy() if base is not None else AnnIndex(self.embedder.dims,
+                                                                           embedder=self.embedder.name)
+            try:
+                if removed and base is not None:
+                    index.remove(np.array(removed, dtype=np.int64))
+                added = self._add_rows(index, covered, progress)
+                index.save(self.path, covered_seq=top_seq)
+            finally:
+                index.close()
+            with self.store.storage.write() as wconn:
+                wconn.executemany("DELETE FROM vector_removed WHERE mem = ?", [(m,) for m in removed])
+            with self._lock:
+                self._ann_checked = 0.0
+            return {"mode": "incremental" if base is not None else "full", "added": added,
+                    "removed": len(removed) if base is not None else 0, "covered_seq": top_seq,
+                    "seconds": round(time.perf_counter() - started, 2)}
+
+    def _add_rows(self, index: AnnIndex, after_seq: int, progress: Progress | None) -> int:
+        conn = self.store.storage.conn
+        total = int(conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (after_seq,)).fetchone()[0])
+        dims, name, done, last = self.embedder.dims, self.embedder.name, 0, after_seq
+        while True:
+            rows = conn.execute("SELECT seq, mem, vec FROM embeddings WHERE seq > ? AND embedder = ?"
+                                " ORDER BY seq LIMIT 20000", (last, name)).fetchall()
+            if not rows:
+                return done
+            index.add(np.array([mem for _, mem, _ in rows], dtype=np.int64),
+                      from_blobs([blob for _, _, blob in rows], dims))
+            done += len(rows)
+            last = rows[-1][0]
+            if progress:
+                progress(done, total)
+
+    def close(self) -> None:
+        """Release the mapped file."""
+        with self._lock:
+            self._drop_ann()
+
+
+def _restrictive(filters: Filters) -> bool:
+    return any((filters.scope, filters.tags, filters.kinds, filters.since, filters.until, filters.tool))
