@@ -27,7 +27,7 @@ class MemoryConfig:
     target_response_time_ms: float = 5.0
     enable_auto_optimization: bool = True
     pool_size_mb: int = 512
-    cache_size_mb: int = 64
+    cache_size_mb: int = 128
     durability: str = "normal"
     busy_timeout_ms: int = 10_000
     max_content_chars: int = 100_000
@@ -44,11 +44,15 @@ class MemoryConfig:
     session_timeout_ms: int = 3_600_000
     # Recall work bound: at most this many FTS matches are scored per query
     # term set; beyond it, scoring is restricted to the newest matching rows.
-    text_match_budget: int = 4000
+    text_match_budget: int = 2000
     # Semantic recall: "wordllama" (offline, bundled), "hashing" (no dependency),
     # "sentence-transformers:<model>", "openai:<model>@<url>"; "none" disables it.
     embedder: str = "wordllama"
     embed_on_write: bool = True
+    # Hybrid recall keeps a memory that shares no word with the query only if its
+    # cosine similarity reaches this floor (wordllama: paraphrases ~0.4-0.7,
+    # unrelated text ~0-0.2), so recall does not pad results with noise.
+    semantic_floor: float = 0.25
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ import math
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .model import Memory
@@ -51,6 +51,11 @@ class Filters:
     since: int | None = None
     until: int | None = None
     tool: str | None = None
+
+    @property
+    def restrictive(self) -> bool:
+        """True when any filter beyond expiry applies."""
+        return any((self.scope, self.tags, self.kinds, self.since, self.until, self.tool))
 
     def sql(self, now: int) -> tuple[str, list[object]]:
         """WHERE clauses on ``memories m`` (exact checks, expiry included)."""
@@ -134,24 +139,48 @@ class Recaller:
             candidates = {m.id: m for m, _ in (*text_hits, *sem_hits)}
             rel = {m.id: r for m, r in text_hits}
             missing = [rid for rid in candidates if rid not in rel]
-            if plan is not None and missing:
-                rel.update(_bm25_of(conn, plan, missing))
+            if plan is not None and plan.ranked and missing:
+                rel.update(_bm25_of(conn, plan.ranked, missing))
         sims = {m.id: s for m, s in sem_hits}
         sims.update(self.semantic.similarities(vector, [rid for rid in candidates if rid not in sims]))
-        return fuse(list(candidates.values()), rel, sims, words, top_k, now)
+        floor = self.store.config.semantic_floor
+        kept = [m for m in candidates.values() if m.id in rel or sims.get(m.id, 0.0) >= floor]
+        return fuse(kept, rel, sims, words, top_k, now)
 
     def _text_candidates(self, conn: sqlite3.Connection, plan: TextPlan, filters: Filters, limit: int,
                          now: int) -> list[tuple[Memory, float]]:
+        """BM25 hits of the rare words, topped up with the newest rows matching any word."""
+        hits = self._ranked(conn, plan.ranked, filters, limit, now) if plan.ranked else []
+        if len(hits) < limit:
+            seen = {m.id for m, _ in hits}
+            hits += [(m, 0.0) for m in self._newest(conn, plan.recent, filters, limit, now) if m.id not in seen]
+        return hits
+
+    def _ranked(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int,
+                now: int) -> list[tuple[Memory, float]]:
         where, args = filters.sql(now)
-        floor = ""
-        if plan.min_rowid is not None:
-            floor = "AND memories_fts.rowid >= ? "
-            args = [plan.min_rowid, *args]
-        sql = (f"SELECT {MEMORY_COLUMNS}, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
-               " FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid"
-               f" WHERE memories_fts MATCH ? {floor}AND {where} ORDER BY s LIMIT ?")
-        rows = conn.execute(sql, (plan.match, *args, limit)).fetchall()
+        if filters.restrictive:  # filter in SQL over the (bounded) matches
+            sql = (f"SELECT {MEMORY_COLUMNS}, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
+                   " FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid"
+                   f" WHERE memories_fts MATCH ? AND {where} ORDER BY s LIMIT ?")
+        else:  # rank inside FTS, join only the top rows
+            sql = (f"SELECT {MEMORY_COLUMNS}, r.s FROM (SELECT rowid, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
+                   " FROM memories_fts WHERE memories_fts MATCH ? ORDER BY s LIMIT ?) r"
+                   f" JOIN memories m ON m.rowid = r.rowid WHERE {where} ORDER BY r.s")
+            args = [limit, *args]
+            rows = conn.execute(sql, (match, *args)).fetchall()
+            return [(row_to_memory(r), -float(r[-1])) for r in rows]
+        rows = conn.execute(sql, (match, *args, limit)).fetchall()
         return [(row_to_memory(r), -float(r[-1])) for r in rows]
+
+    def _newest(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int, now: int) -> list[Memory]:
+        """The newest rows matching ``match`` that pass the filters (no bm25: cost ~ rows read)."""
+        where, args = filters.sql(now)
+        rows = conn.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?"
+            " ORDER BY rowid DESC LIMIT ?) f JOIN memories m ON m.rowid = f.rowid"
+            f" WHERE {where} ORDER BY m.rowid DESC", (match, limit * 4, *args)).fetchall()
+        return [row_to_memory(r) for r in rows[:limit]]
 
     def _recent(self, conn: sqlite3.Connection, filters: Filters, top_k: int, now: int) -> list[Memory]:
         where, args = filters.sql(now)
@@ -159,7 +188,7 @@ class Recaller:
                             " ORDER BY m.created_at DESC LIMIT ?", (*args, max(RECENT_POOL, top_k))).fetchall()
         scored = [(boost(m, now), m) for m in map(row_to_memory, rows)]
         scored.sort(key=lambda pair: (-pair[0], pair[1].id))
-        return [replace(m, score=round(s, 6)) for s, m in scored[:top_k]]
+        return [m._replace(score=round(s, 6)) for s, m in scored[:top_k]]
 
 
 def rerank(hits: Sequence[tuple[Memory, float]], words: Sequence[str], top_k: int, now: int) -> list[Memory]:
@@ -186,17 +215,17 @@ def fuse(candidates: Sequence[Memory], rel: dict[str, float], sims: dict[str, fl
     return _best(scored, top_k)
 
 
-def _bm25_of(conn: sqlite3.Connection, plan: TextPlan, record_ids: Sequence[str]) -> dict[str, float]:
-    """BM25 of specific memories for the plan's expression (0 when they do not match it)."""
+def _bm25_of(conn: sqlite3.Connection, match: str, record_ids: Sequence[str]) -> dict[str, float]:
+    """BM25 of specific memories for the rare-word expression (absent when they do not match it)."""
     marks = ",".join("?" * len(record_ids))
     rows = conn.execute(
         f"SELECT m.id, bm25(memories_fts, {BM25_WEIGHTS}) FROM memories_fts"
         " JOIN memories m ON m.rowid = memories_fts.rowid"
-        f" WHERE memories_fts MATCH ? AND m.id IN ({marks})", (plan.match, *record_ids)).fetchall()
+        f" WHERE memories_fts MATCH ? AND m.id IN ({marks})", (match, *record_ids)).fetchall()
     return {rid: -float(score) for rid, score in rows}
 
 
 def _best(scored: list[tuple[float, Memory]], top_k: int) -> list[Memory]:
     """Highest score first; ties go to the newer memory (ids are time-ordered)."""
     scored.sort(key=lambda pair: (pair[0], pair[1].id), reverse=True)
-    return [replace(m, score=round(s, 6)) for s, m in scored[:top_k]]
+    return [m._replace(score=round(s, 6)) for s, m in scored[:top_k]]

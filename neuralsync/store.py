@@ -53,13 +53,16 @@ MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confi
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?)"
 
 
+_new_tuple = tuple.__new__
+
+
 def row_to_memory(row: Sequence[Any], score: float | None = None) -> Memory:
-    """Build a :class:`Memory` from a row selected with ``MEMORY_COLUMNS``."""
+    """Build a :class:`Memory` from a row selected with ``MEMORY_COLUMNS`` (a hot path)."""
     tags = tuple(row[4].split(TAG_SEP)) if row[4] else ()
     meta = row[10]
-    return Memory(row[0], row[1], row[2], row[3], tags, row[5], row[6], row[7], row[8], row[9],
-                  {} if meta == "{}" else json.loads(meta), row[11], row[12], row[13], row[14],
-                  score=score)
+    return _new_tuple(Memory, (row[0], row[1], row[2], row[3], tags, row[5], row[6], row[7], row[8], row[9],
+                               {} if meta == "{}" else json.loads(meta), row[11], row[12], row[13], row[14],
+                               None, 0, score))
 
 
 class Store:

@@ -152,15 +152,23 @@ class UnifiedMemoryAPI:
             "scope": v.label(scope, "scope", v.MAX_SCOPE_CHARS),
             "priority": v.unit(priority, "priority"),
             "confidence": v.unit(confidence, "confidence"),
-            "tags": list(v.tags(tags, cfg.max_tags, cfg.max_tag_chars)),
+            "tags": list(self._clean_tags(tags)),
             "kind": v.kind(kind),
             "tool": v.label(tool if tool is not None else self.tool, "tool", v.MAX_TOOL_CHARS, optional=True),
-            "source": v.label(source, "source", v.MAX_SOURCE_CHARS, optional=True),
+            "source": self._redact_optional(v.label(source, "source", v.MAX_SOURCE_CHARS, optional=True)),
             "session": self.session_id,
             "metadata": self._redact_metadata(v.metadata(metadata, cfg.max_metadata_bytes)),
             "expires_at": None if ttl is None else now + ttl,
             "created_at": now if created_at is None else created_at,
         }
+
+    def _clean_tags(self, tags: object) -> tuple[str, ...]:
+        """Validated tags with secrets redacted (a key pasted as a tag is still a key)."""
+        checked = v.tags(tags, self.config.max_tags, self.config.max_tag_chars)
+        return tuple(sorted({self.redactor.redact(tag) for tag in checked}))
+
+    def _redact_optional(self, value: str | None) -> str | None:
+        return None if value is None else self.redactor.redact(value)
 
     def _redact_metadata(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -182,8 +190,7 @@ class UnifiedMemoryAPI:
             if not fields:
                 raise InvalidInput("fields", "nothing to update")
             scalars = self._update_fields(fields)
-            new_tags = (v.tags(fields["tags"], self.config.max_tags, self.config.max_tag_chars)
-                        if "tags" in fields else None)
+            new_tags = self._clean_tags(fields["tags"]) if "tags" in fields else None
             with self.store.storage.write():
                 current = self._require(record_id)
                 intents = [("update", record_id, scalars)] if scalars else []
@@ -202,7 +209,7 @@ class UnifiedMemoryAPI:
             "confidence": lambda x: v.unit(x, "confidence"),
             "kind": v.kind,
             "tool": lambda x: v.label(x, "tool", v.MAX_TOOL_CHARS, optional=True),
-            "source": lambda x: v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True),
+            "source": lambda x: self._redact_optional(v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True)),
             "metadata": lambda x: self._redact_metadata(v.metadata(x, cfg.max_metadata_bytes)),
             "expires_at": lambda x: v.timestamp(x, "expires_at"),
         }

@@ -55,7 +55,7 @@ def home(tmp_path: Path) -> Path:
 
 def memories(home: Path, query: str) -> list[Any]:
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(home))) as api:
-        return api.recall(query, top_k=5)
+        return api.recall(query, top_k=5, mode="text")
 
 
 def test_nswrap_injects_preamble_streams_output_and_captures(home: Path) -> None:

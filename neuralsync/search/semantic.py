@@ -143,7 +143,7 @@ class SemanticIndex:
         want = max(k * 3, 30)
         hits = self._candidates(vector, want)
         found = self._fetch(hits, filters, now)
-        if len(found) < k and _restrictive(filters):
+        if len(found) < k and filters.restrictive:
             exact = self._exact_filtered(vector, k, filters, now)
             if exact is not None:
                 return exact
@@ -334,5 +334,3 @@ class SemanticIndex:
             self._drop_ann()
 
 
-def _restrictive(filters: Filters) -> bool:
-    return any((filters.scope, filters.tags, filters.kinds, filters.since, filters.until, filters.tool))

@@ -1,17 +1,20 @@
-"""Full-text candidates from FTS5 (BM25) with a bound on the work per query.
+"""Full-text candidates from FTS5 with a bound on the work per query.
 
 User text never reaches FTS5 as syntax: it is split into word tokens (the way
 the ``unicode61`` tokenizer splits) and each token is quoted as a phrase, so
 quotes, ``*``, ``AND``, ``NEAR(`` and parentheses are searched as words.
 
-Why a bound: BM25 must score every matching row before it can order them. A
-word in half of a million rows costs ~0.3 s to rank. So each term is first
-probed with a capped count. The rarest terms, as many as fit together within
-``budget`` matches, are ranked over the whole index; the other terms then only
-add to the final score through query-term coverage. When every term is common, ranking runs over the newest
-``budget`` matching rows (rowids grow with time), where recency would put the
-best answers anyway. Scope and tag filters are part of the FTS expression, so
-FTS intersects them with the terms before anything is scored.
+Why a bound: FTS5's ``bm25()`` counts every row that contains each phrase of
+the expression (its IDF), whatever else limits the query - about 45 ns a row,
+so one word in most of a million rows costs tens of milliseconds. So:
+
+- each word's match count is probed once, capped at ``budget + 1`` (cached);
+- ``bm25()`` only ever sees the rarest words whose matches fit the budget
+  together (``TextPlan.ranked``); scope and tag filters stay out of it and
+  are checked in SQL on those few candidates;
+- when that leaves too few candidates (every word common, or a narrow filter),
+  the newest rows matching ``filters AND (any word)`` are taken by rowid -
+  cheap, no ``bm25()`` - and ordered by query coverage, boosts and meaning.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_TERMS = 32
 BM25_WEIGHTS = "1.0, 0.5, 0.0"  # content, tags, scope
-_COMMON_CACHE_LIMIT = 4096
+_CACHE_LIMIT = 8192
+_RARE_TTL_S = 30.0  # a rare word's count may grow; a common word stays common
 
 
 def terms(query: str) -> list[str]:
@@ -44,82 +49,68 @@ def quote(text: str) -> str:
 def filter_expr(scope: str | None, tags: Sequence[str] | None, tag_match: str) -> str:
     """FTS column filters for a scope and tags (exact matching is rechecked in SQL)."""
     parts = []
-    if scope is not None:
-        words = terms(scope)
-        parts.append(f"scope : {quote(' '.join(words))}" if words else "")
+    if scope is not None and terms(scope):
+        parts.append(f"scope : {quote(' '.join(terms(scope)))}")
     if tags:
         phrases = [quote(" ".join(terms(t))) for t in tags if terms(t)]
         if phrases:
             joiner = " AND " if tag_match == "all" else " OR "
             parts.append(f"tags : ({joiner.join(phrases)})")
-    return " AND ".join(p for p in parts if p)
+    return " AND ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
 class TextPlan:
-    """How a text query will run: the MATCH expression and an optional rowid floor."""
+    """How a text query runs: ``ranked`` goes to bm25(), ``recent`` to the newest-rows path."""
 
-    match: str
-    min_rowid: int | None
+    ranked: str | None
+    recent: str
     rare_terms: tuple[str, ...]
     common_terms: tuple[str, ...]
 
 
 class TextSearcher:
-    """Plans and runs bounded FTS5 queries; remembers which terms are common."""
+    """Plans bounded FTS5 queries; remembers how common each word is."""
 
     def __init__(self, budget: int) -> None:
         self.budget = max(1, budget)
-        self._common: dict[tuple[str, str], int] = {}
+        self._counts: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     def plan(self, conn: sqlite3.Connection, words: Sequence[str], filters: str) -> TextPlan | None:
-        """Choose the match expression for ``words`` under ``filters``; None if nothing can match."""
-        counts = {w: self._count(conn, w, filters) for w in words}
+        """The plan for ``words`` under FTS ``filters``; None if no word occurs at all."""
+        counts = {w: self.count(conn, w) for w in words}
         present = sorted((w for w in words if counts[w] > 0), key=lambda w: counts[w])
         if not present:
             return None
-        # Rarest first while the matches to score stay within the budget: the
-        # total ranking work is bounded, however many mid-frequency words come.
         rare: list[str] = []
         total = 0
-        for word in present:
+        for word in present:  # rarest first, while their matches fit the budget together
             if total + counts[word] > self.budget:
                 break
             rare.append(word)
             total += counts[word]
-        common = present[len(rare):]
-        chosen = rare or present
-        match = " OR ".join(quote(w) for w in chosen)
-        if filters:
-            match = f"({filters}) AND ({match})"
-        floor = None if rare else self._newest_floor(conn, match)
-        return TextPlan(match, floor, tuple(rare), tuple(common))
+        any_word = " OR ".join(quote(w) for w in present)
+        recent = f"({filters}) AND ({any_word})" if filters else any_word
+        ranked = " OR ".join(quote(w) for w in rare) if rare else None
+        return TextPlan(ranked, recent, tuple(rare), tuple(present[len(rare):]))
 
-    def _count(self, conn: sqlite3.Connection, word: str, filters: str) -> int:
-        """Matches of ``word`` under ``filters``, counted only up to ``budget + 1``."""
-        key = (filters, word)
-        if key in self._common:
-            return self._common[key]
-        expr = f"({filters}) AND {quote(word)}" if filters else quote(word)
-        count = conn.execute(
+    def count(self, conn: sqlite3.Connection, word: str) -> int:
+        """Rows containing ``word``, counted only up to ``budget + 1`` (cached)."""
+        now = time.monotonic()
+        cached = self._counts.get(word)
+        if cached is not None and (cached[0] > self.budget or now - cached[1] < _RARE_TTL_S):
+            return cached[0]
+        count = int(conn.execute(
             "SELECT count(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
-            (expr, self.budget + 1)).fetchone()[0]
-        if count > self.budget:
-            # Commonness only fades through mass deletion; cache it (bounded).
-            with self._lock:
-                if len(self._common) >= _COMMON_CACHE_LIMIT:
-                    self._common.clear()
-                self._common[key] = count
-        return int(count)
-
-    def _newest_floor(self, conn: sqlite3.Connection, match: str) -> int | None:
-        row = conn.execute(
-            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-            (match, self.budget - 1)).fetchone()
-        return None if row is None else int(row[0])
+            (quote(word), self.budget + 1)).fetchone()[0])
+        with self._lock:
+            if len(self._counts) >= _CACHE_LIMIT:
+                self._counts.clear()
+            self._counts[word] = (count, now)
+        return count
 
     def forget_cache(self) -> None:
-        """Drop the common-term cache (after bulk deletes or compaction)."""
+        """Drop cached counts (after bulk deletes or compaction)."""
         with self._lock:
-            self._common.clear()
+            self._counts.clear()
