@@ -49,10 +49,12 @@ class MemoryConfig:
     # "sentence-transformers:<model>", "openai:<model>@<url>"; "none" disables it.
     embedder: str = "wordllama"
     embed_on_write: bool = True
-    # Hybrid recall keeps a memory that shares no word with the query only if its
-    # cosine similarity reaches this floor (wordllama: paraphrases ~0.4-0.7,
-    # unrelated text ~0-0.2), so recall does not pad results with noise.
-    semantic_floor: float = 0.25
+    # Hybrid recall keeps a memory without a real text match only if its cosine
+    # similarity reaches max(semantic_floor, semantic_relative_floor * best
+    # similarity of the query), so results are not padded with noise. Tuned on
+    # bench/eval: a fixed 0.25 cut true paraphrases (often 0.2-0.35 cosine).
+    semantic_floor: float = 0.1
+    semantic_relative_floor: float = 0.5
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -37,7 +37,8 @@ _WORD = re.compile(r"[^\W_]+")
 HALF_LIFE_MS = 30 * 86_400_000
 RECENT_POOL = 200
 MODES = ("hybrid", "text", "semantic")
-W_SEM, W_TEXT, W_COVER = 0.55, 0.30, 0.15
+W_SEM, W_TEXT, W_COVER = 0.85, 0.10, 0.05  # tuned on bench/eval (see README)
+ALL_WORDS_WINDOW = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,18 +144,27 @@ class Recaller:
                 rel.update(_bm25_of(conn, plan.ranked, missing))
         sims = {m.id: s for m, s in sem_hits}
         sims.update(self.semantic.similarities(vector, [rid for rid in candidates if rid not in sims]))
-        floor = self.store.config.semantic_floor
-        kept = [m for m in candidates.values() if m.id in rel or sims.get(m.id, 0.0) >= floor]
+        cfg = self.store.config
+        floor = max(cfg.semantic_floor, cfg.semantic_relative_floor * max(sims.values(), default=0.0))
+        kept = [m for m in candidates.values() if rel.get(m.id, 0.0) > 0 or sims.get(m.id, 0.0) >= floor]
         return fuse(kept, rel, sims, words, top_k, now)
 
     def _text_candidates(self, conn: sqlite3.Connection, plan: TextPlan, filters: Filters, limit: int,
                          now: int) -> list[tuple[Memory, float]]:
         """BM25 hits of the rare words, topped up with the newest rows matching any word."""
         hits = self._ranked(conn, plan.ranked, filters, limit, now) if plan.ranked else []
-        if len(hits) < limit:
+        for match, floor in ((plan.recent_all, self._window_floor(conn)), (plan.recent, None)):
+            if len(hits) >= limit or match is None:
+                continue
             seen = {m.id for m, _ in hits}
-            hits += [(m, 0.0) for m in self._newest(conn, plan.recent, filters, limit, now) if m.id not in seen]
+            hits += [(m, 0.0) for m in self._newest(conn, match, filters, limit, now, floor) if m.id not in seen]
         return hits
+
+    @staticmethod
+    def _window_floor(conn: sqlite3.Connection) -> int:
+        """Lowest rowid of the newest ``ALL_WORDS_WINDOW`` rows: bounds an AND scan of common words."""
+        top = conn.execute("SELECT coalesce(max(rowid), 0) FROM memories").fetchone()[0]
+        return max(0, int(top) - ALL_WORDS_WINDOW)
 
     def _ranked(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int,
                 now: int) -> list[tuple[Memory, float]]:
@@ -162,24 +172,25 @@ class Recaller:
         if filters.restrictive:  # filter in SQL over the (bounded) matches
             sql = (f"SELECT {MEMORY_COLUMNS}, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
                    " FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid"
-                   f" WHERE memories_fts MATCH ? AND {where} ORDER BY s LIMIT ?")
+                   f" WHERE memories_fts MATCH ? AND {where} ORDER BY s, m.rowid DESC LIMIT ?")
         else:  # rank inside FTS, join only the top rows
             sql = (f"SELECT {MEMORY_COLUMNS}, r.s FROM (SELECT rowid, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
-                   " FROM memories_fts WHERE memories_fts MATCH ? ORDER BY s LIMIT ?) r"
-                   f" JOIN memories m ON m.rowid = r.rowid WHERE {where} ORDER BY r.s")
+                   " FROM memories_fts WHERE memories_fts MATCH ? ORDER BY s, rowid DESC LIMIT ?) r"
+                   f" JOIN memories m ON m.rowid = r.rowid WHERE {where} ORDER BY r.s, m.rowid DESC")
             args = [limit, *args]
             rows = conn.execute(sql, (match, *args)).fetchall()
             return [(row_to_memory(r), -float(r[-1])) for r in rows]
         rows = conn.execute(sql, (match, *args, limit)).fetchall()
         return [(row_to_memory(r), -float(r[-1])) for r in rows]
 
-    def _newest(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int, now: int) -> list[Memory]:
+    def _newest(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int, now: int,
+                floor: int | None = None) -> list[Memory]:
         """The newest rows matching ``match`` that pass the filters (no bm25: cost ~ rows read)."""
         where, args = filters.sql(now)
         rows = conn.execute(
             f"SELECT {MEMORY_COLUMNS} FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?"
-            " ORDER BY rowid DESC LIMIT ?) f JOIN memories m ON m.rowid = f.rowid"
-            f" WHERE {where} ORDER BY m.rowid DESC", (match, limit * 4, *args)).fetchall()
+            " AND rowid >= ? ORDER BY rowid DESC LIMIT ?) f JOIN memories m ON m.rowid = f.rowid"
+            f" WHERE {where} ORDER BY m.rowid DESC", (match, floor or 0, limit * 4, *args)).fetchall()
         return [row_to_memory(r) for r in rows[:limit]]
 
     def _recent(self, conn: sqlite3.Connection, filters: Filters, top_k: int, now: int) -> list[Memory]:
@@ -187,8 +198,7 @@ class Recaller:
         rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {where}"
                             " ORDER BY m.created_at DESC LIMIT ?", (*args, max(RECENT_POOL, top_k))).fetchall()
         scored = [(boost(m, now), m) for m in map(row_to_memory, rows)]
-        scored.sort(key=lambda pair: (-pair[0], pair[1].id))
-        return [m._replace(score=round(s, 6)) for s, m in scored[:top_k]]
+        return _best(scored, top_k)
 
 
 def rerank(hits: Sequence[tuple[Memory, float]], words: Sequence[str], top_k: int, now: int) -> list[Memory]:

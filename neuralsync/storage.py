@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,9 @@ class Storage:
         self.path = path or config.db_path
         self._pragmas = pragmas_for(config)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # (owning thread, connection): a finished thread's connection is closed
+        # the next time any thread connects, so short-lived threads leak nothing.
+        self._all: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self._closed = False
         try:
@@ -114,7 +117,14 @@ class Storage:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         with self._all_lock:
-            self._all.append(conn)
+            alive = []
+            for owner, other in self._all:
+                if owner() is None or not owner().is_alive():  # type: ignore[union-attr]
+                    other.close()
+                else:
+                    alive.append((owner, other))
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._all = alive
         return conn
 
     def close(self) -> None:
@@ -124,7 +134,7 @@ class Storage:
             conns, self._all = self._all, []
         pid = os.getpid()
         mine = getattr(self._local, "pid", pid) == pid
-        for conn in conns:
+        for _, conn in conns:
             if mine:
                 conn.close()
         self._local = threading.local()

@@ -38,7 +38,7 @@ def text(value: object, field: str, max_chars: int) -> str:
         raise InvalidInput(field, "must not be empty")
     if len(value) > max_chars:
         raise InvalidInput(field, f"is {len(value)} characters; the limit is {max_chars}")
-    _check_unicode(value, field)
+    check_unicode(value, field)
     return value
 
 
@@ -53,7 +53,7 @@ def label(value: object, field: str, max_chars: int, optional: bool = False) -> 
         raise InvalidInput(field, f"must be 1 to {max_chars} characters")
     if _CONTROL.search(value):
         raise InvalidInput(field, "must not contain control characters")
-    _check_unicode(value, field)
+    check_unicode(value, field)
     return value
 
 
@@ -120,7 +120,7 @@ def _check_json(value: object, depth: int) -> None:
         for item in value:
             _check_json(item, depth + 1)
     elif isinstance(value, str):
-        _check_unicode(value, "metadata")
+        check_unicode(value, "metadata")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidInput("metadata", "numbers must be finite")
@@ -178,7 +178,8 @@ def string_list(value: object, field: str) -> tuple[str, ...] | None:
     return items
 
 
-def _check_unicode(value: str, field: str) -> None:
+def check_unicode(value: str, field: str) -> None:
+    """Raise InvalidInput unless ``value`` encodes as UTF-8 (no lone surrogates)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -61,12 +61,19 @@ def filter_expr(scope: str | None, tags: Sequence[str] | None, tag_match: str) -
 
 @dataclass(frozen=True, slots=True)
 class TextPlan:
-    """How a text query runs: ``ranked`` goes to bm25(), ``recent`` to the newest-rows path."""
+    """How a text query runs: ``ranked`` goes to bm25(); ``recent_all`` (every word) then
+    ``recent`` (any word) to the newest-rows path."""
 
     ranked: str | None
     recent: str
+    recent_all: str | None
     rare_terms: tuple[str, ...]
     common_terms: tuple[str, ...]
+
+
+def words_expr(words: Sequence[str], joiner: str = " OR ") -> str:
+    """Words searched in content and tags only (never in the scope column)."""
+    return "{content tags} : (" + joiner.join(quote(w) for w in words) + ")"
 
 
 class TextSearcher:
@@ -90,10 +97,12 @@ class TextSearcher:
                 break
             rare.append(word)
             total += counts[word]
-        any_word = " OR ".join(quote(w) for w in present)
-        recent = f"({filters}) AND ({any_word})" if filters else any_word
-        ranked = " OR ".join(quote(w) for w in rare) if rare else None
-        return TextPlan(ranked, recent, tuple(rare), tuple(present[len(rare):]))
+        any_word = words_expr(present)
+        all_words = words_expr(present, " AND ") if len(present) > 1 else None
+        recent = f"({filters}) AND {any_word}" if filters else any_word
+        recent_all = (f"({filters}) AND {all_words}" if filters else all_words) if all_words else None
+        ranked = words_expr(rare) if rare else None
+        return TextPlan(ranked, recent, recent_all, tuple(rare), tuple(present[len(rare):]))
 
     def count(self, conn: sqlite3.Connection, word: str) -> int:
         """Rows containing ``word``, counted only up to ``budget + 1`` (cached)."""
@@ -103,7 +112,7 @@ class TextSearcher:
             return cached[0]
         count = int(conn.execute(
             "SELECT count(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
-            (quote(word), self.budget + 1)).fetchone()[0])
+            (words_expr([word]), self.budget + 1)).fetchone()[0])
         with self._lock:
             if len(self._counts) >= _CACHE_LIMIT:
                 self._counts.clear()

@@ -1,0 +1,147 @@
+"""Import direction, checked by parsing the source: the core never imports adapter frameworks,
+the base layer imports nothing above it, and there are no import cycles."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import neuralsync
+
+PACKAGE_DIR = Path(neuralsync.__file__).parent
+ADAPTER_FRAMEWORKS = {"argparse", "click", "typer", "uvicorn", "starlette", "fastapi", "mcp"}
+BASE = {"neuralsync.errors", "neuralsync.model", "neuralsync.utils", "neuralsync.clock", "neuralsync.config"}
+HEAVY = {"uvicorn", "starlette", "fastapi", "mcp", "usearch", "sentence_transformers", "wordllama", "torch",
+         "click", "httpx"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def is_adapter(module: str) -> bool:
+    """cli.py (and its split-off ``cli_*`` parts), server/, mcp_server.py, integrations/."""
+    return (module in ("neuralsync.cli", "neuralsync.mcp_server")
+            or module.startswith(("neuralsync.cli_", "neuralsync.server", "neuralsync.integrations")))
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        package = package[: len(package) - (node.level - 1)]
+        base = ".".join(package + ([node.module] if node.module else []))
+    names = [f"{base}.{alias.name}" for alias in node.names]
+    # `from . import x` names a submodule when one exists; otherwise the import is of `base` itself.
+    return [n for n in names if n in _modules()] or [base]
+
+
+@cache
+def imports_of(module: str, include_type_checking: bool = False) -> frozenset[str]:
+    """Every absolute module name imported anywhere in ``module`` (function bodies included)."""
+    path = _modules()[module]
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    skip = set() if include_type_checking else _type_checking_lines(tree)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.update(_resolve(module, path, node))
+    return frozenset(found)
+
+
+def _internal(module: str) -> set[str]:
+    return {name for name in imports_of(module) if name in _modules() and name != module}
+
+
+def test_the_parser_sees_the_known_imports() -> None:
+    assert "neuralsync.storage" in imports_of("neuralsync.store")
+    assert "neuralsync.crdt" in imports_of("neuralsync.store")  # `from . import crdt`
+    assert "neuralsync.validation" in imports_of("neuralsync.unified_memory_api")
+    assert "sqlite3" in imports_of("neuralsync.storage")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m)))
+def test_core_modules_do_not_import_adapter_frameworks(module: str) -> None:
+    tops = {name.split(".")[0] for name in imports_of(module, include_type_checking=True)}
+    assert not tops & ADAPTER_FRAMEWORKS, f"{module} imports {sorted(tops & ADAPTER_FRAMEWORKS)}"
+
+
+@pytest.mark.parametrize("module", sorted(BASE))
+def test_base_modules_import_nothing_from_higher_layers(module: str) -> None:
+    assert _internal(module) <= BASE, f"{module} imports {sorted(_internal(module) - BASE)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m)))
+def test_core_modules_do_not_import_adapters(module: str) -> None:
+    assert not {m for m in _internal(module) if is_adapter(m)}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules()
+                                          if not is_adapter(m) and m not in ("neuralsync",
+                                                                             "neuralsync.unified_memory_api")))
+def test_only_adapters_import_the_facade(module: str) -> None:
+    assert "neuralsync.unified_memory_api" not in _internal(module)
+
+
+def _cycles() -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (lazy imports included)."""
+    graph = {m: _internal(m) - {"neuralsync"} for m in _modules() if m != "neuralsync"}
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        return seen
+
+    reach = {m: reachable(m) for m in graph}
+    groups = {frozenset({m} | {n for n in reach[m] if m in reach[n]}) for m in graph if m in reach[m]}
+    return sorted(sorted(g) for g in groups)
+
+
+def test_no_import_cycles_among_modules() -> None:
+    assert _cycles() == []
+
+
+def test_importing_the_package_stays_light() -> None:
+    code = ("import sys, neuralsync\n"
+            "print(sorted(m for m in sys.modules if m == 'sqlite3' or m.startswith('neuralsync.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "['neuralsync.utils']"
+
+
+def test_the_facade_does_not_import_heavy_dependencies() -> None:
+    code = ("import sys, neuralsync.unified_memory_api\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
