@@ -46,6 +46,9 @@ EXACT_FILTER_LIMIT = 20_000      # filtered sets this small are searched exactly
 MAX_DELTA = 200_000              # newest rows kept in memory when the file lags far behind
 REFRESH_DELTA = 5_000            # a server rebuilds the file once this many rows are uncovered
 INDEX_FILE = "vectors.usearch"
+# Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
+# recall@10 0.85; M=32 (build ~2x slower) with ef 192 gives ~0.96 at ~1 ms.
+ANN_SETTINGS: dict[str, Any] = {"connectivity": 32, "expansion_add": 128, "expansion_search": 192}
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -295,8 +298,8 @@ class SemanticIndex:
                 self._current_ann()
                 base = self._ann if (self._ann is not None and not full) else None
                 covered = self._ann_meta.covered_seq if (base is not None and self._ann_meta) else 0
-            index = base.writable_copy() if base is not None else AnnIndex(self.embedder.dims,
-                                                                           embedder=self.embedder.name)
+            index = base.writable_copy() if base is not None else AnnIndex(
+                self.embedder.dims, embedder=self.embedder.name, **ANN_SETTINGS)
             try:
                 if removed and base is not None:
                     index.remove(np.array(removed, dtype=np.int64))
