@@ -36,6 +36,18 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--no-aliases", action="store_true", help="hide the peers' compatibility tool names")
     _standalone(cmd, cmd_mcp)
 
+    cmd = add("serve", None, "run the HTTP server (JSON API under /v1, NeuralSync2 routes, SSE change feed). "
+                             "Binds 127.0.0.1:8373 only, unless --host/$NS_HOST say otherwise; every route "
+                             "but /health needs 'Authorization: Bearer <token>' (see 'neuralsync token')")
+    cmd.add_argument("--host", help="bind address (default: $NS_HOST or 127.0.0.1 - loopback only)")
+    cmd.add_argument("--port", type=int, help="port (default: $NS_PORT or 8373)")
+    cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _standalone(cmd, cmd_serve)
+
+    cmd = add("token", None, "print the HTTP server's bearer token (created on first use, file mode 0600)")
+    cmd.add_argument("--path", action="store_true", help="print the token file's path instead")
+    _standalone(cmd, cmd_token)
+
     cmd = add("identity", None, "print this replica's public key (its site id)")
     _standalone(cmd, cmd_identity)
 
@@ -69,13 +81,28 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve HTTP until interrupted."""
+    from .server import serve
+
+    serve(_config(args), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """The bearer token (or its file), created on first use."""
+    from .server import resolve_token, token_path
+
+    config = _config(args)
+    print(token_path(config) if args.path else resolve_token(config))
+    return 0
+
+
 def _server_token(config: Any) -> str | None:
     """The HTTP server's bearer token, shared with ``neuralsync serve``, when that module is available."""
-    try:
-        from .server.auth import load_or_create_token
-    except ImportError:
-        return None
-    return str(load_or_create_token(config))
+    from .server import resolve_token
+
+    return str(resolve_token(config))
 
 
 def cmd_integration(args: argparse.Namespace) -> int:

@@ -1,0 +1,205 @@
+"""The HTTP application: one FastAPI app over one ``UnifiedMemoryAPI``.
+
+Layers, outside in: :class:`~neuralsync.server.auth.Gate` (token, body size),
+:class:`Guard` (an unexpected exception becomes a generic 500; the traceback
+goes to the log, never to the client), then FastAPI with the routes of
+``v1`` (the versioned API), ``compat`` (NeuralSync2's routes, unchanged) and
+``feed`` (change feed, SSE). Routes are plain ``def`` functions: FastAPI runs
+them in its thread pool, and the facade is synchronous and thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import MemoryConfig
+from ..errors import (
+    IntegrityError,
+    InvalidInput,
+    NeuralSyncError,
+    NotFound,
+    StoreBusy,
+    SyncRejected,
+)
+from ..unified_memory_api import UnifiedMemoryAPI
+from . import compat, feed, v1
+from .auth import DEFAULT_MAX_BODY_BYTES, Gate, Receive, Scope, Send, resolve_token, send_error
+from .common import SafeJSONResponse, ServerState, api_of, error_response
+
+log = logging.getLogger("neuralsync.server")
+
+SERVER_TOOL = "http-server"
+RETRY_AFTER_S = "1"
+
+
+def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, token: str | None = None, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, poll_interval: float = 0.05,
+               keepalive_s: float = 15.0) -> ServerApp:
+    """The ASGI application (gate and guard around FastAPI).
+
+    Given a config, the app opens its own facade (tool ``http-server``, with a
+    session heartbeat) and closes it at shutdown; given a facade, the caller
+    keeps owning it. ``token`` defaults to ``$NS_TOKEN``, else the token file.
+    """
+    if isinstance(api_or_config, UnifiedMemoryAPI):
+        api, owns = api_or_config, False
+        required = resolve_token(api.config, token)
+    else:
+        config = api_or_config or MemoryConfig.from_env()
+        required = resolve_token(config, token)  # before opening the store: a bad token leaks nothing
+        api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL), True
+        api.core.start_heartbeat(api.session_id)
+    state = ServerState(api, owns, poll_interval=poll_interval, keepalive_s=keepalive_s)
+    return ServerApp(_fastapi_app(state), state, required, max_body_bytes)
+
+
+class ServerApp(Gate):
+    """The ASGI app handed to uvicorn; ``fastapi`` and ``state`` are exposed for ``serve`` and tests."""
+
+    def __init__(self, fastapi_app: FastAPI, state: ServerState, token: str, max_body_bytes: int) -> None:
+        super().__init__(Guard(fastapi_app), token, max_body_bytes)
+        self.fastapi = fastapi_app
+        self.state = state
+
+
+def _fastapi_app(state: ServerState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.stop.set()
+        if state.owns_api:
+            state.api.close()
+
+    app = FastAPI(title="neuralsync", version=__version__, lifespan=lifespan, docs_url="/docs",
+                  redoc_url=None, default_response_class=SafeJSONResponse,
+                  description="Persistent memory shared by AI command-line tools. Every route except "
+                              "/health needs 'Authorization: Bearer <token>' (see 'neuralsync token').")
+    app.state.neuralsync = state
+    _add_error_handlers(app)
+    app.include_router(v1.router)
+    app.include_router(feed.router)
+    app.include_router(compat.router)
+    app.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse,
+                      tags=["operations"], summary="Prometheus metrics")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus the bearer scheme every non-health route requires."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+# ------------------------------------------------------------------ errors
+def _add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidInput, _invalid_input)  # type: ignore[arg-type]
+    app.add_exception_handler(NotFound, _not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreBusy, _busy)  # type: ignore[arg-type]
+    app.add_exception_handler(IntegrityError, _invalid_op)  # type: ignore[arg-type]
+    app.add_exception_handler(SyncRejected, _invalid_op)  # type: ignore[arg-type]
+    app.add_exception_handler(NeuralSyncError, _internal)
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal)
+
+
+async def _invalid_input(_: Request, exc: InvalidInput) -> SafeJSONResponse:
+    return error_response(422, "invalid_input", exc.message, exc.field)
+
+
+async def _not_found(_: Request, exc: NotFound) -> SafeJSONResponse:
+    return error_response(404, "not_found", str(exc))
+
+
+async def _busy(_: Request, exc: StoreBusy) -> SafeJSONResponse:
+    return error_response(503, "store_busy", "the store is busy; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _invalid_op(_: Request, exc: NeuralSyncError) -> SafeJSONResponse:
+    return error_response(400, "invalid_op", str(exc))
+
+
+async def _internal(request: Request, exc: Exception) -> SafeJSONResponse:
+    # Logged here for package errors; unexpected exceptions are re-raised by
+    # Starlette after this response and logged once by Guard.
+    if isinstance(exc, NeuralSyncError):
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+    return error_response(500, "internal", "internal server error (details are in the server log)")
+
+
+async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return error_response(400, "bad_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error')}")
+    where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    return error_response(422, "invalid_input", str(first.get("msg", "invalid input")), ".".join(where) or None)
+
+
+async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+    kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), detail,
+                          headers=dict(exc.headers or {}))
+
+
+class Guard:
+    """Last line: an exception escaping the app is logged with its traceback and answered 500 without it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:  # the client gets a generic 500; the log gets the traceback
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not started and scope["type"] == "http":
+                await send_error(send, 500, "internal", "internal server error (details are in the server log)")
+
+
+# ------------------------------------------------------------------ metrics
+def metrics(request: Request) -> str:
+    """Prometheus text format: counts and per-operation latency quantiles of this server's facade."""
+    stats = api_of(request).get_system_stats()
+    lines = [
+        "# HELP neuralsync_memories Live memories in the store.", "# TYPE neuralsync_memories gauge",
+        f"neuralsync_memories {stats['memories']}",
+        "# HELP neuralsync_ops Ops in the local log (highest sequence number).", "# TYPE neuralsync_ops gauge",
+        f"neuralsync_ops {stats['ops']}",
+        "# HELP neuralsync_store_bytes Database and WAL size on disk.", "# TYPE neuralsync_store_bytes gauge",
+        f"neuralsync_store_bytes {stats['storage']['total_bytes']}",
+        "# HELP neuralsync_operation_latency_ms Latency of facade calls made by this server.",
+        "# TYPE neuralsync_operation_latency_ms summary",
+    ]
+    for name, op in stats["performance_stats"]["operations"].items():
+        label = json.dumps(name)
+        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms"), ("0.99", "p99_ms")):
+            lines.append(f'neuralsync_operation_latency_ms{{operation={label},quantile="{quantile}"}} {op[key]}')
+        lines.append(f"neuralsync_operation_latency_ms_count{{operation={label}}} {op['count']}")
+    return "\n".join(lines) + "\n"

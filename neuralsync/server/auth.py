@@ -1,0 +1,212 @@
+"""Who may connect and where: the bind address, the bearer token, the ASGI gate in front of every route.
+
+The default address is loopback (``127.0.0.1:8373``); ``NS_HOST``,
+``NS_PORT`` and ``NS_ENDPOINT`` override it, as in NeuralSync2.
+
+The token lives beside the store (``<home>/server.token``, mode 0600) so every
+tool that can read the store can also talk to its server, and nobody else on
+the machine can. ``NS_TOKEN`` overrides the file, as in NeuralSync2.
+
+:class:`Gate` is plain ASGI (no web framework import) so it also guards routes
+the framework does not know (an unknown path answers 401, not 404, to a
+client without a token) and can refuse an oversized body before any of it is
+parsed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import MemoryConfig
+from ..errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8373
+
+
+def resolve_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """Where to bind (or connect): arguments, then NS_HOST/NS_PORT, then NS_ENDPOINT, then 127.0.0.1:8373."""
+    endpoint = os.environ.get("NS_ENDPOINT")
+    try:
+        parsed = urlsplit(endpoint if "://" in (endpoint or "") else f"http://{endpoint}") if endpoint else None
+        chosen_host = host or os.environ.get("NS_HOST") or (parsed.hostname if parsed else None) or DEFAULT_HOST
+        raw_port: Any = port if port is not None else os.environ.get("NS_PORT") or (parsed.port if parsed else None)
+        chosen_port = DEFAULT_PORT if raw_port is None else int(raw_port)
+    except ValueError:
+        raise ConfigError(f"bad port in NS_PORT/NS_ENDPOINT ({os.environ.get('NS_PORT')!r}, {endpoint!r})") from None
+    if not 0 <= chosen_port <= 65535:
+        raise ConfigError(f"port {chosen_port} is out of range")
+    return chosen_host, chosen_port
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+TOKEN_ENV = "NS_TOKEN"
+TOKEN_FILE = "server.token"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+# Paths that reveal nothing stored: liveness and the API description.
+OPEN_PATHS = frozenset({"/health", "/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def token_path(config: MemoryConfig) -> Path:
+    """Where the server's token is kept for this store."""
+    return config.home / TOKEN_FILE
+
+
+def load_or_create_token(config: MemoryConfig) -> str:
+    """The token in the token file, creating it (mode 0600, random 256 bits) on first use."""
+    path = token_path(config)
+    try:
+        return _read_token(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        # O_EXCL: two servers starting at once must not overwrite each other's token.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_token(path)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def _read_token(path: Path) -> str:
+    token = path.read_text(encoding="ascii", errors="replace").strip()
+    if not token:
+        raise ConfigError(f"the token file {path} is empty; delete it to generate a new token")
+    return token
+
+
+def resolve_token(config: MemoryConfig, token: str | None = None) -> str:
+    """The token the server will require: the argument, else ``$NS_TOKEN``, else the token file."""
+    chosen = token or os.environ.get(TOKEN_ENV) or load_or_create_token(config)
+    if not chosen.strip():
+        raise ConfigError("the server token must not be empty")
+    return chosen.strip()
+
+
+def token_matches(expected: str, presented: str) -> bool:
+    """Constant-time comparison, so response timing leaks nothing about the token."""
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), presented.encode("utf-8", "surrogatepass"))
+
+
+def error_body(status: int, kind: str, message: str, field: str | None = None) -> bytes:
+    """The JSON error document every route answers with (``detail`` kept for FastAPI-style clients)."""
+    doc = {"error": {"type": kind, "field": field, "message": message}, "detail": message}
+    return json.dumps(doc, ensure_ascii=True).encode("ascii")
+
+
+async def send_error(send: Send, status: int, kind: str, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer a request with an error document from plain ASGI."""
+    body = error_body(status, kind, message)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the configured limit."""
+
+
+class Gate:
+    """Bearer-token check (401 missing, 403 wrong) and request size limit (413), before routing."""
+
+    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] not in OPEN_PATHS:
+            refusal = self._refusal(_header(scope, b"authorization"))
+            if refusal is not None:
+                status, kind, message = refusal
+                await send_error(send, status, kind, message,
+                                 [(b"www-authenticate", b'Bearer realm="neuralsync"')])
+                return
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await send_error(send, 413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
+            return
+        try:
+            body = await self._read_body(receive)
+        except BodyTooLarge:
+            await send_error(send, 413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _refusal(self, header: str | None) -> tuple[int, str, str] | None:
+        if header is None:
+            return 401, "unauthorized", "missing 'Authorization: Bearer <token>' header (see 'neuralsync token')"
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return 401, "unauthorized", "the Authorization header must be 'Bearer <token>'"
+        if not token_matches(self.token, presented.strip()):
+            return 403, "forbidden", "wrong token"
+        return None
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """Read the whole body, bounded; the routes then parse it from memory."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)  # disconnected: the route will see an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields the buffered body once, then the client's later messages (disconnect)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

@@ -1,0 +1,118 @@
+"""``serve()`` and ``python -m neuralsync.server.run``: uvicorn on 127.0.0.1:8373 by default.
+
+The address comes from the arguments, else ``NS_HOST``/``NS_PORT``, else
+``NS_ENDPOINT`` (``http://host:port``), else the default; it is loopback
+unless someone asks otherwise, and every route but ``/health`` needs the
+bearer token either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import MemoryConfig
+from ..errors import ConfigError, NeuralSyncError
+from .auth import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT,
+    TOKEN_ENV,
+    is_loopback,
+    resolve_address,
+    token_path,
+)
+
+INSTALL_HINT = "pip install 'neuralsync[server]'"
+GRACEFUL_SHUTDOWN_S = 3
+
+
+def require_server_deps() -> None:
+    """Fail with the install line when the optional server dependencies are missing."""
+    missing = []
+    for module in ("fastapi", "uvicorn"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ConfigError(f"the HTTP server needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def serve(config: MemoryConfig | None = None, host: str | None = None, port: int | None = None,
+          token: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          log_level: str = "info") -> None:
+    """Run the server until interrupted (blocking). Streams end and the store closes on shutdown."""
+    require_server_deps()
+    import uvicorn
+
+    from .app import create_app
+
+    config = config or MemoryConfig.from_env()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bind_host, bind_port = resolve_address(host, port)
+    app = create_app(config, token, max_body_bytes=max_body_bytes)
+    _announce(config, bind_host, bind_port, token)
+    server_config = uvicorn.Config(app, host=bind_host, port=bind_port, log_level=log_level, lifespan="on",
+                                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
+                                   proxy_headers=False)
+    _run_until_stopped(server_config, app.state.stop)
+
+
+def _announce(config: MemoryConfig, host: str, port: int, token: str | None) -> None:
+    source = "the token argument" if token else TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(config))
+    print(f"neuralsync: serving {config.home} on http://{host}:{port} (token from {source})", file=sys.stderr)
+    if not is_loopback(host):
+        print(f"neuralsync: WARNING: listening on {host}, not loopback; the token is sent in clear text "
+              "unless a TLS proxy is in front", file=sys.stderr)
+
+
+def _run_until_stopped(server_config: Any, stop: Any) -> None:
+    """Run uvicorn; on SIGINT/SIGTERM tell open event streams to finish so shutdown need not wait on them."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stop.set()
+            super().handle_exit(sig, frame)
+
+    StoppingServer(server_config).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m neuralsync.server.run``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m neuralsync.server.run",
+        description="Serve a neuralsync store over HTTP. Binds 127.0.0.1 only (never another interface "
+                    "unless --host says so); every route except /health requires "
+                    "'Authorization: Bearer <token>', the token being $NS_TOKEN or the file "
+                    "<home>/server.token (mode 0600, created on first run).")
+    parser.add_argument("--home", help="store directory (default: $NEURALSYNC_HOME, else ~/.neuralsync2/memory)")
+    parser.add_argument("--host", help=f"interface to bind (default: $NS_HOST, $NS_ENDPOINT, else {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"port (default: $NS_PORT, $NS_ENDPOINT, else {DEFAULT_PORT})")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="larger request bodies are refused with 413 (default: 1 MiB)")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; errors become one line on stderr and exit code 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        serve(MemoryConfig.from_env(args.home), args.host, args.port, max_body_bytes=args.max_body_bytes,
+              log_level=args.log_level)
+    except NeuralSyncError as exc:
+        print(f"neuralsync: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
