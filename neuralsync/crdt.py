@@ -28,6 +28,7 @@ import nacl.signing
 from .clock import HLC_MAX
 from .errors import InvalidOp
 from .model import Op
+from .op_fields import check_fields
 
 FORMAT_VERSION = 1
 OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona"})
@@ -220,6 +221,7 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
             or any(not isinstance(p, bytes) or len(p) != 32 for p in preds)
             or preds != sorted(set(preds))):
         raise InvalidOp("preds must be a sorted set of at most 64 op ids")
+    check_fields(kind, record_id, fields)
     oid = op_id(body)
     if verify:
         verify_signature(author, oid, sig)

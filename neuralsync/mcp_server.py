@@ -173,7 +173,10 @@ class ApiPool:
             if tool not in self._apis and len(self._apis) >= MAX_CLIENT_NAMES:
                 tool = DEFAULT_TOOL
             if tool not in self._apis:
-                self._apis[tool] = UnifiedMemoryAPI(self._config, tool=tool)
+                api = UnifiedMemoryAPI(self._config, tool=tool)
+                if not self._apis:  # one facade per process keeps the vector index current
+                    api.start_background_maintenance()
+                self._apis[tool] = api
             return self._apis[tool]
 
     def close(self) -> None:

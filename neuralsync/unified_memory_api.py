@@ -242,12 +242,18 @@ class UnifiedMemoryAPI:
         """Set the persona text shared by every tool (empty text clears it)."""
         if not isinstance(text, str) or len(text) > self.config.max_content_chars:
             raise InvalidInput("text", "must be a string within the content limit")
+        v.check_unicode(text, "text")
         self._commit([("persona", "persona", {"key": "persona", "text": self.redactor.redact(text)})])
 
     def get_persona(self) -> str:
         """The persona text, or an empty string."""
         found = self.store.persona()
         return "" if found is None else found[0]
+
+    def get_persona_info(self) -> dict[str, Any] | None:
+        """The persona with the clock that set it (``text``, ``hlc``), or None if never set."""
+        found = self.store.persona()
+        return None if found is None else {"text": found[0], "hlc": found[1]}
 
     def _commit(self, intents: list[tuple[str, str, dict[str, Any]]],
                 embed: tuple[str, str] | None = None) -> None:
@@ -360,6 +366,13 @@ class UnifiedMemoryAPI:
         results = self.recaller.recall(query, filters, k, mode)  # type: ignore[arg-type]
         self.access.record([m.id for m in results])
         return results
+
+    def start_background_maintenance(self) -> None:
+        """For long-lived processes (servers): keep the session alive and the vector
+        index current from daemon threads; ingest never waits for the index."""
+        self.core.start_heartbeat(self.session_id)
+        if self.semantic is not None:
+            self.semantic.start_background_refresh()
 
     def embed_pending(self, progress: Any = None) -> int:
         """Embed memories that arrived without a vector (other writers, sync, changed content)."""

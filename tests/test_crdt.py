@@ -141,8 +141,25 @@ def key() -> nacl.signing.SigningKey:
 
 
 def _op(key: nacl.signing.SigningKey, preds: tuple[bytes, ...] = ()) -> Op:
-    fields = {"content": "hello", "scope": "global", "priority": 0.5, "tags": ["a", "b"]}
+    fields = {"content": "hello", "scope": "global", "kind": "fact", "priority": 0.5, "confidence": 0.8,
+              "created_at": 1, "tags": ["a", "b"]}
     return crdt.make_op(key, "create", "0" * 32, fields, 1 << 40, preds)
+
+
+@pytest.mark.parametrize(("kind", "record_id", "fields", "reason"), [
+    ("create", "0" * 32, {"content": "x"}, "lacks"),
+    ("create", "0" * 32, {"content": "", "scope": "g", "kind": "f", "priority": 0.5, "confidence": 0.5}, "content"),
+    ("create", "0" * 32, {"content": "x", "scope": "g", "kind": "f", "priority": 2.0, "confidence": 0.5}, "priority"),
+    ("update", "0" * 32, {"tags": "not-a-list"}, "tags"),
+    ("update", "not-an-id", {"content": "x"}, "record id"),
+    ("tag_remove", "0" * 32, {"tag": "a", "removes": [b"short"]}, "32-byte"),
+    ("persona", "persona", {"text": 5}, "persona"),
+])
+def test_ops_with_invalid_fields_are_rejected_by_rule(key: nacl.signing.SigningKey, kind: str, record_id: str,
+                                                      fields: dict[str, object], reason: str) -> None:
+    op = crdt.make_op(key, kind, record_id, fields, 1 << 40, ())
+    with pytest.raises(InvalidOp, match=reason):
+        crdt.parse_op(op.body, op.sig)
 
 
 def test_op_id_is_sha256_of_the_body(key: nacl.signing.SigningKey) -> None:

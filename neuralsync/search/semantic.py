@@ -45,6 +45,8 @@ DRAIN_BEFORE_SEARCH = 2000       # queue sizes a search embeds itself (~40 ms at
 EXACT_FILTER_LIMIT = 20_000      # filtered sets this small are searched exactly
 MAX_DELTA = 200_000              # newest rows kept in memory when the file lags far behind
 REFRESH_DELTA = 5_000            # a server rebuilds the file once this many rows are uncovered
+REFRESH_INTERVAL_S = 15.0
+WIDEN = (8, 32)
 INDEX_FILE = "vectors.usearch"
 # Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
 # recall@10 0.85; M=32 (build ~2x slower) with ef 192 gives ~0.96 at ~1 ms.
@@ -79,6 +81,8 @@ class SemanticIndex:
         self._delta: dict[int, np.ndarray] = {}
         self._delta_upto = -1
         self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._refresher: threading.Thread | None = None
+        self._refresh_stop = threading.Event()
 
     # ------------------------------------------------------------ embedding
     @property
@@ -142,15 +146,22 @@ class SemanticIndex:
         return self.search_vector(vector, k, filters, now)
 
     def search_vector(self, vector: np.ndarray, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
-        """Like :meth:`search` for an already embedded query."""
+        """Like :meth:`search` for an already embedded query.
+
+        Filters are applied to the candidates in SQL; when they leave fewer
+        than ``k``, the candidate pool widens (x8, x32) before a narrow filter
+        falls back to an exact search over just the rows it admits.
+        """
         want = max(k * 3, 30)
-        hits = self._candidates(vector, want)
-        found = self._fetch(hits, filters, now)
-        if len(found) < k and filters.restrictive:
-            exact = self._exact_filtered(vector, k, filters, now)
-            if exact is not None:
-                return exact
-        return found[:k]
+        found = self._fetch(self._candidates(vector, want), filters, now)
+        if len(found) >= k or not filters.restrictive:
+            return found[:k]
+        for factor in WIDEN:
+            found = self._fetch(self._candidates(vector, want * factor), filters, now)
+            if len(found) >= k:
+                return found[:k]
+        exact = self._exact_filtered(vector, k, filters, now)
+        return found[:k] if exact is None else exact
 
     def similarities(self, vector: np.ndarray, record_ids: Sequence[str]) -> dict[str, float]:
         """Cosine similarity of ``vector`` to each stored memory (ids without a vector are absent)."""
@@ -167,14 +178,27 @@ class SemanticIndex:
         return {rid: float(s) for (rid, _), s in zip(rows, sims, strict=True)}
 
     def _candidates(self, vector: np.ndarray, want: int) -> list[Hit]:
-        from .vector import exact_search, merge_results
+        """ANN hits from the file (minus rows superseded since) merged with exact delta hits.
 
-        with self._lock:
-            ann = self._current_ann()
-            self._sync_delta()
-            keys, matrix = self._delta_matrix(len(vector))
-            stale = self._delta.keys()
-            ann_hits = ann.search(vector, want, exclude=lambda key: key in stale) if ann is not None else []
+        Only the snapshot is taken under the lock; searches run outside it, so
+        concurrent queries (a server's threads) do not queue behind each other.
+        """
+        from .vector import ReadOnlyIndexError, exact_search, merge_results
+
+        for _ in range(2):
+            with self._lock:
+                ann = self._current_ann()
+                self._sync_delta()
+                keys, matrix = self._delta_matrix(len(vector))
+                stale = self._delta  # membership tests only: safe while another thread adds
+            try:
+                ann_hits = ann.search(vector, want, exclude=stale.__contains__) if ann is not None else []
+                break
+            except ReadOnlyIndexError:  # the file was replaced and this view closed: take the new one
+                with self._lock:
+                    self._ann_checked = 0.0
+        else:
+            ann_hits = []
         delta_hits = exact_search(matrix, keys, vector, want) if len(keys) else []
         return merge_results(ann_hits, delta_hits, want)
 
@@ -331,8 +355,33 @@ class SemanticIndex:
             if progress:
                 progress(done, total)
 
+    def start_background_refresh(self, interval: float = REFRESH_INTERVAL_S) -> None:
+        """For long-lived processes: embed what arrives from elsewhere and rebuild the
+        file once ``REFRESH_DELTA`` rows are uncovered, from a daemon thread."""
+        if self._refresher is not None:
+            return
+        self._refresh_stop.clear()
+
+        def run() -> None:
+            while not self._refresh_stop.wait(interval):
+                try:
+                    self.embed_pending()
+                    with self._lock:
+                        self._current_ann()
+                    if self.uncovered() >= REFRESH_DELTA:
+                        log.info("vector index: %s", self.refresh_index())
+                except Exception:  # maintenance must never take the server down
+                    log.exception("background vector maintenance failed; will retry")
+
+        self._refresher = threading.Thread(target=run, name="neuralsync-vectors", daemon=True)
+        self._refresher.start()
+
     def close(self) -> None:
-        """Release the mapped file."""
+        """Stop background work and release the mapped file."""
+        self._refresh_stop.set()
+        thread, self._refresher = self._refresher, None
+        if thread is not None:
+            thread.join(timeout=2)
         with self._lock:
             self._drop_ann()
 

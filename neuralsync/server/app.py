@@ -58,7 +58,7 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
         config = api_or_config or MemoryConfig.from_env()
         required = resolve_token(config, token)  # before opening the store: a bad token leaks nothing
         api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL), True
-        api.core.start_heartbeat(api.session_id)
+        api.start_background_maintenance()
     state = ServerState(api, owns, poll_interval=poll_interval, keepalive_s=keepalive_s)
     return ServerApp(_fastapi_app(state), state, required, max_body_bytes)
 
