@@ -48,6 +48,11 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--path", action="store_true", help="print the token file's path instead")
     _standalone(cmd, cmd_token)
 
+    cmd = add("embed", None, "embed memories that lack a vector (after an embedder change, an import or a sync)"
+                             " and bring the vector index up to date, with progress")
+    cmd.add_argument("--full", action="store_true", help="rebuild the vector index from scratch")
+    _standalone(cmd, cmd_embed)
+
     cmd = add("identity", None, "print this replica's public key (its site id)")
     _standalone(cmd, cmd_identity)
 
@@ -115,6 +120,22 @@ def cmd_integration(args: argparse.Namespace) -> int:
         print("neuralsync: warning: the MCP server needs the [mcp] extra, which is not installed here:"
               " python -m pip install 'neuralsync[mcp]'", file=sys.stderr)
     return run_cli(args.integration, args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Work the embedding queue down, then refresh the HNSW file."""
+    from .transfer import ProgressBar
+    from .unified_memory_api import UnifiedMemoryAPI
+
+    with UnifiedMemoryAPI(_config(args)) as api:
+        with ProgressBar("embedding", unit=" memories") as bar:
+            embedded = api.embed_pending(progress=bar)
+        with ProgressBar("indexing", unit=" vectors") as bar:
+            report = api.rebuild_vector_index(full=args.full, progress=bar)
+    report["embedded"] = embedded
+    print(json.dumps(report) if getattr(args, "json", False) else
+          "  ".join(f"{key}: {value}" for key, value in report.items()))
+    return 0
 
 
 def cmd_identity(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ class UnifiedMemoryAPI:
         self.semantic = (SemanticIndex(self.store, self.config.embedder)
                          if self.config.embedder.lower() != "none" else None)
         self.recaller = Recaller(self.store, self.semantic)
+        if self.semantic is not None and self.config.embed_on_write:
+            self._adopt_embedder()
         self._batch = threading.local()
         self.redactor = Redactor(self.config.redact_secrets, self.config.extra_secret_patterns)
         self.access = AccessRecorder(self.store.storage)
@@ -279,6 +281,12 @@ class UnifiedMemoryAPI:
                 and not self.store.storage.in_write):
             self._ops_since_optimize = 0
             optimize(self.store, light=True)
+
+    def _adopt_embedder(self) -> None:
+        try:
+            self.semantic.adopt_embedder()  # type: ignore[union-attr]
+        except NeuralSyncError as exc:  # e.g. the embedder's package is missing: text recall still works
+            log.warning("semantic recall unavailable: %s", exc)
 
     def _embed_now(self, item: tuple[str, str]) -> Any:
         if self.semantic is None:

@@ -99,6 +99,28 @@ class SemanticIndex:
         """Unit-length float32 vectors for ``texts``."""
         return self.embedder.embed(list(texts))
 
+    def adopt_embedder(self) -> int:
+        """Queue every vector made by another embedder for re-embedding; returns how many.
+
+        Runs when a store is opened with a different embedder than last time
+        (its name is kept in ``meta``). Search keeps working meanwhile: queued
+        rows leave the semantic results until their new vector is written
+        (text recall still finds them), and the refresher or ``neuralsync embed``
+        works the queue down with progress.
+        """
+        name = self.embedder.name
+        conn = self.store.storage.conn
+        row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+        if row is not None and row[0] == name:
+            return 0
+        with self.store.storage.write() as wconn:
+            queued = wconn.execute("INSERT OR IGNORE INTO embed_queue(mem) SELECT mem FROM embeddings"
+                                   " WHERE embedder != ?", (name,)).rowcount
+            wconn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embedder', ?)", (name,))
+        if queued:
+            log.warning("embedder changed to %s: %d memories queued for re-embedding", name, queued)
+        return int(queued)
+
     def store_vectors(self, conn: sqlite3.Connection, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """Write vectors for memory ids inside the caller's transaction and dequeue them."""
         name = self.embedder.name

@@ -1,0 +1,73 @@
+"""The vector index is a cache and the embedder can change: nothing is lost either way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+
+pytest.importorskip("usearch")
+pytest.importorskip("wordllama")
+
+FACTS = [
+    "use pytest -x to execute the test suite",
+    "the production database is postgres 15 on host db-1",
+    "the user prefers dark mode in every editor",
+    "deployments go through the staging cluster first",
+] + [f"filler note number {i} about quarterly planning meetings" for i in range(40)]
+
+
+def _fill(api: UnifiedMemoryAPI) -> dict[str, str]:
+    with api.batch_operations():
+        return {fact: api.remember(fact) for fact in FACTS}
+
+
+def test_deleting_the_index_file_loses_nothing_and_it_rebuilds(tmp_path: Path) -> None:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path)) as api:
+        ids = _fill(api)
+        report = api.rebuild_vector_index()
+        assert report["mode"] == "full" and report["added"] == len(FACTS)
+        index_file = api.semantic.path  # type: ignore[union-attr]
+        assert index_file.exists()
+        index_file.unlink()
+        api.semantic._ann_checked = 0.0  # type: ignore[union-attr]  # notice at once, not in 0.5 s
+        found = api.semantic_search("how do I run the tests", top_k=3)
+        assert found[0].id == ids[FACTS[0]]
+        assert api.rebuild_vector_index()["mode"] == "full"
+        assert index_file.exists()
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path)) as api:
+        assert api.semantic_search("how do I run the tests", top_k=3)[0].id == ids[FACTS[0]]
+
+
+def test_switching_embedder_requeues_vectors_and_search_keeps_working(tmp_path: Path) -> None:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing")) as api:
+        ids = _fill(api)
+        assert api.semantic.pending() == 0  # type: ignore[union-attr]
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embed_on_write=True)) as api:
+        assert api.semantic.pending() == len(FACTS)  # type: ignore[union-attr]
+        # Meanwhile text recall still finds everything (a semantic search would
+        # itself embed a queue this small before searching).
+        assert api.recall("pytest", mode="text")[0].id == ids[FACTS[0]]
+        seen: list[tuple[int, int]] = []
+        assert api.embed_pending(progress=lambda done, total: seen.append((done, total))) == len(FACTS)
+        assert seen and seen[-1] == (len(FACTS), len(FACTS))
+        assert api.semantic_search("how do I run the tests", top_k=3)[0].id == ids[FACTS[0]]
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path)) as api:
+        assert api.semantic.pending() == 0  # type: ignore[union-attr]  # adopted once, not every open
+
+
+def test_another_process_new_memory_is_found_by_meaning_without_restart(tmp_path: Path) -> None:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path)) as api:
+        _fill(api)
+        api.rebuild_vector_index()
+        assert all("kubernetes" not in m.content for m in api.semantic_search("container orchestration", top_k=5))
+        script = ("from neuralsync.unified_memory_api import UnifiedMemoryAPI, MemoryConfig\n"
+                  f"with UnifiedMemoryAPI(MemoryConfig(base_path={str(tmp_path)!r})) as a:\n"
+                  "    a.remember('our services run on a kubernetes cluster managed by the platform team')\n")
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+        hits = api.semantic_search("container orchestration platform", top_k=3)
+        assert any("kubernetes" in m.content for m in hits)
