@@ -38,7 +38,7 @@ HALF_LIFE_MS = 30 * 86_400_000
 RECENT_POOL = 200
 MODES = ("hybrid", "text", "semantic")
 W_SEM, W_TEXT, W_COVER = 0.85, 0.10, 0.05  # tuned on bench/eval (see README)
-ALL_WORDS_WINDOW = 50_000
+ALL_WORDS_WINDOW = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,22 +156,17 @@ def _m003_embeddings(conn: sqlite3.Connection) -> None:
     """)
 
 
-def _m004_time_indexes(conn: sqlite3.Connection) -> None:
-    # Time walks order by (created_at, id): with id in the index no sort step is
-    # needed. The content-hash index was random-order (costly on ingest) and no
+def _m004_drop_hash_index(conn: sqlite3.Connection) -> None:
+    # The content-hash index was random-order (costly on every insert) and no
     # query used it; duplicate detection can add its own when it needs one.
-    _run(conn, """
-    CREATE INDEX memories_created_id ON memories(created_at, id);
-    CREATE INDEX memories_scope_created_id ON memories(scope, created_at, id);
-    DROP INDEX memories_created;
-    DROP INDEX memories_scope_created;
-    DROP INDEX memories_hash
-    """)
+    # (Time walks order by (created_at, rowid): every SQLite index already ends
+    # in the rowid, so the narrow time indexes need no sort step.)
+    _run(conn, "DROP INDEX memories_hash")
 
 
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
     (3, "embeddings, embedding queue, vector removals", _m003_embeddings),
-    (4, "time indexes with id; drop unused hash index", _m004_time_indexes),
+    (4, "drop the unused content-hash index", _m004_drop_hash_index),
 ]

@@ -180,7 +180,7 @@ class Store:
             args.append(scope)
         order = "DESC" if descending else "ASC"
         sql = (f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {' AND '.join(where)}"
-               f" ORDER BY m.created_at {order}, m.id {order}")
+               f" ORDER BY m.created_at {order}, m.rowid {order}")
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)

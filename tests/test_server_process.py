@@ -4,15 +4,12 @@ the SSE feed carrying another process's write, and a clean stop with a stream op
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,73 +17,16 @@ import pytest
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from _live import Server, live_server, stop  # noqa: E402 - after the skips
+
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 20.0
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    home: Path
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            if httpx.get(f"{url}/health", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start in time")
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> float:
-    """Terminate and wait; returns how long the stop took."""
-    start = time.monotonic()
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-        raise
-    return time.monotonic() - start
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    home = tmp_path / "store"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("NS_TOKEN", "NS_HOST", "NS_PORT", "NS_ENDPOINT")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "neuralsync.server.run", "--home", str(home), "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(process, url)
-        token = (home / "server.token").read_text().strip()
-        yield Server(process, url, home, token)
-    finally:
-        if process.poll() is None:
-            stop(process)
-        if process.stderr:
-            process.stderr.close()
+    with live_server(tmp_path / "store") as running:
+        yield running
 
 
 def test_ns2_contract_over_a_real_socket(server: Server) -> None:

@@ -30,7 +30,8 @@ _WORD = re.compile(r"[^\W_]+")
 MAX_TERMS = 32
 BM25_WEIGHTS = "1.0, 0.5, 0.0"  # content, tags, scope
 _CACHE_LIMIT = 8192
-_RARE_TTL_S = 30.0  # a rare word's count may grow; a common word stays common
+_RARE_TTL_S = 30.0
+ALL_WORDS_MAX = 3  # a rare word's count may grow; a common word stays common
 
 
 def terms(query: str) -> list[str]:
@@ -98,9 +99,10 @@ class TextSearcher:
             rare.append(word)
             total += counts[word]
         any_word = words_expr(present)
-        all_words = words_expr(present, " AND ") if len(present) > 1 else None
         recent = f"({filters}) AND {any_word}" if filters else any_word
-        recent_all = (f"({filters}) AND {all_words}" if filters else all_words) if all_words else None
+        # Rows holding every word are what coverage favours; the AND of the few
+        # rarest words finds them cheaply (filters are checked in SQL after).
+        recent_all = words_expr(present[:ALL_WORDS_MAX], " AND ") if len(present) > 1 else None
         ranked = words_expr(rare) if rare else None
         return TextPlan(ranked, recent, recent_all, tuple(rare), tuple(present[len(rare):]))
 
