@@ -34,17 +34,13 @@ What is measured (through the public ``UnifiedMemoryAPI`` unless noted):
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import platform
 import random
-import resource
 import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from benchlib import load_average, log, machine, peak_rss_mb, summary, timed  # noqa: E402
 from corpus import Corpus  # noqa: E402
 
 from neuralsync import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
@@ -68,73 +65,6 @@ TARGETS = {
     "remember_p50_ms": 1.5,
     "ann_recall_at_10": 0.95,
 }
-
-
-# ---------------------------------------------------------------- helpers
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), int(-(-fraction * len(sorted_values) // 1))))
-    return sorted_values[rank - 1]
-
-
-def summary(samples_ns: list[int]) -> dict[str, Any]:
-    """Count, mean and p50/p90/p99/max of nanosecond samples, in ms."""
-    values = sorted(s / 1e6 for s in samples_ns)
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "mean": round(sum(values) / len(values), 4),
-            "p50": round(percentile(values, 0.50), 4), "p90": round(percentile(values, 0.90), 4),
-            "p99": round(percentile(values, 0.99), 4), "max": round(values[-1], 4)}
-
-
-def timed(calls: Sequence[Callable[[], Any]]) -> tuple[list[int], list[int]]:
-    """Run each call once; durations in ns and result lengths (results are dropped at once)."""
-    clock = time.perf_counter_ns
-    durations: list[int] = []
-    lengths: list[int] = []
-    gc.collect()
-    for call in calls:
-        start = clock()
-        result = call()
-        durations.append(clock() - start)
-        lengths.append(len(result) if hasattr(result, "__len__") else 1)
-    return durations, lengths
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions: dict[str, str] = {}
-    for name in ("wordllama", "usearch", "numpy"):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name)
-        except Exception:  # noqa: BLE001 - a missing optional package is just not reported
-            pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, **versions}
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def config(store_dir: Path, embedder: str, **overrides: Any) -> MemoryConfig:

@@ -280,6 +280,7 @@ class SemanticIndex:
         if meta.embedder != self.embedder.name or meta.dims != self.embedder.dims:
             ann.close()  # built by another embedder: useless for this one's queries
             return
+        ann.threads = 1  # one query at a time: a thread pool only adds latency (builds use every core)
         self._ann, self._ann_meta, self._ann_stamp = ann, meta, stamp
         self._delta, self._delta_upto, self._delta_cache = {}, meta.covered_seq, None
 
@@ -294,13 +295,16 @@ class SemanticIndex:
         """Load embeddings written after what the file (or the last sync) covers."""
         if self._delta_upto < 0:
             self._delta_upto = 0
+        # Newest first, at most MAX_DELTA: memory stays bounded when the file lags
+        # far behind (older rows wait for the rebuild; text recall still finds them).
         rows = self.store.storage.conn.execute(
-            "SELECT seq, mem, vec FROM embeddings WHERE seq > ? AND embedder = ? ORDER BY seq",
-            (self._delta_upto, self.embedder.name)).fetchall()
+            "SELECT seq, mem, vec FROM embeddings WHERE seq > ? AND embedder = ? ORDER BY seq DESC LIMIT ?",
+            (self._delta_upto, self.embedder.name, MAX_DELTA)).fetchall()
         if not rows:
             return
+        rows.reverse()
         dims = self.embedder.dims
-        for _seq, mem, blob in rows[-MAX_DELTA:]:
+        for _seq, mem, blob in rows:
             self._delta[mem] = np.frombuffer(blob, dtype="<f4", count=dims)
         self._delta_upto = rows[-1][0]
         self._delta_cache = None

@@ -1,0 +1,108 @@
+"""Measurement helpers shared by the benchmarks: percentiles, timing, machine facts."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-fraction * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+def summary(samples_ns: list[int], unit: str = "ms") -> dict[str, Any]:
+    """Count, mean and p50/p90/p99/max of nanosecond samples, in ``unit`` (ms or us)."""
+    scale = 1e6 if unit == "ms" else 1e3
+    values = sorted(s / scale for s in samples_ns)
+    if not values:
+        return {"n": 0, "unit": unit}
+    return {
+        "n": len(values),
+        "unit": unit,
+        "mean": round(sum(values) / len(values), 4),
+        "p50": round(percentile(values, 0.50), 4),
+        "p90": round(percentile(values, 0.90), 4),
+        "p99": round(percentile(values, 0.99), 4),
+        "max": round(values[-1], 4),
+    }
+
+
+def timed(calls: Sequence[Callable[[], Any]]) -> tuple[list[int], list[int]]:
+    """Run each call once; their durations in ns and the length of each result.
+
+    Results are dropped at once: keeping thousands of returned records alive
+    would make every garbage-collector pass slower and inflate later timings.
+    """
+    clock = time.perf_counter_ns
+    durations: list[int] = []
+    lengths: list[int] = []
+    gc.collect()
+    for call in calls:
+        start = clock()
+        result = call()
+        durations.append(clock() - start)
+        lengths.append(len(result) if hasattr(result, "__len__") else 1)
+    return durations, lengths
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        **package_versions(),
+    }
+
+
+def package_versions(names: Sequence[str] = ("wordllama", "usearch", "numpy")) -> dict[str, str]:
+    """Installed versions of the packages the figures depend on (missing ones are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages: other work on the machine shows up here."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
