@@ -126,8 +126,10 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead of a full integrity check")
     cmd = add("export", cmd_export, "write every memory as JSON Lines")
     cmd.add_argument("file", nargs="?", default="-", metavar="FILE", help="output file (default: stdout)")
-    cmd = add("import", cmd_import, "read memories from JSON Lines (safe to repeat: known ids are skipped)")
-    cmd.add_argument("file", metavar="FILE", help="input file, '-' for stdin")
+    cmd = add("import", cmd_import, "read memories from JSON Lines or a NeuralSync2 home"
+                                    " (safe to repeat: known ids are skipped)")
+    cmd.add_argument("file", metavar="PATH", help="a JSONL file, '-' for stdin, or a NeuralSync2 home"
+                                                 " (directory with memory.db and oplog.jsonl) or its memory.db")
     add("optimize", cmd_optimize, "run maintenance and show its effect")
 
 
@@ -322,9 +324,13 @@ def cmd_export(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 
 def cmd_import(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Import JSON Lines; exit 1 if any line was rejected (the good lines are kept)."""
+    from .ns2_import import locate
     from .transfer import ProgressBar, import_jsonl
 
-    if args.file == "-":
+    home = None if args.file == "-" else locate(args.file)
+    if home is not None:
+        report = _import_neuralsync2(api, home)
+    elif args.file == "-":
         report = import_jsonl(api, getattr(sys.stdin, "buffer", sys.stdin))
     else:
         with open(args.file, "rb") as source, \
@@ -341,6 +347,19 @@ def cmd_import(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     if not report.ok:
         print(f"{PROG}: error: {report.rejected} line(s) rejected; {report.summary}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _import_neuralsync2(api: UnifiedMemoryAPI, home: Any) -> Any:
+    """Items (and op-log-only items) and the persona of a NeuralSync2 home."""
+    from .ns2_import import read_persona, records
+    from .transfer import ProgressBar, import_records
+
+    with ProgressBar("importing NeuralSync2", unit=" items") as bar:
+        report = import_records(api, records(home), progress=bar)
+    persona = read_persona(home)
+    if persona and not api.get_persona():
+        api.set_persona(persona)
+    return report
 
 
 def cmd_optimize(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:

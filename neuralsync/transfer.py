@@ -193,26 +193,48 @@ def import_jsonl(api: UnifiedMemoryAPI, lines: Iterable[bytes | str], batch_size
 
     A bad line (broken JSON, bad UTF-8, a field that fails validation) is
     rejected with its line number and the import goes on; nothing of it is
-    written, because the facade validates before writing and each record is
-    a savepoint of the batch. Counts are added only after a batch commits, so
-    the report never claims what a failed commit rolled back. ``progress``
-    receives the number of bytes read so far.
+    written, because the facade validates before writing. Counts are added
+    only after a batch commits, so the report never claims what a failed
+    commit rolled back. ``progress`` receives the number of bytes read so far.
     """
-    report = ImportReport()
     consumed = 0
-    for chunk in _chunks(enumerate(lines, start=1), batch_size):
+
+    def numbered() -> Iterator[tuple[int, bytes | str]]:
+        nonlocal consumed
+        for line_no, raw in enumerate(lines, start=1):
+            consumed += len(raw)
+            yield line_no, raw
+
+    tick = (lambda: progress(consumed)) if progress is not None else None
+    return _import_batches(api, numbered(), _import_line, batch_size, tick)
+
+
+def import_records(api: UnifiedMemoryAPI, records: Iterable[tuple[int, dict[str, Any]]],
+                   batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Import already parsed records (position, record), e.g. from a NeuralSync2 home."""
+    report_ref: list[ImportReport] = []
+    tick = (lambda: progress(report_ref[0].lines)) if progress is not None else None
+    return _import_batches(api, records, _import_record, batch_size, tick, report_ref)
+
+
+def _import_batches(api: UnifiedMemoryAPI, items: Iterable[tuple[int, Any]],
+                    handle: Callable[[UnifiedMemoryAPI, int, Any, ImportReport], str], batch_size: int,
+                    tick: Callable[[], None] | None, report_ref: list[ImportReport] | None = None) -> ImportReport:
+    report = ImportReport()
+    if report_ref is not None:
+        report_ref.append(report)
+    for chunk in _chunks(items, batch_size):
         imported = skipped = 0
         with api.batch_operations():
-            for line_no, raw in chunk:
-                outcome = _import_line(api, line_no, raw, report)
+            for position, item in chunk:
+                outcome = handle(api, position, item, report)
                 imported += outcome == "imported"
                 skipped += outcome == "skipped"
         report.imported += imported
         report.skipped += skipped
         report.lines = chunk[-1][0]
-        consumed += sum(len(raw) for _, raw in chunk)
-        if progress is not None:
-            progress(consumed)
+        if tick is not None:
+            tick()
     return report
 
 
@@ -235,10 +257,14 @@ def _import_line(api: UnifiedMemoryAPI, line_no: int, raw: bytes | str, report: 
     except RecursionError:
         report.reject(line_no, "invalid JSON: nested too deeply")
         return "rejected"
+    return _import_record(api, line_no, record, report)
+
+
+def _import_record(api: UnifiedMemoryAPI, position: int, record: Any, report: ImportReport) -> str:
     try:
         return "imported" if api.import_memory(record) else "skipped"
     except InvalidInput as exc:
-        report.reject(line_no, str(exc))
+        report.reject(position, str(exc))
         return "rejected"
 
 
