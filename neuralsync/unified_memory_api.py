@@ -22,8 +22,9 @@ from .errors import InvalidInput, NeuralSyncError, NotFound
 from .maintenance import optimize
 from .model import Change, Memory
 from .performance_monitor import PerformanceMonitor, process_resources
-from .recall import MODES, Filters, Recaller
+from .recall import MODES, Recaller
 from .redact import Redactor
+from .search.filters import Filters
 from .search.semantic import SemanticIndex
 from .store import Store
 from .utils import derived_id, new_id, now_ms

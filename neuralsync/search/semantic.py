@@ -33,8 +33,8 @@ from ..store import MEMORY_COLUMNS, Store, row_to_memory
 
 if TYPE_CHECKING:
     from ..model import Memory
-    from ..recall import Filters
     from .embed import Embedder
+    from .filters import Filters
     from .vector import AnnIndex, Hit, IndexMeta
 
 log = logging.getLogger(__name__)
