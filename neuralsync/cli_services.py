@@ -75,7 +75,13 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 def cmd_mcp(args: argparse.Namespace) -> int:
     """Serve MCP until stdin closes (stdio) or the process is stopped (HTTP)."""
-    from . import mcp_server
+    from .errors import DependencyMissing
+
+    try:
+        from . import mcp_server
+    except ImportError as exc:
+        raise DependencyMissing(f"the MCP server needs the MCP SDK: python -m pip install 'neuralsync[mcp]' ({exc})"
+                                ) from None
 
     config = _config(args)
     if args.http:

@@ -53,6 +53,10 @@ class SyncRejected(NeuralSyncError):
     """A peer's sync message was refused by rule (reason in the message)."""
 
 
+class DependencyMissing(NeuralSyncError):
+    """An optional part (MCP SDK, HTTP server) is not installed; the message names the pip line."""
+
+
 class EmbeddingUnavailable(NeuralSyncError):
     """The configured embedder cannot be loaded; the message says how to install it."""
 

@@ -261,3 +261,21 @@ def test_help_does_not_import_the_store(home: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "usage: neuralsync" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "RESULT 0 []"
+
+
+def test_mcp_without_the_sdk_is_one_clear_line(tmp_path: Path) -> None:
+    """A missing optional extra names its pip line; no traceback."""
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def fake(name, *a, **k):\n"
+            "    if name == 'mcp' or name.startswith('mcp.'):\n"
+            "        raise ModuleNotFoundError(\"No module named 'mcp'\")\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = fake\n"
+            "from neuralsync.cli import main\n"
+            f"sys.exit(main(['--home', {str(tmp_path)!r}, 'mcp']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "pip install 'neuralsync[mcp]'" in done.stderr and done.stderr.count("\n") == 1
