@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .model import Change
+from .storage import read_only_uri
 from .store import Store, read_changes
 from .utils import now_ms
 
@@ -130,7 +131,7 @@ class CoreMemory:
         Ends when ``stop`` is set or after ``timeout`` seconds (None: never).
         Uses its own read-only connection, closed when the iterator is closed.
         """
-        conn = sqlite3.connect(f"file:{self.store.storage.path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(read_only_uri(self.store.storage.path), uri=True, check_same_thread=False)
         try:
             cursor = self.last_seq() if since is None else since
             deadline = None if timeout is None else time.monotonic() + timeout

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
+from .storage import read_only_uri
 from .utils import derived_id, now_ms
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -45,7 +46,7 @@ def locate(path: str | Path) -> Ns2Home | None:
     with open(db, "rb") as head:
         if head.read(16) != SQLITE_MAGIC:
             return None
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(db), uri=True)
     try:
         has_items = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
     finally:
@@ -58,7 +59,7 @@ def locate(path: str | Path) -> Ns2Home | None:
 
 def read_persona(home: Ns2Home) -> str:
     """The persona text NeuralSync2 stored, or an empty string."""
-    conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(home.db), uri=True)
     try:
         row = conn.execute("SELECT value FROM kv WHERE key = 'persona'").fetchone()
     except sqlite3.OperationalError:
@@ -78,7 +79,7 @@ def records(home: Ns2Home) -> Iterator[tuple[int, dict[str, Any]]]:
     """(position, record) for every live item, then for items only the op log still holds."""
     seen: set[str] = set()
     position = 0
-    conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(home.db), uri=True)
     conn.row_factory = sqlite3.Row
     try:
         for row in conn.execute("SELECT * FROM items"):

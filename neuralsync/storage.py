@@ -69,6 +69,11 @@ def _pragma_sql(name: str, value: object) -> str:
     return f"PRAGMA {name}={value}"
 
 
+def read_only_uri(path: Path) -> str:
+    """A ``file:`` URI opening ``path`` read-only; percent-escaped, so '?', '#' or '%' in a path are safe."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
+
+
 def translate(exc: sqlite3.Error) -> Exception:
     """Map a driver error to the package hierarchy (the storage boundary)."""
     text = str(exc).lower()
