@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from .errors import IntegrityError
 from .utils import now_ms
 
 LOGICAL_BITS = 16
@@ -48,7 +49,9 @@ class HybridClock:
         with self._lock:
             candidate = max(pack(self._wall()), self._last + 1, after + 1)
             if candidate > HLC_MAX:
-                raise OverflowError("hybrid logical clock exhausted (predecessor at 2^63)")
+                # Only an op that already carries the largest clock can cause this;
+                # the replication rules of the sync issue must keep such ops harmless.
+                raise IntegrityError("hybrid logical clock exhausted: a predecessor op carries the maximum clock")
             self._remember(candidate)
             return candidate
 

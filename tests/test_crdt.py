@@ -341,3 +341,11 @@ def test_failed_validation_appends_no_op(api: UnifiedMemoryAPI) -> None:
     with pytest.raises(ValueError):
         api.update(mid, priority=2)
     assert _log(api) == before
+
+
+def test_a_clock_at_its_maximum_gives_a_typed_error_not_an_overflow() -> None:
+    from neuralsync.clock import HLC_MAX, HybridClock
+    from neuralsync.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="maximum clock"):
+        HybridClock().tick(after=HLC_MAX)
