@@ -43,10 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import load_average, log, machine, peak_rss_mb, summary, timed
+from benchlib import config, load_average, log, machine, peak_rss_mb, summary, timed
 from corpus import QUERY_CLASSES, Corpus, Query
 
-from neuralsync import MemoryConfig, UnifiedMemoryAPI
+from neuralsync import UnifiedMemoryAPI
 
 BENCH_VERSION = 1
 TARGETS = {
@@ -60,11 +60,6 @@ TARGETS = {
 
 
 # ---------------------------------------------------------------- build
-def config(store_dir: Path, embedder: str, **overrides: Any) -> MemoryConfig:
-    """The benchmark's store config: library defaults except the embedder (and ``overrides``)."""
-    return MemoryConfig(base_path=store_dir, embedder=embedder, **overrides)
-
-
 def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str) -> dict[str, Any]:
     """Ingest ``size`` memories in batches; returns the ingest figures."""
     if store_dir.exists():

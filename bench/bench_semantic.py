@@ -51,10 +51,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import load_average, log, machine, peak_rss_mb, summary, timed  # noqa: E402
+from benchlib import config, load_average, log, machine, peak_rss_mb, summary, timed  # noqa: E402
 from corpus import Corpus  # noqa: E402
 
-from neuralsync import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
+from neuralsync import UnifiedMemoryAPI  # noqa: E402
 
 BENCH_VERSION = 1
 META_FILE = "bench-semantic.json"
@@ -65,10 +65,6 @@ TARGETS = {
     "remember_p50_ms": 1.5,
     "ann_recall_at_10": 0.95,
 }
-
-
-def config(store_dir: Path, embedder: str, **overrides: Any) -> MemoryConfig:
-    return MemoryConfig(base_path=store_dir, embedder=embedder, **overrides)
 
 
 def index_path(api: UnifiedMemoryAPI) -> Path:

@@ -9,7 +9,10 @@ import resource
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from neuralsync.unified_memory_api import MemoryConfig
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -106,3 +109,8 @@ def peak_rss_mb() -> float:
 
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def config(store_dir: Path, embedder: str, **overrides: Any) -> MemoryConfig:
+    """The benchmarks' store config: library defaults except the embedder (and ``overrides``)."""
+    return MemoryConfig(base_path=store_dir, embedder=embedder, **overrides)
