@@ -98,7 +98,10 @@ Until = Annotated[str | float | None, Field(validation_alias=_alias("until", "be
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None  # beyond what a calendar date can say (the ms value is returned beside it)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -368,7 +371,8 @@ class BearerAuth:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            given = next((value for name, value in scope.get("headers") or () if name.lower() == b"authorization"),
+                         b"")
             if not hmac.compare_digest(given, self._expected):
                 from starlette.responses import JSONResponse
 
@@ -423,7 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = MemoryConfig.from_env(args.home)
         if args.http:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
+            # Without --token-file the server's own token (0600 file) is required,
+            # as for 'neuralsync mcp --http': no entry point serves the store unauthenticated.
+            from .server import resolve_token
+
+            token = (Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file
+                     else resolve_token(config))
             run_http(config, args.host, args.port, token or None, aliases=not args.no_aliases)
         else:
             run_stdio(config, aliases=not args.no_aliases)

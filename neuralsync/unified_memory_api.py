@@ -148,7 +148,7 @@ class UnifiedMemoryAPI:
                        confidence: object, source: object, created_at: int | None = None) -> dict[str, Any]:
         cfg = self.config
         text = self.redactor.redact(v.text(content, "content", cfg.max_content_chars))
-        ttl = v.positive_int(ttl_ms, "ttl_ms")
+        ttl = v.positive_int(ttl_ms, "ttl_ms", maximum=v.MAX_TTL_MS)
         now = now_ms()
         return {
             "content": text,
@@ -218,7 +218,7 @@ class UnifiedMemoryAPI:
         }
         out = {name: check(fields[name]) for name, check in checks.items() if name in fields}  # type: ignore[no-untyped-call]
         if "ttl_ms" in fields:
-            ttl = v.positive_int(fields["ttl_ms"], "ttl_ms")
+            ttl = v.positive_int(fields["ttl_ms"], "ttl_ms", maximum=v.MAX_TTL_MS)
             out["expires_at"] = None if ttl is None else now_ms() + ttl
         return out
 

@@ -131,6 +131,10 @@ def _check_json(value: object, depth: int) -> None:
         raise InvalidInput("metadata", f"values must be JSON types, not {type(value).__name__}")
 
 
+MAX_TTL_MS = 100 * 365 * 86_400_000  # a century: anything longer is "forever" (omit the ttl)
+MAX_SEQ = (1 << 63) - 1
+
+
 def positive_int(value: object, field: str, optional: bool = True, maximum: int = 1 << 62) -> int | None:
     """A positive integer (ttl_ms, top_k, limit), or None when optional."""
     if value is None and optional:

@@ -269,3 +269,12 @@ def test_http_requires_the_token(http_server: tuple[str, str]) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         reply = httpx2.post(url, json=body, headers=headers, timeout=TIMEOUT)
         assert reply.status_code == 401
+
+
+def test_a_far_future_expiry_never_breaks_listing(api: UnifiedMemoryAPI) -> None:
+    """A memory that expires past year 9999 must not make recall or list_recent fail for everyone."""
+    from neuralsync.mcp_server import memory_dict
+
+    memory_id = api.remember("long lived fact", ttl_ms=99 * 365 * 86_400_000)
+    far = api.get(memory_id)._replace(expires_at=1 << 60)
+    assert memory_dict(far)["id"] == memory_id

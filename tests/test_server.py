@@ -347,3 +347,23 @@ def test_sse_keepalive_and_bad_last_event_id(make_client: MakeClient) -> None:
         assert next(line for line in lines if line) == ": keep-alive"
     assert fast.get("/v1/changes/stream", headers={"Last-Event-ID": "abc"}).status_code == 422
     assert fast.get("/v1/changes/stream", params={"since": -1}).status_code == 422
+
+
+# ------------------------------------------------------------------ found in review
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
+def test_api_description_needs_the_token_too(api: UnifiedMemoryAPI, client: TestClient, path: str) -> None:
+    assert TestClient(create_app(api, TOKEN)).get(path).status_code == 401
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", f"/v1/changes?since={1 << 63}", None),
+    ("POST", "/sync/pull", {"since": 1 << 63}),
+    ("GET", "/v1/range?start=%C2%B2", None),   # a superscript two: a digit to str.isdigit, not to int()
+    ("GET", "/v1/range?end=%E2%91%A0", None),  # a circled one
+])
+def test_out_of_range_cursors_and_unicode_digits_are_4xx(client: TestClient, method: str, path: str,
+                                                          body: dict[str, Any] | None) -> None:
+    response = client.request(method, path, json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert client.get("/v1/health").status_code == 200

@@ -213,3 +213,9 @@ def test_bad_input_inside_a_batch_leaves_the_rest_of_the_batch_intact(make_api: 
             limited.remember("")
         limited.remember("second in batch")
     assert [m.content for m in limited.range_recall()][-2:] == ["first in batch", "second in batch"]
+
+
+def test_ttl_beyond_a_century_is_refused_naming_the_field(api: UnifiedMemoryAPI) -> None:
+    with pytest.raises(InvalidInput) as info:
+        api.remember("x", ttl_ms=101 * 365 * 86_400_000)
+    assert info.value.field == "ttl_ms"

@@ -61,7 +61,8 @@ TOKEN_ENV = "NS_TOKEN"
 TOKEN_FILE = "server.token"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Paths that reveal nothing stored: liveness and the API description.
-OPEN_PATHS = frozenset({"/health", "/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+# Only liveness is open: the API's shape and version are for token holders too.
+OPEN_PATHS = frozenset({"/health", "/v1/health"})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

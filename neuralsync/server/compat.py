@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..crdt import op_from_wire, op_to_wire
 from ..errors import InvalidOp
 from ..model import Memory, Op
+from ..validation import MAX_SEQ
 from .common import StrictJSONRoute, api_of, error_response, just_remembered
 
 router = APIRouter(tags=["neuralsync2"], route_class=StrictJSONRoute)
@@ -74,7 +75,7 @@ class PersonaIn(_Lax):
 class PullIn(_Lax):
     """A page of the op log after local position ``since``."""
 
-    since: int | None = Field(default=0, ge=0)
+    since: int | None = Field(default=0, ge=0, le=MAX_SEQ)
     limit: int = Field(default=PULL_LIMIT, ge=1, le=MAX_PULL_LIMIT)
 
 

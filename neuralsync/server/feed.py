@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from ..errors import InvalidInput
 from ..model import Change
 from ..unified_memory_api import UnifiedMemoryAPI
+from ..validation import MAX_SEQ
 from .common import ServerState, StrictJSONRoute, api_of, state_of
 
 router = APIRouter(prefix="/v1", tags=["v1"], route_class=StrictJSONRoute)
@@ -32,7 +33,7 @@ RETRY_MS = 1000
 
 
 @router.get("/changes", summary="Changes after a sequence number (JSON page)")
-def changes(request: Request, since: int = Query(0, ge=0),
+def changes(request: Request, since: int = Query(0, ge=0, le=MAX_SEQ),
             limit: int = Query(100, ge=1, le=MAX_PAGE)) -> dict[str, Any]:
     api = api_of(request)
     batch = api.changes_since(since, limit)
@@ -43,7 +44,7 @@ def changes(request: Request, since: int = Query(0, ge=0),
 @router.get("/changes/stream", summary="Changes as server-sent events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "events 'change' with id = sequence number, data = the change"}})
-async def stream(request: Request, since: int | None = Query(None, ge=0, description="default: from now"),
+async def stream(request: Request, since: int | None = Query(None, ge=0, le=MAX_SEQ, description="default: from now"),
                  last_event_id: str | None = Header(None)) -> StreamingResponse:
     """``Last-Event-ID`` (a reconnecting client) wins over ``since``; neither means "from now"."""
     state = state_of(request)
@@ -58,7 +59,7 @@ def _start(last_event_id: str | None, since: int | None) -> int | None:
     if last_event_id is None:
         return since
     value = last_event_id.strip()
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise InvalidInput("Last-Event-ID", "must be a change sequence number")
     return int(value)
 

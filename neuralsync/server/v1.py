@@ -145,7 +145,7 @@ def range_recall(request: Request, start: str | None = Query(None, description="
 
 def _time(value: str | None) -> int | str | None:
     """Query strings carry text: digits are epoch milliseconds, anything else goes to the ISO parser."""
-    if value is not None and value.isdigit() and len(value) < 17:
+    if value is not None and value.isascii() and value.isdigit() and len(value) < 17:
         return int(value)
     return value
 
