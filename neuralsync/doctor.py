@@ -83,15 +83,15 @@ def run_doctor(store: Store, progress: Progress | None = None, quick: bool = Fal
     except sqlite3.DatabaseError as exc:
         report.fts = f"FTS index does not match the memories table: {exc}"
         report.ok = False
-    report.memories = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
-    with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir:
+    with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir, store.storage.read():
+        # One read snapshot for replay, digest and diff: writers elsewhere may go on.
+        report.memories = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
         scratch = Storage(replace(store.config, durability="normal"), Path(scratch_dir) / "rebuild.db")
         try:
             scratch.migrate(MIGRATIONS)
             _replay(store, scratch, report, progress)
             report.rebuilt_digest = state_digest(scratch.conn)
-            with store.storage.read() as live:
-                report.digest = state_digest(live)
+            report.digest = state_digest(conn)
             if report.digest != report.rebuilt_digest:
                 _diff(store.storage.conn, scratch.conn, report)
         finally:

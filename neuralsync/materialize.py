@@ -20,10 +20,12 @@ import sqlite3
 from typing import Any
 
 from .clock import hlc_ms
-from .model import UPDATABLE_FIELDS, Op
+from .model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
 from .utils import now_ms
 
-TAG_SEP = "\x1f"  # tags column separator; a word separator for the FTS tokenizer
+TAG_SEP = "\x1f"
+CREATE_DEFAULTS: dict[str, Any] = {"tool": None, "source": None, "session": None, "metadata": {},
+                                   "expires_at": None}  # tags column separator; a word separator for the FTS tokenizer
 
 
 def clock_of(op: Op) -> bytes:
@@ -65,10 +67,12 @@ def _create(conn: sqlite3.Connection, op: Op) -> None:
     if gone:
         return
     if exists:
-        # A second create for a known id (a replayed import from another replica):
-        # treat its fields as an update and its tags as adds, so the result is
-        # the same whichever create arrived first.
-        _update(conn, op)
+        # A second create for a known id (the same import on two replicas): it
+        # writes every create-time field (defaults for those it omits) by
+        # last-writer-wins, and its tags are adds, so the result is the same
+        # whichever create arrived first.
+        fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS}}
+        _write_fields(conn, op, fields, frozenset(SCALAR_FIELDS), _create_updated_ms(op))
         for tag in op.fields.get("tags", ()):
             _add_tag(conn, op, tag)
         return
@@ -82,7 +86,7 @@ def _create(conn: sqlite3.Connection, op: Op) -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (op.record_id, content, TAG_SEP.join(tags), f["scope"], f["kind"], f.get("tool"),
          f.get("source"), f.get("session"), f["priority"], f["confidence"],
-         dump_metadata(f.get("metadata") or {}), created, max(created, f.get("updated_at") or created),
+         dump_metadata(f.get("metadata") or {}), created, _create_updated_ms(op),
          f.get("expires_at"), content_hash(content)),
     )
     mem = cursor.lastrowid
@@ -93,18 +97,30 @@ def _create(conn: sqlite3.Connection, op: Op) -> None:
                  (mem, content, TAG_SEP.join(tags), f["scope"]))
 
 
+def _create_updated_ms(op: Op) -> int:
+    """What a create contributes to ``updated_at`` (a max over ops, so order does not matter)."""
+    created = op.fields.get("created_at", hlc_ms(op.hlc))
+    return max(created, op.fields.get("updated_at") or created)
+
+
 def _update(conn: sqlite3.Connection, op: Op) -> None:
+    _write_fields(conn, op, op.fields, UPDATABLE_FIELDS, hlc_ms(op.hlc))
+
+
+def _write_fields(conn: sqlite3.Connection, op: Op, fields: dict[str, Any], allowed: frozenset[str],
+                  updated_ms: int) -> None:
+    """Last-writer-wins per field: ``op`` sets each allowed field whose current clock is older."""
     row = conn.execute("SELECT rowid, content, tags, scope, clocks, updated_at FROM memories WHERE id = ?",
                        (op.record_id,)).fetchone()
     if row is None:
         return  # deleted (tombstone) - nothing to update
     mem, old_content, tag_text, old_scope, clocks_text, updated_at = row
     clocks: dict[str, str] = json.loads(clocks_text) if clocks_text else {}
-    base = _create_clock(conn, op.record_id)
+    base = _first_create_clock(conn, op.record_id, op.id)
     mine = clock_of(op)
     changes: dict[str, Any] = {}
-    for field, value in op.fields.items():
-        if field not in UPDATABLE_FIELDS:
+    for field, value in fields.items():
+        if field not in allowed:
             continue  # unknown to this version: ignored alike on every replica
         current = bytes.fromhex(clocks[field]) if field in clocks else base
         if mine > current:
@@ -113,7 +129,7 @@ def _update(conn: sqlite3.Connection, op: Op) -> None:
     if "content" in changes:
         changes["content_hash"] = content_hash(changes["content"])
     changes["clocks"] = json.dumps(clocks, sort_keys=True) if clocks else None
-    changes["updated_at"] = max(updated_at, hlc_ms(op.hlc))
+    changes["updated_at"] = max(updated_at, updated_ms)
     assignments = ", ".join(f"{name} = ?" for name in changes)
     conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
     new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
@@ -121,10 +137,12 @@ def _update(conn: sqlite3.Connection, op: Op) -> None:
         _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
 
 
-def _create_clock(conn: sqlite3.Connection, record_id: str) -> bytes:
-    row = conn.execute("SELECT max(hlc), author, id FROM ops WHERE record_id = ? AND kind = 'create'",
-                       (record_id,)).fetchone()
-    if row is None or row[0] is None:
+def _first_create_clock(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> bytes:
+    """Clock of the create whose values the row was first built from: the base of every
+    field no later op has written yet."""
+    row = conn.execute("SELECT hlc, author, id FROM ops WHERE record_id = ? AND kind = 'create' AND id != ?"
+                       " ORDER BY seq LIMIT 1", (record_id, exclude)).fetchone()
+    if row is None:
         return b""
     return int(row[0]).to_bytes(8, "big") + row[1] + row[2]
 

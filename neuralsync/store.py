@@ -17,9 +17,11 @@ from typing import Any
 from . import crdt
 from .clock import HybridClock
 from .config import MemoryConfig
+from .errors import InvalidInput, InvalidOp
 from .identity import load_or_create_key
 from .materialize import TAG_SEP, apply_op
 from .model import Change, Memory, Op
+from .op_fields import check_fields
 from .schema import MIGRATIONS
 from .storage import Storage
 from .utils import now_ms
@@ -86,6 +88,12 @@ class Store:
     # ------------------------------------------------------------ writes
     def commit(self, intents: Iterable[Intent]) -> list[Op]:
         """Sign and apply intents as ops, in order, in one transaction."""
+        intents = list(intents)
+        for kind, record_id, fields in intents:  # the rule peers apply, checked before anything is written
+            try:
+                check_fields(kind, record_id, fields)
+            except InvalidOp as exc:
+                raise InvalidInput("fields", str(exc)) from None
         ops: list[Op] = []
         with self.storage.write(savepoint=False) as conn:
             cache = self.storage.tx_cache
@@ -143,11 +151,11 @@ class Store:
         return [(r[0], crdt.parse_op(r[1], r[2], verify=False)) for r in rows]
 
     # ------------------------------------------------------------ reads
-    def get(self, record_id: str) -> Memory | None:
-        """The live memory with this id, or None (absent, deleted or expired)."""
+    def get(self, record_id: str, include_expired: bool = False) -> Memory | None:
+        """The live memory with this id, or None (absent, deleted or - unless asked - expired)."""
         row = self.storage.conn.execute(
             f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ? AND {NOT_EXPIRED}",
-            (record_id, now_ms())).fetchone()
+            (record_id, -1 if include_expired else now_ms())).fetchone()
         return None if row is None else row_to_memory(row)
 
     def exists(self, record_id: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,12 +175,16 @@ class UnifiedMemoryAPI:
         return None if value is None else self.redactor.redact(value)
 
     def _redact_metadata(self, value: Any) -> Any:
+        """Redact secrets and normalise to the op encoding's one form (plain str, 0.0 not -0.0),
+        so the local state is exactly what every replica decodes from the op."""
         if isinstance(value, str):
-            return self.redactor.redact(value)
+            return self.redactor.redact(str(value))
         if isinstance(value, dict):
-            return {k: self._redact_metadata(item) for k, item in value.items()}
+            return {str(k): self._redact_metadata(item) for k, item in value.items()}
         if isinstance(value, list):
             return [self._redact_metadata(item) for item in value]
+        if isinstance(value, float):
+            return float(value) + 0.0
         return value
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
@@ -201,7 +206,11 @@ class UnifiedMemoryAPI:
                     intents += self._tag_intents(current, new_tags)
                 changed = "content" in scalars and scalars["content"] != current.content
                 self._commit(intents, embed=(record_id, scalars["content"]) if changed else None)
-                return self._require(record_id)
+            # Read back after the transaction: an update may itself expire the memory.
+            updated = self.store.get(record_id, include_expired=True)
+            if updated is None:
+                raise NotFound(record_id)
+            return updated
 
     def _update_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
@@ -276,12 +285,15 @@ class UnifiedMemoryAPI:
         with self.store.storage.write(savepoint=False) as conn:
             self.store.commit(intents)
             if vector is not None and self.semantic is not None:
-                self.semantic.store_vectors(conn, [(embed[0], vector)])  # type: ignore[index]
+                self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])  # type: ignore[index]
         self._ops_since_optimize += len(intents)
         if (self.config.enable_auto_optimization and self._ops_since_optimize >= AUTO_OPTIMIZE_EVERY
                 and not self.store.storage.in_write):
             self._ops_since_optimize = 0
-            optimize(self.store, light=True)
+            try:
+                optimize(self.store, light=True)
+            except (sqlite3.Error, NeuralSyncError) as exc:  # the write is committed: never fail it now
+                log.debug("automatic maintenance skipped: %s", exc)
 
     def _adopt_embedder(self) -> None:
         try:
@@ -322,7 +334,7 @@ class UnifiedMemoryAPI:
         except Exception as exc:  # noqa: BLE001 - see _embed_now
             log.warning("batch embedding deferred (%s); the memories are stored and queued", exc)
             return
-        self.semantic.store_vectors(conn, [(rid, vec) for (rid, _), vec in zip(items, vectors, strict=True)])
+        self.semantic.store_vectors(conn, [(rid, text, vec) for (rid, text), vec in zip(items, vectors, strict=True)])
 
     # ------------------------------------------------------------ reads
     def get(self, memory_id: str) -> Memory:

@@ -20,7 +20,7 @@ _KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_SCOPE_CHARS = 128
 MAX_TOOL_CHARS = 64
 MAX_SOURCE_CHARS = 512
-MAX_METADATA_DEPTH = 6
+MAX_METADATA_DEPTH = 5  # the op encoder allows 8 levels and metadata sits 2 deep in an op
 
 
 def memory_id(value: object, field: str = "id") -> str:
@@ -59,7 +59,7 @@ def label(value: object, field: str, max_chars: int, optional: bool = False) -> 
 
 def kind(value: object) -> str:
     """A memory kind such as ``fact``, ``preference``, ``decision``."""
-    if not isinstance(value, str) or not _KIND.match(value):
+    if not isinstance(value, str) or not _KIND.fullmatch(value):
         raise InvalidInput("kind", "must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
     return value
 
@@ -68,6 +68,8 @@ def unit(value: object, field: str) -> float:
     """A number in the closed interval 0..1 (priority, confidence)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(field, f"must be a number between 0 and 1, not {value!r}")
+    if isinstance(value, int) and not 0 <= value <= 1:
+        raise InvalidInput(field, f"must be between 0 and 1, not {str(value)[:40]}")
     number = float(value)
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise InvalidInput(field, f"must be between 0 and 1, not {value!r}")
@@ -113,8 +115,8 @@ def _check_json(value: object, depth: int) -> None:
         raise InvalidInput("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput("metadata", f"keys must be strings, not {key!r}")
+            if type(key) is not str:  # a str subclass (an Enum) encodes ambiguously
+                raise InvalidInput("metadata", f"keys must be plain strings, not {type(key).__name__} {key!r}")
             _check_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -150,7 +152,11 @@ def timestamp(value: object, field: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise InvalidInput(field, "must be a time, not a boolean")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        if not 0 <= value < 1 << 53:
+            raise InvalidInput(field, f"out of range: {str(value)[:40]}")
+        return value
+    if isinstance(value, float):
         if not math.isfinite(value) or not 0 <= value < 1 << 53:
             raise InvalidInput(field, f"out of range: {value!r}")
         return int(value)
@@ -164,7 +170,10 @@ def timestamp(value: object, field: str) -> int | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return int(value.timestamp() * 1000)
+        ms = int(value.timestamp() * 1000)
+        if not 0 <= ms < 1 << 53:  # before 1970 cannot be an op clock field
+            raise InvalidInput(field, f"out of range: {value.isoformat()}")
+        return ms
     raise InvalidInput(field, f"must be epoch milliseconds or ISO-8601, not {type(value).__name__}")
 
 

@@ -219,3 +219,33 @@ def test_ttl_beyond_a_century_is_refused_naming_the_field(api: UnifiedMemoryAPI)
     with pytest.raises(InvalidInput) as info:
         api.remember("x", ttl_ms=101 * 365 * 86_400_000)
     assert info.value.field == "ttl_ms"
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda api: api.remember("x", priority=10**400), "priority"),
+    (lambda api: api.recall("x", since=10**400), "since"),
+    (lambda api: api.range_recall(start_time=10**400), "start_time"),
+    (lambda api: api.remember("x", kind="fact\n"), "kind"),
+    (lambda api: api.remember("x", metadata={"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}), "metadata"),
+    (lambda api: api.import_memory({"content": "x", "created_at": "1969-07-20T20:17:00Z"}), "created_at"),
+])
+def test_edge_values_found_in_review_are_invalid_input(api: UnifiedMemoryAPI, call: Any, field: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        call(api)
+    assert info.value.field == field
+
+
+def test_negative_zero_in_metadata_rebuilds_identically(api: UnifiedMemoryAPI) -> None:
+    from neuralsync.doctor import run_doctor
+
+    api.remember("x", metadata={"v": -0.0})
+    assert run_doctor(api.store).ok
+
+
+def test_an_update_that_expires_the_memory_is_kept_and_returned(api: UnifiedMemoryAPI) -> None:
+    import time
+
+    memory_id = api.remember("expire me")
+    updated = api.update(memory_id, expires_at=int(time.time() * 1000) - 1000)
+    assert updated.expires_at is not None
+    assert api.recall("expire") == [] and api.store.counts()["ops"] == 2

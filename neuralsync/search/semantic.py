@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import NeuralSyncError
+from ..materialize import content_hash
 from ..store import MEMORY_COLUMNS, Store, row_to_memory
 
 if TYPE_CHECKING:
@@ -121,14 +122,17 @@ class SemanticIndex:
             log.warning("embedder changed to %s: %d memories queued for re-embedding", name, queued)
         return int(queued)
 
-    def store_vectors(self, conn: sqlite3.Connection, items: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Write vectors for memory ids inside the caller's transaction and dequeue them."""
+    def store_vectors(self, conn: sqlite3.Connection, items: Sequence[tuple[str, str, np.ndarray]]) -> None:
+        """Write vectors of (memory id, embedded text, vector) in the caller's transaction and dequeue them."""
         name = self.embedder.name
+        rows = [(record_id, content_hash(text), vec) for record_id, text, vec in items]
+        # Only while the memory still holds the embedded text (a rolled-back update
+        # inside a batch must not leave the vector of text that was never stored).
         conn.executemany("INSERT OR REPLACE INTO embeddings(mem, embedder, vec)"
-                         " SELECT rowid, ?, ? FROM memories WHERE id = ?",
-                         [(name, to_blob(vec), record_id) for record_id, vec in items])
-        conn.executemany("DELETE FROM embed_queue WHERE mem = (SELECT rowid FROM memories WHERE id = ?)",
-                         [(record_id,) for record_id, _ in items])
+                         " SELECT rowid, ?, ? FROM memories WHERE id = ? AND content_hash = ?",
+                         [(name, to_blob(vec), rid, chash) for rid, chash, vec in rows])
+        conn.executemany("DELETE FROM embed_queue WHERE mem = (SELECT rowid FROM memories WHERE id = ?"
+                         " AND content_hash = ?)", [(rid, chash) for rid, chash, _ in rows])
 
     def pending(self) -> int:
         """Memories waiting for a vector."""
