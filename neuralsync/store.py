@@ -123,6 +123,7 @@ class Store:
         result = ApplyResult()
         pending = {op.id: op for op in ops}
         with self.storage.write() as conn:
+            self.storage.tx_cache.pop("heads", None)  # remote ops move the heads local commits build on
             for oid in [oid for oid in pending if _stored_hlc(conn, oid) is not None]:
                 del pending[oid]
                 result.duplicates += 1

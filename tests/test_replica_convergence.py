@@ -36,3 +36,21 @@ def test_the_same_record_created_on_two_replicas_converges(tmp_path: Path) -> No
     finally:
         a.close()
         b.close()
+
+
+def test_a_local_write_after_remote_ops_in_one_batch_names_them_as_predecessors(tmp_path: Path) -> None:
+    a = UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path / "a", embedder="none"))
+    b = UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path / "b", embedder="none"))
+    try:
+        a.remember("from a")
+        remote = _ops(a)
+        with b.batch_operations():
+            b.remember("first local")
+            b.store.apply_remote(remote)
+            b.remember("after the remote op")
+        last = b.store.ops_since(0, 100)[-1][1]
+        assert remote[-1].id in last.preds
+        assert len(b.store.storage.conn.execute("SELECT id FROM heads").fetchall()) == 1
+    finally:
+        a.close()
+        b.close()
