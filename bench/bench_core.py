@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import config, load_average, log, machine, peak_rss_mb, summary, timed
+from benchlib import config, ingest_batches, load_average, log, machine, peak_rss_mb, summary, timed
 from corpus import QUERY_CLASSES, Corpus, Query
 
 from neuralsync import UnifiedMemoryAPI
@@ -64,26 +64,8 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
     """Ingest ``size`` memories in batches; returns the ingest figures."""
     if store_dir.exists():
         shutil.rmtree(store_dir)
-    per_batch: list[dict[str, Any]] = []
-    total_ns = 0
-    started = time.monotonic()
     with UnifiedMemoryAPI(config(store_dir, embedder)) as api:
-        for start in range(0, size, batch):
-            records = [Corpus.remember_args(r) for r in corpus.memories(size, start, start + batch)]
-            remember = api.remember
-            begin = time.perf_counter_ns()
-            with api.batch_operations():
-                for record in records:
-                    remember(**record)
-            elapsed = time.perf_counter_ns() - begin
-            total_ns += elapsed
-            per_batch.append({"rows_after": start + len(records), "count": len(records),
-                              "seconds": round(elapsed / 1e9, 4),
-                              "per_s": round(len(records) / (elapsed / 1e9), 1)})
-            done = start + len(records)
-            if len(per_batch) % 20 == 0 or done == size:
-                log(f"  built {done:>9,} / {size:,}  last batch {per_batch[-1]['per_s']:>9,.0f}/s"
-                    f"  overall {done / (total_ns / 1e9):>9,.0f}/s  ({time.monotonic() - started:,.0f} s)")
+        per_batch, total_ns = ingest_batches(api, corpus, size, batch, "built")
         api.store.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         storage = api.get_system_stats()["storage"]
     tail = per_batch[-max(1, len(per_batch) // 10):]

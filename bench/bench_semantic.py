@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import config, load_average, log, machine, peak_rss_mb, summary, timed  # noqa: E402
+from benchlib import config, ingest_batches, load_average, log, machine, peak_rss_mb, summary, timed  # noqa: E402
 from corpus import Corpus  # noqa: E402
 
 from neuralsync import UnifiedMemoryAPI  # noqa: E402
@@ -78,27 +78,10 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
     """Ingest ``size`` memories in ``batch``-sized transactions, embeddings included."""
     if store_dir.exists():
         shutil.rmtree(store_dir)
-    per_batch: list[dict[str, Any]] = []
-    total_ns = 0
-    started = time.monotonic()
     with UnifiedMemoryAPI(config(store_dir, embedder)) as api:
         assert api.semantic is not None
         api.semantic.embed(["warm up the embedder"])  # model load is not ingest work
-        for start in range(0, size, batch):
-            records = [Corpus.remember_args(r) for r in corpus.memories(size, start, start + batch)]
-            remember = api.remember
-            begin = time.perf_counter_ns()
-            with api.batch_operations():
-                for record in records:
-                    remember(**record)
-            elapsed = time.perf_counter_ns() - begin
-            total_ns += elapsed
-            per_batch.append({"rows_after": start + len(records), "seconds": round(elapsed / 1e9, 4),
-                              "per_s": round(len(records) / (elapsed / 1e9), 1)})
-            done = start + len(records)
-            if len(per_batch) % 20 == 0 or done == size:
-                log(f"  ingested {done:>9,} / {size:,}  last batch {per_batch[-1]['per_s']:>8,.0f}/s"
-                    f"  overall {done / (total_ns / 1e9):>8,.0f}/s  ({time.monotonic() - started:,.0f} s)")
+        per_batch, total_ns = ingest_batches(api, corpus, size, batch, "ingested")
         pending = api.semantic.pending()
         late_ns = time.perf_counter_ns()
         late = api.embed_pending()

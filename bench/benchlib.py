@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuralsync.unified_memory_api import MemoryConfig
+from corpus import Corpus
+
+from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -114,3 +116,31 @@ def log(message: str) -> None:
 def config(store_dir: Path, embedder: str, **overrides: Any) -> MemoryConfig:
     """The benchmarks' store config: library defaults except the embedder (and ``overrides``)."""
     return MemoryConfig(base_path=store_dir, embedder=embedder, **overrides)
+
+
+def ingest_batches(api: UnifiedMemoryAPI, corpus: Corpus, size: int, batch: int,
+                   verb: str) -> tuple[list[dict[str, Any]], int]:
+    """``remember()`` the corpus's first ``size`` memories, ``batch`` per ``batch_operations()``.
+
+    Records are generated before each batch's clock starts. Returns the
+    per-batch figures and the total nanoseconds spent inside batches.
+    """
+    per_batch: list[dict[str, Any]] = []
+    total_ns = 0
+    started = time.monotonic()
+    for start in range(0, size, batch):
+        records = [Corpus.remember_args(r) for r in corpus.memories(size, start, start + batch)]
+        remember = api.remember
+        begin = time.perf_counter_ns()
+        with api.batch_operations():
+            for record in records:
+                remember(**record)
+        elapsed = time.perf_counter_ns() - begin
+        total_ns += elapsed
+        per_batch.append({"rows_after": start + len(records), "count": len(records),
+                          "seconds": round(elapsed / 1e9, 4), "per_s": round(len(records) / (elapsed / 1e9), 1)})
+        done = start + len(records)
+        if len(per_batch) % 20 == 0 or done == size:
+            log(f"  {verb} {done:>9,} / {size:,}  last batch {per_batch[-1]['per_s']:>9,.0f}/s"
+                f"  overall {done / (total_ns / 1e9):>9,.0f}/s  ({time.monotonic() - started:,.0f} s)")
+    return per_batch, total_ns
