@@ -84,9 +84,7 @@ class Recaller:
     def _hybrid(self, query: str, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
         assert self.semantic is not None
         pool = max(top_k * 3, 30)
-        if 0 < self.semantic.pending() <= 2000:
-            self.semantic.embed_pending()
-        vector = self.semantic.embed([query])[0]
+        vector = self.semantic.embed_query(query)
         sem_hits = self.semantic.search_vector(vector, pool, filters, now)
         with self.store.storage.read() as conn:
             plan = self._plan(conn, words, filters)
@@ -107,9 +105,10 @@ class Recaller:
                          now: int) -> list[tuple[Memory, float]]:
         """BM25 hits of the rare words, topped up with the newest rows matching any word."""
         hits = self._ranked(conn, plan.ranked, filters, limit, now) if plan.ranked else []
-        for match, floor in ((plan.recent_all, self._window_floor(conn)), (plan.recent, None)):
+        for match, windowed in ((plan.recent_all, True), (plan.recent, False)):
             if len(hits) >= limit or match is None:
                 continue
+            floor = self._window_floor(conn) if windowed else None
             seen = {m.id for m, _ in hits}
             hits += [(m, 0.0) for m in self._newest(conn, match, filters, limit, now, floor) if m.id not in seen]
         return hits
@@ -127,15 +126,13 @@ class Recaller:
             sql = (f"SELECT {MEMORY_COLUMNS}, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
                    " FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid"
                    f" WHERE memories_fts MATCH ? AND {where} ORDER BY s, m.rowid DESC LIMIT ?")
+            params = (match, *args, limit)
         else:  # rank inside FTS, join only the top rows
             sql = (f"SELECT {MEMORY_COLUMNS}, r.s FROM (SELECT rowid, bm25(memories_fts, {BM25_WEIGHTS}) AS s"
                    " FROM memories_fts WHERE memories_fts MATCH ? ORDER BY s, rowid DESC LIMIT ?) r"
                    f" JOIN memories m ON m.rowid = r.rowid WHERE {where} ORDER BY r.s, m.rowid DESC")
-            args = [limit, *args]
-            rows = conn.execute(sql, (match, *args)).fetchall()
-            return [(row_to_memory(r), -float(r[-1])) for r in rows]
-        rows = conn.execute(sql, (match, *args, limit)).fetchall()
-        return [(row_to_memory(r), -float(r[-1])) for r in rows]
+            params = (match, limit, *args)
+        return [(row_to_memory(r), -float(r[-1])) for r in conn.execute(sql, params).fetchall()]
 
     def _newest(self, conn: sqlite3.Connection, match: str, filters: Filters, limit: int, now: int,
                 floor: int | None = None) -> list[Memory]:

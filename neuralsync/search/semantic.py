@@ -140,7 +140,8 @@ class SemanticIndex:
 
     def embed_pending(self, limit: int | None = None, progress: Progress | None = None) -> int:
         """Embed queued memories (new from elsewhere, or changed); returns how many."""
-        total = self.pending() if limit is None else min(limit, self.pending())
+        queued = self.pending()
+        total = queued if limit is None else min(limit, queued)
         done = 0
         while done < total:
             rows = self.store.storage.conn.execute(
@@ -166,10 +167,14 @@ class SemanticIndex:
     # ------------------------------------------------------------ search
     def search(self, query: str, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
         """Top ``k`` memories by cosine similarity to ``query`` that pass ``filters``."""
-        if self.pending() and self.pending() <= DRAIN_BEFORE_SEARCH:
+        return self.search_vector(self.embed_query(query), k, filters, now)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The query's vector, after embedding a small queue so that memories other
+        processes just wrote are searchable (a large queue is left to the refresher)."""
+        if 0 < self.pending() <= DRAIN_BEFORE_SEARCH:
             self.embed_pending()
-        vector = self.embed([query])[0]
-        return self.search_vector(vector, k, filters, now)
+        return self.embed([query])[0]
 
     def search_vector(self, vector: np.ndarray, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
         """Like :meth:`search` for an already embedded query.
