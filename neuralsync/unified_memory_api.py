@@ -7,6 +7,7 @@ into the :class:`~neuralsync.performance_monitor.PerformanceMonitor`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -125,8 +126,8 @@ class UnifiedMemoryAPI:
                 record.get("tags"), record.get("kind", "fact"), None, record.get("metadata"),
                 None, record.get("confidence", 0.8), record.get("source"), created_at=created)
             # An imported record keeps its own provenance: not this process's tool.
-            fields["tool"] = v.label(record.get("tool"), "tool", v.MAX_TOOL_CHARS, optional=True)
-            fields["expires_at"] = v.timestamp(record.get("expires_at"), "expires_at")
+            fields["tool"] = self._field_checks["tool"](record.get("tool"))
+            fields["expires_at"] = self._field_checks["expires_at"](record.get("expires_at"))
             updated = v.timestamp(record.get("updated_at"), "updated_at")
             if updated is not None:
                 fields["updated_at"] = max(updated, fields["created_at"])
@@ -147,23 +148,38 @@ class UnifiedMemoryAPI:
     def _create_fields(self, content: object, scope: object, priority: object, tags: object,
                        kind: object, tool: object, metadata: object, ttl_ms: object,
                        confidence: object, source: object, created_at: int | None = None) -> dict[str, Any]:
-        cfg = self.config
-        text = self.redactor.redact(v.text(content, "content", cfg.max_content_chars))
+        check = self._field_checks
         ttl = v.positive_int(ttl_ms, "ttl_ms", maximum=v.MAX_TTL_MS)
         now = now_ms()
         return {
-            "content": text,
-            "scope": v.label(scope, "scope", v.MAX_SCOPE_CHARS),
-            "priority": v.unit(priority, "priority"),
-            "confidence": v.unit(confidence, "confidence"),
+            "content": check["content"](content),
+            "scope": check["scope"](scope),
+            "priority": check["priority"](priority),
+            "confidence": check["confidence"](confidence),
             "tags": list(self._clean_tags(tags)),
-            "kind": v.kind(kind),
-            "tool": v.label(tool if tool is not None else self.tool, "tool", v.MAX_TOOL_CHARS, optional=True),
-            "source": self._redact_optional(v.label(source, "source", v.MAX_SOURCE_CHARS, optional=True)),
+            "kind": check["kind"](kind),
+            "tool": check["tool"](tool if tool is not None else self.tool),
+            "source": check["source"](source),
             "session": self.session_id,
-            "metadata": self._redact_metadata(v.metadata(metadata, cfg.max_metadata_bytes)),
+            "metadata": check["metadata"](metadata),
             "expires_at": None if ttl is None else now + ttl,
             "created_at": now if created_at is None else created_at,
+        }
+
+    @functools.cached_property
+    def _field_checks(self) -> dict[str, Any]:
+        """One check per writable field (validate, redact, normalise), shared by every write path."""
+        cfg = self.config
+        return {
+            "content": lambda x: self.redactor.redact(v.text(x, "content", cfg.max_content_chars)),
+            "scope": lambda x: v.label(x, "scope", v.MAX_SCOPE_CHARS),
+            "priority": lambda x: v.unit(x, "priority"),
+            "confidence": lambda x: v.unit(x, "confidence"),
+            "kind": v.kind,
+            "tool": lambda x: v.label(x, "tool", v.MAX_TOOL_CHARS, optional=True),
+            "source": lambda x: self._redact_optional(v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True)),
+            "metadata": lambda x: self._redact_metadata(v.metadata(x, cfg.max_metadata_bytes)),
+            "expires_at": lambda x: v.timestamp(x, "expires_at"),
         }
 
     def _clean_tags(self, tags: object) -> tuple[str, ...]:
@@ -213,19 +229,7 @@ class UnifiedMemoryAPI:
             return updated
 
     def _update_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.config
-        checks = {
-            "content": lambda x: self.redactor.redact(v.text(x, "content", cfg.max_content_chars)),
-            "scope": lambda x: v.label(x, "scope", v.MAX_SCOPE_CHARS),
-            "priority": lambda x: v.unit(x, "priority"),
-            "confidence": lambda x: v.unit(x, "confidence"),
-            "kind": v.kind,
-            "tool": lambda x: v.label(x, "tool", v.MAX_TOOL_CHARS, optional=True),
-            "source": lambda x: self._redact_optional(v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True)),
-            "metadata": lambda x: self._redact_metadata(v.metadata(x, cfg.max_metadata_bytes)),
-            "expires_at": lambda x: v.timestamp(x, "expires_at"),
-        }
-        out = {name: check(fields[name]) for name, check in checks.items() if name in fields}  # type: ignore[no-untyped-call]
+        out = {name: check(fields[name]) for name, check in self._field_checks.items() if name in fields}
         if "ttl_ms" in fields:
             ttl = v.positive_int(fields["ttl_ms"], "ttl_ms", maximum=v.MAX_TTL_MS)
             out["expires_at"] = None if ttl is None else now_ms() + ttl
