@@ -14,7 +14,7 @@ from collections import Counter
 
 from .errors import NeuralSyncError
 from .storage import Storage
-from .utils import now_ms
+from .utils import Periodic, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,9 @@ class AccessRecorder:
 
     def __init__(self, storage: Storage, interval: float = 1.0) -> None:
         self._storage = storage
-        self._interval = interval
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flusher = Periodic("neuralsync-access", interval, self.flush)
 
     def record(self, ids: list[str]) -> None:
         """Note that these memories were returned to a caller."""
@@ -36,13 +34,7 @@ class AccessRecorder:
             return
         with self._lock:
             self._pending.update(ids)
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name="neuralsync-access", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.flush()
+        self._flusher.start()
 
     def flush(self) -> None:
         """Write buffered hits now (best-effort)."""
@@ -66,8 +58,5 @@ class AccessRecorder:
 
     def close(self) -> None:
         """Stop the thread and flush the remainder."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        self._flusher.stop()
         self.flush()

@@ -19,7 +19,7 @@ from typing import Any
 from .model import Change
 from .storage import read_only_uri
 from .store import Store, read_changes
-from .utils import now_ms
+from .utils import Periodic, now_ms
 
 DEFAULT_POLL_INTERVAL = 0.02
 FEED_BATCH = 1000
@@ -48,8 +48,7 @@ class CoreMemory:
         self.store = store
         self.host = socket.gethostname()
         self.session_timeout_ms = session_timeout_ms
-        self._heartbeat_stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: Periodic | None = None
 
     # ------------------------------------------------------------ sessions
     def register_session(self, session_id: str, tool: str | None) -> None:
@@ -75,25 +74,14 @@ class CoreMemory:
 
     def start_heartbeat(self, session_id: str, interval: float = 30.0) -> None:
         """Keep ``last_seen`` fresh from a daemon thread (long-running servers)."""
-        if self._heartbeat is not None:
-            return
-
-        def beat() -> None:
-            while not self._heartbeat_stop.wait(interval):
-                try:
-                    self.touch(session_id)
-                except Exception:  # noqa: BLE001 - a missed heartbeat must not kill the server
-                    continue
-
-        self._heartbeat = threading.Thread(target=beat, name="neuralsync-heartbeat", daemon=True)
-        self._heartbeat.start()
+        if self._heartbeat is None:
+            self._heartbeat = Periodic("neuralsync-heartbeat", interval, lambda: self.touch(session_id))
+            self._heartbeat.start()
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat thread if running."""
-        self._heartbeat_stop.set()
-        thread, self._heartbeat = self._heartbeat, None
-        if thread is not None:
-            thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def sessions(self, include_ended: bool = False) -> list[dict[str, Any]]:
         """Sessions, newest first; dead ones are reaped before listing."""

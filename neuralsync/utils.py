@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import threading
 import time
+from collections.abc import Callable
 
-__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN"]
+__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN", "Periodic"]
 
 # Ids are UUIDv7-shaped hex strings without dashes: 48-bit ms timestamp, then
 # randomness. Lexicographic order is creation order, which keeps the primary
 # key B-tree append-mostly and lets `range_recall` fall back on the id.
+_log = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 _id_lock = threading.Lock()
@@ -75,3 +78,42 @@ def derived_id(at_ms: int, key: bytes) -> str:
 def is_valid_id(value: object) -> bool:
     """True for a well-formed memory id (does not check existence)."""
     return isinstance(value, str) and ID_PATTERN.match(value) is not None
+
+
+class Periodic:
+    """Runs ``task`` every ``interval`` seconds on one daemon thread, from ``start`` until ``stop``.
+
+    Background work (heartbeats, statistics, index upkeep) must never take its
+    process down: a failing run is logged and retried at the next interval.
+    ``start`` is idempotent and does nothing once stopped.
+    """
+
+    def __init__(self, name: str, interval: float, task: Callable[[], object]) -> None:
+        self.name = name
+        self._interval = interval
+        self._task = task
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread unless it runs already or was stopped."""
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop for good and wait (bounded) for a run in progress."""
+        self._stop.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._task()
+            except Exception:  # noqa: BLE001 - see the class docstring
+                _log.warning("%s failed; retrying in %.0f s", self.name, self._interval, exc_info=True)

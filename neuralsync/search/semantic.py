@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import NeuralSyncError
 from ..materialize import content_hash
 from ..store import MEMORY_COLUMNS, Store, row_to_memory
+from ..utils import Periodic
 
 if TYPE_CHECKING:
     from ..model import Memory
@@ -82,8 +83,7 @@ class SemanticIndex:
         self._delta: dict[int, np.ndarray] = {}
         self._delta_upto = -1
         self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._refresher: threading.Thread | None = None
-        self._refresh_stop = threading.Event()
+        self._refresher: Periodic | None = None
 
     # ------------------------------------------------------------ embedding
     @property
@@ -393,30 +393,21 @@ class SemanticIndex:
     def start_background_refresh(self, interval: float = REFRESH_INTERVAL_S) -> None:
         """For long-lived processes: embed what arrives from elsewhere and rebuild the
         file once ``REFRESH_DELTA`` rows are uncovered, from a daemon thread."""
-        if self._refresher is not None:
-            return
-        self._refresh_stop.clear()
+        if self._refresher is None:
+            self._refresher = Periodic("neuralsync-vectors", interval, self._maintain)
+            self._refresher.start()
 
-        def run() -> None:
-            while not self._refresh_stop.wait(interval):
-                try:
-                    self.embed_pending()
-                    with self._lock:
-                        self._current_ann()
-                    if self.uncovered() >= REFRESH_DELTA:
-                        log.info("vector index: %s", self.refresh_index())
-                except Exception:  # maintenance must never take the server down
-                    log.exception("background vector maintenance failed; will retry")
-
-        self._refresher = threading.Thread(target=run, name="neuralsync-vectors", daemon=True)
-        self._refresher.start()
+    def _maintain(self) -> None:
+        self.embed_pending()
+        with self._lock:
+            self._current_ann()
+        if self.uncovered() >= REFRESH_DELTA:
+            log.info("vector index: %s", self.refresh_index())
 
     def close(self) -> None:
         """Stop background work and release the mapped file."""
-        self._refresh_stop.set()
-        thread, self._refresher = self._refresher, None
-        if thread is not None:
-            thread.join(timeout=2)
+        if self._refresher is not None:
+            self._refresher.stop(timeout=2)
         with self._lock:
             self._drop_ann()
 
