@@ -60,10 +60,16 @@ def apply_op(conn: sqlite3.Connection, op: Op) -> bool:
 
 
 # ------------------------------------------------------------------ handlers
-def _create(conn: sqlite3.Connection, op: Op) -> None:
+def record_presence(conn: sqlite3.Connection, record_id: str) -> tuple[bool, bool]:
+    """(deleted here, materialised here) for a record id, in one query."""
     gone, exists = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM tombstones WHERE record_id = ?),"
-        " EXISTS (SELECT 1 FROM memories WHERE id = ?)", (op.record_id, op.record_id)).fetchone()
+        " EXISTS (SELECT 1 FROM memories WHERE id = ?)", (record_id, record_id)).fetchone()
+    return bool(gone), bool(exists)
+
+
+def _create(conn: sqlite3.Connection, op: Op) -> None:
+    gone, exists = record_presence(conn, op.record_id)
     if gone:
         return
     if exists:

@@ -19,7 +19,7 @@ from .clock import HybridClock
 from .config import MemoryConfig
 from .errors import InvalidInput, InvalidOp
 from .identity import load_or_create_key
-from .materialize import TAG_SEP, apply_op
+from .materialize import TAG_SEP, apply_op, record_presence
 from .model import Change, Memory, Op
 from .op_fields import check_fields
 from .schema import MIGRATIONS
@@ -163,10 +163,9 @@ class Store:
         """True if a memory with this id is materialised (expired ones included)."""
         return self.storage.conn.execute("SELECT 1 FROM memories WHERE id = ?", (record_id,)).fetchone() is not None
 
-    def is_deleted(self, record_id: str) -> bool:
-        """True if a delete op for this id has been applied."""
-        return self.storage.conn.execute("SELECT 1 FROM tombstones WHERE record_id = ?",
-                                         (record_id,)).fetchone() is not None
+    def known(self, record_id: str) -> bool:
+        """True if this id was ever materialised here (live, expired or deleted)."""
+        return any(record_presence(self.storage.conn, record_id))
 
     def tag_adds(self, record_id: str, tag: str) -> list[bytes]:
         """Ids of the ops whose add of ``tag`` on this record is still present."""

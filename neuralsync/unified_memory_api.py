@@ -140,7 +140,7 @@ class UnifiedMemoryAPI:
             # No savepoint: import runs inside large batches, where savepoints make
             # FTS5 flush per record; this block raises nothing after validation.
             with self.store.storage.write(savepoint=False):
-                if self.store.exists(record_id) or self.store.is_deleted(record_id):
+                if self.store.known(record_id):
                     return False
                 self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
             return True
