@@ -205,24 +205,21 @@ def import_jsonl(api: UnifiedMemoryAPI, lines: Iterable[bytes | str], batch_size
             consumed += len(raw)
             yield line_no, raw
 
-    tick = (lambda: progress(consumed)) if progress is not None else None
+    tick = (lambda _report: progress(consumed)) if progress is not None else None
     return _import_batches(api, numbered(), _import_line, batch_size, tick)
 
 
 def import_records(api: UnifiedMemoryAPI, records: Iterable[tuple[int, dict[str, Any]]],
                    batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None) -> ImportReport:
     """Import already parsed records (position, record), e.g. from a NeuralSync2 home."""
-    report_ref: list[ImportReport] = []
-    tick = (lambda: progress(report_ref[0].lines)) if progress is not None else None
-    return _import_batches(api, records, _import_record, batch_size, tick, report_ref)
+    tick = (lambda report: progress(report.lines)) if progress is not None else None
+    return _import_batches(api, records, _import_record, batch_size, tick)
 
 
 def _import_batches(api: UnifiedMemoryAPI, items: Iterable[tuple[int, Any]],
                     handle: Callable[[UnifiedMemoryAPI, int, Any, ImportReport], str], batch_size: int,
-                    tick: Callable[[], None] | None, report_ref: list[ImportReport] | None = None) -> ImportReport:
+                    tick: Callable[[ImportReport], None] | None) -> ImportReport:
     report = ImportReport()
-    if report_ref is not None:
-        report_ref.append(report)
     for chunk in _chunks(items, batch_size):
         imported = skipped = 0
         with api.batch_operations():
@@ -234,7 +231,7 @@ def _import_batches(api: UnifiedMemoryAPI, items: Iterable[tuple[int, Any]],
         report.skipped += skipped
         report.lines = chunk[-1][0]
         if tick is not None:
-            tick()
+            tick(report)
     return report
 
 
