@@ -1,10 +1,13 @@
 """Hybrid logical clock (Kulkarni et al., 2014), packed in one 63-bit integer.
 
 ``hlc = wall_ms << 16 | counter``. Comparing two values compares physical time
-first and the logical counter second. A local op's clock is always greater than
-every predecessor's (validity rule in ``crdt``), so causally later ops carry
-larger clocks. A remote clock far in the future cannot drag this replica's own
-clock: ``HybridClock.observe`` only moves the local state within ``max_skew_ms``.
+first and the logical counter second.
+
+A remote clock moves this replica's clock only within ``max_skew_ms`` of its
+own wall clock: one op stamped in the far future (or at the largest encodable
+value) is applied like any other, but never drags the clocks of later local
+ops, which stay near real time. Causal order does not depend on the stamped
+clocks: it comes from the hash graph (see ``materialize.effective_clock``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .errors import IntegrityError
 from .utils import now_ms
 
 LOGICAL_BITS = 16
@@ -40,26 +42,25 @@ class HybridClock:
         self._lock = threading.Lock()
 
     def tick(self, after: int = 0) -> int:
-        """A new clock value greater than the last one issued and than ``after``.
+        """A new clock value greater than the last one issued and, within the skew bound, than ``after``.
 
-        ``after`` is the largest clock among the op's predecessors. It bounds the
-        op's clock from below but moves the local state only within the skew
-        bound, so one absurd remote timestamp cannot drag future local ops.
+        ``after`` is the largest clock among the op's predecessors. An honest
+        predecessor (within the skew) is passed, so causally later local ops
+        normally carry larger clocks; an absurd one is not followed.
         """
         with self._lock:
-            candidate = max(pack(self._wall()), self._last + 1, after + 1)
-            if candidate > HLC_MAX:
-                # Only an op that already carries the largest clock can cause this;
-                # the replication rules of the sync issue must keep such ops harmless.
-                raise IntegrityError("hybrid logical clock exhausted: a predecessor op carries the maximum clock")
-            self._remember(candidate)
+            ceiling = pack(self._wall() + self._max_skew_ms)
+            candidate = max(pack(self._wall()), self._last + 1, min(after + 1, ceiling))
+            self._last = candidate
             return candidate
 
     def observe(self, remote: int) -> None:
         """Fold a clock seen on an op into local state, within the skew bound."""
         with self._lock:
-            self._remember(remote)
+            ceiling = pack(self._wall() + self._max_skew_ms)
+            self._last = max(self._last, min(remote, ceiling))
 
-    def _remember(self, value: int) -> None:
-        ceiling = pack(self._wall() + self._max_skew_ms)
-        self._last = max(self._last, min(value, ceiling))
+    @property
+    def max_skew_ms(self) -> int:
+        """How far ahead of the wall clock a remote op may move this clock."""
+        return self._max_skew_ms

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import crdt
 from .errors import InvalidOp
+from .graph import pred_nodes
 from .materialize import apply_op
 from .schema import MIGRATIONS
 from .storage import Storage
@@ -100,9 +101,8 @@ def run_doctor(store: Store, progress: Progress | None = None, quick: bool = Fal
 
 
 def _replay(store: Store, scratch: Storage, report: DoctorReport, progress: Progress | None) -> None:
-    """Verify each op and apply it to the scratch store in log order."""
+    """Verify each op and apply it to the scratch store in log order (by the same rules as sync)."""
     total = store.storage.conn.execute("SELECT count(*) FROM ops").fetchone()[0]
-    seen_hlc: dict[bytes, int] = {}
     last_seq = 0
     while True:
         rows = store.storage.conn.execute(
@@ -111,29 +111,25 @@ def _replay(store: Store, scratch: Storage, report: DoctorReport, progress: Prog
             break
         with scratch.write() as conn:
             for seq, stored_id, body, sig in rows:
-                _check_and_apply(conn, seq, stored_id, body, sig, seen_hlc, report)
+                _check_and_apply(conn, seq, stored_id, body, sig, report)
         last_seq = rows[-1][0]
         if progress:
             progress(report.ops_checked, total)
 
 
 def _check_and_apply(conn: sqlite3.Connection, seq: int, stored_id: bytes, body: bytes, sig: bytes,
-                     seen_hlc: dict[bytes, int], report: DoctorReport) -> None:
+                     report: DoctorReport) -> None:
     report.ops_checked += 1
     try:
         op = crdt.parse_op(body, sig)
         if op.id != stored_id:
             raise InvalidOp("stored id is not the hash of the body")
-        missing = [p for p in op.preds if p not in seen_hlc]
-        if missing:
-            raise InvalidOp(f"predecessor {missing[0].hex()[:16]} not earlier in the log")
-        if op.preds and op.hlc <= max(seen_hlc[p] for p in op.preds):
-            raise InvalidOp("clock not above its predecessors'")
+        preds = pred_nodes(conn, op.preds)
+        if preds is None:
+            raise InvalidOp("a predecessor is not earlier in the log")
+        apply_op(conn, op, preds)
     except InvalidOp as exc:
         report.fail(f"op #{seq} {stored_id.hex()[:16]}: {exc}", report.bad_ops)
-        return
-    seen_hlc[op.id] = op.hlc
-    apply_op(conn, op)
 
 
 def _diff(live: sqlite3.Connection, rebuilt: sqlite3.Connection, report: DoctorReport) -> None:

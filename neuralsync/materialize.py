@@ -2,14 +2,21 @@
 
 ``apply_op`` inserts the op into the log, moves the heads and updates the
 materialised tables (memories, tags, FTS, persona) inside the caller's
-transaction. The state it produces depends only on the set of ops applied
-(given that each op is applied after its predecessors):
+transaction. Each op is applied after its predecessors; the state it leaves
+is a pure function of the set of ops applied, whatever their order:
 
-- scalar fields: last-writer-wins per field by the clock ``(hlc, author, op id)``;
-  an op's hlc always exceeds its predecessors', so causally later writes win;
-- tags: observed-remove set; a remove names the add ops it saw;
-- delete: removes the record and leaves a tombstone; later ops on it are no-ops.
-  (Concurrent update-wins semantics arrive with replication, issue 5.)
+- scalar fields: the causally later write wins; among concurrent writes the
+  largest ``(effective clock, author, op id)`` (see ``graph``); the losing
+  value is recorded in ``conflicts``;
+- tags: an observed-remove set: a remove names the add ops it saw (each must
+  be an ancestor and add that tag to that memory), so a concurrent add survives;
+- delete: removes what it observed. A memory is gone when every write to it
+  (create, update, tag add or remove) is an ancestor of some delete; a write
+  the deletes had not seen keeps it, or brings it back whole (update-wins);
+- persona: like a scalar field.
+
+Validity that needs the op's ancestors (``check_op``) is decided from the op
+and its ancestors only, so every correct replica accepts or rejects alike.
 """
 
 from __future__ import annotations
@@ -17,20 +24,36 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import crdt
 from .clock import hlc_ms
+from .errors import InvalidOp
+from .graph import Node, effective_clock, floor_of, is_ancestor, node, pred_nodes
 from .model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
+from .storage import Storage
 from .utils import now_ms
 
-TAG_SEP = "\x1f"
+TAG_SEP = "\x1f"  # tags column separator; a word separator for the FTS tokenizer
 CREATE_DEFAULTS: dict[str, Any] = {"tool": None, "source": None, "session": None, "metadata": {},
-                                   "expires_at": None}  # tags column separator; a word separator for the FTS tokenizer
+                                   "expires_at": None}
+MEMORY_WRITES = ("create", "update", "tag_add", "tag_remove")
+NEEDS_CREATE = frozenset({"update", "tag_add", "tag_remove", "delete"})
+DELETED_FIELD = "_deleted"  # the conflicts row of a delete that met a write it had not seen
 
 
-def clock_of(op: Op) -> bytes:
-    """The total order used for last-writer-wins: hlc, then author, then op id."""
-    return op.hlc.to_bytes(8, "big") + op.author + op.id
+class Applied(NamedTuple):
+    """How one op is being applied: its graph node and LWW clock, and whether it saw every stored op."""
+
+    node: Node
+    clock: bytes
+    complete: bool
+    audit: bool = True
+
+
+def clock_of(op: Op, eff: int) -> bytes:
+    """The total order used for last-writer-wins: effective clock, then author, then op id."""
+    return eff.to_bytes(8, "big") + op.author + op.id
 
 
 def content_hash(content: str) -> str:
@@ -43,20 +66,115 @@ def dump_metadata(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def apply_op(conn: sqlite3.Connection, op: Op) -> bool:
-    """Insert ``op`` into the log and materialise it. False if it was already applied."""
+def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """Raise :class:`InvalidOp` unless ``op`` is valid given its (stored) ancestors."""
+    if op.kind in NEEDS_CREATE:
+        creates = conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'", (op.record_id,))
+        if not any(is_ancestor(conn, seq, preds) for (seq,) in creates.fetchall()):
+            raise InvalidOp(f"{op.kind} of a memory whose create is not among its ancestors")
+    if op.kind == "tag_remove":
+        tag = op.fields["tag"]
+        for add in op.fields.get("removes", ()):
+            row = conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ?", (add,)).fetchone()
+            if row is None or not is_ancestor(conn, row[0], preds):
+                raise InvalidOp("tag_remove names an add that is not among its ancestors")
+            if row[2] != op.record_id or not _adds_tag(row[1], row[3], tag):
+                raise InvalidOp("tag_remove names an op that does not add this tag to this memory")
+
+
+def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
+    fields = crdt.decode(body)["fields"]
+    if kind == "tag_add":
+        return bool(fields.get("tag") == tag)
+    return kind == "create" and tag in fields.get("tags", ())
+
+
+def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, *, check: bool = True,
+             all_heads: bool | None = None) -> Node | None:
+    """Insert ``op`` into the log and materialise it; its node, or None if it was already applied.
+
+    ``preds`` are the predecessors' nodes (looked up when not given; all must
+    be stored). ``check`` runs :func:`check_op` first (a local op built on
+    every head may skip it). ``all_heads`` says the op names every current
+    head (computed when not given).
+    """
+    if preds is None:
+        preds = pred_nodes(conn, op.preds)
+        if preds is None:
+            raise InvalidOp("a predecessor is not stored here")
+    if check:
+        if node(conn, op.id) is not None:
+            return None
+        check_op(conn, op, preds)
+    eff = effective_clock(op.hlc, preds)
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms()),
+        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at, eff)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms(), eff),
     )
     if cursor.rowcount == 0:
-        return False
+        return None
+    seq = int(cursor.lastrowid or 0)
     if op.preds:
         conn.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in op.preds])
+    if all_heads is None:
+        all_heads = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM heads)").fetchone()[0] == 1
     conn.execute("INSERT INTO heads(id) VALUES (?)", (op.id,))
-    _HANDLERS[op.kind](conn, op)
-    return True
+    floor = floor_of(preds, all_heads, seq)
+    if floor is not None:
+        conn.execute("UPDATE ops SET floor = ? WHERE seq = ?", (floor, seq))
+        conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)", [(seq, p.seq) for p in preds])
+    here = Node(seq, eff, seq if floor is None else floor)
+    ctx = Applied(here, clock_of(op, eff), floor is None)
+    if op.kind in MEMORY_WRITES and conn.execute(
+            "SELECT 1 FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone() is not None:
+        _resurrect(conn, op, ctx)
+    else:
+        _HANDLERS[op.kind](conn, op, ctx)
+    return here
+
+
+def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """A write no delete had seen reached a deleted memory: rebuild it from all its writes."""
+    gone = conn.execute("SELECT op FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone()[0]
+    conn.execute("DELETE FROM tombstones WHERE record_id = ?", (op.record_id,))
+    rows = conn.execute(
+        "SELECT seq, eff, coalesce(floor, seq), body, sig FROM ops WHERE record_id = ?"
+        " AND kind IN ('create', 'update', 'tag_add', 'tag_remove') ORDER BY seq", (op.record_id,)).fetchall()
+    for seq, eff, floor, body, sig in rows:
+        past = crdt.parse_op(body, sig, verify=False)
+        _HANDLERS[past.kind](conn, past, Applied(Node(seq, eff, floor), clock_of(past, eff), True, audit=False))
+    author = conn.execute("SELECT author FROM ops WHERE id = ?", (gone,)).fetchone()
+    _record_conflict(conn, op.record_id, DELETED_FIELD, (op.id, op.author, "restored"),
+                     (gone, author[0] if author else b"", "deleted"),
+                     "update wins: a write the delete had not seen restores the memory")
+
+
+def backfill_graph(storage: Storage) -> None:
+    """Give ops logged before schema 5 their effective clock and floor (idempotent, resumable).
+
+    Those ops were accepted under the earlier rule that a clock exceeds its
+    predecessors', so their effective clock is their clock; floors are
+    recomputed by replaying the heads in log order.
+    """
+    if storage.conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
+        return
+    with storage.write() as conn:
+        heads: set[bytes] = set()
+        nodes: dict[bytes, Node] = {}
+        rows = conn.execute("SELECT seq, id, hlc, body FROM ops ORDER BY seq").fetchall()
+        for seq, oid, hlc, body in rows:
+            pred_ids = crdt.decode(body)["preds"]
+            preds = [nodes[p] for p in pred_ids if p in nodes]
+            heads.difference_update(pred_ids)
+            floor = floor_of(preds, not heads, seq)
+            eff = effective_clock(hlc, preds)
+            heads.add(oid)
+            nodes[oid] = Node(seq, eff, seq if floor is None else floor)
+            conn.execute("UPDATE ops SET eff = ?, floor = ? WHERE seq = ?", (eff, floor, seq))
+            if floor is not None:
+                conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)",
+                                 [(seq, p.seq) for p in preds])
 
 
 # ------------------------------------------------------------------ handlers
@@ -68,19 +186,16 @@ def record_presence(conn: sqlite3.Connection, record_id: str) -> tuple[bool, boo
     return bool(gone), bool(exists)
 
 
-def _create(conn: sqlite3.Connection, op: Op) -> None:
-    gone, exists = record_presence(conn, op.record_id)
-    if gone:
-        return
-    if exists:
+def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    if conn.execute("SELECT 1 FROM memories WHERE id = ?", (op.record_id,)).fetchone() is not None:
         # A second create for a known id (the same import on two replicas): it
         # writes every create-time field (defaults for those it omits) by
         # last-writer-wins, and its tags are adds, so the result is the same
         # whichever create arrived first.
         fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS}}
-        _write_fields(conn, op, fields, frozenset(SCALAR_FIELDS), _create_updated_ms(op))
+        _write_fields(conn, op, ctx, fields, frozenset(SCALAR_FIELDS), _create_updated_ms(op))
         for tag in op.fields.get("tags", ()):
-            _add_tag(conn, op, tag)
+            _add_tag(conn, op, ctx, tag)
         return
     f = op.fields
     tags = sorted(set(f.get("tags", ())))
@@ -109,29 +224,31 @@ def _create_updated_ms(op: Op) -> int:
     return max(created, op.fields.get("updated_at") or created)
 
 
-def _update(conn: sqlite3.Connection, op: Op) -> None:
-    _write_fields(conn, op, op.fields, UPDATABLE_FIELDS, hlc_ms(op.hlc))
+def _update(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    _write_fields(conn, op, ctx, op.fields, UPDATABLE_FIELDS, hlc_ms(op.hlc))
 
 
-def _write_fields(conn: sqlite3.Connection, op: Op, fields: dict[str, Any], allowed: frozenset[str],
-                  updated_ms: int) -> None:
+def _write_fields(conn: sqlite3.Connection, op: Op, ctx: Applied, fields: dict[str, Any],
+                  allowed: frozenset[str], updated_ms: int) -> None:
     """Last-writer-wins per field: ``op`` sets each allowed field whose current clock is older."""
     row = conn.execute("SELECT rowid, content, tags, scope, clocks, updated_at FROM memories WHERE id = ?",
                        (op.record_id,)).fetchone()
     if row is None:
-        return  # deleted (tombstone) - nothing to update
+        return
     mem, old_content, tag_text, old_scope, clocks_text, updated_at = row
     clocks: dict[str, str] = json.loads(clocks_text) if clocks_text else {}
     base = _first_create_clock(conn, op.record_id, op.id)
-    mine = clock_of(op)
     changes: dict[str, Any] = {}
     for field, value in fields.items():
         if field not in allowed:
             continue  # unknown to this version: ignored alike on every replica
         current = bytes.fromhex(clocks[field]) if field in clocks else base
-        if mine > current:
+        wins = ctx.clock > current
+        if ctx.audit and not ctx.complete and current and _concurrent(conn, current, ctx.node):
+            _record_field_conflict(conn, op, ctx, mem, field, value, current, wins)
+        if wins:
             changes[field] = dump_metadata(value) if field == "metadata" else value
-            clocks[field] = mine.hex()
+            clocks[field] = ctx.clock.hex()
     if "content" in changes:
         changes["content_hash"] = content_hash(changes["content"])
     changes["clocks"] = json.dumps(clocks, sort_keys=True) if clocks else None
@@ -143,21 +260,49 @@ def _write_fields(conn: sqlite3.Connection, op: Op, fields: dict[str, Any], allo
         _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
 
 
+def _concurrent(conn: sqlite3.Connection, clock: bytes, here: Node) -> bool:
+    """True if the op behind ``clock`` is not an ancestor of the op at ``here``."""
+    holder = node(conn, clock[40:72])
+    return holder is not None and not is_ancestor(conn, holder.seq, [here])
+
+
+def _record_field_conflict(conn: sqlite3.Connection, op: Op, ctx: Applied, mem: int, field: str, value: Any,
+                           current: bytes, wins: bool) -> None:
+    (stored,) = conn.execute(f"SELECT {field} FROM memories WHERE rowid = ?", (mem,)).fetchone()
+    if field == "metadata":
+        stored = json.loads(stored)
+    mine = (op.id, op.author, value)
+    theirs = (current[40:72], current[8:40], stored)
+    winner, loser = (mine, theirs) if wins else (theirs, mine)
+    _record_conflict(conn, op.record_id, field, winner, loser,
+                     "concurrent writes: the larger (clock, author, op id) wins")
+
+
+def _record_conflict(conn: sqlite3.Connection, record_id: str, field: str, winner: tuple[bytes, bytes, Any],
+                     loser: tuple[bytes, bytes, Any], resolution: str) -> None:
+    """Keep the losing side of a concurrent write (the merge audit trail; local, not replicated)."""
+    conn.execute(
+        "INSERT INTO conflicts(record_id, field, winner_op, loser_op, winner_value, loser_value, winner_author,"
+        " loser_author, resolution, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record_id, field, winner[0], loser[0], json.dumps(winner[2], ensure_ascii=False),
+         json.dumps(loser[2], ensure_ascii=False), winner[1], loser[1], resolution, now_ms()))
+
+
 def _first_create_clock(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> bytes:
     """Clock of the create whose values the row was first built from: the base of every
     field no later op has written yet."""
-    row = conn.execute("SELECT hlc, author, id FROM ops WHERE record_id = ? AND kind = 'create' AND id != ?"
+    row = conn.execute("SELECT eff, author, id FROM ops WHERE record_id = ? AND kind = 'create' AND id != ?"
                        " ORDER BY seq LIMIT 1", (record_id, exclude)).fetchone()
     if row is None:
         return b""
     return int(row[0]).to_bytes(8, "big") + row[1] + row[2]
 
 
-def _tag_add(conn: sqlite3.Connection, op: Op) -> None:
-    _add_tag(conn, op, op.fields["tag"])
+def _tag_add(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    _add_tag(conn, op, ctx, op.fields["tag"])
 
 
-def _add_tag(conn: sqlite3.Connection, op: Op, tag: str) -> None:
+def _add_tag(conn: sqlite3.Connection, op: Op, ctx: Applied, tag: str) -> None:
     row = _row(conn, op.record_id)
     if row is None:
         return
@@ -165,7 +310,7 @@ def _add_tag(conn: sqlite3.Connection, op: Op, tag: str) -> None:
     _refresh_tags(conn, row, hlc_ms(op.hlc))
 
 
-def _tag_remove(conn: sqlite3.Connection, op: Op) -> None:
+def _tag_remove(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     row = _row(conn, op.record_id)
     if row is None:
         return
@@ -184,9 +329,16 @@ def _refresh_tags(conn: sqlite3.Connection, row: tuple[Any, ...], at_ms: int) ->
         _reindex(conn, mem, (content, old_tags, scope), (content, new_tags, scope))
 
 
-def _delete(conn: sqlite3.Connection, op: Op) -> None:
-    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
+def _delete(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     row = _row(conn, op.record_id)
+    if row is not None and not ctx.complete:
+        survivor = _unobserved_write(conn, op.record_id)
+        if survivor is not None:
+            _record_conflict(conn, op.record_id, DELETED_FIELD, (survivor[0], survivor[1], "kept"),
+                             (op.id, op.author, "deleted"),
+                             "update wins: a concurrent write the delete had not seen keeps the memory")
+            return
+    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
     if row is None:
         return
     mem, content, tags, scope = row
@@ -197,13 +349,23 @@ def _delete(conn: sqlite3.Connection, op: Op) -> None:
     conn.execute("DELETE FROM memories WHERE rowid = ?", (mem,))
 
 
-def _persona(conn: sqlite3.Connection, op: Op) -> None:
+def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, bytes] | None:
+    """(id, author) of a write to the memory that no delete of it has among its ancestors, if any."""
+    ops = conn.execute("SELECT seq, eff, coalesce(floor, seq), kind, id, author FROM ops WHERE record_id = ?"
+                       " ORDER BY seq", (record_id,)).fetchall()
+    deletes = [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind == "delete"]
+    for seq, _, _, kind, oid, author in ops:
+        if kind in MEMORY_WRITES and not any(is_ancestor(conn, seq, [d]) for d in deletes):
+            return oid, author
+    return None
+
+
+def _persona(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     key = op.fields.get("key", "persona")
-    mine = clock_of(op)
     row = conn.execute("SELECT clock FROM kv WHERE key = ?", (key,)).fetchone()
-    if row is None or mine > row[0]:
+    if row is None or ctx.clock > row[0]:
         conn.execute("INSERT OR REPLACE INTO kv(key, value, clock) VALUES (?, ?, ?)",
-                     (key, op.fields["text"], mine))
+                     (key, op.fields["text"], ctx.clock))
 
 
 # ------------------------------------------------------------------ helpers

@@ -164,9 +164,56 @@ def _m004_drop_hash_index(conn: sqlite3.Connection) -> None:
     _run(conn, "DROP INDEX memories_hash")
 
 
+def _m005_replication(conn: sqlite3.Connection) -> None:
+    # eff/floor/op_preds: the hash graph's derived numbers (see graph.py);
+    # existing ops are filled in by the store on open (it needs the op codec).
+    # conflicts: the losing values of concurrent writes (local audit trail).
+    # peers, rejected_ops, sync_events, sync_counts: replication with trusted peers.
+    _run(conn, """
+    ALTER TABLE ops ADD COLUMN eff INTEGER;
+    ALTER TABLE ops ADD COLUMN floor INTEGER;
+    CREATE TABLE op_preds(op INTEGER NOT NULL, pred INTEGER NOT NULL, PRIMARY KEY(op, pred)) WITHOUT ROWID;
+    CREATE TABLE conflicts(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_id TEXT NOT NULL,
+        field TEXT NOT NULL,
+        winner_op BLOB NOT NULL,
+        loser_op BLOB NOT NULL,
+        winner_value TEXT,
+        loser_value TEXT,
+        winner_author BLOB NOT NULL,
+        loser_author BLOB NOT NULL,
+        resolution TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX conflicts_record ON conflicts(record_id);
+    CREATE TABLE peers(
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        key BLOB NOT NULL UNIQUE,
+        added_at INTEGER NOT NULL,
+        last_sync BLOB NOT NULL DEFAULT x'',
+        synced_at INTEGER,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE rejected_ops(id BLOB PRIMARY KEY, reason TEXT NOT NULL, peer TEXT, at INTEGER NOT NULL)
+        WITHOUT ROWID;
+    CREATE TABLE sync_events(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        peer TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE sync_counts(peer TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL,
+                             PRIMARY KEY(peer, reason)) WITHOUT ROWID
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
     (3, "embeddings, embedding queue, vector removals", _m003_embeddings),
     (4, "drop the unused content-hash index", _m004_drop_hash_index),
+    (5, "hash-graph clocks and floors, conflicts, peers, sync log", _m005_replication),
 ]

@@ -19,7 +19,8 @@ from .clock import HybridClock
 from .config import MemoryConfig
 from .errors import InvalidInput, InvalidOp
 from .identity import load_or_create_key
-from .materialize import TAG_SEP, apply_op, record_presence
+from .graph import Node, node
+from .materialize import TAG_SEP, apply_op, backfill_graph, record_presence
 from .model import Change, Memory, Op
 from .op_fields import check_fields
 from .schema import MIGRATIONS
@@ -36,6 +37,7 @@ class ApplyResult:
     applied: list[str] = field(default_factory=list)
     duplicates: int = 0
     missing: list[str] = field(default_factory=list)
+    needed: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -46,9 +48,18 @@ def read_changes(conn: sqlite3.Connection, seq: int, limit: int) -> list[Change]
     return [Change(r[0], r[1].hex(), r[2], r[3], r[4], r[5].hex()) for r in rows]
 
 
-def _stored_hlc(conn: sqlite3.Connection, oid: bytes) -> int | None:
-    row = conn.execute("SELECT hlc FROM ops WHERE id = ?", (oid,)).fetchone()
-    return None if row is None else int(row[0])
+def _rejection(conn: sqlite3.Connection, oid: bytes) -> str | None:
+    """Why this op was rejected here before, or None."""
+    row = conn.execute("SELECT reason FROM rejected_ops WHERE id = ?", (oid,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _current_heads(conn: sqlite3.Connection) -> tuple[list[bytes], list[Node], bool]:
+    """The heads a new local op builds on: all of them, or the oldest ``MAX_PREDS`` when there are more."""
+    rows = conn.execute("SELECT h.id, o.seq, o.eff, coalesce(o.floor, o.seq) FROM heads h"
+                        " JOIN ops o ON o.id = h.id ORDER BY o.seq").fetchall()
+    chosen = rows[:crdt.MAX_PREDS]
+    return [r[0] for r in chosen], [Node(*r[1:]) for r in chosen], len(rows) <= crdt.MAX_PREDS
 
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
                   " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
@@ -78,6 +89,7 @@ class Store:
         self.site_id = self.author.hex()
         self.clock = HybridClock()
         self.schema_version = self.storage.migrate(MIGRATIONS)
+        backfill_graph(self.storage)
         with self.storage.write() as conn:
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now_ms()),))
 
@@ -97,53 +109,102 @@ class Store:
         ops: list[Op] = []
         with self.storage.write(savepoint=False) as conn:
             cache = self.storage.tx_cache
-            heads = cache.get("heads")
-            if heads is None:  # the first commit of this transaction reads them
-                rows = conn.execute("SELECT h.id, o.hlc FROM heads h JOIN ops o ON o.id = h.id").fetchall()
-                heads = ([head for head, _ in rows], max((hlc for _, hlc in rows), default=0))
-            preds, after = heads  # type: ignore[misc]
             for kind, record_id, fields in intents:
-                hlc = self.clock.tick(after)
-                op = crdt.make_op(self.key, kind, record_id, fields, hlc, preds)
-                apply_op(conn, op)
+                heads = cache.get("heads")
+                if heads is None:  # the first commit of this transaction reads them
+                    heads = _current_heads(conn)
+                ids, nodes, all_heads = heads  # type: ignore[misc]
+                hlc = self.clock.tick(max((n.eff for n in nodes), default=0))
+                op = crdt.make_op(self.key, kind, record_id, fields, hlc, ids)
+                # Built on every head, the op has every stored op as an ancestor:
+                # the ancestry rules hold by construction.
+                here = apply_op(conn, op, nodes, check=not all_heads, all_heads=all_heads)
+                assert here is not None  # a fresh clock makes a fresh id
                 ops.append(op)
-                preds, after = [op.id], hlc
-                cache["heads"] = (preds, after)
+                if all_heads:
+                    cache["heads"] = ([op.id], [here], True)
+                else:
+                    cache.pop("heads", None)
         return ops
 
-    def apply_remote(self, ops: Iterable[Op]) -> ApplyResult:
+    def apply_remote(self, ops: Iterable[Op], source: str | None = None) -> ApplyResult:
         """Apply verified ops from elsewhere in one transaction, each after its predecessors.
 
         Ops already present count as duplicates. An op whose predecessors are
-        neither stored nor in this batch is returned as ``missing`` (ask the
-        sender for them). An op whose clock is not above its predecessors' is
-        rejected: that rule depends only on the op and its ancestors, so every
-        replica decides it alike.
+        neither stored nor in this batch waits (its id in ``missing``, the
+        predecessors to ask for in ``needed``). An op that fails a validity
+        rule (``check_op``), or descends from one that did, is rejected and
+        remembered as rejected; every correct replica decides alike, because
+        the rules look only at the op and its ancestors. ``source`` names the
+        peer for the rejection log.
         """
         result = ApplyResult()
-        pending = {op.id: op for op in ops}
+        batch: dict[bytes, Op] = {}
+        for op in ops:
+            batch.setdefault(op.id, op)
         with self.storage.write() as conn:
             self.storage.tx_cache.pop("heads", None)  # remote ops move the heads local commits build on
-            for oid in [oid for oid in pending if _stored_hlc(conn, oid) is not None]:
-                del pending[oid]
-                result.duplicates += 1
-            progress = True
-            while pending and progress:
-                progress = False
-                for oid, op in list(pending.items()):
-                    pred_hlcs = [_stored_hlc(conn, p) for p in op.preds]
-                    if any(h is None for h in pred_hlcs):
+            waiting: dict[bytes, list[bytes]] = {}
+            blockers: dict[bytes, int] = {}
+            ready: list[bytes] = []
+            needed: set[bytes] = set()
+            for oid, op in batch.items():
+                if node(conn, oid) is not None:
+                    result.duplicates += 1
+                    continue
+                earlier = _rejection(conn, oid)
+                if earlier is not None:
+                    result.rejected.append((oid.hex(), earlier))
+                    continue
+                count = 0
+                for pred in op.preds:
+                    if node(conn, pred) is not None:
                         continue
-                    del pending[oid]
-                    progress = True
-                    if pred_hlcs and op.hlc <= max(h for h in pred_hlcs if h is not None):
-                        result.rejected.append((oid.hex(), "clock not above its predecessors'"))
-                        continue
+                    if _rejection(conn, pred) is not None:
+                        count = -1
+                        break
+                    if pred in batch:
+                        waiting.setdefault(pred, []).append(oid)
+                        count += 1
+                    else:
+                        needed.add(pred)
+                        count += 1 << 32  # never released within this batch
+                if count < 0:
+                    self._reject(conn, op, "descends from a rejected op", source, result, batch, waiting)
+                elif count == 0:
+                    ready.append(oid)
+                else:
+                    blockers[oid] = count
+            while ready:
+                oid = ready.pop()
+                op = batch[oid]
+                try:
                     apply_op(conn, op)
-                    self.clock.observe(op.hlc)
-                    result.applied.append(oid.hex())
-            result.missing = sorted(oid.hex() for oid in pending)
+                except InvalidOp as exc:
+                    self._reject(conn, op, str(exc), source, result, batch, waiting)
+                    continue
+                self.clock.observe(op.hlc)
+                result.applied.append(oid.hex())
+                for child in waiting.pop(oid, ()):
+                    if child in blockers:
+                        blockers[child] -= 1
+                        if blockers[child] == 0:
+                            del blockers[child]
+                            ready.append(child)
+            result.missing = sorted(oid.hex() for oid in blockers)
+            result.needed = sorted(p.hex() for p in needed)
         return result
+
+    def _reject(self, conn: sqlite3.Connection, op: Op, reason: str, source: str | None, result: ApplyResult,
+                batch: dict[bytes, Op], waiting: dict[bytes, list[bytes]]) -> None:
+        """Reject ``op`` and, transitively, the ops of this batch that descend from it."""
+        stack = [(op.id, reason)]
+        while stack:
+            oid, why = stack.pop()
+            conn.execute("INSERT OR IGNORE INTO rejected_ops(id, reason, peer, at) VALUES (?, ?, ?, ?)",
+                         (oid, why, source, now_ms()))
+            result.rejected.append((oid.hex(), why))
+            stack.extend((child, "descends from a rejected op") for child in waiting.pop(oid, ()))
 
     def ops_since(self, seq: int, limit: int) -> list[tuple[int, Op]]:
         """Stored ops after local sequence ``seq`` with their sequence numbers (sync pull)."""

@@ -232,7 +232,7 @@ def test_a_caught_store_failure_inside_a_batch_still_aborts_the_batch(
     before = snapshot(api)
     real_apply = neuralsync.store.apply_op
 
-    def fail_once(*args: object) -> object:
+    def fail_once(*args: object, **kwargs: object) -> object:
         monkeypatch.setattr(neuralsync.store, "apply_op", real_apply)
         raise OSError("simulated failure half-way through an op")
 

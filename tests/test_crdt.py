@@ -343,9 +343,14 @@ def test_failed_validation_appends_no_op(api: UnifiedMemoryAPI) -> None:
     assert _log(api) == before
 
 
-def test_a_clock_at_its_maximum_gives_a_typed_error_not_an_overflow() -> None:
-    from neuralsync.clock import HLC_MAX, HybridClock
-    from neuralsync.errors import IntegrityError
+def test_a_predecessor_at_the_maximum_clock_does_not_drag_the_local_clock() -> None:
+    from neuralsync.clock import HLC_MAX, HybridClock, hlc_ms, pack
 
-    with pytest.raises(IntegrityError, match="maximum clock"):
-        HybridClock().tick(after=HLC_MAX)
+    wall = 1_700_000_000_000
+    clock = HybridClock(wall=lambda: wall, max_skew_ms=1000)
+    first = clock.tick(after=HLC_MAX)
+    clock.observe(HLC_MAX)
+    second = clock.tick()
+    assert hlc_ms(first) <= wall + 1000 and hlc_ms(second) <= wall + 1000
+    assert first < second
+    assert clock.tick(after=pack(wall + 10)) > pack(wall + 10)  # honest skew is followed

@@ -1,0 +1,109 @@
+"""The hash graph as this replica stores it: effective clocks and fast ancestry.
+
+Every op names its predecessors (the heads its author had seen). Two derived
+numbers per stored op make questions about that graph cheap:
+
+- ``eff``, the *effective clock*: ``max(min(hlc, EFF_CAP), 1 + max(eff of preds))``.
+  It is a function of the op and its ancestors only, so every replica computes
+  the same value, and it grows strictly along every causal path. Ordering
+  concurrent writes by ``(eff, author, id)`` therefore makes a causally later
+  write win whatever clocks were stamped, and an op stamped at an absurd time
+  (up to 2^63 - 1) is ordered by the same rule everywhere. For honest ops
+  ``eff == hlc``: a local clock already exceeds its predecessors'.
+- ``floor``: the largest local sequence number ``s`` such that every op with
+  ``seq <= s`` is this op or one of its ancestors (NULL when that is the op's
+  own ``seq``: the usual case, since a new op's predecessors are all heads).
+  It is a local index, never compared between replicas; it only lets most
+  ancestry questions be answered without walking the graph.
+
+Predecessor edges are stored (``op_preds``) only for ops whose floor is below
+their own seq, the only ones a walk ever needs to step through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import NamedTuple
+
+EFF_CAP = 1 << 62  # stamped clocks are clamped here for ordering, so eff stays in 64 bits
+
+_NODE = "SELECT seq, eff, coalesce(floor, seq) FROM ops WHERE id = ?"
+_PRED_NODES = ("SELECT p.seq, p.eff, coalesce(p.floor, p.seq) FROM op_preds e JOIN ops p ON p.seq = e.pred"
+               " WHERE e.op = ?")
+
+
+class Node(NamedTuple):
+    """One stored op's place in the graph: local seq, effective clock, floor."""
+
+    seq: int
+    eff: int
+    floor: int
+
+
+def node(conn: sqlite3.Connection, oid: bytes) -> Node | None:
+    """The stored op's node, or None if the op is not here."""
+    row = conn.execute(_NODE, (oid,)).fetchone()
+    return None if row is None else Node(*row)
+
+
+def pred_nodes(conn: sqlite3.Connection, preds: Iterable[bytes]) -> list[Node] | None:
+    """Nodes of ``preds``, or None if any of them is not stored."""
+    nodes = []
+    for pred in preds:
+        found = node(conn, pred)
+        if found is None:
+            return None
+        nodes.append(found)
+    return nodes
+
+
+def effective_clock(hlc: int, preds: list[Node]) -> int:
+    """The op's effective clock from its stamped clock and its predecessors'."""
+    eff = min(hlc, EFF_CAP)
+    for pred in preds:
+        if pred.eff >= eff:
+            eff = pred.eff + 1
+    return eff
+
+
+def floor_of(preds: list[Node], covers_all_heads: bool, seq: int) -> int | None:
+    """The new op's floor (None: its own seq) from its predecessors' floors."""
+    if covers_all_heads:
+        return None
+    best = 0
+    for pred in preds:
+        best = max(best, pred.floor)
+    return best if best < seq - 1 else None
+
+
+def is_ancestor(conn: sqlite3.Connection, target: int, start: Iterable[Node]) -> bool:
+    """True if the op at local seq ``target`` is one of ``start`` or their ancestor."""
+    stack = list(start)
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current.seq == target or current.floor >= target:
+            return True
+        if current.seq < target or current.seq in seen:
+            continue  # ancestors are applied first: a smaller seq cannot reach the target
+        seen.add(current.seq)
+        stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
+    return False
+
+
+def below(conn: sqlite3.Connection, start: Iterable[Node]) -> tuple[int, set[int]]:
+    """The ancestors-or-self of ``start`` as ``(s, extra)``: every seq <= s, plus the seqs in ``extra``."""
+    stack = list(start)
+    floor = 0
+    extra: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current.seq <= floor or current.seq in extra:
+            continue
+        extra.add(current.seq)
+        if current.floor > floor:
+            floor = current.floor
+        if current.floor < current.seq:
+            stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
+    return floor, {seq for seq in extra if seq > floor}
