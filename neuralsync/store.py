@@ -18,8 +18,8 @@ from . import crdt
 from .clock import HybridClock
 from .config import MemoryConfig
 from .errors import InvalidInput, InvalidOp
-from .identity import load_or_create_key
 from .graph import Node, node
+from .identity import load_or_create_key
 from .materialize import TAG_SEP, apply_op, backfill_graph, record_presence
 from .model import Change, Memory, Op
 from .op_fields import check_fields
