@@ -52,6 +52,14 @@ class InvalidOp(IntegrityError):
 class SyncRejected(NeuralSyncError):
     """A peer's sync message was refused by rule (reason in the message)."""
 
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SyncUnavailable(NeuralSyncError):
+    """A peer could not be reached or did not answer in time."""
+
 
 class DependencyMissing(NeuralSyncError):
     """An optional part (MCP SDK, HTTP server) is not installed; the message names the pip line."""
