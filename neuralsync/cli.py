@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .cli_services import add_service_commands
+from .cli_sync import add_sync_commands
 from .errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
 from .transfer import human_bytes  # light: the facade is only a type there
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_commands(add)
     _add_admin_commands(add)
     add_service_commands(add)
+    add_sync_commands(add)
     return parser
 
 

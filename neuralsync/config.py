@@ -55,6 +55,8 @@ class MemoryConfig:
     # bench/eval: a fixed 0.25 cut true paraphrases (often 0.2-0.35 cosine).
     semantic_floor: float = 0.1
     semantic_relative_floor: float = 0.5
+    # Replication: a server syncs with every trusted peer this often (0: only on demand).
+    sync_interval_s: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+        if not isinstance(self.sync_interval_s, (int, float)) or not 0 <= self.sync_interval_s <= 86_400:
+            raise ConfigError(f"sync_interval_s must be from 0 (off) to 86400 seconds, not {self.sync_interval_s!r}")
         if self.target_response_time_ms <= 0:
             raise ConfigError("target_response_time_ms must be positive")
 

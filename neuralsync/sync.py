@@ -434,7 +434,7 @@ class SyncClient:
         except (SyncUnavailable, SyncRejected) as exc:
             report.ok, report.error = False, str(exc)
             self.registry.record_sync(peer.key, [], error=str(exc))
-            log.warning("sync with %s failed: %s", peer.name, exc)
+            log.info("sync with %s failed: %s", peer.name, exc)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 

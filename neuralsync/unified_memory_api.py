@@ -26,9 +26,11 @@ from .model import Change, Memory
 from .performance_monitor import PerformanceMonitor, process_resources
 from .recall import MODES, Recaller
 from .redact import Redactor
+from .replication import Replication, TransportFactory
 from .search.filters import Filters
 from .search.semantic import SemanticIndex
 from .store import Store
+from .sync import SyncReport
 from .utils import derived_id, new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
@@ -66,6 +68,7 @@ class UnifiedMemoryAPI:
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
         self.core = CoreMemory(self.store, self.config.session_timeout_ms)
         self.core.register_session(self.session_id, self.tool)
+        self.replication = Replication(self.store)
         self._ops_since_optimize = 0
         self._closed = False
 
@@ -81,6 +84,7 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
+        self.replication.stop()
         self.access.close()
         if self.semantic is not None:
             self.semantic.close()
@@ -450,6 +454,37 @@ class UnifiedMemoryAPI:
         """The newest change-feed sequence number."""
         return self.core.last_seq()
 
+    # ------------------------------------------------------------ replication
+    def identity(self) -> str:
+        """This replica's public key (hex): give it to peers for ``neuralsync peer add``."""
+        return self.store.site_id
+
+    def add_peer(self, name: str, url: str, key: str) -> dict[str, Any]:
+        """Trust another replica (name, URL of its ``neuralsync serve``, its public key)."""
+        return self.replication.add_peer(name, url, key)
+
+    def remove_peer(self, name: str) -> None:
+        """Stop trusting a replica (ops received from it stay: they are valid by rule)."""
+        self.replication.remove_peer(name)
+
+    def list_peers(self) -> list[dict[str, Any]]:
+        """Trusted replicas with their last sync time and error."""
+        return self.replication.peers()
+
+    def sync(self, peer: str | None = None, transport: TransportFactory | None = None,
+             timeout: float = 30.0) -> list[SyncReport]:
+        """Sync with one peer or all of them; each report says what moved (a failure is reported, not raised)."""
+        with self.monitor.measure("sync"):
+            return self.replication.sync_with(peer, transport, timeout)
+
+    def start_interval_sync(self, seconds: float) -> None:
+        """Sync with every peer every ``seconds`` on a background thread, until close."""
+        self.replication.start_interval(seconds)
+
+    def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Losing values of concurrent writes (record, field, both values and authors, resolution)."""
+        return self.replication.conflicts(record_id, limit)
+
     def sessions(self, include_ended: bool = False) -> list[dict[str, Any]]:
         """Processes registered on this store (dead ones reaped first)."""
         return self.core.sessions(include_ended)
@@ -492,6 +527,7 @@ class UnifiedMemoryAPI:
                         if counts["memories"] else None},
             "performance_stats": perf,
             "site_id": self.store.site_id,
+            "sync": self.replication.stats(),
             "schema_version": self.store.schema_version,
             "session_id": self.session_id,
             "process": process_resources(),

@@ -59,6 +59,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
         required = resolve_token(config, token)  # before opening the store: a bad token leaks nothing
         api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL), True
         api.start_background_maintenance()
+        if config.sync_interval_s:
+            api.start_interval_sync(config.sync_interval_s)
     state = ServerState(api, owns, poll_interval=poll_interval, keepalive_s=keepalive_s)
     return ServerApp(_fastapi_app(state), state, required, max_body_bytes)
 

@@ -63,6 +63,10 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Paths that reveal nothing stored: liveness and the API description.
 # Only liveness is open: the API's shape and version are for token holders too.
 OPEN_PATHS = frozenset({"/health", "/v1/health"})
+# Paths that authenticate each request themselves (peer sync: an Ed25519
+# signature by a trusted peer's key, see ``neuralsync.peers``), with their own
+# body limit. The bearer token is for local tools; peers never hold it.
+SIGNED_PATHS: dict[str, int] = {"/v1/sync": 16 << 20}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -147,7 +151,8 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] not in OPEN_PATHS:
+        limit = SIGNED_PATHS.get(scope["path"], self.max_body_bytes)
+        if scope["path"] not in OPEN_PATHS and scope["path"] not in SIGNED_PATHS:
             refusal = self._refusal(_header(scope, b"authorization"))
             if refusal is not None:
                 status, kind, message = refusal
@@ -155,13 +160,13 @@ class Gate:
                                  [(b"www-authenticate", b'Bearer realm="neuralsync"')])
                 return
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await send_error(send, 413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes")
             return
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, limit)
         except BodyTooLarge:
-            await send_error(send, 413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
+            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes")
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -175,7 +180,7 @@ class Gate:
             return 403, "forbidden", "wrong token"
         return None
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive, limit: int) -> bytes:
         """Read the whole body, bounded; the routes then parse it from memory."""
         chunks: list[bytes] = []
         size = 0
@@ -185,7 +190,7 @@ class Gate:
                 return b"".join(chunks)  # disconnected: the route will see an empty body
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise BodyTooLarge()
             chunks.append(chunk)
             if not message.get("more_body", False):

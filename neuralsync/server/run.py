@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies are refused with 413 (default: 1 MiB)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--sync-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="sync with every trusted peer this often (default: 0, only on demand)")
     return parser
 
 
@@ -104,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors become one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
-        serve(MemoryConfig.from_env(args.home), args.host, args.port, max_body_bytes=args.max_body_bytes,
+        config = MemoryConfig.from_env(args.home, sync_interval_s=args.sync_interval)
+        serve(config, args.host, args.port, max_body_bytes=args.max_body_bytes,
               log_level=args.log_level)
     except NeuralSyncError as exc:
         print(f"neuralsync: error: {exc}", file=sys.stderr)

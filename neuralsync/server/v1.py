@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..model import Memory
 from .common import StrictJSONRoute, api_of, just_remembered
@@ -185,3 +186,12 @@ def set_persona(request: Request, body: PersonaBody) -> dict[str, Any]:
 @router.get("/seq", summary="The newest change-feed sequence number")
 def last_seq(request: Request) -> dict[str, Any]:
     return {"seq": api_of(request).last_seq()}
+
+
+@router.post("/sync", summary="Peer sync (signed by a trusted peer's key, not the bearer token)",
+             responses={200: {"description": "heads, needs, filter and ops for the peer, signed"}})
+async def peer_sync(request: Request) -> Response:
+    """One round of the replication protocol; see ``neuralsync.sync``."""
+    body = await request.body()
+    status, answer, headers = await run_in_threadpool(api_of(request).replication.serve, dict(request.headers), body)
+    return Response(answer, status_code=status, media_type="application/json", headers=headers)
