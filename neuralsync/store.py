@@ -56,9 +56,10 @@ def _rejection(conn: sqlite3.Connection, oid: bytes) -> str | None:
 
 def _current_heads(conn: sqlite3.Connection) -> tuple[list[bytes], list[Node], bool]:
     """The heads a new local op builds on: all of them, or the oldest ``MAX_PREDS`` when there are more."""
+    # CROSS JOIN keeps the (tiny) heads table outermost: sorting in SQL would walk the whole log.
     rows = conn.execute("SELECT h.id, o.seq, o.eff, coalesce(o.floor, o.seq) FROM heads h"
-                        " JOIN ops o ON o.id = h.id ORDER BY o.seq").fetchall()
-    chosen = rows[:crdt.MAX_PREDS]
+                        " CROSS JOIN ops o ON o.id = h.id").fetchall()
+    chosen = sorted(rows, key=lambda r: r[1])[:crdt.MAX_PREDS]
     return [r[0] for r in chosen], [Node(*r[1:]) for r in chosen], len(rows) <= crdt.MAX_PREDS
 
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
