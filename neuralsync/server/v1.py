@@ -161,6 +161,17 @@ def sessions(request: Request, include_ended: bool = False) -> dict[str, Any]:
     return {"sessions": api_of(request).sessions(include_ended)}
 
 
+@router.get("/conflicts", summary="Concurrent writes merged by sync, with the values that lost")
+def conflicts(request: Request, record_id: str | None = None,
+              limit: int = Query(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
+    return {"conflicts": api_of(request).conflicts(record_id, limit)}
+
+
+@router.get("/peers", summary="Trusted replicas and their last sync")
+def peers(request: Request) -> dict[str, Any]:
+    return {"identity": api_of(request).identity(), "peers": api_of(request).list_peers()}
+
+
 @router.get("/growth", summary="Growth per day and quota projection")
 def growth(request: Request, days: int = Query(30, ge=1, le=3650)) -> dict[str, Any]:
     return api_of(request).growth(days)
