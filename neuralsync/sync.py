@@ -217,8 +217,15 @@ class Replica:
 
     # -- what we hold
     def heads(self) -> list[bytes]:
-        """Current heads, sorted."""
-        return sorted(r[0] for r in self.store.storage.conn.execute("SELECT id FROM heads"))
+        """Current heads (the newest ``MAX_HEADS`` if a flood of concurrent ops left more), sorted.
+
+        Heads are hints: fewer of them only makes the other side send a few ops
+        we hold; what it lacks is still found from its own heads."""
+        rows = self.store.storage.conn.execute(
+            "SELECT h.id, o.seq FROM heads h CROSS JOIN ops o ON o.id = h.id").fetchall()
+        if len(rows) > MAX_HEADS:
+            rows = sorted(rows, key=lambda r: r[1])[-MAX_HEADS:]
+        return sorted(r[0] for r in rows)
 
     def known_nodes(self, conn: sqlite3.Connection, ids: Iterable[bytes]) -> list[Node]:
         """Nodes of the ids stored here (others are ignored)."""
