@@ -513,6 +513,8 @@ class HttpTransport:
                 answer = response.read(MAX_MESSAGE_BYTES + 1)
                 signature = response.headers.get(SIGNATURE_HEADER)
         except urllib.error.HTTPError as exc:
+            if exc.code in (502, 503, 504):
+                raise SyncUnavailable(f"peer {self.peer.name} is busy ({exc.code}); retry later") from None
             detail = exc.read(4096).decode("utf-8", "replace")
             try:
                 detail = json.loads(detail)["error"]["message"]
