@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from neuralsync import crdt
 from neuralsync.clock import HLC_MAX, hlc_ms, pack
 from neuralsync.doctor import run_doctor, state_digest
-from neuralsync.errors import InvalidOp, NotFound
+from neuralsync.errors import InvalidOp
 from neuralsync.graph import EFF_CAP
 from neuralsync.model import Op
 from neuralsync.store import Store
@@ -189,8 +189,10 @@ replica_ix = st.integers(0, 2)
 target = st.integers(0, 7)
 actions = st.lists(st.one_of(
     st.tuples(st.just("remember"), replica_ix, st.sampled_from(WORDS), st.frozensets(st.sampled_from(TAGS))),
+    # Imports carry no tags: a tagged second create of one id diverges today (see the xfail test
+    # test_the_same_record_imported_with_tags_on_two_replicas_converges); widen this once it is fixed.
     st.tuples(st.just("import"), replica_ix, st.sampled_from(range(len(SHARED))), st.sampled_from(WORDS),
-              st.frozensets(st.sampled_from(TAGS)), st.integers(0, 3)),
+              st.just(frozenset()), st.integers(0, 3)),
     st.tuples(st.just("content"), replica_ix, target, st.sampled_from(WORDS)),
     st.tuples(st.just("priority"), replica_ix, target, st.sampled_from([0.0, 0.25, 0.5, 1.0])),
     st.tuples(st.just("scope"), replica_ix, target, st.sampled_from(["global", "work", "home"])),
@@ -271,13 +273,14 @@ def _with_duplicates(batches: Batches, rng: random.Random) -> Batches:
         extra = rng.sample(sent, min(len(sent), rng.randint(0, 3)))
         repeat = rng.sample(batch, min(len(batch), rng.randint(0, 1)))
         mixed = [*batch, *extra, *repeat]
-        rng.shuffle(mixed) if rng.random() < 0.5 else None
+        if rng.random() < 0.5:
+            rng.shuffle(mixed)
         out.append(mixed)
         sent.extend(batch)
     return out
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions, st.integers(2, 3), st.integers(0, 2**32))
 def test_any_delivery_of_the_same_ops_gives_the_same_state(steps: list[tuple[Any, ...]], n: int,
@@ -412,9 +415,8 @@ def _foreign_add(case: str, rid: str, c: Op) -> tuple[list[Op], Op]:
     if case == "other-tag":
         add = craft(other, "tag_add", rid, {"tag": "u"}, T0 + 3, [c])
         return [add], add
-    if case == "create-without-the-tag":
-        rid2 = new_id()
-        c2 = create(other, rid2, tags=["u"])
+    if case == "create-without-the-tag":  # a second create of the same record, without the tag
+        c2 = create(other, rid, hlc=T0 + 3, tags=["u"])
         return [c2], c2
     if case == "not-an-add":
         update = craft(other, "update", rid, {"content": "t"}, T0 + 3, [c])
@@ -423,7 +425,7 @@ def _foreign_add(case: str, rid: str, c: Op) -> tuple[list[Op], Op]:
 
 
 @pytest.mark.parametrize("case", ["other-record", "other-tag", "create-without-the-tag", "not-an-add"])
-def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: list[Store],
+def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: list[Store], tmp_path: Path,
                                                                         faulty: nacl.signing.SigningKey,
                                                                         case: str) -> None:
     rid = new_id()
@@ -433,14 +435,14 @@ def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: li
     child = craft(key(), "update", rid, {"content": "built on the bad remove"}, T0 + 10, [bad])
     honest = [c, *before]
     # The state every replica must reach is the one without the bad op and its descendant.
-    reference = open_store(Path(tempfile.mkdtemp(prefix="ns-ref-")))
+    reference = open_store(tmp_path / "reference")
     try:
         deliver(reference, [honest])
         outcomes = converge(trio, arrangements([*honest, bad, child]))
         assert outcomes[0].rejected == {bad.id, child.id}
         for store in trio:
             assert digest(store) == digest(reference)
-            assert store.get(rid).tags == ("t",)  # type: ignore[union-attr]
+            assert "t" in store.get(rid).tags  # type: ignore[union-attr]
             # Remembered: sent again, they are rejected at once, not re-examined or applied.
             again = store.apply_remote([child, bad])
             assert again.applied == [] and {r[0] for r in again.rejected} == {bad.id.hex(), child.id.hex()}
@@ -530,8 +532,11 @@ def test_an_op_at_the_largest_clock_is_applied_and_does_not_drag_the_local_clock
     rid = apis[0].remember("original")
     (c,) = [wire(op) for op in log_of(apis[0].store)]
     far = craft(faulty, "update", rid, {"content": "from the far future"}, HLC_MAX, [c])
-    converge([api.store for api in apis], [[[far, c]], [[c], [far]], [[far], [c]]])
+    # Replica 0 wrote the create itself; the other two receive it with the far op, in either order.
+    assert deliver(apis[0].store, [[far]]).applied == {far.id}
+    converge([apis[1].store, apis[2].store], [[[far, c]], [[far], [c]]])
     for api in apis:
+        assert digest(api.store) == digest(apis[0].store)
         assert eff_of(api.store, far) == EFF_CAP
         assert api.get(rid).content == "from the far future"
 
@@ -542,8 +547,10 @@ def test_an_op_at_the_largest_clock_is_applied_and_does_not_drag_the_local_clock
     skew = apis[1].store.clock.max_skew_ms
     assert now_ms() - 60_000 <= hlc_ms(mine.hlc) <= now_ms() + skew
     assert eff_of(apis[1].store, mine) == EFF_CAP + 1
-    converge([api.store for api in apis], [[[wire(mine)]]] * 3)
+    others = [apis[0].store, apis[2].store]
+    converge(others, [[[wire(mine)]], [[wire(mine)]]])
     for api in apis:
+        assert digest(api.store) == digest(apis[0].store)
         assert api.get(rid).content == "local and later"
 
 
@@ -590,9 +597,8 @@ def test_a_forged_author_or_a_tampered_body_is_refused_at_parse(faulty: nacl.sig
     assert crdt.decode(bytes(tampered))["fields"]["content"] == "nriginal"
     with pytest.raises(InvalidOp, match="signature"):
         crdt.parse_op(bytes(tampered), good.sig)
-    with pytest.raises(InvalidOp):
-        crdt.op_from_wire({**crdt.op_to_wire(good), "sig": crdt.op_to_wire(wire(crdt.make_op(
-            victim, "create", good.record_id, dict(BASE), T0, ())))["sig"]})
+    with pytest.raises(InvalidOp, match="signature"):  # the right body, signed by someone else
+        crdt.parse_op(good.body, victim.sign(crdt.SIG_DOMAIN + good.id).signature)
 
 
 # ------------------------------------------------------------------ delivery
@@ -667,6 +673,22 @@ def test_an_op_whose_predecessor_never_arrives_waits_and_changes_nothing(trio: l
 
 # ------------------------------------------------------------------ bugs found (xfail until fixed)
 @pytest.mark.xfail(strict=True, reason=(
+    "materialize._create: a second create of a known id adds its tags through _add_tag, which raises "
+    "updated_at to hlc_ms(op.hlc); the same create applied first contributes only its created_at/updated_at "
+    "fields. Replicas that imported the same id diverge on updated_at"))
+def test_the_same_record_imported_with_tags_on_two_replicas_converges(make_api: MakeApi, tmp_path: Path) -> None:
+    a = make_api(base_path=tmp_path / "a", embedder="none")
+    b = make_api(base_path=tmp_path / "b", embedder="none")
+    assert a.import_memory({"id": SHARED[0], "content": "same fact", "tags": ["red"], "created_at": CREATED})
+    assert b.import_memory({"id": SHARED[0], "content": "same fact", "created_at": CREATED})
+    ops_a, ops_b = [wire(op) for op in log_of(a.store)], [wire(op) for op in log_of(b.store)]
+    a.store.apply_remote(ops_b)
+    b.store.apply_remote(ops_a)
+    assert a.get(SHARED[0]).tags == b.get(SHARED[0]).tags == ("red",)
+    assert a.get(SHARED[0]).updated_at == b.get(SHARED[0]).updated_at  # b: hlc_ms of a's create, a: CREATED
+
+
+@pytest.mark.xfail(strict=True, reason=(
     "materialize._create: a second create of a known id writes created_at only if the op carries it, "
     "while a first create derives it from hlc_ms(hlc); replicas diverge on the arrival order"))
 def test_two_creates_of_one_id_converge_when_the_winner_omits_created_at(trio: list[Store]) -> None:
@@ -712,11 +734,3 @@ def test_a_rejected_op_is_not_also_reported_missing(trio: list[Store], faulty: n
     assert {r[0] for r in result.rejected} == {bad.id.hex(), child.id.hex()}
     assert result.missing == [] and result.needed == []
 
-
-def test_unknown_is_not_found_after_delete_in_the_api(make_api: MakeApi, tmp_path: Path) -> None:
-    """Sanity for the property test's skip rule: an API write to a memory deleted here is NotFound."""
-    api = make_api(base_path=tmp_path / "one", embedder="none")
-    rid = api.remember("x")
-    api.forget(rid)
-    with pytest.raises(NotFound):
-        api.update(rid, content="y")
