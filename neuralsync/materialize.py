@@ -192,10 +192,13 @@ def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
         # writes every create-time field (defaults for those it omits) by
         # last-writer-wins, and its tags are adds, so the result is the same
         # whichever create arrived first.
-        fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS}}
-        _write_fields(conn, op, ctx, fields, frozenset(SCALAR_FIELDS), _create_updated_ms(op))
+        # created_at is what the create would have set alone (its clock's time when absent).
+        fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS},
+                  "created_at": op.fields.get("created_at", hlc_ms(op.hlc))}
+        updated_ms = _create_updated_ms(op)
+        _write_fields(conn, op, ctx, fields, frozenset(SCALAR_FIELDS), updated_ms)
         for tag in op.fields.get("tags", ()):
-            _add_tag(conn, op, ctx, tag)
+            _add_tag(conn, op, tag, updated_ms)
         return
     f = op.fields
     tags = sorted(set(f.get("tags", ())))
@@ -247,7 +250,7 @@ def _write_fields(conn: sqlite3.Connection, op: Op, ctx: Applied, fields: dict[s
         if ctx.audit and not ctx.complete and current and _concurrent(conn, current, ctx.node):
             _record_field_conflict(conn, op, ctx, mem, field, value, current, wins)
         if wins:
-            changes[field] = dump_metadata(value) if field == "metadata" else value
+            changes[field] = dump_metadata(value or {}) if field == "metadata" else value
             clocks[field] = ctx.clock.hex()
     if "content" in changes:
         changes["content_hash"] = content_hash(changes["content"])
@@ -299,15 +302,15 @@ def _first_create_clock(conn: sqlite3.Connection, record_id: str, exclude: bytes
 
 
 def _tag_add(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
-    _add_tag(conn, op, ctx, op.fields["tag"])
+    _add_tag(conn, op, op.fields["tag"], hlc_ms(op.hlc))
 
 
-def _add_tag(conn: sqlite3.Connection, op: Op, ctx: Applied, tag: str) -> None:
+def _add_tag(conn: sqlite3.Connection, op: Op, tag: str, at_ms: int) -> None:
     row = _row(conn, op.record_id)
     if row is None:
         return
     conn.execute("INSERT OR IGNORE INTO tags(mem, tag, add_op) VALUES (?, ?, ?)", (row[0], tag, op.id))
-    _refresh_tags(conn, row, hlc_ms(op.hlc))
+    _refresh_tags(conn, row, at_ms)
 
 
 def _tag_remove(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:

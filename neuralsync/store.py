@@ -18,7 +18,7 @@ from . import crdt
 from .clock import HybridClock
 from .config import MemoryConfig
 from .errors import InvalidInput, InvalidOp
-from .graph import Node, node
+from .graph import Node, is_ancestor, node
 from .identity import load_or_create_key
 from .materialize import TAG_SEP, apply_op, backfill_graph, record_presence
 from .model import Change, Memory, Op
@@ -54,13 +54,42 @@ def _rejection(conn: sqlite3.Connection, oid: bytes) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _current_heads(conn: sqlite3.Connection) -> tuple[list[bytes], list[Node], bool]:
-    """The heads a new local op builds on: all of them, or the oldest ``MAX_PREDS`` when there are more."""
+def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]
+                   ) -> tuple[list[bytes], list[Node], bool]:
+    """The heads a new local op builds on: all of them, or ``MAX_PREDS`` when a flood of concurrent
+    ops left more - first heads that give the op what its validity needs among its ancestors (a
+    create of its memory, the adds it removes), then the oldest."""
     # CROSS JOIN keeps the (tiny) heads table outermost: sorting in SQL would walk the whole log.
     rows = conn.execute("SELECT h.id, o.seq, o.eff, coalesce(o.floor, o.seq) FROM heads h"
                         " CROSS JOIN ops o ON o.id = h.id").fetchall()
-    chosen = sorted(rows, key=lambda r: r[1])[:crdt.MAX_PREDS]
-    return [r[0] for r in chosen], [Node(*r[1:]) for r in chosen], len(rows) <= crdt.MAX_PREDS
+    rows.sort(key=lambda r: r[1])
+    if len(rows) <= crdt.MAX_PREDS:
+        return [r[0] for r in rows], [Node(*r[1:]) for r in rows], True
+    chosen: dict[bytes, tuple[Any, ...]] = {}
+    for required in _required_ancestors(conn, kind, record_id, fields):
+        covering = next((r for r in rows if is_ancestor(conn, required, [Node(*r[1:])])), None)
+        if covering is not None:
+            chosen[covering[0]] = covering
+    for row in rows:
+        if len(chosen) >= crdt.MAX_PREDS:
+            break
+        chosen.setdefault(row[0], row)
+    picked = sorted(chosen.values(), key=lambda r: r[1])[:crdt.MAX_PREDS]
+    return [r[0] for r in picked], [Node(*r[1:]) for r in picked], False
+
+
+def _required_ancestors(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]) -> list[int]:
+    """Local seqs of the ops a new op needs among its ancestors (see ``materialize.check_op``)."""
+    if kind in ("create", "persona"):
+        return []
+    create = conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create' ORDER BY seq LIMIT 1",
+                          (record_id,)).fetchone()
+    seqs = [create[0]] if create else []
+    for add in fields.get("removes", ()) if kind == "tag_remove" else ():
+        found = conn.execute("SELECT seq FROM ops WHERE id = ?", (add,)).fetchone()
+        if found:
+            seqs.append(found[0])
+    return seqs
 
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
                   " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
@@ -113,7 +142,7 @@ class Store:
             for kind, record_id, fields in intents:
                 heads = cache.get("heads")
                 if heads is None:  # the first commit of this transaction reads them
-                    heads = _current_heads(conn)
+                    heads = _current_heads(conn, kind, record_id, fields)
                 ids, nodes, all_heads = heads  # type: ignore[misc]
                 hlc = self.clock.tick(max((n.eff for n in nodes), default=0))
                 op = crdt.make_op(self.key, kind, record_id, fields, hlc, ids)
@@ -171,7 +200,7 @@ class Store:
                         needed.add(pred)
                         count += 1 << 32  # never released within this batch
                 if count < 0:
-                    self._reject(conn, op, "descends from a rejected op", source, result, batch, waiting)
+                    self._reject(conn, op, "descends from a rejected op", source, result, waiting, blockers)
                 elif count == 0:
                     ready.append(oid)
                 else:
@@ -182,7 +211,7 @@ class Store:
                 try:
                     apply_op(conn, op)
                 except InvalidOp as exc:
-                    self._reject(conn, op, str(exc), source, result, batch, waiting)
+                    self._reject(conn, op, str(exc), source, result, waiting, blockers)
                     continue
                 self.clock.observe(op.hlc)
                 result.applied.append(oid.hex())
@@ -197,11 +226,12 @@ class Store:
         return result
 
     def _reject(self, conn: sqlite3.Connection, op: Op, reason: str, source: str | None, result: ApplyResult,
-                batch: dict[bytes, Op], waiting: dict[bytes, list[bytes]]) -> None:
+                waiting: dict[bytes, list[bytes]], blockers: dict[bytes, int]) -> None:
         """Reject ``op`` and, transitively, the ops of this batch that descend from it."""
         stack = [(op.id, reason)]
         while stack:
             oid, why = stack.pop()
+            blockers.pop(oid, None)
             conn.execute("INSERT OR IGNORE INTO rejected_ops(id, reason, peer, at) VALUES (?, ?, ?, ?)",
                          (oid, why, source, now_ms()))
             result.rejected.append((oid.hex(), why))
