@@ -105,53 +105,69 @@ def _encode_map(value: dict[Any, Any], out: list[bytes], depth: int) -> None:
 
 def decode(data: bytes) -> Any:
     """Inverse of :func:`encode`; rejects trailing bytes and non-canonical maps."""
-    value, end = _decode(memoryview(data), 0, 0)
+    data = bytes(data)
+    try:
+        value, end = _decode(data, 0, 0)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise InvalidOp(f"malformed encoding: {exc}") from None
     if end != len(data):
         raise InvalidOp("trailing bytes after encoded value")
     return value
 
 
-def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    try:
-        tag = bytes(buf[pos : pos + 1])
-        pos += 1
-        if tag in (b"N", b"T", b"F"):
-            return {b"N": None, b"T": True, b"F": False}[tag], pos
-        if tag == b"i":
-            return _I64.unpack_from(buf, pos)[0], pos + 8
-        if tag == b"f":
-            number = _F64.unpack_from(buf, pos)[0]
-            if not math.isfinite(number) or (number == 0.0 and math.copysign(1, number) < 0):
-                raise InvalidOp("non-canonical float")
-            return number, pos + 8
-        (length,) = _LEN.unpack_from(buf, pos)
+_T_STR, _T_BYTES, _T_INT, _T_FLOAT, _T_LIST, _T_MAP = b"sbifld"
+_T_NONE, _T_TRUE, _T_FALSE = b"NTF"
+_unpack_len = _LEN.unpack_from
+_unpack_i64 = _I64.unpack_from
+_unpack_f64 = _F64.unpack_from
+
+
+def _decode(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    tag = buf[pos]
+    pos += 1
+    if tag == _T_STR or tag == _T_BYTES:
+        (length,) = _unpack_len(buf, pos)
         pos += 4
-        if tag in (b"s", b"b"):
-            if pos + length > len(buf):
-                raise InvalidOp("truncated value")
-            raw = bytes(buf[pos : pos + length])
-            return (raw.decode("utf-8") if tag == b"s" else raw), pos + length
-        if tag in (b"l", b"d") and depth >= MAX_DEPTH:
+        end = pos + length
+        if end > len(buf):
+            raise InvalidOp("truncated value")
+        return (buf[pos:end].decode("utf-8") if tag == _T_STR else buf[pos:end]), end
+    if tag == _T_INT:
+        return _unpack_i64(buf, pos)[0], pos + 8
+    if tag == _T_MAP or tag == _T_LIST:
+        if depth >= MAX_DEPTH:
             raise InvalidOp("value nested too deeply")
-        if tag == b"l":
-            items = []
-            for _ in range(length):
-                item, pos = _decode(buf, pos, depth + 1)
-                items.append(item)
-            return items, pos
-        if tag == b"d":
+        (length,) = _unpack_len(buf, pos)
+        pos += 4
+        if tag == _T_MAP:
             return _decode_map(buf, pos, depth, length)
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise InvalidOp(f"malformed encoding: {exc}") from None
-    raise InvalidOp(f"unknown type tag {tag!r}")
+        items = []
+        for _ in range(length):
+            item, pos = _decode(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if tag == _T_NONE:
+        return None, pos
+    if tag == _T_TRUE:
+        return True, pos
+    if tag == _T_FALSE:
+        return False, pos
+    if tag == _T_FLOAT:
+        number = _unpack_f64(buf, pos)[0]
+        if not math.isfinite(number) or (number == 0.0 and math.copysign(1, number) < 0):
+            raise InvalidOp("non-canonical float")
+        return number, pos + 8
+    raise InvalidOp(f"unknown type tag {bytes([tag])!r}")
 
 
-def _decode_map(buf: memoryview, pos: int, depth: int, length: int) -> tuple[dict[str, Any], int]:
+def _decode_map(buf: bytes, pos: int, depth: int, length: int) -> tuple[dict[str, Any], int]:
     result: dict[str, Any] = {}
     previous: str | None = None
     for _ in range(length):
+        if buf[pos] != _T_STR:
+            raise InvalidOp("map keys must be unique strings in sorted order")
         key, pos = _decode(buf, pos, depth + 1)
-        if not isinstance(key, str) or (previous is not None and key <= previous):
+        if previous is not None and key <= previous:
             raise InvalidOp("map keys must be unique strings in sorted order")
         result[key], pos = _decode(buf, pos, depth + 1)
         previous = key
