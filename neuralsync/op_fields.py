@@ -37,8 +37,19 @@ def _tags(v: Any) -> bool:
     return isinstance(v, list) and len(v) <= MAX_TAGS and all(_text(MAX_LABEL)(t) for t in v)
 
 
+def _json(v: Any) -> bool:
+    """A JSON value (the op encoding bounds depth and rejects non-finite floats)."""
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return True
+    if isinstance(v, list):
+        return all(_json(item) for item in v)
+    if isinstance(v, dict):
+        return all(_json(item) for item in v.values())
+    return False  # bytes: encodable, but not storable as JSON metadata
+
+
 def _metadata(v: Any) -> bool:
-    return v is None or isinstance(v, dict)
+    return v is None or (isinstance(v, dict) and _json(v))
 
 
 SCALAR_RULES: dict[str, Callable[[Any], bool]] = {

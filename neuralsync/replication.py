@@ -98,7 +98,8 @@ class Replication:
             request = json.loads(body)
             answer = json.dumps(self._server.handle(peer, request), separators=(",", ":")).encode()
             status = 200
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            self._server.replica.log_event(peer.name, "bad message", "the sync request is not JSON")
             status, answer = 400, _error("the sync request is not JSON")
         except SyncRejected as exc:
             self._server.replica.log_event(peer.name, "bad message", str(exc))

@@ -48,7 +48,7 @@ from typing import Any
 import nacl.signing
 
 from . import crdt
-from .errors import InvalidOp, SyncRejected, SyncUnavailable
+from .errors import InvalidOp, NeuralSyncError, SyncRejected, SyncUnavailable
 from .graph import Node, below, node
 from .model import Op
 from .peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, PeerRegistry, sign_request, verify_reply
@@ -293,16 +293,20 @@ class Replica:
         outcome = Outcome(rejected=oversized)
         for _ in range(oversized):
             self.log_rejection(peer, "invalid op", f"op too large (over {crdt.MAX_OP_BYTES} bytes)", "-")
-        ops: list[Op] = list(waiting)
+        by_id: dict[bytes, Op] = {op.id: op for op in waiting}
         for body, sig in raw_ops:
+            oid = crdt.op_id(body)
+            if oid in by_id:
+                continue  # sent again while it waits: held once
             try:
-                ops.append(crdt.parse_op(body, sig))
+                by_id[oid] = crdt.parse_op(body, sig)
             except InvalidOp as exc:
                 outcome.rejected += 1
-                self.log_rejection(peer, "invalid op", str(exc), hashlib.sha256(body).hexdigest())
+                self.log_rejection(peer, "invalid op", str(exc), oid.hex())
+        ops = list(by_id.values())
         if not ops:
             return outcome
-        result: ApplyResult = self.store.apply_remote(ops, source=peer)
+        result = self._apply(ops, peer)
         outcome.applied = len(result.applied)
         outcome.duplicates = result.duplicates
         for oid, reason in result.rejected:
@@ -316,6 +320,33 @@ class Replica:
             self.log_event(peer, "pending buffer full", f"dropped {dropped} ops waiting for predecessors")
         outcome.needed = [bytes.fromhex(h) for h in result.needed][:MAX_NEED]
         return outcome
+
+    def _apply(self, ops: list[Op], peer: str) -> ApplyResult:
+        """Deliver a batch; should a well-formed op still break the materialiser (a bug here, which a
+        faulty peer could otherwise use to block every batch holding it), the ops go one by one and
+        the ones that fail are refused - the same way on every replica running this version."""
+        try:
+            return self.store.apply_remote(ops, source=peer)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            log.error("sync: a batch from %s could not be stored (%s: %s); applying op by op", peer,
+                      type(exc).__name__, exc)
+        merged = ApplyResult()
+        for op in ops:
+            try:
+                one = self.store.apply_remote([op], source=peer)
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+                reason = f"cannot be stored ({type(exc).__name__})"
+                with self.store.storage.write() as conn:
+                    conn.execute("INSERT OR IGNORE INTO rejected_ops(id, reason, peer, at) VALUES (?, ?, ?, ?)",
+                                 (op.id, reason, peer, now_ms()))
+                merged.rejected.append((op.id.hex(), reason))
+                continue
+            merged.applied += one.applied
+            merged.duplicates += one.duplicates
+            merged.missing += one.missing
+            merged.needed += [n for n in one.needed if n not in merged.needed]
+            merged.rejected += one.rejected
+        return merged
 
     def unknown(self, ids: Iterable[bytes], also_have: set[bytes]) -> list[bytes]:
         """Ids neither stored, nor waiting, nor rejected here (worth asking for)."""
@@ -442,6 +473,9 @@ class SyncClient:
             report.ok, report.error = False, str(exc)
             self.registry.record_sync(peer.key, [], error=str(exc))
             log.info("sync with %s failed: %s", peer.name, exc)
+        except NeuralSyncError as exc:  # e.g. the store is busy: this peer fails, the next is still tried
+            report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
+            log.warning("sync with %s failed: %s", peer.name, report.error)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
@@ -464,9 +498,10 @@ class SyncClient:
             report.bytes_sent += len(body)
             report.bytes_received += len(answer_body)
             try:
-                answer = Message.from_wire(json.loads(answer_body))
-            except (ValueError, UnicodeDecodeError):
+                parsed = json.loads(answer_body)
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise SyncRejected("the peer's answer is not JSON") from None
+            answer = Message.from_wire(parsed)
             their_heads = answer.heads
             report.received += len(answer.ops)
             outcome = replica.receive(answer.ops, waiting, peer.name, answer.oversized)
