@@ -280,11 +280,18 @@ def cmd_stats(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
                  f" wal {human_bytes(storage['wal_bytes'])})"),
         ("per memory", "-" if per_memory is None else human_bytes(per_memory)),
         ("schema", f"v{stats['schema_version']}  site {stats['site_id'][:16]}"),
+        ("sync", _sync_line(stats["sync"])),
         # The monitor lives in each process: a fresh CLI process has timed nothing yet.
         *([] if operations else [("latencies", "none timed in this process")]),
     ])
     _latency_table(operations)
     return 0
+
+
+def _sync_line(sync: dict[str, Any]) -> str:
+    refused = {f"{peer}: {reason}": n for peer, reasons in sync["refusals"].items() for reason, n in reasons.items()}
+    line = f"{sync['peers']} peers, {sync['conflicts']} conflicts merged, {sync['rejected_ops']} ops refused"
+    return line + (f"  ({', '.join(f'{k} x{n}' for k, n in refused.items())})" if refused else "")
 
 
 def cmd_doctor(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
