@@ -422,8 +422,10 @@ class SyncServer:
             common = [n for n in message.heads if node(conn, n) is not None]
         if common:
             self.registry.record_sync(peer.key, common)
-        reply = Message(heads=self.replica.heads(), need=need, last_sync=list(peer.last_sync),
-                        bloom=self.replica.bloom_since(list(peer.last_sync)) if peer.last_sync else None,
+        # A filter answers a filter: the client sends one in its first request only, so the reply filter
+        # (one pass over everything since the last sync) is built once per session, not once per round.
+        bloom = self.replica.bloom_since(list(peer.last_sync)) if peer.last_sync and message.bloom else None
+        reply = Message(heads=self.replica.heads(), need=need, last_sync=list(peer.last_sync), bloom=bloom,
                         ops=ops, more=more)
         self.last_round = ServedRound(outcome.applied, outcome.rejected, len(ops), junk)
         return reply.to_wire()
@@ -522,8 +524,8 @@ class SyncClient:
             if stalled >= 2:
                 report.error = "stopped: the peer neither supplies what is asked nor accepts what is sent"
                 break
-            request = Message(heads=replica.heads(), need=need, last_sync=last_sync, bloom=bloom, ops=ops,
-                              more=more)
+            # Later rounds go by heads and needs; the filters did their work in the first exchange.
+            request = Message(heads=replica.heads(), need=need, last_sync=last_sync, ops=ops, more=more)
         report.waiting = len(waiting)
         with replica.store.storage.read() as conn:
             common = [h for h in their_heads if node(conn, h) is not None]
