@@ -365,8 +365,13 @@ def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, 
 
 def _persona(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     key = op.fields.get("key", "persona")
-    row = conn.execute("SELECT clock FROM kv WHERE key = ?", (key,)).fetchone()
-    if row is None or ctx.clock > row[0]:
+    row = conn.execute("SELECT clock, value FROM kv WHERE key = ?", (key,)).fetchone()
+    wins = row is None or ctx.clock > row[0]
+    if row is not None and ctx.audit and not ctx.complete and _concurrent(conn, row[0], ctx.node):
+        mine, theirs = (op.id, op.author, op.fields["text"]), (row[0][40:72], row[0][8:40], row[1])
+        _record_conflict(conn, key, "text", *((mine, theirs) if wins else (theirs, mine)),
+                         "concurrent writes: the larger (clock, author, op id) wins")
+    if wins:
         conn.execute("INSERT OR REPLACE INTO kv(key, value, clock) VALUES (?, ?, ?)",
                      (key, op.fields["text"], ctx.clock))
 

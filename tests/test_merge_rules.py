@@ -392,6 +392,22 @@ def test_no_conflict_is_recorded_for_causally_ordered_updates(trio: list[Store])
         assert conflicts(store, rid, "content") == []
 
 
+def test_the_persona_merges_like_a_scalar_field(trio: list[Store], faulty: nacl.signing.SigningKey) -> None:
+    first = craft(key(), "persona", "persona", {"text": "terse"}, T0)
+    rivals = [craft(key(), "persona", "persona", {"text": f"rival {i}"}, T0 + 5, [first]) for i in range(2)]
+    later = craft(faulty, "persona", "persona", {"text": "after both, stamped at 1"}, 1, rivals)
+    winner, loser = sorted(rivals, key=lww_key, reverse=True)
+    converge(trio, [[[first], rivals], [[first], rivals[::-1]], [[r] for r in rivals] + [[first]]])
+    for store in trio:
+        assert store.persona() is not None and store.persona()[0] == winner.fields["text"]
+        assert conflicts(store, "persona", "text") == [(winner.id, loser.id, winner.fields["text"],
+                                                       loser.fields["text"], winner.author, loser.author)]
+    converge(trio, [[[later]]] * 3)
+    for store in trio:
+        assert store.persona()[0] == "after both, stamped at 1"  # type: ignore[index]  # causally later, whatever its stamp
+        assert len(conflicts(store, "persona", "text")) == 1
+
+
 # ------------------------------------------------------------------ tags: observed-remove set
 def test_a_concurrent_tag_add_survives_a_remove_that_did_not_observe_it(trio: list[Store],
                                                                         faulty: nacl.signing.SigningKey) -> None:
