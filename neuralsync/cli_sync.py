@@ -87,17 +87,21 @@ def cmd_sync(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
         if not report.ok:
             print(f"{report.peer}: FAILED: {report.error}")
             continue
-        line = (f"{report.peer}: received {report.applied} new ops, sent {report.sent}"
-                f" ({report.round_trips} round trip{'s' if report.round_trips != 1 else ''},"
+        line = (f"{report.peer}: received {_count(report.applied, 'new op')}, sent {report.sent}"
+                f" ({_count(report.round_trips, 'round trip')},"
                 f" {_size(report.bytes_sent + report.bytes_received)}, {report.seconds:.2f} s)")
         if report.rejected:
-            line += f"; REFUSED {report.rejected} invalid ops (see 'neuralsync stats')"
+            line += f"; REFUSED {_count(report.rejected, 'invalid op')} (see 'neuralsync stats')"
         if report.waiting:
-            line += f"; {report.waiting} ops still wait for predecessors"
+            line += f"; {_count(report.waiting, 'op')} still waiting for predecessors"
         if report.error:
             line += f"; {report.error}"
         print(line)
     return 0 if all(r.ok for r in reports) else 1
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def cmd_conflicts(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:

@@ -310,6 +310,10 @@ def test_three_servers_written_concurrently_converge_with_cli_sync(tmp_path: Pat
         in_parallel([lambda n=n: edit(n) for n in nodes])
         sync_until_still(nodes)
 
+        quiet = cli(nodes[0].home, "sync").splitlines()  # what a user reads once nothing is left to move
+        assert sorted(line.split(":")[0] for line in quiet) == ["beta", "gamma"], quiet
+        assert all(": received 0 new ops, sent 0 (1 round trip, " in line for line in quiet), quiet
+
         doctors = in_parallel([lambda n=n: json.loads(cli(n.home, "--json", "doctor")) for n in nodes])
         assert all(d["ok"] for d in doctors), doctors
         assert len({d["digest"] for d in doctors}) == 1, doctors
