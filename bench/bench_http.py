@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import free_port, server_process
 from corpus import Corpus
 
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
@@ -62,44 +62,14 @@ def build_store(path: Path, count: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(store: Path, token: str) -> Iterator[str]:
-    """A server subprocess for the duration of the block; always stopped (terminate, then kill)."""
-    port = free_port()
-    env = {**os.environ, "NS_TOKEN": token}
-    process = subprocess.Popen([sys.executable, "-m", "neuralsync.server.run", "--home", str(store),
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(process, url)
+    """A server subprocess for the duration of the block; always stopped."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "neuralsync.server.run", "--home", str(store), "--host", "127.0.0.1",
+               "--port", url.rsplit(":", 1)[1], "--log-level", "warning"]
+    with server_process(command, url, {**os.environ, "NS_TOKEN": token}, subprocess.DEVNULL, START_TIMEOUT_S):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit("the server did not start in time")
 
 
 def bodies(route: str, count: int, seed: int, text_only: bool = False) -> list[dict[str, Any]]:

@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,11 +55,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import config, ingest_batches, load_average, log, machine, peak_rss_mb
+from benchlib import config, free_port, ingest_batches, load_average, log, machine, peak_rss_mb, server_process
 from corpus import Corpus
 
 from neuralsync import UnifiedMemoryAPI
@@ -116,12 +113,6 @@ class DirectTransport:
 
 
 # ---------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(home: Path, port: int, embedder: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A server subprocess on 127.0.0.1:``port`` for the block; always stopped (terminate, then kill)."""
@@ -132,31 +123,11 @@ def running_server(home: Path, port: int, embedder: str, log_path: Path) -> Iter
                    "--port", str(port), "--log-level", "warning"]
     env = {k: v for k, v in os.environ.items() if k not in ("NS_TOKEN", "NS_HOST", "NS_PORT", "NS_ENDPOINT")}
     with open(log_path, "wb") as server_log:
-        process = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_up(process, f"http://127.0.0.1:{port}", log_path)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited during start-up:\n{log_path.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit("the server did not start in time")
+            with server_process(command, f"http://127.0.0.1:{port}", env, server_log, START_TIMEOUT_S) as process:
+                yield process
+        except SystemExit as exc:
+            raise SystemExit(f"{exc}; its log:\n{log_path.read_text(errors='replace')[-2000:]}") from None
 
 
 def process_cpu_s(pid: int) -> float | None:

@@ -1,4 +1,4 @@
-"""Measurement helpers shared by the benchmarks: percentiles, timing, machine facts."""
+"""Measurement helpers shared by the benchmarks: percentiles, timing, machine facts, a server process."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import gc
 import os
 import platform
 import resource
+import socket
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import httpx
 from corpus import Corpus
 
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
@@ -144,3 +148,41 @@ def ingest_batches(api: UnifiedMemoryAPI, corpus: Corpus, size: int, batch: int,
             log(f"  {verb} {done:>9,} / {size:,}  last batch {per_batch[-1]['per_s']:>9,.0f}/s"
                 f"  overall {done / (total_ns / 1e9):>9,.0f}/s  ({time.monotonic() - started:,.0f} s)")
     return per_batch, total_ns
+
+
+# ---------------------------------------------------------------- a server subprocess
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server_process(command: list[str], url: str, env: dict[str, str], output: IO[bytes] | int,
+                   start_timeout_s: float = 60.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` until its ``url``/health answers 200, for the block; always stopped
+    (terminate, then kill). ``output`` takes the server's stdout and stderr."""
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited during start-up (exit code {process.returncode})")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not start in time")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
