@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _replicas import introduce, signed_transport
 
 from neuralsync import crdt, sync
 from neuralsync.clock import HLC_MAX, hlc_ms, pack
 from neuralsync.doctor import run_doctor, state_digest
 from neuralsync.errors import InvalidOp, SyncRejected
-from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
+from neuralsync.peers import sign_request
 from neuralsync.sync import MAX_NEED, MAX_OPS_PER_MESSAGE, SyncReport, Transport
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import new_id, now_ms
@@ -48,10 +49,7 @@ class Net:
         for name in EVERYONE:
             self.api[name] = UnifiedMemoryAPI(MemoryConfig(base_path=str(root / name), embedder="none"),
                                               tool=f"tool-{name}")
-        for name, api in self.api.items():
-            for other, peer in self.api.items():
-                if other != name:
-                    api.add_peer(other, f"http://{other}.invalid:8373", peer.identity())
+        introduce(self.api)
 
     def close(self) -> None:
         for api in self.api.values():
@@ -62,18 +60,7 @@ class Net:
 
     # -- transports
     def transport(self, caller: str, target: str) -> Transport:
-        """What ``HttpTransport`` does, minus the socket: sign, serve, check the answer's signature."""
-        src, dst = self.api[caller], self.api[target]
-
-        def send(body: bytes) -> bytes:
-            headers = sign_request(src.store.key, dst.store.author, body)
-            status, answer, reply_headers = dst.replication.serve(headers, body)
-            if status != 200:
-                raise SyncRejected(f"{target} refused the sync ({status}): {json.loads(answer)['error']['message']}")
-            verify_reply(dst.store.author, headers[NONCE_HEADER], answer, reply_headers.get(SIGNATURE_HEADER))
-            return answer
-
-        return send
+        return signed_transport(self.api[caller], self.api[target], target)
 
     def sync(self, caller: str, target: str) -> SyncReport:
         """One session of ``caller``'s client against ``target``'s server."""

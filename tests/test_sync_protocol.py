@@ -7,17 +7,15 @@ sees: round trips, ops moved each way, and that nothing is sent twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _replicas import introduce, signed_transport
 
 from neuralsync import sync
 from neuralsync.doctor import state_digest
-from neuralsync.errors import SyncRejected
-from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
-from neuralsync.sync import SyncReport, Transport
+from neuralsync.sync import SyncReport
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -27,30 +25,15 @@ class Pair:
     def __init__(self, root: Path) -> None:
         self.api = {name: UnifiedMemoryAPI(MemoryConfig(base_path=str(root / name), embedder="none"),
                                            tool=f"tool-{name}") for name in ("a", "b")}
-        for name, api in self.api.items():
-            for other, peer in self.api.items():
-                if other != name:
-                    api.add_peer(other, f"http://{other}.invalid:8373", peer.identity())
+        introduce(self.api)
 
     def close(self) -> None:
         for api in self.api.values():
             api.close()
 
-    def transport(self, caller: str, target: str) -> Transport:
-        src, dst = self.api[caller], self.api[target]
-
-        def send(body: bytes) -> bytes:
-            headers = sign_request(src.store.key, dst.store.author, body)
-            status, answer, reply_headers = dst.replication.serve(headers, body)
-            if status != 200:
-                raise SyncRejected(json.loads(answer)["error"]["message"])
-            verify_reply(dst.store.author, headers[NONCE_HEADER], answer, reply_headers.get(SIGNATURE_HEADER))
-            return answer
-
-        return send
-
     def sync(self, caller: str = "a", target: str = "b") -> SyncReport:
-        (report,) = self.api[caller].sync(target, transport=lambda _peer: self.transport(caller, target))
+        channel = signed_transport(self.api[caller], self.api[target], target)
+        (report,) = self.api[caller].sync(target, transport=lambda _peer: channel)
         assert report.ok, report.error
         return report
 
