@@ -274,11 +274,15 @@ def _record_field_conflict(conn: sqlite3.Connection, op: Op, ctx: Applied, mem: 
     (stored,) = conn.execute(f"SELECT {field} FROM memories WHERE rowid = ?", (mem,)).fetchone()
     if field == "metadata":
         stored = json.loads(stored)
-    mine = (op.id, op.author, value)
-    theirs = (current[40:72], current[8:40], stored)
+    _record_concurrent(conn, op.record_id, field, (op.id, op.author, value), (current[40:72], current[8:40], stored),
+                       wins)
+
+
+def _record_concurrent(conn: sqlite3.Connection, record_id: str, field: str, mine: tuple[bytes, bytes, Any],
+                       theirs: tuple[bytes, bytes, Any], wins: bool) -> None:
+    """Record a write (``mine``: op id, author, value) that met a concurrent one already applied."""
     winner, loser = (mine, theirs) if wins else (theirs, mine)
-    _record_conflict(conn, op.record_id, field, winner, loser,
-                     "concurrent writes: the larger (clock, author, op id) wins")
+    _record_conflict(conn, record_id, field, winner, loser, "concurrent writes: the larger (clock, author, op id) wins")
 
 
 def _record_conflict(conn: sqlite3.Connection, record_id: str, field: str, winner: tuple[bytes, bytes, Any],
@@ -368,9 +372,8 @@ def _persona(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     row = conn.execute("SELECT clock, value FROM kv WHERE key = ?", (key,)).fetchone()
     wins = row is None or ctx.clock > row[0]
     if row is not None and ctx.audit and not ctx.complete and _concurrent(conn, row[0], ctx.node):
-        mine, theirs = (op.id, op.author, op.fields["text"]), (row[0][40:72], row[0][8:40], row[1])
-        _record_conflict(conn, key, "text", *((mine, theirs) if wins else (theirs, mine)),
-                         "concurrent writes: the larger (clock, author, op id) wins")
+        _record_concurrent(conn, key, "text", (op.id, op.author, op.fields["text"]),
+                           (row[0][40:72], row[0][8:40], row[1]), wins)
     if wins:
         conn.execute("INSERT OR REPLACE INTO kv(key, value, clock) VALUES (?, ?, ?)",
                      (key, op.fields["text"], ctx.clock))

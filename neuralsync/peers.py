@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import nacl.exceptions
@@ -87,11 +88,11 @@ def check_url(url: object) -> str:
     return url.strip().rstrip("/")
 
 
-def _row_to_peer(row: tuple[object, ...]) -> Peer:
+def _row_to_peer(row: tuple[Any, ...]) -> Peer:
     name, url, key, added_at, last_sync, synced_at, last_error = row
-    raw = bytes(last_sync)  # type: ignore[arg-type]
+    raw = bytes(last_sync)
     heads = tuple(raw[i:i + 32] for i in range(0, len(raw), 32))
-    return Peer(str(name), str(url), bytes(key), int(added_at), heads,  # type: ignore[arg-type]
+    return Peer(str(name), str(url), bytes(key), int(added_at), heads,
                 None if synced_at is None else int(synced_at), None if last_error is None else str(last_error))
 
 
@@ -130,7 +131,7 @@ class PeerRegistry:
             if conn.execute("DELETE FROM peers WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"no peer named {name!r}")
 
-    def list(self) -> list[Peer]:
+    def all(self) -> list[Peer]:
         """Every trusted peer, by name."""
         return [_row_to_peer(r) for r in self.storage.conn.execute(f"SELECT {_COLUMNS} FROM peers ORDER BY name")]
 

@@ -50,13 +50,13 @@ class Replication:
 
     def peers(self) -> list[dict[str, Any]]:
         """Every trusted replica."""
-        return [p.to_dict() for p in self.registry.list()]
+        return [p.to_dict() for p in self.registry.all()]
 
     # ------------------------------------------------------------ client side
     def sync_with(self, name: str | None = None, transport: TransportFactory | None = None,
                   timeout: float = 30.0) -> list[SyncReport]:
         """Sync with one peer (by name) or every peer; a failing peer is reported, not raised."""
-        peers = [self.registry.get(name)] if name is not None else self.registry.list()
+        peers = [self.registry.get(name)] if name is not None else self.registry.all()
         reports = []
         for peer in peers:
             channel = transport(peer) if transport else HttpTransport(self.store.key, peer, timeout)
@@ -133,7 +133,7 @@ class Replication:
         recent = [{"at": at, "peer": peer, "reason": kind, "detail": detail} for at, peer, kind, detail in
                   conn.execute("SELECT at, peer, kind, detail FROM sync_events ORDER BY seq DESC LIMIT 20")]
         return {
-            "peers": len(self.registry.list()),
+            "peers": len(self.registry.all()),
             "rejected_ops": conn.execute("SELECT count(*) FROM rejected_ops").fetchone()[0],
             "refusals": counts,
             "recent_refusals": recent,

@@ -21,7 +21,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from .config import MemoryConfig
 from .errors import StoreBusy, StoreError
@@ -67,6 +69,10 @@ def _pragma_sql(name: str, value: object) -> str:
     if isinstance(value, str) and value not in _IDENT_VALUES:
         raise StoreError(f"pragma {name}={value!r} is not allowed")
     return f"PRAGMA {name}={value}"
+
+
+def _run_pragma(conn: sqlite3.Connection, sql: str) -> list[Any]:
+    return conn.execute(sql).fetchall()
 
 
 def read_only_uri(path: Path) -> str:
@@ -118,7 +124,7 @@ class Storage:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self.config.busy_timeout_ms / 1000)
             for name, value in self._pragmas.items():
-                self._with_retry(lambda n=name, v=value: conn.execute(_pragma_sql(n, v)).fetchall())
+                self._with_retry(partial(_run_pragma, conn, _pragma_sql(name, value)))
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         with self._all_lock:
@@ -214,7 +220,8 @@ class Storage:
         Emptied at ``BEGIN`` and whenever any level rolls back, so nothing in it
         can outlive the data it was derived from.
         """
-        return self._local.tx_cache  # type: ignore[no-any-return]
+        cache: dict[str, object] = self._local.tx_cache
+        return cache
 
     @property
     def in_write(self) -> bool:

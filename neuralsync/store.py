@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import crdt
 from .clock import HybridClock
@@ -140,10 +140,11 @@ class Store:
         with self.storage.write(savepoint=False) as conn:
             cache = self.storage.tx_cache
             for kind, record_id, fields in intents:
-                heads = cache.get("heads")
-                if heads is None:  # the first commit of this transaction reads them
-                    heads = _current_heads(conn, kind, record_id, fields)
-                ids, nodes, all_heads = heads  # type: ignore[misc]
+                cached = cache.get("heads")
+                if cached is None:  # the first commit of this transaction reads them
+                    ids, nodes, all_heads = _current_heads(conn, kind, record_id, fields)
+                else:
+                    ids, nodes, all_heads = cast(tuple[list[bytes], list[Node], bool], cached)
                 hlc = self.clock.tick(max((n.eff for n in nodes), default=0))
                 op = crdt.make_op(self.key, kind, record_id, fields, hlc, ids)
                 # Built on every head, the op has every stored op as an ancestor:
@@ -268,7 +269,8 @@ class Store:
     def range(self, start: int | None, end: int | None, scope: str | None = None,
               limit: int | None = None, descending: bool = False) -> list[Memory]:
         """Live memories created in ``[start, end]``, in creation-time order."""
-        where, args = [NOT_EXPIRED], [now_ms()]
+        where: list[str] = [NOT_EXPIRED]
+        args: list[object] = [now_ms()]
         if start is not None:
             where.append("m.created_at >= ?")
             args.append(start)

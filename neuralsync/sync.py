@@ -309,9 +309,9 @@ class Replica:
         result = self._apply(ops, peer)
         outcome.applied = len(result.applied)
         outcome.duplicates = result.duplicates
-        for oid, reason in result.rejected:
+        for refused, reason in result.rejected:
             outcome.rejected += 1
-            self.log_rejection(peer, "rejected op", reason, oid)
+            self.log_rejection(peer, "rejected op", reason, refused)
         still = set(result.missing)
         outcome.waiting = [op for op in ops if op.id.hex() in still]
         if len(outcome.waiting) > MAX_PENDING:

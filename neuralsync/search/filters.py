@@ -26,7 +26,8 @@ class Filters:
 
     def sql(self, now: int) -> tuple[str, list[object]]:
         """WHERE clauses on ``memories m`` (exact checks, expiry included)."""
-        where, args = [NOT_EXPIRED], [now]
+        where: list[str] = [NOT_EXPIRED]
+        args: list[object] = [now]
         if self.scope is not None:
             where.append("m.scope = ?")
             args.append(self.scope)
