@@ -223,7 +223,7 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
         raise InvalidOp(f"unsupported op format version {data['v']!r}")
     kind, record_id, fields = data["kind"], data["record_id"], data["fields"]
     hlc, author, preds = data["hlc"], data["author"], data["preds"]
-    if kind not in OP_KINDS:
+    if not isinstance(kind, str) or kind not in OP_KINDS:
         raise InvalidOp(f"unknown op kind {kind!r}")
     if not isinstance(record_id, str) or not 0 < len(record_id) <= 128:
         raise InvalidOp("bad record_id")

@@ -246,6 +246,27 @@ def test_structurally_invalid_ops_are_rejected(body: dict[str, Any]) -> None:
         crdt.parse_op(crdt.encode(body), b"\x00" * 64)
 
 
+_KEY = nacl.signing.SigningKey(b"k" * 32)
+_FIELDS = ("v", "kind", "record_id", "fields", "hlc", "author", "preds")
+
+
+@given(st.sampled_from(_FIELDS), values, st.sampled_from(sorted(crdt.OP_KINDS)),
+       st.dictionaries(st.sampled_from(["content", "tags", "tag", "removes", "text", "key", "metadata",
+                                        "priority", "created_at", "scope"]), values, max_size=4))
+def test_a_signed_op_of_any_shape_is_parsed_or_refused_never_crashes(slot: str, junk: Any, kind: str,
+                                                                     fields: dict[str, Any]) -> None:
+    """Whatever a peer signs, parsing gives an op or ``InvalidOp``: never another exception (which
+    would turn a sync request into a 500 or end a session)."""
+    body = _body(kind=kind, fields=fields, author=bytes(_KEY.verify_key))
+    body[slot] = junk
+    encoded = crdt.encode(body)
+    signature = _KEY.sign(crdt.SIG_DOMAIN + crdt.op_id(encoded)).signature
+    try:
+        crdt.parse_op(encoded, signature)
+    except InvalidOp:
+        pass
+
+
 def test_oversized_op_is_refused_when_made(key: nacl.signing.SigningKey) -> None:
     with pytest.raises(InvalidOp, match="exceeds"):
         crdt.make_op(key, "create", "r", {"content": "x" * (crdt.MAX_OP_BYTES + 1)}, 1, ())
