@@ -22,6 +22,7 @@ their own seq, the only ones a walk ever needs to step through.
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -90,6 +91,26 @@ def is_ancestor(conn: sqlite3.Connection, target: int, start: Iterable[Node]) ->
         seen.add(current.seq)
         stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
     return False
+
+
+def ancestors_among(conn: sqlite3.Connection, targets: Iterable[int], start: Iterable[Node]) -> set[int]:
+    """Which of the local seqs ``targets`` are ``start`` or its ancestors, in one walk of the graph."""
+    left = set(targets)
+    pending = sorted(left)  # a heap of the targets not found yet (lazily pruned)
+    found: set[int] = set()
+    stack = list(start)
+    seen: set[int] = set()
+    while stack and pending:
+        current = stack.pop()
+        if current.seq in left:
+            found.add(current.seq)
+        while pending and (pending[0] <= current.floor or pending[0] in found):  # below the floor: ancestors
+            found.add(heapq.heappop(pending))
+        if not pending or current.seq in seen or current.seq < pending[0]:
+            continue  # ancestors are applied first: a smaller seq cannot reach a target
+        seen.add(current.seq)
+        stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
+    return found
 
 
 def below(conn: sqlite3.Connection, start: Iterable[Node]) -> tuple[int, set[int]]:

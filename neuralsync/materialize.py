@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from . import crdt
 from .clock import hlc_ms
 from .errors import InvalidOp
-from .graph import Node, effective_clock, floor_of, is_ancestor, node, pred_nodes
+from .graph import Node, ancestors_among, below, effective_clock, floor_of, is_ancestor, node, pred_nodes
 from .model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
 from .storage import Storage
 from .utils import now_ms
@@ -68,18 +68,21 @@ def dump_metadata(value: dict[str, Any]) -> str:
 
 def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """Raise :class:`InvalidOp` unless ``op`` is valid given its (stored) ancestors."""
-    if op.kind in NEEDS_CREATE:
-        creates = conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'", (op.record_id,))
-        if not any(is_ancestor(conn, seq, preds) for (seq,) in creates.fetchall()):
-            raise InvalidOp(f"{op.kind} of a memory whose create is not among its ancestors")
-    if op.kind == "tag_remove":
-        tag = op.fields["tag"]
-        for add in op.fields.get("removes", ()):
-            row = conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ?", (add,)).fetchone()
-            if row is None or not is_ancestor(conn, row[0], preds):
-                raise InvalidOp("tag_remove names an add that is not among its ancestors")
-            if row[2] != op.record_id or not _adds_tag(row[1], row[3], tag):
-                raise InvalidOp("tag_remove names an op that does not add this tag to this memory")
+    if op.kind not in NEEDS_CREATE:
+        return
+    # Every ancestry question about this op is answered by one walk of its ancestors.
+    creates = [seq for (seq,) in conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'",
+                                              (op.record_id,))]
+    named = [conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ?", (add,)).fetchone()
+             for add in (op.fields.get("removes", ()) if op.kind == "tag_remove" else ())]
+    ancestors = ancestors_among(conn, [*creates, *(row[0] for row in named if row is not None)], preds)
+    if not ancestors.intersection(creates):
+        raise InvalidOp(f"{op.kind} of a memory whose create is not among its ancestors")
+    for row in named:
+        if row is None or row[0] not in ancestors:
+            raise InvalidOp("tag_remove names an add that is not among its ancestors")
+        if row[2] != op.record_id or not _adds_tag(row[1], row[3], op.fields["tag"]):
+            raise InvalidOp("tag_remove names an op that does not add this tag to this memory")
 
 
 def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
@@ -360,9 +363,9 @@ def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, 
     """(id, author) of a write to the memory that no delete of it has among its ancestors, if any."""
     ops = conn.execute("SELECT seq, eff, coalesce(floor, seq), kind, id, author FROM ops WHERE record_id = ?"
                        " ORDER BY seq", (record_id,)).fetchall()
-    deletes = [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind == "delete"]
+    floor, extra = below(conn, [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind == "delete"])
     for seq, _, _, kind, oid, author in ops:
-        if kind in MEMORY_WRITES and not any(is_ancestor(conn, seq, [d]) for d in deletes):
+        if kind in MEMORY_WRITES and seq > floor and seq not in extra:
             return oid, author
     return None
 

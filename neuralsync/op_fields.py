@@ -73,8 +73,8 @@ CREATE_REQUIRED = ("content", "scope", "kind", "priority", "confidence")
 def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
     """Raise :class:`InvalidOp` unless ``fields`` are valid for an op of ``kind``."""
     if kind == "persona":
-        if not isinstance(fields.get("text"), str) or not isinstance(fields.get("key", "persona"), str):
-            raise InvalidOp("persona op needs a text string")
+        if not isinstance(fields.get("text"), str) or not _text(MAX_LABEL)(fields.get("key", "persona")):
+            raise InvalidOp("persona op needs a text string (and a key of at most 512 characters)")
         return
     if not is_valid_id(record_id):
         raise InvalidOp("memory ops need a 32-hex record id")
@@ -92,5 +92,6 @@ def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
             raise InvalidOp(f"{kind} op needs a tag string")
         removes = fields.get("removes", [])
         if kind == "tag_remove" and (not isinstance(removes, list) or len(removes) > MAX_REMOVES
-                                     or any(not isinstance(r, bytes) or len(r) != 32 for r in removes)):
-            raise InvalidOp("tag_remove op needs a list of 32-byte add-op ids")
+                                     or any(not isinstance(r, bytes) or len(r) != 32 for r in removes)
+                                     or len(set(removes)) != len(removes)):
+            raise InvalidOp(f"tag_remove op needs a list of at most {MAX_REMOVES} distinct 32-byte add-op ids")

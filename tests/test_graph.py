@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from neuralsync import crdt
-from neuralsync.graph import EFF_CAP, Node, below, effective_clock, is_ancestor, node
+from neuralsync.graph import EFF_CAP, Node, ancestors_among, below, effective_clock, is_ancestor, node
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -84,3 +89,30 @@ def test_opening_a_pre_graph_store_backfills_clocks_floors_and_edges(tmp_path: P
         assert conn.execute("SELECT op, pred FROM op_preds ORDER BY op, pred").fetchall() == edges
     finally:
         reopened.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=24), st.randoms())
+def test_one_walk_answers_ancestry_like_one_walk_per_target(steps: list[tuple[int, bool]], rnd: random.Random) -> None:
+    """``ancestors_among`` (one walk for many targets) agrees with ``is_ancestor`` on graphs of three
+    replicas that write and exchange ops at random, from every op towards every set of targets."""
+    with tempfile.TemporaryDirectory() as tmp:
+        apis = [_api(Path(tmp) / f"r{i}") for i in range(3)]
+        try:
+            for who, share in steps:
+                apis[who].remember(f"note from {who}")
+                if share:
+                    apis[(who + 1) % 3].store.apply_remote(_ops(apis[who]))
+            conn = apis[0].store.storage.conn
+            for other in apis[1:]:
+                apis[0].store.apply_remote(_ops(other))
+            nodes = [n for n in (node(conn, op.id) for op in _ops(apis[0])) if n is not None]
+            seqs = [n.seq for n in nodes]
+            for start in nodes:
+                targets = rnd.sample(seqs, k=rnd.randint(1, len(seqs)))
+                expected = {t for t in targets if is_ancestor(conn, t, [start])}
+                assert ancestors_among(conn, targets, [start]) == expected
+            assert ancestors_among(conn, seqs, nodes) == set(seqs)
+        finally:
+            for api in apis:
+                api.close()
