@@ -66,8 +66,10 @@ def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: 
     if len(rows) <= crdt.MAX_PREDS:
         return [r[0] for r in rows], [Node(*r[1:]) for r in rows], True
     chosen: dict[bytes, tuple[Any, ...]] = {}
+    by_seq = {r[1]: r for r in rows}
     for required in _required_ancestors(conn, kind, record_id, fields):
-        covering = next((r for r in rows if is_ancestor(conn, required, [Node(*r[1:])])), None)
+        covering = by_seq.get(required) or next(
+            (r for r in rows if is_ancestor(conn, required, [Node(*r[1:])])), None)
         if covering is not None:
             chosen[covering[0]] = covering
     for row in rows:
@@ -76,6 +78,24 @@ def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: 
         chosen.setdefault(row[0], row)
     picked = sorted(chosen.values(), key=lambda r: r[1])[:crdt.MAX_PREDS]
     return [r[0] for r in picked], [Node(*r[1:]) for r in picked], False
+
+
+# A remove names at most this many adds, so that its memory's create and the adds it names can be
+# among its ancestors through at most MAX_PREDS heads even when concurrent ops left many more.
+REMOVES_PER_OP = crdt.MAX_PREDS - 1
+
+
+def _split_removes(intents: Iterable[Intent]) -> list[Intent]:
+    """Intents with every large tag remove split into removes of at most ``REMOVES_PER_OP`` adds."""
+    out: list[Intent] = []
+    for kind, record_id, fields in intents:
+        removes = fields.get("removes", ()) if kind == "tag_remove" else ()
+        if len(removes) <= REMOVES_PER_OP:
+            out.append((kind, record_id, fields))
+            continue
+        out += [(kind, record_id, {**fields, "removes": list(removes[i:i + REMOVES_PER_OP])})
+                for i in range(0, len(removes), REMOVES_PER_OP)]
+    return out
 
 
 def _required_ancestors(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]) -> list[int]:
@@ -130,7 +150,7 @@ class Store:
     # ------------------------------------------------------------ writes
     def commit(self, intents: Iterable[Intent]) -> list[Op]:
         """Sign and apply intents as ops, in order, in one transaction."""
-        intents = list(intents)
+        intents = _split_removes(intents)
         for kind, record_id, fields in intents:  # the rule peers apply, checked before anything is written
             try:
                 check_fields(kind, record_id, fields)
