@@ -33,17 +33,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import json
 import logging
 import math
 import secrets
+import socket
 import sqlite3
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import nacl.signing
 
@@ -65,6 +67,8 @@ MAX_NEED = 2000
 MAX_HEADS = 1000
 MAX_PENDING = 20_000  # ops waiting for predecessors, per peer and session
 MAX_ROUNDS = 500
+MAX_SESSION_S = 900.0  # a session stops here (progress is kept; the next sync goes on from it)
+MAX_PENDING_BYTES = 64 << 20  # bytes of ops waiting for predecessors, per peer and session
 MAX_BLOOM_ENTRIES = 200_000
 MAX_BLOOM_BITS = 16 * MAX_BLOOM_ENTRIES
 BLOOM_BITS_PER_ENTRY = 10
@@ -313,11 +317,11 @@ class Replica:
             outcome.rejected += 1
             self.log_rejection(peer, "rejected op", reason, refused)
         still = set(result.missing)
-        outcome.waiting = [op for op in ops if op.id.hex() in still]
-        if len(outcome.waiting) > MAX_PENDING:
-            dropped = len(outcome.waiting) - MAX_PENDING
-            outcome.waiting = outcome.waiting[-MAX_PENDING:]
-            self.log_event(peer, "pending buffer full", f"dropped {dropped} ops waiting for predecessors")
+        waiting = [op for op in ops if op.id.hex() in still]
+        outcome.waiting = _newest_within(waiting, MAX_PENDING, MAX_PENDING_BYTES)
+        if len(outcome.waiting) < len(waiting):
+            self.log_event(peer, "pending buffer full",
+                           f"dropped {len(waiting) - len(outcome.waiting)} ops waiting for predecessors")
         outcome.needed = [bytes.fromhex(h) for h in result.needed][:MAX_NEED]
         return outcome
 
@@ -374,6 +378,17 @@ class Replica:
                          " ON CONFLICT(peer, reason) DO UPDATE SET n = n + 1", (peer, reason))
             conn.execute("DELETE FROM sync_events WHERE seq <= (SELECT max(seq) FROM sync_events) - ?",
                          (MAX_EVENTS,))
+
+
+def _newest_within(ops: list[Op], count: int, size: int) -> list[Op]:
+    """The last ``ops`` that fit in ``count`` ops and ``size`` bytes, in their order."""
+    kept: list[Op] = []
+    for op in reversed(ops):
+        size -= len(op.body) + len(op.sig)
+        if len(kept) >= count or size < 0:
+            break
+        kept.append(op)
+    return kept[::-1]
 
 
 def reason_key(reason: str) -> str:
@@ -465,12 +480,14 @@ class SyncClient:
         self.replica = Replica(store)
         self.registry = registry
 
-    def sync(self, peer: Peer, transport: Transport, max_rounds: int = MAX_ROUNDS) -> SyncReport:
+    def sync(self, peer: Peer, transport: Transport, max_rounds: int = MAX_ROUNDS,
+             max_seconds: float | None = None) -> SyncReport:
         """One session; every applied batch is committed as it arrives, so an interrupted sync keeps its progress."""
         report = SyncReport(peer.name)
         started = time.monotonic()
         try:
-            self._run(peer, transport, report, max_rounds)
+            self._run(peer, transport, report, max_rounds,
+                      started + (MAX_SESSION_S if max_seconds is None else max_seconds))
         except (SyncUnavailable, SyncRejected) as exc:
             report.ok, report.error = False, str(exc)
             self.registry.record_sync(peer.key, [], error=str(exc))
@@ -478,10 +495,13 @@ class SyncClient:
         except NeuralSyncError as exc:  # e.g. the store is busy: this peer fails, the next is still tried
             report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
             log.warning("sync with %s failed: %s", peer.name, report.error)
+        except Exception as exc:  # a bug here must not stop the sync with the other peers
+            report.ok, report.error = False, f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("sync with %s failed", peer.name)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
-    def _run(self, peer: Peer, transport: Transport, report: SyncReport, max_rounds: int) -> None:
+    def _run(self, peer: Peer, transport: Transport, report: SyncReport, max_rounds: int, deadline: float) -> None:
         replica = self.replica
         last_sync = list(peer.last_sync)
         bloom = replica.bloom_since(last_sync) if last_sync else None
@@ -493,6 +513,9 @@ class SyncClient:
         last_fingerprint = b""
         their_heads: list[bytes] = []
         for _ in range(max_rounds):
+            if time.monotonic() > deadline:
+                report.error = "stopped at the session time limit; the next sync goes on from here"
+                break
             body = json.dumps(request.to_wire(), separators=(",", ":")).encode()
             answer_body = transport(body)
             report.round_trips += 1
@@ -534,7 +557,11 @@ class SyncClient:
 
 # ---------------------------------------------------------------- HTTP transport
 class HttpTransport:
-    """POSTs signed sync messages to a peer's ``/v1/sync`` and checks the answer's signature."""
+    """POSTs signed sync messages to a peer's ``/v1/sync`` and checks the answer's signature.
+
+    ``timeout`` bounds the whole request (connect, send, answer), not each socket read: a peer that
+    trickles its answer is cut off at the deadline. Redirects are not followed.
+    """
 
     def __init__(self, key: nacl.signing.SigningKey, peer: Peer, timeout: float = 30.0) -> None:
         self.key = key
@@ -543,24 +570,49 @@ class HttpTransport:
 
     def __call__(self, body: bytes) -> bytes:
         headers = sign_request(self.key, self.peer.key, body)
-        request = urllib.request.Request(f"{self.peer.url}/v1/sync", data=body, method="POST",
-                                         headers={**headers, "Content-Type": "application/json"})
+        parts = urlsplit(self.peer.url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(parts.hostname or "", parts.port, timeout=self.timeout)
+        expired = threading.Event()
+
+        def cut_off() -> None:
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout, cut_off)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answer = response.read(MAX_MESSAGE_BYTES + 1)
-                signature = response.headers.get(SIGNATURE_HEADER)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (502, 503, 504):
-                raise SyncUnavailable(f"peer {self.peer.name} is busy ({exc.code}); retry later") from None
-            detail = exc.read(4096).decode("utf-8", "replace")
+            conn.request("POST", f"{parts.path.rstrip('/')}/v1/sync", body=body,
+                         headers={**headers, "Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read(MAX_MESSAGE_BYTES + 1)
+            if response.length and len(answer) <= MAX_MESSAGE_BYTES:  # promised by Content-Length, never came
+                raise http.client.IncompleteRead(answer, response.length)
+            status, signature = response.status, response.getheader(SIGNATURE_HEADER)
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise SyncUnavailable(f"peer {self.peer.name} did not answer within {self.timeout:g} s") from None
+            raise SyncUnavailable(f"peer {self.peer.name} at {self.peer.url} is unreachable or answered"
+                                  f" badly: {type(exc).__name__}: {exc}") from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if expired.is_set():
+            raise SyncUnavailable(f"peer {self.peer.name} did not answer within {self.timeout:g} s")
+        if status in (502, 503, 504):
+            raise SyncUnavailable(f"peer {self.peer.name} is busy ({status}); retry later")
+        if status != 200:
+            detail = answer[:4096].decode("utf-8", "replace")
             try:
                 detail = json.loads(detail)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 pass
-            raise SyncRejected(f"peer {self.peer.name} refused the sync ({exc.code}): {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SyncUnavailable(f"peer {self.peer.name} at {self.peer.url} is unreachable: {reason}") from None
+            raise SyncRejected(f"peer {self.peer.name} refused the sync ({status}): {detail}")
         if len(answer) > MAX_MESSAGE_BYTES:
             raise SyncRejected(f"peer {self.peer.name} sent an answer over {MAX_MESSAGE_BYTES} bytes")
         verify_reply(self.peer.key, headers[NONCE_HEADER], answer, signature)

@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -688,3 +689,70 @@ def test_a_deeply_nested_request_is_refused_as_bad_json(net: Net) -> None:
 def test_a_deeply_nested_answer_ends_the_session_with_an_error(net: Net) -> None:
     report = net.sync_via("a", "f", lambda body: b"[" * 100_000)
     assert not report.ok and report.error is not None and "JSON" in report.error
+
+
+def test_an_unexpected_error_with_one_peer_does_not_stop_the_others(net: Net) -> None:
+    net["a"].remove_peer("c")
+    net["a"].add_peer("zc", "http://c.invalid:8373", net["c"].identity())
+    from_c = net["c"].remember("news from c")
+
+    def broken(body: bytes) -> bytes:
+        raise TypeError("a bug met on the way")
+
+    routes = {"b": net.transport("a", "b"), "f": broken, "zc": net.transport("a", "c")}
+    reports = net["a"].sync(transport=lambda peer: routes[peer.name])
+    assert [(r.peer, r.ok) for r in reports] == [("b", True), ("f", False), ("zc", True)]
+    assert reports[1].error is not None and "internal error: TypeError" in reports[1].error
+    assert net["a"].store.exists(from_c)
+
+
+def test_a_session_that_keeps_trickling_stops_at_its_time_limit(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F answers slowly, one applicable op per round and 'more to come': progress every round, so
+    only the session's time limit ends it, and what arrived is kept."""
+    monkeypatch.setattr(sync, "MAX_SESSION_S", 0.6)
+    signer = key_of(net)
+
+    def trickling_server(body: bytes) -> bytes:
+        time.sleep(0.2)
+        op = craft(signer, "create", new_id(), FIELDS)
+        return json.dumps(message([op], heads=[oid(op)], more=True)).encode()
+
+    report = net.sync_via("a", "f", trickling_server)
+    assert report.ok and report.error is not None and "time limit" in report.error
+    assert 2 <= report.round_trips <= 5 and report.applied == report.round_trips
+
+
+def test_the_pending_buffer_is_bounded_in_bytes_too(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync, "MAX_PENDING_BYTES", 50_000)
+    signer = key_of(net)
+    big = {**FIELDS, "content": "x" * 10_000}
+
+    def orphans_server(body: bytes) -> bytes:
+        ops = [craft(signer, "create", new_id(), big, preds=[secrets.token_bytes(32)]) for _ in range(4)]
+        return json.dumps(message(ops, heads=[oid(p) for p in ops], more=True)).encode()
+
+    report = net.sync_via("a", "f", orphans_server)
+    assert 0 < report.waiting <= 4  # 4 ops of ~10 KB fit in 50 KB; 5 would not
+    assert refusals(net["a"]).get("pending buffer full", 0) >= 1
+
+
+@pytest.mark.parametrize("chained", [True, False], ids=["a-long-chain-of-adds", "many-concurrent-adds"])
+def test_a_flood_of_adds_cannot_make_a_tag_unremovable(net: Net, chained: bool) -> None:
+    """F adds the same tag to a shared memory 150 times, one after another or all concurrently
+    (150 heads, more than an op may have predecessors). An honest user still removes the tag: the
+    remove is split into ops that each name few enough adds to have them among their ancestors."""
+    shared = net["a"].remember("a shared memory", tags=["x"])
+    net.converge(EVERYONE)
+    signer, base = key_of(net), heads_of(net["f"])
+    adds, preds = [], base
+    for i in range(150):
+        adds.append(craft(signer, "tag_add", shared, {"tag": "x"}, preds=preds, hlc=pack(now_ms()) + i))
+        preds = [oid(adds[-1])] if chained else base
+    net.push("a", adds)
+    net.converge()
+    assert len(net["b"].store.tag_adds(shared, "x")) == 151
+
+    assert net["b"].update(shared, tags=["y"]).tags == ("y",)
+    net.converge()
+    assert_agree(net)
+    assert all(net[n].get(shared).tags == ("y",) for n in CORRECT)
