@@ -190,16 +190,41 @@ def verify_reply(peer_key: bytes, nonce_hex: str, body: bytes, signature_hex: st
 
 
 class RequestVerifier:
-    """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature."""
+    """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature.
 
-    def __init__(self, own_key: bytes, max_nonces: int = 100_000) -> None:
+    Nonces are remembered per peer for the whole time window; a peer that sends more requests than
+    that in one window is told to retry later (429) rather than have older nonces forgotten, so a
+    captured request cannot be replayed while its time is still accepted (until a restart).
+    """
+
+    def __init__(self, own_key: bytes, max_nonces_per_peer: int = 20_000) -> None:
         self.own_key = own_key
-        self._nonces: OrderedDict[bytes, int] = OrderedDict()
-        self._max_nonces = max_nonces
+        self._nonces: dict[bytes, OrderedDict[bytes, int]] = {}
+        self._max_nonces = max_nonces_per_peer
         self._lock = threading.Lock()
 
+    def precheck(self, headers: Mapping[str, str], registry: PeerRegistry) -> Peer:
+        """What can be checked before the body is read (headers, peer, time, nonce), or
+        :class:`SyncRejected`: a stranger is refused without the server reading 16 MiB from it."""
+        peer, _, _, nonce, _ = self._headers(headers, registry)
+        with self._lock:
+            if nonce in self._nonces.get(peer.key, ()):
+                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+        return peer
+
     def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
-        """The authenticated peer, or :class:`SyncRejected` with the reason (status 401 or 403)."""
+        """The authenticated peer, or :class:`SyncRejected` with the reason (status 401, 403 or 429)."""
+        peer, client_key, at_ms, nonce, signature = self._headers(headers, registry)
+        try:
+            nacl.signing.VerifyKey(client_key).verify(
+                _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+            raise SyncRejected("bad request signature", status=401) from None
+        self._use_nonce(peer.key, nonce, now_ms())
+        return peer
+
+    @staticmethod
+    def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, bytes, int, bytes, bytes]:
         try:
             client_key = bytes.fromhex(headers.get(KEY_HEADER, ""))
             at_ms = int(headers.get(TIME_HEADER, ""))
@@ -214,24 +239,20 @@ class RequestVerifier:
         if peer is None:
             raise SyncRejected("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
                                status=403)
-        now = now_ms()
-        if abs(now - at_ms) > MAX_CLOCK_SKEW_MS:
+        if abs(now_ms() - at_ms) > MAX_CLOCK_SKEW_MS:
             raise SyncRejected("request time is more than 5 minutes from this replica's clock", status=401)
-        try:
-            nacl.signing.VerifyKey(client_key).verify(
-                _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-            raise SyncRejected("bad request signature", status=401) from None
-        self._use_nonce(nonce, now)
-        return peer
+        return peer, client_key, at_ms, nonce, signature
 
-    def _use_nonce(self, nonce: bytes, now: int) -> None:
+    def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
         with self._lock:
-            while self._nonces and (next(iter(self._nonces.values())) < now - 2 * MAX_CLOCK_SKEW_MS
-                                    or len(self._nonces) >= self._max_nonces):
-                self._nonces.popitem(last=False)
-            if nonce in self._nonces:
+            seen = self._nonces.setdefault(peer_key, OrderedDict())
+            while seen and next(iter(seen.values())) < now - 2 * MAX_CLOCK_SKEW_MS:
+                seen.popitem(last=False)
+            if nonce in seen:
                 raise SyncRejected("replayed sync request (nonce already used)", status=401)
-            self._nonces[nonce] = now
+            if len(seen) >= self._max_nonces:
+                raise SyncRejected("too many sync requests from this peer in the last 10 minutes; retry later",
+                                   status=429)
+            seen[nonce] = now
 
 

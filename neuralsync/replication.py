@@ -87,6 +87,14 @@ class Replication:
             self._interval = None
 
     # ------------------------------------------------------------ server side
+    def precheck(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
+        """Refuse a sync request on its headers alone (status, reason), or None to read its body."""
+        try:
+            self.verifier.precheck({k.lower(): v for k, v in headers.items()}, self.registry)
+        except SyncRejected as exc:
+            return exc.status, str(exc)
+        return None
+
     def serve(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:
         """Answer one signed sync request: (status, JSON body, headers incl. the answer's signature)."""
         lowered = {k.lower(): v for k, v in headers.items()}

@@ -604,7 +604,7 @@ class HttpTransport:
             conn.close()
         if expired.is_set():
             raise SyncUnavailable(f"peer {self.peer.name} did not answer within {self.timeout:g} s")
-        if status in (502, 503, 504):
+        if status in (429, 502, 503, 504):
             raise SyncUnavailable(f"peer {self.peer.name} is busy ({status}); retry later")
         if status != 200:
             detail = answer[:4096].decode("utf-8", "replace")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,14 @@ from _live import Server, free_port, live_server, stop  # noqa: E402 - after the
 
 from neuralsync import peers, sync  # noqa: E402
 from neuralsync.errors import SyncRejected  # noqa: E402
-from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, sign_request, verify_reply  # noqa: E402
+from neuralsync.peers import (  # noqa: E402
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIME_HEADER,
+    Peer,
+    sign_request,
+    verify_reply,
+)
 from neuralsync.sync import HttpTransport, Message  # noqa: E402
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
 
@@ -190,6 +198,24 @@ def test_an_unknown_peer_key_is_403(live: Live) -> None:
     assert "unknown peer" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("who", ["unknown-key", "no-headers", "stale-time"])
+def test_a_stranger_is_refused_before_its_body_is_read(live: Live, who: str) -> None:
+    """Headers announcing a 16 MiB body, and no body at all: the refusal must come at once, without
+    the server waiting to read (or buffering) what a stranger sends."""
+    stranger = nacl.signing.SigningKey.generate()
+    headers = {"unknown-key": sign_request(stranger, live.server_key, b"x"),
+               "no-headers": {},
+               "stale-time": {**live.signed(b"x"), TIME_HEADER: str(int(time.time() * 1000) - 3_600_000)}}[who]
+    port = int(live.server.url.rsplit(":", 1)[1])
+    lines = ["POST /v1/sync HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
+             f"Content-Length: {16 << 20}", *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = conn.recv(4096)  # times out (an error) if the server waits for the body
+    status = int(answer.split(b" ", 2)[1])
+    assert status == (403 if who == "unknown-key" else 401), answer
+
+
 def test_a_bad_signature_is_401(live: Live) -> None:
     body = empty_request()
     headers = live.signed(body)
@@ -212,6 +238,31 @@ def test_a_replayed_request_is_401_the_second_time(live: Live) -> None:
     again = live.post(body, headers)
     assert again.status_code == 401
     assert "replay" in again.json()["error"]["message"]
+
+
+def test_nonces_are_kept_for_the_window_and_a_flooding_peer_is_told_to_wait(tmp_path: Path) -> None:
+    """A peer's nonces are never forgotten early to make room: past the bound it gets 429, and its
+    first request still cannot be replayed. Other peers are not affected."""
+    holder = UnifiedMemoryAPI(MemoryConfig(base_path=str(tmp_path / "holder"), embedder="none"))
+    try:
+        me, other = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+        registry = holder.replication.registry
+        registry.add("me", "http://127.0.0.1:9", me.verify_key.encode().hex())
+        registry.add("other", "http://127.0.0.1:9", other.verify_key.encode().hex())
+        verifier = peers.RequestVerifier(holder.store.author, max_nonces_per_peer=3)
+        body = b"{}"
+        first = sign_request(me, holder.store.author, body)
+        for headers in (first, *(sign_request(me, holder.store.author, body) for _ in range(2))):
+            assert verifier.verify(headers, body, registry).name == "me"
+        with pytest.raises(SyncRejected, match="retry later") as busy:
+            verifier.verify(sign_request(me, holder.store.author, body), body, registry)
+        assert busy.value.status == 429
+        with pytest.raises(SyncRejected, match="replayed") as replay:
+            verifier.verify(first, body, registry)
+        assert replay.value.status == 401
+        assert verifier.verify(sign_request(other, holder.store.author, body), body, registry).name == "other"
+    finally:
+        holder.close()
 
 
 @pytest.mark.parametrize("skew_ms", [-10 * 60 * 1000, 10 * 60 * 1000])

@@ -73,6 +73,10 @@ class ServerApp(Gate):
         self.fastapi = fastapi_app
         self.state = state
 
+    def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        return self.state.api.replication.precheck(headers)
+
 
 def _fastapi_app(state: ServerState) -> FastAPI:
     @asynccontextmanager

@@ -152,7 +152,13 @@ class Gate:
             await self.app(scope, receive, send)
             return
         limit = SIGNED_PATHS.get(scope["path"], self.max_body_bytes)
-        if scope["path"] not in OPEN_PATHS and scope["path"] not in SIGNED_PATHS:
+        if scope["path"] in SIGNED_PATHS:
+            signed_refusal = self.signed_refusal(scope)
+            if signed_refusal is not None:
+                await send_error(send, signed_refusal[0], "unauthorized" if signed_refusal[0] in (401, 403)
+                                 else "busy", signed_refusal[1])
+                return
+        elif scope["path"] not in OPEN_PATHS:
             refusal = self._refusal(_header(scope, b"authorization"))
             if refusal is not None:
                 status, kind, message = refusal
@@ -169,6 +175,11 @@ class Gate:
             await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes")
             return
         await self.app(scope, _replay(body, receive), send)
+
+    def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """(status, reason) to refuse a signed request on its headers, before its body is read; None
+        to read it. The plain gate knows no peers; the server's app asks its replica."""
+        return None
 
     def _refusal(self, header: str | None) -> tuple[int, str, str] | None:
         if header is None:
