@@ -550,6 +550,8 @@ class SyncClient:
             # Later rounds go by heads and needs; the filters did their work in the first exchange.
             request = Message(heads=replica.heads(), need=need, last_sync=last_sync, ops=ops, more=more)
         report.waiting = len(waiting)
+        if not report.round_trips:
+            return  # nothing was exchanged: what is known of the peer stays as it was
         with replica.store.storage.read() as conn:
             common = [h for h in their_heads if node(conn, h) is not None]
         self.registry.record_sync(peer.key, common)
@@ -574,12 +576,13 @@ class HttpTransport:
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = kind(parts.hostname or "", parts.port, timeout=self.timeout)
         expired = threading.Event()
+        sockets: list[socket.socket] = []  # held here: a response that reads to EOF takes conn.sock over
 
         def cut_off() -> None:
             expired.set()
-            if conn.sock is not None:
+            for sock in sockets:
                 try:
-                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
                 except OSError:
                     pass
 
@@ -587,6 +590,9 @@ class HttpTransport:
         watchdog.daemon = True
         watchdog.start()
         try:
+            conn.connect()  # bounded by the timeout itself
+            if conn.sock is not None:
+                sockets.append(conn.sock)
             conn.request("POST", f"{parts.path.rstrip('/')}/v1/sync", body=body,
                          headers={**headers, "Content-Type": "application/json"})
             response = conn.getresponse()

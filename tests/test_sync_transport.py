@@ -86,8 +86,11 @@ def trickle(prefix: bytes) -> Handler:
 
 @pytest.mark.parametrize("prefix", [
     b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",  # a body that never ends
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\n",  # no length: read to the end, which never comes
+    b"HTTP/1.0 200 OK\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX-Slow: ",  # headers that never end
-], ids=["slow-body", "slow-headers"])
+], ids=["slow-body", "slow-body-connection-close", "slow-body-no-length", "http-1.0", "slow-headers"])
 def test_a_peer_that_trickles_its_answer_is_cut_off_at_the_deadline(prefix: bytes) -> None:
     with fake_peer(trickle(prefix)) as (url, _):
         started = time.monotonic()

@@ -75,7 +75,10 @@ class ServerApp(Gate):
 
     def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        return self.state.api.replication.precheck(headers)
+        try:
+            return self.state.api.replication.precheck(headers)
+        except NeuralSyncError as exc:  # e.g. the store is busy or closing: the peer retries later
+            return 503, f"cannot check the request now: {exc}"
 
 
 def _fastapi_app(state: ServerState) -> FastAPI:
