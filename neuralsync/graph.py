@@ -80,17 +80,7 @@ def floor_of(preds: list[Node], covers_all_heads: bool, seq: int) -> int | None:
 
 def is_ancestor(conn: sqlite3.Connection, target: int, start: Iterable[Node]) -> bool:
     """True if the op at local seq ``target`` is one of ``start`` or their ancestor."""
-    stack = list(start)
-    seen: set[int] = set()
-    while stack:
-        current = stack.pop()
-        if current.seq == target or current.floor >= target:
-            return True
-        if current.seq < target or current.seq in seen:
-            continue  # ancestors are applied first: a smaller seq cannot reach the target
-        seen.add(current.seq)
-        stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
-    return False
+    return bool(ancestors_among(conn, [target], start))
 
 
 def ancestors_among(conn: sqlite3.Connection, targets: Iterable[int], start: Iterable[Node]) -> set[int]:
