@@ -576,6 +576,7 @@ class HttpTransport:
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = kind(parts.hostname or "", parts.port, timeout=self.timeout)
         expired = threading.Event()
+        late = f"peer {self.peer.name} did not answer within {self.timeout:g} s"
         sockets: list[socket.socket] = []  # held here: a response that reads to EOF takes conn.sock over
 
         def cut_off() -> None:
@@ -602,14 +603,14 @@ class HttpTransport:
             status, signature = response.status, response.getheader(SIGNATURE_HEADER)
         except (OSError, http.client.HTTPException) as exc:
             if expired.is_set():
-                raise SyncUnavailable(f"peer {self.peer.name} did not answer within {self.timeout:g} s") from None
+                raise SyncUnavailable(late) from None
             raise SyncUnavailable(f"peer {self.peer.name} at {self.peer.url} is unreachable or answered"
                                   f" badly: {type(exc).__name__}: {exc}") from None
         finally:
             watchdog.cancel()
             conn.close()
         if expired.is_set():
-            raise SyncUnavailable(f"peer {self.peer.name} did not answer within {self.timeout:g} s")
+            raise SyncUnavailable(late)
         if status in (429, 502, 503, 504):
             raise SyncUnavailable(f"peer {self.peer.name} is busy ({status}); retry later")
         if status != 200:
