@@ -62,9 +62,10 @@ from corpus import Corpus
 
 from neuralsync import UnifiedMemoryAPI
 from neuralsync.errors import SyncRejected
+from neuralsync.http_transport import HttpTransport
 from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, sign_request, verify_reply
 from neuralsync.replication import Replication
-from neuralsync.sync import HttpTransport, Replica, SyncReport
+from neuralsync.sync import Replica, SyncReport
 
 BENCH_VERSION = 1
 START_TIMEOUT_S = 60.0

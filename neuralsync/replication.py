@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import InvalidInput, SyncRejected
+from .http_transport import HttpTransport
 from .peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, PeerRegistry, RequestVerifier, sign_reply
 from .store import Store
-from .sync import HttpTransport, SyncClient, SyncReport, SyncServer, Transport
+from .sync import SyncClient, SyncReport, SyncServer, Transport
 from .utils import Periodic
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ counted. Validity of an op never depends on the peer that sent it.
 
 The engine is transport-free: ``SyncClient.sync(transport)`` drives the rounds
 through any callable that delivers a request to ``SyncServer.handle`` and
-returns the answer (HTTP in ``HttpTransport``, direct calls in tests).
+returns the answer (HTTP in ``http_transport.HttpTransport``, direct calls in tests).
 """
 
 from __future__ import annotations
@@ -33,27 +33,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import http.client
 import json
 import logging
 import math
 import secrets
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
-
-import nacl.signing
 
 from . import crdt
 from .errors import InvalidOp, NeuralSyncError, SyncRejected, SyncUnavailable
 from .graph import Node, below, node
 from .model import Op
-from .peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, PeerRegistry, sign_request, verify_reply
+from .peers import Peer, PeerRegistry
 from .store import ApplyResult, Store
 from .utils import now_ms
 
@@ -555,72 +549,3 @@ class SyncClient:
         with replica.store.storage.read() as conn:
             common = [h for h in their_heads if node(conn, h) is not None]
         self.registry.record_sync(peer.key, common)
-
-
-# ---------------------------------------------------------------- HTTP transport
-class HttpTransport:
-    """POSTs signed sync messages to a peer's ``/v1/sync`` and checks the answer's signature.
-
-    ``timeout`` bounds the whole request (connect, send, answer), not each socket read: a peer that
-    trickles its answer is cut off at the deadline. Redirects are not followed.
-    """
-
-    def __init__(self, key: nacl.signing.SigningKey, peer: Peer, timeout: float = 30.0) -> None:
-        self.key = key
-        self.peer = peer
-        self.timeout = timeout
-
-    def __call__(self, body: bytes) -> bytes:
-        headers = sign_request(self.key, self.peer.key, body)
-        parts = urlsplit(self.peer.url)
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = kind(parts.hostname or "", parts.port, timeout=self.timeout)
-        expired = threading.Event()
-        late = f"peer {self.peer.name} did not answer within {self.timeout:g} s"
-        sockets: list[socket.socket] = []  # held here: a response that reads to EOF takes conn.sock over
-
-        def cut_off() -> None:
-            expired.set()
-            for sock in sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
-                except OSError:
-                    pass
-
-        watchdog = threading.Timer(self.timeout, cut_off)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            conn.connect()  # bounded by the timeout itself
-            if conn.sock is not None:
-                sockets.append(conn.sock)
-            conn.request("POST", f"{parts.path.rstrip('/')}/v1/sync", body=body,
-                         headers={**headers, "Content-Type": "application/json"})
-            response = conn.getresponse()
-            answer = response.read(MAX_MESSAGE_BYTES + 1)
-            if response.length and len(answer) <= MAX_MESSAGE_BYTES:  # promised by Content-Length, never came
-                raise http.client.IncompleteRead(answer, response.length)
-            status, signature = response.status, response.getheader(SIGNATURE_HEADER)
-        except (OSError, http.client.HTTPException) as exc:
-            if expired.is_set():
-                raise SyncUnavailable(late) from None
-            raise SyncUnavailable(f"peer {self.peer.name} at {self.peer.url} is unreachable or answered"
-                                  f" badly: {type(exc).__name__}: {exc}") from None
-        finally:
-            watchdog.cancel()
-            conn.close()
-        if expired.is_set():
-            raise SyncUnavailable(late)
-        if status in (429, 502, 503, 504):
-            raise SyncUnavailable(f"peer {self.peer.name} is busy ({status}); retry later")
-        if status != 200:
-            detail = answer[:4096].decode("utf-8", "replace")
-            try:
-                detail = json.loads(detail)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            raise SyncRejected(f"peer {self.peer.name} refused the sync ({status}): {detail}")
-        if len(answer) > MAX_MESSAGE_BYTES:
-            raise SyncRejected(f"peer {self.peer.name} sent an answer over {MAX_MESSAGE_BYTES} bytes")
-        verify_reply(self.peer.key, headers[NONCE_HEADER], answer, signature)
-        return answer

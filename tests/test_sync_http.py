@@ -26,8 +26,9 @@ httpx = pytest.importorskip("httpx")
 
 from _live import Server, free_port, live_server, stop  # noqa: E402 - after the skips
 
-from neuralsync import peers, sync  # noqa: E402
+from neuralsync import http_transport, peers  # noqa: E402
 from neuralsync.errors import SyncRejected  # noqa: E402
+from neuralsync.http_transport import HttpTransport  # noqa: E402
 from neuralsync.peers import (  # noqa: E402
     NONCE_HEADER,
     SIGNATURE_HEADER,
@@ -36,7 +37,7 @@ from neuralsync.peers import (  # noqa: E402
     sign_request,
     verify_reply,
 )
-from neuralsync.sync import HttpTransport, Message  # noqa: E402
+from neuralsync.sync import Message  # noqa: E402
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -308,8 +309,9 @@ def test_an_answer_signed_by_another_key_is_refused(live: Live, monkeypatch: pyt
     """The client expects key K at this URL; the replica there (another key) accepts the request,
     but its answer is not signed by K, so the client refuses it."""
     expected = bytes(nacl.signing.SigningKey.generate().verify_key)
-    real_sign = sync.sign_request
-    monkeypatch.setattr(sync, "sign_request", lambda key, _server_key, body: real_sign(key, live.server_key, body))
+    real_sign = http_transport.sign_request
+    monkeypatch.setattr(http_transport, "sign_request",
+                        lambda key, _server_key, body: real_sign(key, live.server_key, body))
     transport = HttpTransport(live.client_key, Peer("expected", live.server.url, expected, 0), timeout=10)
     with pytest.raises(SyncRejected, match="not signed by the peer's key"):
         transport(empty_request())

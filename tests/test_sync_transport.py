@@ -16,10 +16,11 @@ from contextlib import contextmanager
 import nacl.signing
 import pytest
 
-from neuralsync import sync
+from neuralsync import http_transport
 from neuralsync.errors import SyncRejected, SyncUnavailable
+from neuralsync.http_transport import HttpTransport
 from neuralsync.peers import Peer
-from neuralsync.sync import HttpTransport, Message
+from neuralsync.sync import Message
 
 Handler = Callable[[socket.socket], None]
 LIMIT_S = 10.0  # no fake server lives longer than this
@@ -122,7 +123,7 @@ def test_a_redirect_is_not_followed() -> None:
 
 
 def test_an_oversized_answer_is_refused_without_reading_it_all(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "MAX_MESSAGE_BYTES", 1000)
+    monkeypatch.setattr(http_transport, "MAX_MESSAGE_BYTES", 1000)
 
     def handler(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
