@@ -66,7 +66,7 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
         shutil.rmtree(store_dir)
     with UnifiedMemoryAPI(config(store_dir, embedder)) as api:
         per_batch, total_ns = ingest_batches(api, corpus, size, batch, "built")
-        api.store.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         storage = api.get_system_stats()["storage"]
     tail = per_batch[-max(1, len(per_batch) // 10):]
     head = per_batch[:max(1, len(per_batch) // 10)]
@@ -88,7 +88,7 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
 # ---------------------------------------------------------------- measurements
 def sample_rows(api: UnifiedMemoryAPI, count: int, rng: random.Random) -> list[tuple[int, str, int]]:
     """``count`` random live rows as (rowid, id, created_at)."""
-    conn = api.store.storage.conn
+    conn = api.storage.conn
     top = conn.execute("SELECT max(rowid) FROM memories").fetchone()[0] or 0
     rows: list[tuple[int, str, int]] = []
     while len(rows) < count and top:
@@ -127,7 +127,7 @@ def measure_recall(api: UnifiedMemoryAPI, queries: list[Query], warmup: list[Que
 
 def measure_range(api: UnifiedMemoryAPI, rng: random.Random, count: int, items: int) -> dict[str, Any]:
     """``range_recall`` over windows [created_at of row r, created_at of row r + items - 1], limit ``items``."""
-    conn = api.store.storage.conn
+    conn = api.storage.conn
     top = conn.execute("SELECT max(rowid) FROM memories").fetchone()[0] or 0
     windows: list[tuple[int, int]] = []
     while len(windows) < count and top > items:
@@ -160,7 +160,7 @@ def measure_remember(store_dir: Path, corpus: Corpus, embedder: str, durability:
 
 def storage_now(store_dir: Path, embedder: str) -> dict[str, Any]:
     with UnifiedMemoryAPI(config(store_dir, embedder, enable_auto_optimization=False)) as api:
-        api.store.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         stats = api.get_system_stats()
     return {"memories": stats["memories"], **stats["storage"]}
 

@@ -86,7 +86,7 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
         late_ns = time.perf_counter_ns()
         late = api.embed_pending()
         late_s = (time.perf_counter_ns() - late_ns) / 1e9
-        conn = api.store.storage.conn
+        conn = api.storage.conn
         vectors = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     return {"rows": size, "batch": batch, "seconds": round(total_ns / 1e9, 2),
@@ -143,7 +143,7 @@ def measure_search(api: UnifiedMemoryAPI, texts: list[str], mode: str, warmup: i
 
 def load_vectors(api: UnifiedMemoryAPI, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Every stored vector as (rowid keys, float32 matrix), streamed from the embeddings table."""
-    conn = api.store.storage.conn
+    conn = api.storage.conn
     n = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
     keys = np.empty(n, dtype=np.int64)
     matrix = np.empty((n, dims), dtype=np.float32)
@@ -167,7 +167,7 @@ def measure_ann_recall(api: UnifiedMemoryAPI, texts: list[str], k: int = 10) -> 
     load_s = time.perf_counter() - began
     order = np.argsort(keys)
     sorted_keys = keys[order]
-    rowid_of = dict(api.store.storage.conn.execute("SELECT id, rowid FROM memories").fetchall())
+    rowid_of = dict(api.storage.conn.execute("SELECT id, rowid FROM memories").fetchall())
     queries = semantic.embed(texts)
     ann = semantic._current_ann()
     strict_ann, tie_ann, strict_api, tie_api = [], [], [], []
@@ -223,7 +223,7 @@ def measure_remember(store_dir: Path, corpus: Corpus, embedder: str, count: int,
 
 def disk_usage(store_dir: Path, embedder: str) -> dict[str, Any]:
     with UnifiedMemoryAPI(config(store_dir, embedder)) as api:
-        conn = api.store.storage.conn
+        conn = api.storage.conn
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         rows = int(conn.execute("SELECT count(*) FROM memories").fetchone()[0])
         embeddings_bytes = None

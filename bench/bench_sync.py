@@ -62,10 +62,12 @@ from corpus import Corpus
 
 from neuralsync import UnifiedMemoryAPI
 from neuralsync.errors import SyncRejected
-from neuralsync.http_transport import HttpTransport
-from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, Peer, sign_request, verify_reply
-from neuralsync.replication import Replication
-from neuralsync.sync import Replica, SyncReport
+from neuralsync.replication.peers import Peer
+from neuralsync.replication.protocol import SyncReport
+from neuralsync.replication.replica import Replica
+from neuralsync.replication.service import Replication
+from neuralsync.replication.signing import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
+from neuralsync.replication.transport import HttpTransport
 
 BENCH_VERSION = 1
 START_TIMEOUT_S = 60.0
@@ -101,7 +103,7 @@ class DirectTransport:
 
     def __init__(self, source: Replication, client: UnifiedMemoryAPI, peer: Peer) -> None:
         self.source = source
-        self.key = client.store.key
+        self.key = client.log.key
         self.peer = peer
 
     def __call__(self, body: bytes) -> bytes:
@@ -175,8 +177,8 @@ def timed_sync(client: UnifiedMemoryAPI, factory: Callable[[Peer], Callable[[byt
 
 def check_converged(a: UnifiedMemoryAPI, b: UnifiedMemoryAPI, expected: int) -> None:
     """Both replicas hold the same heads and ``expected`` memories."""
-    heads_a, heads_b = Replica(a.store).heads(), Replica(b.store).heads()
-    count_a, count_b = a.store.counts()["memories"], b.store.counts()["memories"]
+    heads_a, heads_b = Replica(a.log).heads(), Replica(b.log).heads()
+    count_a, count_b = a.reads.counts()["memories"], b.reads.counts()["memories"]
     if heads_a != heads_b or count_a != expected or count_b != expected:
         raise SystemExit(f"replicas differ after sync: {count_a:,} / {count_b:,} memories (expected {expected:,}),"
                          f" heads {'equal' if heads_a == heads_b else 'differ'}")
@@ -198,7 +200,7 @@ def incremental(source: UnifiedMemoryAPI, client: UnifiedMemoryAPI,
         add_memories(source, corpus, first, new)
         add_memories(client, corpus, first + new, new)
         first += 2 * new
-        expected = source.store.counts()["memories"] + new
+        expected = source.reads.counts()["memories"] + new
         result = timed_sync(client, factory, server_pid)
         check_converged(source, client, expected)
         result["round"] = number
@@ -230,9 +232,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"source: {args.ops:,} memories in batches of {args.batch:,} ...")
     with UnifiedMemoryAPI(config(src_dir, "none")) as src:
         per_batch, total_ns = ingest_batches(src, corpus, args.ops, args.batch, "built")
-        src.store.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        src.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         src_key = src.identity()
-        counts = src.store.counts()
+        counts = src.reads.counts()
         result["build"] = {"seconds": round(total_ns / 1e9, 2), "per_s": round(args.ops / (total_ns / 1e9), 1),
                            "ops_in_log": counts["ops"], "storage": src.get_system_stats()["storage"]}
     port = free_port()
@@ -255,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         src.close()  # the server owns the source during the HTTP sync
 
         log(f"full sync over HTTP from a server on {url} (server embedder {args.server_embedder!r}) ...")
-        over_http = lambda peer: HttpTransport(http_client.store.key, peer, HTTP_TIMEOUT_S)  # noqa: E731
+        over_http = lambda peer: HttpTransport(http_client.log.key, peer, HTTP_TIMEOUT_S)  # noqa: E731
         with running_server(src_dir, port, args.server_embedder, root / "server.log") as server:
             result["full_http"] = timed_sync(http_client, over_http, server.pid)
             log(f"  {result['full_http']['wall_s']:.2f} s, {result['full_http']['round_trips']} round trips")
@@ -267,10 +269,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["incremental_http"] = incremental(src, http_client, over_http, corpus, first, args.new,
                                                      args.rounds, "http", server.pid)
         first += 2 * args.new * args.rounds
-        behind = src.store.counts()["memories"] - local_client.store.counts()["memories"]
+        behind = src.reads.counts()["memories"] - local_client.reads.counts()["memories"]
         log(f"catch-up in-process ({behind:,} memories the HTTP rounds added) ...")
         result["catch_up_inprocess"] = timed_sync(local_client, direct)
-        check_converged(src, local_client, src.store.counts()["memories"])
+        check_converged(src, local_client, src.reads.counts()["memories"])
         log(f"incremental in-process: {args.rounds} x (+{args.new} on each side, sync) ...")
         result["incremental_inprocess"] = incremental(src, local_client, direct, corpus, first, args.new,
                                                       args.rounds, "in-process")

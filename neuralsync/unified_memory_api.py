@@ -1,37 +1,41 @@
 """The one public door: ``UnifiedMemoryAPI`` and ``MemoryConfig``.
 
-Every adapter (CLI, HTTP, MCP) calls this class; it validates input, turns
-calls into ops on the :class:`~neuralsync.store.Store`, and times every call
-into the :class:`~neuralsync.performance_monitor.PerformanceMonitor`.
+Every adapter (CLI, HTTP, MCP, wrappers) calls this class and nothing below it.
+It validates input (``validation.FieldChecks``), turns calls into ops on the
+:class:`~neuralsync.oplog.log.OpLog` inside one write transaction, reads
+through :class:`~neuralsync.store.reads.Reader`, and times every call into the
+:class:`~neuralsync.services.monitor.PerformanceMonitor`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from . import validation as v
-from .access import AccessRecorder
 from .config import MemoryConfig
-from .core_memory import CoreMemory
 from .errors import InvalidInput, NeuralSyncError, NotFound
-from .maintenance import optimize
 from .model import Change, Memory
-from .performance_monitor import PerformanceMonitor, process_resources
-from .recall import MODES, Recaller
-from .redact import Redactor
-from .replication import Replication, TransportFactory
+from .oplog.log import Intent, OpLog
+from .replication.protocol import SyncReport
+from .replication.service import Replication, TransportFactory
 from .search.filters import Filters
+from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
-from .store import Store
-from .sync import SyncReport
-from .utils import derived_id, new_id, now_ms
+from .services.doctor import DoctorReport, run_doctor
+from .services.maintenance import optimize
+from .services.monitor import PerformanceMonitor, process_resources
+from .sessions.feed import ChangeFeed
+from .sessions.growth import growth
+from .sessions.registry import SessionRegistry
+from .store.access import AccessRecorder
+from .store.reads import Reader
+from .utils import new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
 
@@ -39,9 +43,6 @@ log = logging.getLogger(__name__)
 
 UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
                               "ttl_ms", "confidence", "source", "expires_at"})
-IMPORT_FIELDS = frozenset({"id", "content", "scope", "priority", "tags", "kind", "tool", "metadata",
-                           "confidence", "source", "session", "created_at", "updated_at", "expires_at",
-                           "content_hash", "accessed_at", "access_count", "score"})
 AUTO_OPTIMIZE_EVERY = 10_000
 
 
@@ -50,25 +51,33 @@ class UnifiedMemoryAPI:
 
     Use as a context manager (or call :meth:`close`). Safe to share between
     threads; every process may open its own instance on the same store.
+    ``register_session=False`` opens the store without recording this process
+    as a session (for commands that only list sessions or print the identity).
     """
 
-    def __init__(self, config: MemoryConfig | None = None, *, tool: str | None = None) -> None:
+    def __init__(self, config: MemoryConfig | None = None, *, tool: str | None = None,
+                 register_session: bool = True) -> None:
         self.config = config or MemoryConfig.from_env()
-        self.store = Store(self.config)
+        self.log = OpLog.open(self.config)
+        self.storage = self.log.storage
+        self.reads = Reader(self.storage)
         self.monitor = PerformanceMonitor(self.config.monitor_samples)
-        self.semantic = (SemanticIndex(self.store, self.config.embedder)
+        self.semantic = (SemanticIndex(self.storage, self.config.embedder)
                          if self.config.embedder.lower() != "none" else None)
-        self.recaller = Recaller(self.store, self.semantic)
+        self.recaller = Recaller(self.storage, self.semantic)
         if self.semantic is not None and self.config.embed_on_write:
             self._adopt_embedder()
         self._batch = threading.local()
-        self.redactor = Redactor(self.config.redact_secrets, self.config.extra_secret_patterns)
-        self.access = AccessRecorder(self.store.storage)
+        self.checks = v.FieldChecks(self.config)
+        self.access = AccessRecorder(self.storage)
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
-        self.core = CoreMemory(self.store, self.config.session_timeout_ms)
-        self.core.register_session(self.session_id, self.tool)
-        self.replication = Replication(self.store)
+        self.registry = SessionRegistry(self.storage, self.config.session_timeout_ms)
+        self._registered = register_session
+        if register_session:
+            self.registry.register(self.session_id, self.tool)
+        self.feed = ChangeFeed(self.storage)
+        self.replication = Replication(self.log)
         self._ops_since_optimize = 0
         self._closed = False
 
@@ -89,15 +98,17 @@ class UnifiedMemoryAPI:
         if self.semantic is not None:
             self.semantic.close()
         try:
-            self.core.end_session(self.session_id)
+            self.registry.stop_heartbeat()
+            if self._registered:
+                self.registry.end(self.session_id)
         except NeuralSyncError as exc:  # a busy store must not make close() fail
             log.debug("could not mark session ended: %s", exc)
         if self.config.enable_auto_optimization:
             try:
-                self.store.storage.conn.execute("PRAGMA optimize")
+                self.storage.conn.execute("PRAGMA optimize")
             except Exception as exc:  # noqa: BLE001 - closing must not fail on maintenance
                 log.debug("PRAGMA optimize at close skipped: %s", exc)
-        self.store.close()
+        self.storage.close()
 
     # ------------------------------------------------------------ writes
     def remember(self, content: str, scope: str = "global", priority: float = 0.5,
@@ -106,11 +117,29 @@ class UnifiedMemoryAPI:
                  ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None) -> str:
         """Store a memory and return its id. Secrets in ``content`` are redacted first."""
         with self.monitor.measure("remember"):
-            record_id = new_id()
-            fields = self._create_fields(content, scope, priority, tags, kind, tool, metadata,
-                                         ttl_ms, confidence, source)
-            self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
-            return record_id
+            args = dict(content=content, scope=scope, priority=priority, tags=tags, kind=kind, tool=tool,
+                        metadata=metadata, ttl_ms=ttl_ms, confidence=confidence, source=source)
+            return self._remember(args)[0]
+
+    def remember_memory(self, content: str, scope: str = "global", priority: float = 0.5,
+                        tags: list[str] | tuple[str, ...] | str | None = None, kind: str = "fact",
+                        tool: str | None = None, metadata: dict[str, Any] | None = None,
+                        ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None) -> Memory:
+        """Like :meth:`remember`, returning the memory as stored (secrets redacted), read back in the
+        same transaction: also when a short ``ttl_ms`` has expired it by the time the caller looks."""
+        with self.monitor.measure("remember"):
+            args = dict(content=content, scope=scope, priority=priority, tags=tags, kind=kind, tool=tool,
+                        metadata=metadata, ttl_ms=ttl_ms, confidence=confidence, source=source)
+            memory = self._remember(args, read_back=True)[1]
+            assert memory is not None  # read inside the transaction that created it
+            return memory
+
+    def _remember(self, args: dict[str, Any], read_back: bool = False) -> tuple[str, Memory | None]:
+        values = {**args, "tool": args["tool"] if args["tool"] is not None else self.tool}
+        fields = self.checks.create(values, session=self.session_id, now=now_ms())
+        record_id = new_id()
+        then = (lambda: self.reads.get(record_id, include_expired=True)) if read_back else None
+        return record_id, self._commit([("create", record_id, fields)], (record_id, fields["content"]), then)
 
     def import_memory(self, record: dict[str, Any]) -> bool:
         """Store an exported memory under its own id and creation time.
@@ -119,93 +148,14 @@ class UnifiedMemoryAPI:
         exists or was forgotten here. Fields are validated like ``remember``.
         """
         with self.monitor.measure("import_memory"):
-            if not isinstance(record, dict):
-                raise InvalidInput("record", "must be a JSON object")
-            unknown = sorted(set(record) - IMPORT_FIELDS)
-            if unknown:
-                raise InvalidInput(unknown[0], "unknown field in imported record")
-            created = v.timestamp(record.get("created_at"), "created_at")
-            fields = self._create_fields(
-                record.get("content"), record.get("scope", "global"), record.get("priority", 0.5),
-                record.get("tags"), record.get("kind", "fact"), None, record.get("metadata"),
-                None, record.get("confidence", 0.8), record.get("source"), created_at=created)
-            # An imported record keeps its own provenance: not this process's tool.
-            fields["tool"] = self._field_checks["tool"](record.get("tool"))
-            fields["expires_at"] = self._field_checks["expires_at"](record.get("expires_at"))
-            updated = v.timestamp(record.get("updated_at"), "updated_at")
-            if updated is not None:
-                fields["updated_at"] = max(updated, fields["created_at"])
-            if record.get("session") is not None:
-                fields["session"] = v.label(record["session"], "session", v.MAX_SOURCE_CHARS)
-            if record.get("id") is not None:
-                record_id = v.memory_id(record["id"], "id")
-            else:  # the same line imported twice must not become two memories
-                record_id = derived_id(fields["created_at"], f"{fields['scope']}\0{fields['content']}".encode())
+            record_id, fields = self.checks.imported(record, session=self.session_id, now=now_ms())
             # No savepoint: import runs inside large batches, where savepoints make
             # FTS5 flush per record; this block raises nothing after validation.
-            with self.store.storage.write(savepoint=False):
-                if self.store.known(record_id):
+            with self.storage.write(savepoint=False):
+                if self.reads.known(record_id):
                     return False
                 self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
             return True
-
-    def _create_fields(self, content: object, scope: object, priority: object, tags: object,
-                       kind: object, tool: object, metadata: object, ttl_ms: object,
-                       confidence: object, source: object, created_at: int | None = None) -> dict[str, Any]:
-        check = self._field_checks
-        ttl = v.positive_int(ttl_ms, "ttl_ms", maximum=v.MAX_TTL_MS)
-        now = now_ms()
-        return {
-            "content": check["content"](content),
-            "scope": check["scope"](scope),
-            "priority": check["priority"](priority),
-            "confidence": check["confidence"](confidence),
-            "tags": list(self._clean_tags(tags)),
-            "kind": check["kind"](kind),
-            "tool": check["tool"](tool if tool is not None else self.tool),
-            "source": check["source"](source),
-            "session": self.session_id,
-            "metadata": check["metadata"](metadata),
-            "expires_at": None if ttl is None else now + ttl,
-            "created_at": now if created_at is None else created_at,
-        }
-
-    @functools.cached_property
-    def _field_checks(self) -> dict[str, Any]:
-        """One check per writable field (validate, redact, normalise), shared by every write path."""
-        cfg = self.config
-        return {
-            "content": lambda x: self.redactor.redact(v.text(x, "content", cfg.max_content_chars)),
-            "scope": lambda x: v.label(x, "scope", v.MAX_SCOPE_CHARS),
-            "priority": lambda x: v.unit(x, "priority"),
-            "confidence": lambda x: v.unit(x, "confidence"),
-            "kind": v.kind,
-            "tool": lambda x: v.label(x, "tool", v.MAX_TOOL_CHARS, optional=True),
-            "source": lambda x: self._redact_optional(v.label(x, "source", v.MAX_SOURCE_CHARS, optional=True)),
-            "metadata": lambda x: self._redact_metadata(v.metadata(x, cfg.max_metadata_bytes)),
-            "expires_at": lambda x: v.timestamp(x, "expires_at"),
-        }
-
-    def _clean_tags(self, tags: object) -> tuple[str, ...]:
-        """Validated tags with secrets redacted (a key pasted as a tag is still a key)."""
-        checked = v.tags(tags, self.config.max_tags, self.config.max_tag_chars)
-        return tuple(sorted({self.redactor.redact(tag) for tag in checked}))
-
-    def _redact_optional(self, value: str | None) -> str | None:
-        return None if value is None else self.redactor.redact(value)
-
-    def _redact_metadata(self, value: Any) -> Any:
-        """Redact secrets and normalise to the op encoding's one form (plain str, 0.0 not -0.0),
-        so the local state is exactly what every replica decodes from the op."""
-        if isinstance(value, str):
-            return self.redactor.redact(str(value))
-        if isinstance(value, dict):
-            return {str(k): self._redact_metadata(item) for k, item in value.items()}
-        if isinstance(value, list):
-            return [self._redact_metadata(item) for item in value]
-        if isinstance(value, float):
-            return float(value) + 0.0
-        return value
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
         """Change fields of a memory (content, scope, priority, tags, kind, tool, metadata,
@@ -217,34 +167,26 @@ class UnifiedMemoryAPI:
                 raise InvalidInput(unknown[0], f"unknown field; updatable fields are {sorted(UPDATE_ARGUMENTS)}")
             if not fields:
                 raise InvalidInput("fields", "nothing to update")
-            scalars = self._update_fields(fields)
-            new_tags = self._clean_tags(fields["tags"]) if "tags" in fields else None
-            with self.store.storage.write():
+            scalars = self.checks.update(fields, now_ms())
+            new_tags = self.checks.tags(fields["tags"]) if "tags" in fields else None
+            with self.storage.write():
                 current = self._require(record_id)
                 intents = [("update", record_id, scalars)] if scalars else []
                 if new_tags is not None:
                     intents += self._tag_intents(current, new_tags)
                 changed = "content" in scalars and scalars["content"] != current.content
-                self._commit(intents, embed=(record_id, scalars["content"]) if changed else None)
-            # Read back after the transaction: an update may itself expire the memory.
-            updated = self.store.get(record_id, include_expired=True)
+                # Read back in the transaction: an update may itself expire the memory.
+                updated = self._commit(intents, (record_id, scalars["content"]) if changed else None,
+                                       lambda: self.reads.get(record_id, include_expired=True))
             if updated is None:
                 raise NotFound(record_id)
             return updated
 
-    def _update_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
-        out = {name: check(fields[name]) for name, check in self._field_checks.items() if name in fields}
-        if "ttl_ms" in fields:
-            ttl = v.positive_int(fields["ttl_ms"], "ttl_ms", maximum=v.MAX_TTL_MS)
-            out["expires_at"] = None if ttl is None else now_ms() + ttl
-        return out
-
-    def _tag_intents(self, current: Memory, new_tags: tuple[str, ...]) -> list[tuple[str, str, dict[str, Any]]]:
+    def _tag_intents(self, current: Memory, new_tags: tuple[str, ...]) -> list[Intent]:
         old, new = set(current.tags), set(new_tags)
-        intents: list[tuple[str, str, dict[str, Any]]] = [
-            ("tag_add", current.id, {"tag": tag}) for tag in sorted(new - old)]
+        intents: list[Intent] = [("tag_add", current.id, {"tag": tag}) for tag in sorted(new - old)]
         for tag in sorted(old - new):
-            removes = sorted(self.store.tag_adds(current.id, tag))
+            removes = sorted(self.reads.tag_adds(current.id, tag))
             intents.append(("tag_remove", current.id, {"tag": tag, "removes": removes}))
         return intents
 
@@ -252,8 +194,8 @@ class UnifiedMemoryAPI:
         """Delete a memory. Raises :class:`NotFound` if there is no such live memory."""
         with self.monitor.measure("forget"):
             record_id = v.memory_id(memory_id)
-            with self.store.storage.write():
-                if not self.store.exists(record_id):
+            with self.storage.write():
+                if not self.reads.exists(record_id):
                     raise NotFound(record_id)
                 self._commit([("delete", record_id, {})])
             return True
@@ -263,43 +205,49 @@ class UnifiedMemoryAPI:
         if not isinstance(text, str) or len(text) > self.config.max_content_chars:
             raise InvalidInput("text", "must be a string within the content limit")
         v.check_unicode(text, "text")
-        self._commit([("persona", "persona", {"key": "persona", "text": self.redactor.redact(text)})])
+        self._commit([("persona", "persona", {"key": "persona", "text": self.checks.redactor.redact(text)})])
 
     def get_persona(self) -> str:
         """The persona text, or an empty string."""
-        found = self.store.persona()
+        found = self.reads.persona()
         return "" if found is None else found[0]
 
     def get_persona_info(self) -> dict[str, Any] | None:
         """The persona with the clock that set it (``text``, ``hlc``), or None if never set."""
-        found = self.store.persona()
+        found = self.reads.persona()
         return None if found is None else {"text": found[0], "hlc": found[1]}
 
-    def _commit(self, intents: list[tuple[str, str, dict[str, Any]]],
-                embed: tuple[str, str] | None = None) -> None:
-        """Apply intents; write the vector of ``embed`` (id, text) in the same transaction.
+    def _commit(self, intents: list[Intent], embed: tuple[str, str] | None = None,
+                then: Callable[[], Any] | None = None) -> Any:
+        """Apply intents as ops in one write transaction, with the vector of ``embed`` (id, text), and
+        return what ``then`` reads inside that same transaction.
 
         Inside ``batch_operations`` vectors are computed in one call at the end
         of the batch. If the embedder fails, the memory is stored anyway and
         stays queued for ``embed_pending``: recall by text never waits on it.
         """
         if not intents:
-            return
+            return then() if then is not None else None
         pending = getattr(self._batch, "pending", None)
         if embed is not None and pending is not None:
             pending.append(embed)
             embed = None
         vector = self._embed_now(embed) if embed is not None and self.config.embed_on_write else None
-        with self.store.storage.write(savepoint=False) as conn:
-            self.store.commit(intents)
-            if vector is not None and self.semantic is not None:
-                self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])  # type: ignore[index]
-        self._ops_since_optimize += len(intents)
+        with self.storage.write(savepoint=False) as conn:
+            self.log.append(conn, intents)
+            if vector is not None and embed is not None and self.semantic is not None:
+                self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])
+            result = then() if then is not None else None
+        self._after_commit(len(intents))
+        return result
+
+    def _after_commit(self, count: int) -> None:
+        self._ops_since_optimize += count
         if (self.config.enable_auto_optimization and self._ops_since_optimize >= AUTO_OPTIMIZE_EVERY
-                and not self.store.storage.in_write):
+                and not self.storage.in_write):
             self._ops_since_optimize = 0
             try:
-                optimize(self.store, light=True)
+                optimize(self.storage, light=True)
             except (sqlite3.Error, NeuralSyncError) as exc:  # the write is committed: never fail it now
                 log.debug("automatic maintenance skipped: %s", exc)
 
@@ -325,7 +273,7 @@ class UnifiedMemoryAPI:
         if outer:
             self._batch.pending = []
         try:
-            with self.monitor.measure("batch_operations"), self.store.storage.write() as conn:
+            with self.monitor.measure("batch_operations"), self.storage.write() as conn:
                 yield self
                 if outer:
                     self._flush_batch_vectors(conn)
@@ -353,7 +301,7 @@ class UnifiedMemoryAPI:
             return memory
 
     def _require(self, record_id: str) -> Memory:
-        memory = self.store.get(record_id)
+        memory = self.reads.get(record_id)
         if memory is None:
             raise NotFound(record_id)
         return memory
@@ -396,24 +344,6 @@ class UnifiedMemoryAPI:
         self.access.record([m.id for m in results])
         return results
 
-    def start_background_maintenance(self) -> None:
-        """For long-lived processes (servers): keep the session alive and the vector
-        index current from daemon threads; ingest never waits for the index."""
-        self.core.start_heartbeat(self.session_id)
-        if self.semantic is not None:
-            self.semantic.start_background_refresh()
-
-    def embed_pending(self, progress: Any = None) -> int:
-        """Embed memories that arrived without a vector (other writers, sync, changed content)."""
-        return 0 if self.semantic is None else self.semantic.embed_pending(progress=progress)
-
-    def rebuild_vector_index(self, full: bool = False, progress: Any = None) -> dict[str, Any]:
-        """Bring the HNSW file up to date now (incremental unless ``full``); returns what was done."""
-        if self.semantic is None:
-            return {"skipped": "semantic search is disabled (embedder 'none')"}
-        with self.monitor.measure("rebuild_vector_index"):
-            return self.semantic.refresh_index(full=full, progress=progress)
-
     def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
                  tag_match: str, tool: object = None) -> Filters:
         if tag_match not in ("any", "all"):
@@ -428,6 +358,24 @@ class UnifiedMemoryAPI:
             tool=v.label(tool, "tool", v.MAX_TOOL_CHARS, optional=True),
         )
 
+    def start_background_maintenance(self) -> None:
+        """For long-lived processes (servers): keep the session alive and the vector
+        index current from daemon threads; ingest never waits for the index."""
+        self.registry.start_heartbeat(self.session_id)
+        if self.semantic is not None:
+            self.semantic.start_background_refresh()
+
+    def embed_pending(self, progress: Any = None) -> int:
+        """Embed memories that arrived without a vector (other writers, sync, changed content)."""
+        return 0 if self.semantic is None else self.semantic.embed_pending(progress=progress)
+
+    def rebuild_vector_index(self, full: bool = False, progress: Any = None) -> dict[str, Any]:
+        """Bring the HNSW file up to date now (incremental unless ``full``); returns what was done."""
+        if self.semantic is None:
+            return {"skipped": "semantic search is disabled (embedder 'none')"}
+        with self.monitor.measure("rebuild_vector_index"):
+            return self.semantic.refresh_index(full=full, progress=progress)
+
     def range_recall(self, start_time: Any = None, end_time: Any = None, scope: str | None = None,
                      limit: int | None = None, newest_first: bool = False) -> list[Memory]:
         """Memories created between ``start_time`` and ``end_time`` (inclusive), oldest first
@@ -436,28 +384,36 @@ class UnifiedMemoryAPI:
             start, end = v.timestamp(start_time, "start_time"), v.timestamp(end_time, "end_time")
             if start is not None and end is not None and start > end:
                 raise InvalidInput("start_time", "is after end_time")
-            return self.store.range(start, end, v.label(scope, "scope", v.MAX_SCOPE_CHARS, optional=True),
+            return self.reads.range(start, end, v.label(scope, "scope", v.MAX_SCOPE_CHARS, optional=True),
                                     v.positive_int(limit, "limit"), descending=bool(newest_first))
+
+    def iter_memories(self) -> Iterator[Memory]:
+        """Every live memory in id order, streamed in batches (export)."""
+        return self.reads.iter_memories()
+
+    def counts(self) -> dict[str, int]:
+        """Live, expired and deleted memories, ops, scopes and tags."""
+        return self.reads.counts()
 
     def changes_since(self, seq: int = 0, limit: int = 1000) -> list[Change]:
         """Ops applied to this store after local sequence number ``seq`` (the change feed)."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise InvalidInput("seq", "must be a non-negative integer")
-        return self.store.changes_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+        return self.reads.changes_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
 
     def subscribe(self, since: int | None = None, timeout: float | None = None,
                   stop: threading.Event | None = None) -> Iterator[Change]:
-        """Follow every process's writes as they commit (blocking iterator); see :class:`CoreMemory`."""
-        return self.core.subscribe(since=since, timeout=timeout, stop=stop)
+        """Follow every process's writes as they commit (blocking iterator); see :class:`ChangeFeed`."""
+        return self.feed.subscribe(since=since, timeout=timeout, stop=stop)
 
     def last_seq(self) -> int:
         """The newest change-feed sequence number."""
-        return self.core.last_seq()
+        return self.feed.last_seq()
 
     # ------------------------------------------------------------ replication
     def identity(self) -> str:
         """This replica's public key (hex): give it to peers for ``neuralsync peer add``."""
-        return self.store.site_id
+        return self.log.site_id
 
     def add_peer(self, name: str, url: str, key: str) -> dict[str, Any]:
         """Trust another replica (name, URL of its ``neuralsync serve``, its public key)."""
@@ -481,18 +437,36 @@ class UnifiedMemoryAPI:
         """Sync with every peer every ``seconds`` on a background thread, until close."""
         self.replication.start_interval(seconds)
 
+    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
+        """(status, reason) to refuse a peer's sync request on its headers, before its body is read; or None."""
+        return self.replication.precheck(headers)
+
+    def serve_sync(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """Answer one signed sync request from a peer: (status, JSON body, headers)."""
+        with self.monitor.measure("serve_sync"):
+            return self.replication.serve(headers, body)
+
+    def receive_pushed(self, ops: Sequence[object]) -> dict[str, Any]:
+        """Apply signed ops in JSON form (the legacy push); each bad op is refused on its own."""
+        with self.monitor.measure("receive_pushed"):
+            return self.replication.receive_pushed(ops)
+
+    def pull_ops(self, since: int, limit: int) -> dict[str, Any]:
+        """Signed ops in JSON form after local position ``since`` (the legacy pull), byte-bounded."""
+        return self.replication.pull(since, limit)
+
     def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Losing values of concurrent writes (record, field, both values and authors, resolution)."""
         return self.replication.conflicts(record_id, limit)
 
     def sessions(self, include_ended: bool = False) -> list[dict[str, Any]]:
         """Processes registered on this store (dead ones reaped first)."""
-        return self.core.sessions(include_ended)
+        return self.registry.list(include_ended)
 
     def growth(self, days: int = 30) -> dict[str, Any]:
         """Memories and bytes per day, and the projected day the configured quota is reached."""
-        return self.core.growth(v.positive_int(days, "days", optional=False, maximum=3650) or 30,
-                                self.config.quota_bytes)
+        return growth(self.storage, v.positive_int(days, "days", optional=False, maximum=3650) or 30,
+                      self.config.quota_bytes)
 
     # ------------------------------------------------------------ operations
     @contextmanager
@@ -508,27 +482,32 @@ class UnifiedMemoryAPI:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
             raise InvalidInput("target_response_time_ms", "must be a positive number")
         with self.monitor.measure("optimize_performance"):
-            report = optimize(self.store, light=False)
+            report = optimize(self.storage, light=False)
         report["target_ms"] = float(target)
         report["met"] = report["after_ms"] <= target
         return report
 
+    def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
+        """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the
+        state from the log compared with the stored state."""
+        return run_doctor(self.storage, progress, quick)
+
     def get_system_stats(self) -> dict[str, Any]:
         """Counts, sizes, and latency percentiles per operation."""
-        counts = self.store.counts()
-        sizes = self.store.sizes()
+        counts = self.reads.counts()
+        sizes = self.storage.sizes()
         perf = self.monitor.stats()
         perf["target_response_time_ms"] = self.config.target_response_time_ms
         return {
             **counts,
-            "scopes_detail": self.store.scope_counts(),
-            "storage": {**sizes, "path": str(self.store.storage.path),
+            "scopes_detail": self.reads.scope_counts(),
+            "storage": {**sizes, "path": str(self.storage.path),
                         "bytes_per_memory": round(sizes["total_bytes"] / counts["memories"], 1)
                         if counts["memories"] else None},
             "performance_stats": perf,
-            "site_id": self.store.site_id,
+            "site_id": self.log.site_id,
             "sync": self.replication.stats(),
-            "schema_version": self.store.schema_version,
+            "schema_version": self.log.schema_version,
             "session_id": self.session_id,
             "process": process_resources(),
         }

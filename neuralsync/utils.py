@@ -9,8 +9,9 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN", "Periodic"]
+__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN", "Periodic", "read_only_uri"]
 
 # Ids are UUIDv7-shaped hex strings without dashes: 48-bit ms timestamp, then
 # randomness. Lexicographic order is creation order, which keeps the primary
@@ -73,6 +74,11 @@ def derived_id(at_ms: int, key: bytes) -> str:
     seq, rand = digest >> 68 & 0xFFF, digest & ((1 << 62) - 1)
     value = (at_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
     return f"{value:032x}"
+
+
+def read_only_uri(path: str | os.PathLike[str]) -> str:
+    """A ``file:`` URI opening an SQLite file read-only; percent-escaped, so '?', '#' or '%' in a path are safe."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
 
 
 def is_valid_id(value: object) -> bool:

@@ -1,7 +1,9 @@
 """Input checks: every public value is checked here before an op is built.
 
 Each failure raises :class:`InvalidInput` naming the field, so nothing is
-written for bad input. Functions return normalised values.
+written for bad input. Functions return normalised values; :class:`FieldChecks`
+composes them (with secret redaction) into the fields of a create or update op,
+one table shared by every write path of the facade.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from .config import MemoryConfig
 from .errors import InvalidInput
-from .utils import is_valid_id
+from .redact import Redactor
+from .utils import derived_id, is_valid_id
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -133,6 +137,9 @@ def _check_json(value: object, depth: int) -> None:
         raise InvalidInput("metadata", f"values must be JSON types, not {type(value).__name__}")
 
 
+IMPORT_FIELDS = frozenset({"id", "content", "scope", "priority", "tags", "kind", "tool", "metadata",
+                           "confidence", "source", "session", "created_at", "updated_at", "expires_at",
+                           "content_hash", "accessed_at", "access_count", "score"})
 MAX_TTL_MS = 100 * 365 * 86_400_000  # a century: anything longer is "forever" (omit the ttl)
 MAX_SEQ = (1 << 63) - 1
 
@@ -197,3 +204,89 @@ def check_unicode(value: str, field: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(field, "contains invalid unicode (lone surrogate)") from None
+
+
+class FieldChecks:
+    """Caller values to op fields: validated, secrets redacted, normalised to the op encoding's one form
+    (plain ``str``, ``0.0`` not ``-0.0``), so the local state is exactly what every replica decodes."""
+
+    def __init__(self, config: MemoryConfig) -> None:
+        self.config = config
+        self.redactor = Redactor(config.redact_secrets, config.extra_secret_patterns)
+        cfg = config
+        self.checks: dict[str, Callable[[Any], Any]] = {
+            "content": lambda x: self.redactor.redact(text(x, "content", cfg.max_content_chars)),
+            "scope": lambda x: label(x, "scope", MAX_SCOPE_CHARS),
+            "priority": lambda x: unit(x, "priority"),
+            "confidence": lambda x: unit(x, "confidence"),
+            "kind": kind,
+            "tool": lambda x: label(x, "tool", MAX_TOOL_CHARS, optional=True),
+            "source": lambda x: self._redact_optional(label(x, "source", MAX_SOURCE_CHARS, optional=True)),
+            "metadata": lambda x: self._redact_metadata(metadata(x, cfg.max_metadata_bytes)),
+            "expires_at": lambda x: timestamp(x, "expires_at"),
+        }
+
+    def create(self, values: dict[str, Any], *, session: str, now: int) -> dict[str, Any]:
+        """The fields of a create op from ``remember``'s arguments (``ttl_ms`` becomes ``expires_at``)."""
+        ttl = positive_int(values.get("ttl_ms"), "ttl_ms", maximum=MAX_TTL_MS)
+        check = self.checks
+        fields = {name: check[name](values[name]) for name in ("content", "scope", "priority", "confidence")}
+        fields["tags"] = list(self.tags(values.get("tags")))
+        fields.update((name, check[name](values[name])) for name in ("kind", "tool", "source", "metadata"))
+        fields["session"] = session
+        fields["expires_at"] = None if ttl is None else now + ttl
+        fields["created_at"] = now
+        return fields
+
+    def imported(self, record: object, *, session: str, now: int) -> tuple[str, dict[str, Any]]:
+        """(id, create fields) of an exported record: its own id (or one derived from its content and
+        time, so the same line imported twice is one memory), creation time and tool are kept."""
+        if not isinstance(record, dict):
+            raise InvalidInput("record", "must be a JSON object")
+        unknown = sorted(set(record) - IMPORT_FIELDS)
+        if unknown:
+            raise InvalidInput(unknown[0], "unknown field in imported record")
+        created = timestamp(record.get("created_at"), "created_at")
+        defaults = {"scope": "global", "priority": 0.5, "kind": "fact", "confidence": 0.8}
+        values = {name: record.get(name, defaults.get(name)) for name in
+                  ("content", "scope", "priority", "tags", "kind", "metadata", "confidence", "source")}
+        fields = self.create({**values, "tool": None}, session=session, now=now)
+        if created is not None:
+            fields["created_at"] = created
+        fields["tool"] = self.checks["tool"](record.get("tool"))
+        fields["expires_at"] = self.checks["expires_at"](record.get("expires_at"))
+        updated = timestamp(record.get("updated_at"), "updated_at")
+        if updated is not None:
+            fields["updated_at"] = max(updated, fields["created_at"])
+        if record.get("session") is not None:
+            fields["session"] = label(record["session"], "session", MAX_SOURCE_CHARS)
+        if record.get("id") is not None:
+            return memory_id(record["id"], "id"), fields
+        return derived_id(fields["created_at"], f"{fields['scope']}\0{fields['content']}".encode()), fields
+
+    def update(self, values: dict[str, Any], now: int) -> dict[str, Any]:
+        """The scalar fields of an update op (tags are separate ops)."""
+        out = {name: check(values[name]) for name, check in self.checks.items() if name in values}
+        if "ttl_ms" in values:
+            ttl = positive_int(values["ttl_ms"], "ttl_ms", maximum=MAX_TTL_MS)
+            out["expires_at"] = None if ttl is None else now + ttl
+        return out
+
+    def tags(self, value: object) -> tuple[str, ...]:
+        """Validated tags with secrets redacted (a key pasted as a tag is still a key)."""
+        checked = tags(value, self.config.max_tags, self.config.max_tag_chars)
+        return tuple(sorted({self.redactor.redact(tag) for tag in checked}))
+
+    def _redact_optional(self, value: str | None) -> str | None:
+        return None if value is None else self.redactor.redact(value)
+
+    def _redact_metadata(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redactor.redact(str(value))
+        if isinstance(value, dict):
+            return {str(k): self._redact_metadata(item) for k, item in value.items()}
+        if isinstance(value, list):
+            return [self._redact_metadata(item) for item in value]
+        if isinstance(value, float):
+            return float(value) + 0.0
+        return value

@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping
 
 from neuralsync.errors import SyncRejected
-from neuralsync.peers import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
-from neuralsync.sync import Transport
+from neuralsync.replication.protocol import Transport
+from neuralsync.replication.signing import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 
@@ -23,11 +23,11 @@ def signed_transport(src: UnifiedMemoryAPI, dst: UnifiedMemoryAPI, target: str) 
     """What ``HttpTransport`` does, minus the socket: sign, let ``dst`` serve, check the answer's signature."""
 
     def send(body: bytes) -> bytes:
-        headers = sign_request(src.store.key, dst.store.author, body)
+        headers = sign_request(src.log.key, dst.log.author, body)
         status, answer, reply_headers = dst.replication.serve(headers, body)
         if status != 200:
             raise SyncRejected(f"{target} refused the sync ({status}): {json.loads(answer)['error']['message']}")
-        verify_reply(dst.store.author, headers[NONCE_HEADER], answer, reply_headers.get(SIGNATURE_HEADER))
+        verify_reply(dst.log.author, headers[NONCE_HEADER], answer, reply_headers.get(SIGNATURE_HEADER))
         return answer
 
     return send

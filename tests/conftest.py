@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from neuralsync.doctor import run_doctor
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 MakeApi = Callable[..., UnifiedMemoryAPI]
@@ -49,8 +49,8 @@ def api(make_api: MakeApi) -> UnifiedMemoryAPI:
 
 
 def _snapshot(api: UnifiedMemoryAPI) -> tuple[int, str]:
-    report = run_doctor(api.store, quick=True)
-    return api.store.counts()["ops"], report.digest
+    report = run_doctor(api.storage, quick=True)
+    return api.reads.counts()["ops"], report.digest
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_forgotten_memory_is_never_returned(api: UnifiedMemoryAPI) -> None:
         assert [m.id for m in api.recall("drop this", mode=mode)] == [keep]
     assert [m.id for m in api.recall("")] == [keep]
     assert [m.id for m in api.range_recall()] == [keep]
-    assert [m.id for m in api.store.iter_memories()] == [keep]
+    assert [m.id for m in api.reads.iter_memories()] == [keep]
     with pytest.raises(NotFound):
         api.forget(gone)
 
@@ -154,7 +154,7 @@ def test_expired_memory_is_never_returned(api: UnifiedMemoryAPI) -> None:
     keep = api.remember("lasting giraffe")
     gone = api.remember("fleeting giraffe", ttl_ms=20)
     _wait_past(20)
-    assert api.store.exists(gone)  # still stored, only hidden
+    assert api.reads.exists(gone)  # still stored, only hidden
     with pytest.raises(NotFound):
         api.get(gone)
     for mode in MODES:
@@ -163,7 +163,7 @@ def test_expired_memory_is_never_returned(api: UnifiedMemoryAPI) -> None:
     assert api.recall("fleeting", mode="text") == []
     assert [m.id for m in api.recall("")] == [keep]
     assert [m.id for m in api.range_recall()] == [keep]
-    assert [m.id for m in api.store.iter_memories()] == [keep]
+    assert [m.id for m in api.reads.iter_memories()] == [keep]
     assert api.get_system_stats()["memories"] == 1
 
 
@@ -206,7 +206,7 @@ def test_batch_stores_everything_on_success(api: UnifiedMemoryAPI) -> None:
     with api.batch_operations():
         for i in range(100):
             api.remember(f"batched {i}")
-    assert api.store.counts()["memories"] == 100
+    assert api.reads.counts()["memories"] == 100
 
 
 def test_batch_is_all_or_nothing_when_it_raises(api: UnifiedMemoryAPI, snapshot: Snapshot) -> None:
@@ -226,19 +226,19 @@ def test_batch_is_all_or_nothing_when_it_raises(api: UnifiedMemoryAPI, snapshot:
 
 def test_a_caught_store_failure_inside_a_batch_still_aborts_the_batch(
         api: UnifiedMemoryAPI, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
-    import neuralsync.store
+    import neuralsync.oplog.log
 
     api.remember("before")
     before = snapshot(api)
-    real_apply = neuralsync.store.apply_op
+    real_apply = neuralsync.oplog.log.apply_op
 
     def fail_once(*args: object, **kwargs: object) -> object:
-        monkeypatch.setattr(neuralsync.store, "apply_op", real_apply)
+        monkeypatch.setattr(neuralsync.oplog.log, "apply_op", real_apply)
         raise OSError("simulated failure half-way through an op")
 
     with pytest.raises(StoreError), api.batch_operations():
         api.remember("first in batch")
-        monkeypatch.setattr(neuralsync.store, "apply_op", fail_once)
+        monkeypatch.setattr(neuralsync.oplog.log, "apply_op", fail_once)
         with pytest.raises(OSError):
             api.remember("fails")
         api.remember("after the failure")
@@ -317,7 +317,7 @@ def test_optimize_performance_reports_actions_and_latency(api: UnifiedMemoryAPI)
     assert report["before_ms"] >= 0 and report["after_ms"] >= 0
     assert report["target_ms"] == 1000.0
     assert report["met"] == (report["after_ms"] <= 1000)
-    assert api.store.counts()["memories"] == 50
+    assert api.reads.counts()["memories"] == 50
 
 
 @pytest.mark.parametrize("target", [0, -1, "fast", True])
@@ -333,7 +333,7 @@ def test_now_ms_is_exported_from_the_package_and_utils() -> None:
 
 def test_default_store_follows_neuralsync_home(isolated_home: Path) -> None:
     with UnifiedMemoryAPI() as api:
-        assert api.store.storage.path == isolated_home / "memory.db"
+        assert api.storage.path == isolated_home / "memory.db"
     assert (isolated_home / "memory.db").exists()
 
 

@@ -1,5 +1,6 @@
-"""Import direction, checked by parsing the source: the core never imports adapter frameworks,
-the base layer imports nothing above it, and there are no import cycles."""
+"""The house, checked by parsing the source: every module sits in a layer folder, imports point down
+the layers only, adapters go through the facade (never the store, the op log or replication behind
+it), the core never imports adapter frameworks, and there are no import cycles."""
 
 from __future__ import annotations
 
@@ -15,7 +16,26 @@ import neuralsync
 
 PACKAGE_DIR = Path(neuralsync.__file__).parent
 ADAPTER_FRAMEWORKS = {"argparse", "click", "typer", "uvicorn", "starlette", "fastapi", "mcp"}
-BASE = {"neuralsync.errors", "neuralsync.model", "neuralsync.utils", "neuralsync.clock", "neuralsync.config"}
+BASE = {"neuralsync.errors", "neuralsync.model", "neuralsync.utils", "neuralsync.config", "neuralsync.validation",
+        "neuralsync.redact"}
+# Bottom to top. A module may import its own layer and the layers below it, nothing above.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", tuple(sorted(BASE))),
+    ("store", ("neuralsync.store",)),
+    ("oplog", ("neuralsync.oplog",)),
+    ("search", ("neuralsync.search",)),
+    ("replication", ("neuralsync.replication",)),
+    ("sessions", ("neuralsync.sessions",)),
+    ("services", ("neuralsync.services",)),
+    ("facade", ("neuralsync.unified_memory_api",)),
+    ("adapters", ("neuralsync.cli", "neuralsync.server", "neuralsync.mcp", "neuralsync.integrations")),
+)
+FACADE_LAYER = 7
+# What an adapter may import from the core: the facade and the base records, errors and checks.
+ADAPTER_MAY_IMPORT = BASE | {"neuralsync", "neuralsync.unified_memory_api"}
+# The facade's parts; an adapter that needs one of them needs a facade method instead.
+FACADE_INTERNALS = {"store", "storage", "log", "reads", "replication", "semantic", "recaller", "registry", "feed",
+                    "access", "checks"}
 HEAVY = {"uvicorn", "starlette", "fastapi", "mcp", "usearch", "sentence_transformers", "wordllama", "torch",
          "click", "httpx"}
 
@@ -32,10 +52,17 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 
+def layer_of(module: str) -> int:
+    """Index of the layer ``module`` belongs to (its folder, or its name for the top-level modules)."""
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no layer: put it in a layer folder (or add it to BASE)")
+
+
 def is_adapter(module: str) -> bool:
-    """cli.py (and its split-off ``cli_*`` parts), server/, mcp_server.py, integrations/."""
-    return (module in ("neuralsync.cli", "neuralsync.mcp_server")
-            or module.startswith(("neuralsync.cli_", "neuralsync.server", "neuralsync.integrations")))
+    """cli/, server/, mcp/, integrations/."""
+    return module != "neuralsync" and layer_of(module) == len(LAYERS) - 1
 
 
 def _type_checking_lines(tree: ast.Module) -> set[int]:
@@ -80,22 +107,49 @@ def _internal(module: str) -> set[str]:
     return {name for name in imports_of(module) if name in _modules() and name != module}
 
 
+def _internal_all(module: str) -> set[str]:
+    """Internal imports including type-only ones: a layer must not even name what sits above it."""
+    return {name for name in imports_of(module, include_type_checking=True) if name in _modules() and name != module}
+
+
 def test_the_parser_sees_the_known_imports() -> None:
-    assert "neuralsync.storage" in imports_of("neuralsync.store")
-    assert "neuralsync.crdt" in imports_of("neuralsync.store")  # `from . import crdt`
+    assert "neuralsync.store.storage" in imports_of("neuralsync.oplog.log")
+    assert "neuralsync.oplog.codec" in imports_of("neuralsync.oplog.log")  # `from . import codec`
     assert "neuralsync.validation" in imports_of("neuralsync.unified_memory_api")
-    assert "sqlite3" in imports_of("neuralsync.storage")
+    assert "sqlite3" in imports_of("neuralsync.store.storage")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if m != "neuralsync"))
+def test_every_module_imports_only_its_layer_and_the_layers_below(module: str) -> None:
+    own = layer_of(module)
+    upward = {m for m in _internal_all(module) - {"neuralsync"} if layer_of(m) > own}
+    assert not upward, f"{module} ({LAYERS[own][0]}) imports from above: {sorted(upward)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if m != "neuralsync" and is_adapter(m)))
+def test_adapters_reach_the_core_only_through_the_facade(module: str) -> None:
+    below = {m for m in _internal_all(module) if not is_adapter(m) and m not in ADAPTER_MAY_IMPORT}
+    assert not below, f"{module} imports {sorted(below)}: add a facade method instead"
+    path = _modules()[module]
+    reached = sorted({node.attr for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                      if isinstance(node, ast.Attribute) and node.attr in FACADE_INTERNALS})
+    assert not reached, f"{module} reaches past the facade through .{', .'.join(reached)}"
+
+
+def test_the_layers_are_folders() -> None:
+    for name, prefixes in LAYERS[1:]:
+        for prefix in prefixes:
+            if prefix != "neuralsync.unified_memory_api":
+                assert prefix in _modules(), f"layer {name}: {prefix} is not a package"
+    flat = {m for m in _modules() if m.count(".") == 1}
+    assert flat <= BASE | {"neuralsync.unified_memory_api", "neuralsync.__main__"} | {
+        prefix for _, prefixes in LAYERS for prefix in prefixes}
 
 
 @pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m)))
 def test_core_modules_do_not_import_adapter_frameworks(module: str) -> None:
     tops = {name.split(".")[0] for name in imports_of(module, include_type_checking=True)}
     assert not tops & ADAPTER_FRAMEWORKS, f"{module} imports {sorted(tops & ADAPTER_FRAMEWORKS)}"
-
-
-@pytest.mark.parametrize("module", sorted(BASE))
-def test_base_modules_import_nothing_from_higher_layers(module: str) -> None:
-    assert _internal(module) <= BASE, f"{module} imports {sorted(_internal(module) - BASE)}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m)))

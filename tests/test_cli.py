@@ -253,7 +253,8 @@ def test_help_does_not_import_the_store(home: Path) -> None:
     probe = ("import sys\n"
              "from neuralsync.cli import main\n"
              "code = main(['--help'])\n"
-             "heavy = [m for m in ('neuralsync.store', 'neuralsync.unified_memory_api', 'sqlite3', 'nacl')"
+             "heavy = [m for m in ('neuralsync.store.storage', 'neuralsync.oplog.log', 'neuralsync.unified_memory_api',"
+             " 'sqlite3', 'nacl')"
              " if m in sys.modules]\n"
              "print('RESULT', code, heavy)\n")
     done = subprocess.run([sys.executable, "-c", probe], env=subprocess_env(home), capture_output=True,
@@ -279,3 +280,4 @@ def test_mcp_without_the_sdk_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "pip install 'neuralsync[mcp]'" in done.stderr and done.stderr.count("\n") == 1
+

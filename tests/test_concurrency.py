@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from neuralsync import crdt
-from neuralsync.doctor import run_doctor
+from neuralsync.oplog import codec as crdt
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 PROCESSES = 4
@@ -40,13 +40,13 @@ WRITER = textwrap.dedent("""
 
 def _assert_one_chain(api: UnifiedMemoryAPI) -> int:
     """Every op's preds is exactly the op before it (by local seq), and clocks only grow."""
-    rows = api.store.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq").fetchall()
+    rows = api.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq").fetchall()
     ops = [crdt.parse_op(body, sig) for body, sig in rows]
     assert ops[0].preds == ()
     for previous, op in zip(ops, ops[1:], strict=False):
         assert op.preds == (previous.id,)
         assert op.hlc > previous.hlc
-    heads = api.store.storage.conn.execute("SELECT id FROM heads").fetchall()
+    heads = api.storage.conn.execute("SELECT id FROM heads").fetchall()
     assert heads == [(ops[-1].id,)]
     return len(ops)
 
@@ -74,12 +74,12 @@ def test_four_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     assert [r["failed"] for r in reports] == [0] * PROCESSES, reports
 
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(base))) as api:
-        assert api.store.counts()["memories"] == PROCESSES * PER_PROCESS
+        assert api.reads.counts()["memories"] == PROCESSES * PER_PROCESS
         for n in range(PROCESSES):
             contents = {m.content for m in api.range_recall(scope=f"p{n}")}
             assert contents == {f"writer p{n} item {i}" for i in range(PER_PROCESS)}
         assert _assert_one_chain(api) == PROCESSES * PER_PROCESS
-        report = run_doctor(api.store, quick=True)
+        report = run_doctor(api.storage, quick=True)
         assert report.ok, report.to_dict()
 
 
@@ -107,11 +107,11 @@ def test_threads_sharing_one_api_lose_nothing(api: UnifiedMemoryAPI) -> None:
         worker.join(TIMEOUT_S)
     assert not any(w.is_alive() for w in workers)
     assert errors == []
-    assert api.store.counts()["memories"] == threads * per_thread
+    assert api.reads.counts()["memories"] == threads * per_thread
     for n in range(threads):
         assert len(api.recall("", tags=[f"t{n}"], top_k=per_thread)) == per_thread
     _assert_one_chain(api)
-    assert run_doctor(api.store, quick=True).ok
+    assert run_doctor(api.storage, quick=True).ok
 
 
 def test_a_second_process_sees_writes_of_the_first(tmp_path: Path) -> None:

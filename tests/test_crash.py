@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neuralsync.doctor import run_doctor
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 BATCH = 2000
@@ -66,12 +66,12 @@ def _run_and_kill(base: Path, pause_at: int) -> None:
 def _reopen_counts(base: Path) -> tuple[int, int, int]:
     """(memories before the batch, batch memories, ops) after reopening; doctor must pass."""
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(base))) as api:
-        report = run_doctor(api.store, quick=True)
+        report = run_doctor(api.storage, quick=True)
         assert report.ok, report.to_dict()
         contents = [m.content for m in api.range_recall()]
         batch = sum(c.startswith("batchonly item") for c in contents)
         assert len(api.recall("batchonly", top_k=10, mode="text")) == min(batch, 10)
-        return len(contents) - batch, batch, api.store.counts()["ops"]
+        return len(contents) - batch, batch, api.reads.counts()["ops"]
 
 
 @pytest.mark.slow
@@ -96,5 +96,5 @@ def test_store_stays_writable_after_repeated_kills(tmp_path: Path) -> None:
         _run_and_kill(base, pause_at)
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(base))) as api:
         api.remember("after the crashes")
-        assert api.store.counts()["memories"] == 2 * BEFORE + 1
-        assert run_doctor(api.store, quick=True).ok
+        assert api.reads.counts()["memories"] == 2 * BEFORE + 1
+        assert run_doctor(api.storage, quick=True).ok

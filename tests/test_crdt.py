@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuralsync import crdt
 from neuralsync.errors import ConfigError, InvalidOp
 from neuralsync.model import Op
+from neuralsync.oplog import codec as crdt
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 MakeApi = Callable[..., UnifiedMemoryAPI]
@@ -276,11 +276,11 @@ def test_oversized_op_is_refused_when_made(key: nacl.signing.SigningKey) -> None
 def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     config = MemoryConfig(base_path=str(tmp_path / "s"))
     with UnifiedMemoryAPI(config) as first:
-        site = first.store.site_id
+        site = first.log.site_id
     assert config.key_path.stat().st_mode & 0o777 == 0o600
     raw = config.key_path.read_bytes()
     with UnifiedMemoryAPI(config) as second:
-        assert second.store.site_id == site
+        assert second.log.site_id == site
     assert config.key_path.read_bytes() == raw
 
 
@@ -305,12 +305,12 @@ def test_key_of_wrong_length_is_refused(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the chain
 def _log(api: UnifiedMemoryAPI) -> list[Op]:
-    rows = api.store.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq").fetchall()
+    rows = api.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq").fetchall()
     return [crdt.parse_op(body, sig) for body, sig in rows]
 
 
 def _heads(api: UnifiedMemoryAPI) -> list[bytes]:
-    return [h for (h,) in api.store.storage.conn.execute("SELECT id FROM heads")]
+    return [h for (h,) in api.storage.conn.execute("SELECT id FROM heads")]
 
 
 def test_every_mutation_appends_ops_chained_on_the_previous_head(api: UnifiedMemoryAPI) -> None:
@@ -336,7 +336,7 @@ def test_every_mutation_appends_ops_chained_on_the_previous_head(api: UnifiedMem
             assert op.hlc > before[-1].hlc
             previous = op.id
         assert _heads(api) == [after[-1].id]
-        assert all(op.author == api.store.author for op in new)
+        assert all(op.author == api.log.author for op in new)
 
 
 def test_first_op_has_no_preds_and_becomes_the_only_head(api: UnifiedMemoryAPI) -> None:
@@ -365,7 +365,7 @@ def test_failed_validation_appends_no_op(api: UnifiedMemoryAPI) -> None:
 
 
 def test_a_predecessor_at_the_maximum_clock_does_not_drag_the_local_clock() -> None:
-    from neuralsync.clock import HLC_MAX, HybridClock, hlc_ms, pack
+    from neuralsync.oplog.clock import HLC_MAX, HybridClock, hlc_ms, pack
 
     wall = 1_700_000_000_000
     clock = HybridClock(wall=lambda: wall, max_skew_ms=1000)

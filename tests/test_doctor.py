@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from neuralsync.doctor import run_doctor
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 
@@ -23,7 +23,7 @@ def busy_store(api: UnifiedMemoryAPI) -> UnifiedMemoryAPI:
 
 
 def _tamper(api: UnifiedMemoryAPI, sql: str, *args: object) -> None:
-    raw = sqlite3.connect(api.store.storage.path)
+    raw = sqlite3.connect(api.storage.path)
     try:
         changed = raw.execute(sql, args).rowcount
         raw.commit()
@@ -33,12 +33,12 @@ def _tamper(api: UnifiedMemoryAPI, sql: str, *args: object) -> None:
 
 
 def _ops(api: UnifiedMemoryAPI) -> list[tuple[int, str, str]]:
-    return api.store.storage.conn.execute("SELECT seq, kind, record_id FROM ops ORDER BY seq").fetchall()
+    return api.storage.conn.execute("SELECT seq, kind, record_id FROM ops ORDER BY seq").fetchall()
 
 
 def test_clean_store_is_ok_and_rebuilds_to_the_same_digest(busy_store: UnifiedMemoryAPI) -> None:
     seen: list[tuple[int, int]] = []
-    report = run_doctor(busy_store.store, progress=lambda done, total: seen.append((done, total)))
+    report = run_doctor(busy_store.storage, progress=lambda done, total: seen.append((done, total)))
     assert report.ok, report.to_dict()
     assert (report.integrity, report.fts) == ("ok", "ok")
     assert report.digest == report.rebuilt_digest != ""
@@ -49,20 +49,20 @@ def test_clean_store_is_ok_and_rebuilds_to_the_same_digest(busy_store: UnifiedMe
 
 
 def test_empty_store_is_ok(api: UnifiedMemoryAPI) -> None:
-    report = run_doctor(api.store)
+    report = run_doctor(api.storage)
     assert report.ok and report.ops_checked == 0 and report.digest == report.rebuilt_digest
 
 
 def test_the_digest_changes_with_the_state(api: UnifiedMemoryAPI) -> None:
-    empty = run_doctor(api.store, quick=True).digest
+    empty = run_doctor(api.storage, quick=True).digest
     api.remember("x")
-    assert run_doctor(api.store, quick=True).digest != empty
+    assert run_doctor(api.storage, quick=True).digest != empty
 
 
 def test_tampered_memory_row_is_reported(busy_store: UnifiedMemoryAPI) -> None:
     target = busy_store.range_recall()[0].id
     _tamper(busy_store, "UPDATE memories SET priority = 0.01 WHERE id = ?", target)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert report.digest != report.rebuilt_digest
     assert report.differences == [f"memory {target}: differs"]
@@ -72,7 +72,7 @@ def test_tampered_memory_row_is_reported(busy_store: UnifiedMemoryAPI) -> None:
 def test_tampered_memory_content_is_reported(busy_store: UnifiedMemoryAPI) -> None:
     target = busy_store.range_recall()[0].id
     _tamper(busy_store, "UPDATE memories SET content = 'planted' WHERE id = ?", target)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert f"memory {target}: differs" in report.differences
 
@@ -81,7 +81,7 @@ def test_a_memory_row_missing_from_the_log_is_reported(busy_store: UnifiedMemory
     _tamper(busy_store, "INSERT INTO memories(id, content, scope, kind, priority, confidence, created_at,"
             " updated_at, content_hash) VALUES ('f' || printf('%031d', 0), 'ghost', 'global', 'fact', 0.5, 0.5,"
             " 1, 1, 'x')")
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert f"memory {'f' + '0' * 31}: missing from rebuild" in report.differences
 
@@ -89,24 +89,24 @@ def test_a_memory_row_missing_from_the_log_is_reported(busy_store: UnifiedMemory
 def test_a_deleted_memory_row_is_reported(busy_store: UnifiedMemoryAPI) -> None:
     target = busy_store.range_recall()[0].id
     _tamper(busy_store, "DELETE FROM memories WHERE id = ?", target)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert f"memory {target}: missing from store" in report.differences
 
 
 def test_tampered_persona_is_reported(busy_store: UnifiedMemoryAPI) -> None:
     _tamper(busy_store, "UPDATE kv SET value = 'verbose'")
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok and report.differences
 
 
 @pytest.mark.parametrize("position", [0, 3, -1])
 def test_tampered_op_body_is_a_bad_op(busy_store: UnifiedMemoryAPI, position: int) -> None:
     seq = _ops(busy_store)[position][0]
-    body = busy_store.store.storage.conn.execute("SELECT body FROM ops WHERE seq = ?", (seq,)).fetchone()[0]
+    body = busy_store.storage.conn.execute("SELECT body FROM ops WHERE seq = ?", (seq,)).fetchone()[0]
     forged = body.replace(b"memory", b"MEMORY") if b"memory" in body else body[:-1] + bytes([body[-1] ^ 1])
     _tamper(busy_store, "UPDATE ops SET body = ? WHERE seq = ?", forged, seq)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert any(entry.startswith(f"op #{seq} ") for entry in report.bad_ops)
 
@@ -114,7 +114,7 @@ def test_tampered_op_body_is_a_bad_op(busy_store: UnifiedMemoryAPI, position: in
 def test_tampered_signature_is_a_bad_op(busy_store: UnifiedMemoryAPI) -> None:
     seq = _ops(busy_store)[2][0]
     _tamper(busy_store, "UPDATE ops SET sig = zeroblob(64) WHERE seq = ?", seq)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert any(entry.startswith(f"op #{seq} ") and "signature" in entry for entry in report.bad_ops)
 
@@ -122,7 +122,7 @@ def test_tampered_signature_is_a_bad_op(busy_store: UnifiedMemoryAPI) -> None:
 def test_stored_id_not_matching_the_body_is_a_bad_op(busy_store: UnifiedMemoryAPI) -> None:
     seq = _ops(busy_store)[1][0]
     _tamper(busy_store, "UPDATE ops SET id = randomblob(32) WHERE seq = ?", seq)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert any(entry.startswith(f"op #{seq} ") for entry in report.bad_ops)
 
@@ -131,7 +131,7 @@ def test_stored_id_not_matching_the_body_is_a_bad_op(busy_store: UnifiedMemoryAP
 def test_a_deleted_op_row_is_reported(busy_store: UnifiedMemoryAPI, kind: str) -> None:
     seq = next(s for s, k, _ in _ops(busy_store) if k == kind)
     _tamper(busy_store, "DELETE FROM ops WHERE seq = ?", seq)
-    report = run_doctor(busy_store.store)
+    report = run_doctor(busy_store.storage)
     assert not report.ok
     assert report.bad_ops or report.differences
 
@@ -141,7 +141,7 @@ def test_deleting_the_last_op_is_reported(api: UnifiedMemoryAPI) -> None:
     api.update(mid, priority=0.7)
     last = _ops(api)[-1][0]
     _tamper(api, "DELETE FROM ops WHERE seq = ?", last)
-    report = run_doctor(api.store)
+    report = run_doctor(api.storage)
     assert not report.ok
     assert f"memory {mid}: differs" in report.differences
 
@@ -151,6 +151,6 @@ def test_deleting_a_middle_op_breaks_the_chain(api: UnifiedMemoryAPI) -> None:
         api.remember(f"m{i}")
     seqs = [s for s, _, _ in _ops(api)]
     _tamper(api, "DELETE FROM ops WHERE seq = ?", seqs[1])
-    report = run_doctor(api.store)
+    report = run_doctor(api.storage)
     assert not report.ok
     assert any(entry.startswith(f"op #{seqs[2]} ") and "predecessor" in entry for entry in report.bad_ops)

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuralsync import crdt
-from neuralsync.graph import EFF_CAP, Node, ancestors_among, below, effective_clock, is_ancestor, node
+from neuralsync.oplog import codec as crdt
+from neuralsync.oplog.graph import EFF_CAP, Node, ancestors_among, below, effective_clock, is_ancestor, node
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -20,7 +20,7 @@ def _api(path: Path) -> UnifiedMemoryAPI:
 
 
 def _ops(api: UnifiedMemoryAPI) -> list[crdt.Op]:
-    return [op for _, op in api.store.ops_since(0, 100_000)]
+    return [op for _, op in api.log.ops_since(0, 100_000)]
 
 
 def test_effective_clock_grows_along_every_path_and_clamps_absurd_stamps() -> None:
@@ -39,7 +39,7 @@ def _branches(tmp_path: Path) -> tuple[UnifiedMemoryAPI, list[crdt.Op], list[crd
             a.remember(f"a {i}")
             b.remember(f"b {i}")
         ops_a, ops_b = _ops(a), _ops(b)
-        a.store.apply_remote(ops_b)
+        a.log.apply_remote(ops_b)
     finally:
         b.close()
     return a, ops_a, ops_b
@@ -48,7 +48,7 @@ def _branches(tmp_path: Path) -> tuple[UnifiedMemoryAPI, list[crdt.Op], list[crd
 def test_ancestry_follows_the_graph_not_the_local_order(tmp_path: Path) -> None:
     a, ops_a, ops_b = _branches(tmp_path)
     try:
-        conn = a.store.storage.conn
+        conn = a.storage.conn
         tip_a, tip_b = node(conn, ops_a[-1].id), node(conn, ops_b[-1].id)
         assert tip_a is not None and tip_b is not None
         first_a, first_b = node(conn, ops_a[0].id), node(conn, ops_b[0].id)
@@ -71,8 +71,8 @@ def test_ancestry_follows_the_graph_not_the_local_order(tmp_path: Path) -> None:
 
 def test_opening_a_pre_graph_store_backfills_clocks_floors_and_edges(tmp_path: Path) -> None:
     a, _, _ = _branches(tmp_path)
-    path = a.store.storage.path
-    conn = a.store.storage.conn
+    path = a.storage.path
+    conn = a.storage.conn
     before = conn.execute("SELECT seq, eff, floor FROM ops ORDER BY seq").fetchall()
     edges = conn.execute("SELECT op, pred FROM op_preds ORDER BY op, pred").fetchall()
     assert edges  # the received branch is not below the local one
@@ -84,7 +84,7 @@ def test_opening_a_pre_graph_store_backfills_clocks_floors_and_edges(tmp_path: P
     raw.close()
     reopened = _api(tmp_path / "a")
     try:
-        conn = reopened.store.storage.conn
+        conn = reopened.storage.conn
         assert conn.execute("SELECT seq, eff, floor FROM ops ORDER BY seq").fetchall() == before
         assert conn.execute("SELECT op, pred FROM op_preds ORDER BY op, pred").fetchall() == edges
     finally:
@@ -104,10 +104,10 @@ def test_one_walk_answers_ancestry_like_the_predecessor_edges(steps: list[tuple[
             for who, share in steps:
                 apis[who].remember(f"note from {who}")
                 if share:
-                    apis[(who + 1) % 3].store.apply_remote(_ops(apis[who]))
-            conn = apis[0].store.storage.conn
+                    apis[(who + 1) % 3].log.apply_remote(_ops(apis[who]))
+            conn = apis[0].storage.conn
             for other in apis[1:]:
-                apis[0].store.apply_remote(_ops(other))
+                apis[0].log.apply_remote(_ops(other))
             ops = _ops(apis[0])
             seq_of = {op.id: n.seq for op in ops if (n := node(conn, op.id)) is not None}
             closure: dict[int, set[int]] = {}

@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from neuralsync.doctor import run_doctor
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -41,11 +41,11 @@ def test_open_and_close_fifty_times_leaks_no_fds_or_threads(tmp_path: Path) -> N
 
 def test_doctor_leaves_no_files_open(api: UnifiedMemoryAPI) -> None:
     api.remember("x")
-    run_doctor(api.store)
+    run_doctor(api.storage)
     gc.collect()
     fds = _fds()
     for _ in range(10):
-        run_doctor(api.store)
+        run_doctor(api.storage)
     gc.collect()
     assert _fds() == fds
 

@@ -23,7 +23,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.types import CallToolResult, Implementation  # noqa: E402
 
-from neuralsync.mcp_server import ALIASES, PRIMARY, build_server  # noqa: E402
+from neuralsync.mcp.server import ALIASES, PRIMARY, build_server  # noqa: E402
 from neuralsync.unified_memory_api import UnifiedMemoryAPI  # noqa: E402
 
 TIMEOUT = 30.0
@@ -39,7 +39,7 @@ def _env() -> dict[str, str]:
 
 
 def _stdio_params(home: Path, *extra: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "neuralsync.mcp_server", "--home", str(home),
+    return StdioServerParameters(command=sys.executable, args=["-m", "neuralsync.mcp.server", "--home", str(home),
                                                                *extra], env=_env(), cwd=str(REPO))
 
 
@@ -169,7 +169,7 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
         {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "memory_stats", "arguments": {}}},
     ]
     with (tmp_path / "stderr.log").open("wb") as errlog:  # a file: a full stderr pipe would stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "neuralsync.mcp_server", "--home", str(tmp_path / "store"),
+        proc = subprocess.Popen([sys.executable, "-m", "neuralsync.mcp.server", "--home", str(tmp_path / "store"),
                                  "--log-level", "DEBUG"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=errlog, cwd=REPO, env={**os.environ, **_env()})
     watchdog = threading.Timer(TIMEOUT, proc.kill)  # bounds the blocking readline below
@@ -223,7 +223,7 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     token_file.write_text(token + "\n")
     errlog = tmp_path / "stderr.log"
     with errlog.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "neuralsync.mcp_server", "--http", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "neuralsync.mcp.server", "--http", "--port", str(port),
                                  "--home", str(tmp_path / "store"), "--token-file", str(token_file)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 cwd=REPO, env={**os.environ, **_env()})
@@ -273,7 +273,7 @@ def test_http_requires_the_token(http_server: tuple[str, str]) -> None:
 
 def test_a_far_future_expiry_never_breaks_listing(api: UnifiedMemoryAPI) -> None:
     """A memory that expires past year 9999 must not make recall or list_recent fail for everyone."""
-    from neuralsync.mcp_server import memory_dict
+    from neuralsync.mcp.server import memory_dict
 
     memory_id = api.remember("long lived fact", ttl_ms=99 * 365 * 86_400_000)
     far = api.get(memory_id)._replace(expires_at=1 << 60)

@@ -28,13 +28,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuralsync import crdt
-from neuralsync.clock import HLC_MAX, hlc_ms, pack
-from neuralsync.doctor import run_doctor, state_digest
 from neuralsync.errors import InvalidOp
-from neuralsync.graph import EFF_CAP
 from neuralsync.model import Op
-from neuralsync.store import Store
+from neuralsync.oplog import codec as crdt
+from neuralsync.oplog.clock import HLC_MAX, hlc_ms, pack
+from neuralsync.oplog.graph import EFF_CAP
+from neuralsync.oplog.log import OpLog
+from neuralsync.services.doctor import run_doctor, state_digest
+from neuralsync.store.reads import Reader
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import new_id, now_ms
 
@@ -68,27 +69,32 @@ def create(signer: nacl.signing.SigningKey, record_id: str, hlc: int = T0, preds
     return craft(signer, "create", record_id, {**BASE, **fields}, hlc, preds)
 
 
-def open_store(path: Path) -> Store:
-    return Store(MemoryConfig(base_path=str(path), embedder="none"))
+def open_store(path: Path) -> OpLog:
+    return OpLog.open(MemoryConfig(base_path=str(path), embedder="none"))
 
 
-def digest(store: Store) -> str:
+def state(store: OpLog) -> Reader:
+    """What a replica shows (memories, persona, tags)."""
+    return Reader(store.storage)
+
+
+def digest(store: OpLog) -> str:
     return state_digest(store.storage.conn)
 
 
-def log_of(store: Store) -> list[Op]:
+def log_of(store: OpLog) -> list[Op]:
     return [op for _, op in store.ops_since(0, 10**9)]
 
 
-def op_count(store: Store) -> int:
+def op_count(store: OpLog) -> int:
     return int(store.storage.conn.execute("SELECT count(*) FROM ops").fetchone()[0])
 
 
-def eff_of(store: Store, op: Op) -> int:
+def eff_of(store: OpLog, op: Op) -> int:
     return int(store.storage.conn.execute("SELECT eff FROM ops WHERE id = ?", (op.id,)).fetchone()[0])
 
 
-def conflicts(store: Store, record_id: str, field_name: str) -> list[tuple[bytes, bytes, Any, Any, bytes, bytes]]:
+def conflicts(store: OpLog, record_id: str, field_name: str) -> list[tuple[bytes, bytes, Any, Any, bytes, bytes]]:
     """(winner op, loser op, winner value, loser value, winner author, loser author) rows of the audit trail."""
     rows = store.storage.conn.execute(
         "SELECT winner_op, loser_op, winner_value, loser_value, winner_author, loser_author FROM conflicts"
@@ -96,7 +102,7 @@ def conflicts(store: Store, record_id: str, field_name: str) -> list[tuple[bytes
     return [(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5]) for r in rows]
 
 
-def rejected_ids(store: Store) -> set[bytes]:
+def rejected_ids(store: OpLog) -> set[bytes]:
     return {r[0] for r in store.storage.conn.execute("SELECT id FROM rejected_ops")}
 
 
@@ -116,7 +122,7 @@ class Outcome:
     duplicates: int = 0
 
 
-def deliver(store: Store, batches: Sequence[Sequence[Op]]) -> Outcome:
+def deliver(store: OpLog, batches: Sequence[Sequence[Op]]) -> Outcome:
     """Feed ``batches`` through ``apply_remote`` like a sync loop: ops reported missing are
     re-sent with the next batch, and again at the end until nothing more can be applied."""
     out = Outcome()
@@ -150,7 +156,7 @@ def arrangements(ops: Sequence[Op]) -> list[Batches]:
     return [[list(ops)], [list(reversed(ops))], [[op] for op in reversed(ops)]]
 
 
-def converge(stores: Sequence[Store], plans: Sequence[Batches]) -> list[Outcome]:
+def converge(stores: Sequence[OpLog], plans: Sequence[Batches]) -> list[Outcome]:
     """Deliver one plan per replica; every replica must decide alike and hold the same state."""
     outcomes = [deliver(store, plan) for store, plan in zip(stores, plans, strict=True)]
     first = outcomes[0]
@@ -160,13 +166,13 @@ def converge(stores: Sequence[Store], plans: Sequence[Batches]) -> list[Outcome]
         assert outcome.missing == set()
         assert rejected_ids(store) == first.rejected
         assert digest(store) == digest(stores[0])
-        report = run_doctor(store)
+        report = run_doctor(store.storage)
         assert report.ok, report.to_dict()
     return outcomes
 
 
 @pytest.fixture
-def trio(tmp_path: Path) -> Iterator[list[Store]]:
+def trio(tmp_path: Path) -> Iterator[list[OpLog]]:
     """Three correct replicas, each a real store on disk."""
     stores = [open_store(tmp_path / f"replica-{i}") for i in range(3)]
     yield stores
@@ -221,11 +227,11 @@ def _act(apis: list[UnifiedMemoryAPI], records: list[str], step: tuple[Any, ...]
     elif kind == "sync":
         # A partial, possibly non-closed exchange: a random subset of the source's log.
         source, rng = apis[step[2] % len(apis)], random.Random(step[4])
-        ops = [op for op in log_of(source.store) if rng.random() < step[3]]
-        assert api.store.apply_remote(ops).rejected == []
+        ops = [op for op in log_of(source.log) if rng.random() < step[3]]
+        assert api.log.apply_remote(ops).rejected == []
     elif records:
         record_id = records[step[2] % len(records)]
-        if api.store.get(record_id) is None:
+        if api.reads.get(record_id) is None:
             return  # not live on this replica (not received, or deleted here)
         if kind == "forget":
             api.forget(record_id)
@@ -293,27 +299,27 @@ def test_any_delivery_of_the_same_ops_gives_the_same_state(setup: list[tuple[Any
         root = Path(home)
         apis = [UnifiedMemoryAPI(MemoryConfig(base_path=str(root / f"r{i}"), embedder="none"), tool=f"t{i}")
                 for i in range(n)]
-        fresh: list[Store] = []
+        fresh: list[OpLog] = []
         try:
             records: list[str] = []
             for step in setup:
                 _act(apis, records, step)
-            shared = [op for api in apis for op in log_of(api.store)]
+            shared = [op for api in apis for op in log_of(api.log)]
             for api in apis:
-                api.store.apply_remote(shared)
+                api.log.apply_remote(shared)
             for step in steps:
                 _act(apis, records, step)
-            union = list({op.id: op for api in apis for op in log_of(api.store)}.values())
+            union = list({op.id: op for api in apis for op in log_of(api.log)}.values())
 
             # Full exchange: every original replica ends up with every op and the same state.
             for api in apis:
-                result = api.store.apply_remote(rng.sample(union, len(union)))
+                result = api.log.apply_remote(rng.sample(union, len(union)))
                 assert (result.rejected, result.missing, result.needed) == ([], [], [])
-            expected = digest(apis[0].store)
+            expected = digest(apis[0].log)
             for api in apis:
-                assert op_count(api.store) == len(union)
-                assert digest(api.store) == expected
-                report = run_doctor(api.store, quick=True)
+                assert op_count(api.log) == len(union)
+                assert digest(api.log) == expected
+                report = run_doctor(api.storage, quick=True)
                 assert report.ok, report.to_dict()
 
             # Fresh replicas: the union in different topological orders, batch splits and duplicates,
@@ -330,7 +336,7 @@ def test_any_delivery_of_the_same_ops_gives_the_same_state(setup: list[tuple[Any
                 assert outcome.rejected == set() and outcome.missing == set()
                 assert outcome.applied == {op.id for op in union}
                 assert digest(store) == expected
-                report = run_doctor(store, quick=True)
+                report = run_doctor(store.storage, quick=True)
                 assert report.ok, report.to_dict()
                 replay = store.apply_remote(union)
                 assert (replay.applied, replay.duplicates) == ([], len(union))
@@ -344,7 +350,7 @@ def test_any_delivery_of_the_same_ops_gives_the_same_state(setup: list[tuple[Any
 
 # ------------------------------------------------------------------ scalar fields
 @pytest.mark.parametrize("same_clock", [True, False], ids=["tie-broken-by-author", "larger-clock"])
-def test_concurrent_updates_the_largest_clock_author_id_wins_everywhere(trio: list[Store],
+def test_concurrent_updates_the_largest_clock_author_id_wins_everywhere(trio: list[OpLog],
                                                                        faulty: nacl.signing.SigningKey,
                                                                        same_clock: bool) -> None:
     rid = new_id()
@@ -356,7 +362,7 @@ def test_concurrent_updates_the_largest_clock_author_id_wins_everywhere(trio: li
         assert winner is u2
     converge(trio, [[[c], [u1], [u2]], [[c], [u2], [u1]], [[u2, c, u1]]])
     for store in trio:
-        memory = store.get(rid)
+        memory = state(store).get(rid)
         assert memory is not None
         assert (memory.content, memory.priority) == (winner.fields["content"], winner.fields["priority"])
         for name in ("content", "priority"):
@@ -364,7 +370,7 @@ def test_concurrent_updates_the_largest_clock_author_id_wins_everywhere(trio: li
                                                     winner.author, loser.author)]
 
 
-def test_a_causally_later_update_wins_whatever_clock_it_was_stamped_with(trio: list[Store],
+def test_a_causally_later_update_wins_whatever_clock_it_was_stamped_with(trio: list[OpLog],
                                                                          faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid)
@@ -377,39 +383,39 @@ def test_a_causally_later_update_wins_whatever_clock_it_was_stamped_with(trio: l
     for store in trio:
         assert eff_of(store, late) == early.hlc + 1
         assert eff_of(store, rival) == rival.hlc
-        assert store.get(rid).content == "later, stamped at 1"  # type: ignore[union-attr]
+        assert state(store).get(rid).content == "later, stamped at 1"  # type: ignore[union-attr]
         assert any(row[1] == rival.id for row in conflicts(store, rid, "content"))
 
 
-def test_no_conflict_is_recorded_for_causally_ordered_updates(trio: list[Store]) -> None:
+def test_no_conflict_is_recorded_for_causally_ordered_updates(trio: list[OpLog]) -> None:
     rid, writer = new_id(), key()
     c = create(writer, rid)
     u1 = craft(writer, "update", rid, {"content": "v1"}, T0 + 1, [c])
     u2 = craft(key(), "update", rid, {"content": "v2"}, T0 + 2, [u1])
     converge(trio, arrangements([c, u1, u2]))
     for store in trio:
-        assert store.get(rid).content == "v2"  # type: ignore[union-attr]
+        assert state(store).get(rid).content == "v2"  # type: ignore[union-attr]
         assert conflicts(store, rid, "content") == []
 
 
-def test_the_persona_merges_like_a_scalar_field(trio: list[Store], faulty: nacl.signing.SigningKey) -> None:
+def test_the_persona_merges_like_a_scalar_field(trio: list[OpLog], faulty: nacl.signing.SigningKey) -> None:
     first = craft(key(), "persona", "persona", {"text": "terse"}, T0)
     rivals = [craft(key(), "persona", "persona", {"text": f"rival {i}"}, T0 + 5, [first]) for i in range(2)]
     later = craft(faulty, "persona", "persona", {"text": "after both, stamped at 1"}, 1, rivals)
     winner, loser = sorted(rivals, key=lww_key, reverse=True)
     converge(trio, [[[first], rivals], [[first], rivals[::-1]], [[r] for r in rivals] + [[first]]])
     for store in trio:
-        assert store.persona() is not None and store.persona()[0] == winner.fields["text"]
+        assert state(store).persona() is not None and state(store).persona()[0] == winner.fields["text"]
         assert conflicts(store, "persona", "text") == [(winner.id, loser.id, winner.fields["text"],
                                                        loser.fields["text"], winner.author, loser.author)]
     converge(trio, [[[later]]] * 3)
     for store in trio:
-        assert store.persona()[0] == "after both, stamped at 1"  # type: ignore[index]  # causally later, whatever its stamp
+        assert state(store).persona()[0] == "after both, stamped at 1"  # type: ignore[index]  # causally later, whatever its stamp
         assert len(conflicts(store, "persona", "text")) == 1
 
 
 # ------------------------------------------------------------------ tags: observed-remove set
-def test_a_concurrent_tag_add_survives_a_remove_that_did_not_observe_it(trio: list[Store],
+def test_a_concurrent_tag_add_survives_a_remove_that_did_not_observe_it(trio: list[OpLog],
                                                                         faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid, tags=["t", "keep"])
@@ -417,15 +423,15 @@ def test_a_concurrent_tag_add_survives_a_remove_that_did_not_observe_it(trio: li
     remove = craft(faulty, "tag_remove", rid, {"tag": "t", "removes": [c.id]}, T0 + 9, [c])
     converge(trio, [[[c], [add], [remove]], [[c], [remove], [add]], [[remove, add, c]]])
     for store in trio:
-        assert store.get(rid).tags == ("keep", "t")  # type: ignore[union-attr]
-        assert store.tag_adds(rid, "t") == [add.id]
+        assert state(store).get(rid).tags == ("keep", "t")  # type: ignore[union-attr]
+        assert state(store).tag_adds(rid, "t") == [add.id]
 
     # A remove that observed both adds removes the tag everywhere.
     final = craft(faulty, "tag_remove", rid, {"tag": "t", "removes": [add.id]}, T0 + 10, [add, remove])
     converge(trio, [[[final]], [[final]], [[final]]])
     for store in trio:
-        assert store.get(rid).tags == ("keep",)  # type: ignore[union-attr]
-        assert store.tag_adds(rid, "t") == []
+        assert state(store).get(rid).tags == ("keep",)  # type: ignore[union-attr]
+        assert state(store).tag_adds(rid, "t") == []
 
 
 def _foreign_add(case: str, rid: str, c: Op) -> tuple[list[Op], Op]:
@@ -450,7 +456,7 @@ def _foreign_add(case: str, rid: str, c: Op) -> tuple[list[Op], Op]:
 
 
 @pytest.mark.parametrize("case", ["other-record", "other-tag", "create-without-the-tag", "not-an-add"])
-def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: list[Store], tmp_path: Path,
+def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: list[OpLog], tmp_path: Path,
                                                                         faulty: nacl.signing.SigningKey,
                                                                         case: str) -> None:
     rid = new_id()
@@ -467,7 +473,7 @@ def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: li
         assert outcomes[0].rejected == {bad.id, child.id}
         for store in trio:
             assert digest(store) == digest(reference)
-            assert "t" in store.get(rid).tags  # type: ignore[union-attr]
+            assert "t" in state(store).get(rid).tags  # type: ignore[union-attr]
             # Remembered: sent again, they are rejected at once, not re-examined or applied.
             again = store.apply_remote([child, bad])
             assert again.applied == [] and {r[0] for r in again.rejected} == {bad.id.hex(), child.id.hex()}
@@ -476,7 +482,7 @@ def test_a_remove_naming_a_foreign_add_is_rejected_with_its_descendants(trio: li
 
 
 @pytest.mark.parametrize("named", ["concurrent-add", "unknown-op"])
-def test_a_remove_naming_an_add_outside_its_ancestry_is_rejected(trio: list[Store],
+def test_a_remove_naming_an_add_outside_its_ancestry_is_rejected(trio: list[OpLog],
                                                                  faulty: nacl.signing.SigningKey,
                                                                  named: str) -> None:
     rid = new_id()
@@ -487,12 +493,12 @@ def test_a_remove_naming_an_add_outside_its_ancestry_is_rejected(trio: list[Stor
     outcomes = converge(trio, [[[c], [add], [bad]], [[c, bad, add]], [[bad], [add], [c]]])
     assert outcomes[0].rejected == {bad.id}
     for store in trio:
-        assert store.get(rid).tags == ("t",)  # type: ignore[union-attr]
+        assert state(store).get(rid).tags == ("t",)  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ writes need their create
 @pytest.mark.parametrize("kind", ["update", "tag_add", "tag_remove", "delete"])
-def test_a_write_without_its_create_among_its_ancestors_is_rejected(trio: list[Store],
+def test_a_write_without_its_create_among_its_ancestors_is_rejected(trio: list[OpLog],
                                                                     faulty: nacl.signing.SigningKey,
                                                                     kind: str) -> None:
     rid, elsewhere = new_id(), new_id()
@@ -507,14 +513,14 @@ def test_a_write_without_its_create_among_its_ancestors_is_rejected(trio: list[S
     outcomes = converge(trio, arrangements([c, unrelated, orphan, rootless, child]))
     assert outcomes[0].rejected == {orphan.id, rootless.id, child.id}
     for store in trio:
-        memory = store.get(rid)
+        memory = state(store).get(rid)
         assert memory is not None and memory.content == "original" and memory.tags == ()
 
 
 # ------------------------------------------------------------------ delete: update wins
 @pytest.mark.parametrize("write", ["update", "tag_add", "tag_remove"])
 def test_a_delete_keeps_a_memory_with_a_write_it_had_not_seen_in_either_arrival_order(
-        trio: list[Store], faulty: nacl.signing.SigningKey, write: str) -> None:
+        trio: list[OpLog], faulty: nacl.signing.SigningKey, write: str) -> None:
     rid = new_id()
     c = create(key(), rid, tags=["t"])
     by_kind: dict[str, dict[str, Any]] = {"update": {"content": "edited"}, "tag_add": {"tag": "new"},
@@ -524,7 +530,7 @@ def test_a_delete_keeps_a_memory_with_a_write_it_had_not_seen_in_either_arrival_
     d = craft(faulty, "delete", rid, {}, T0 + 5, [c])
     converge(trio, [[[c], [w], [d]], [[c], [d], [w]], [[d, w, c]]])
     for store in trio:
-        memory = store.get(rid)
+        memory = state(store).get(rid)
         assert memory is not None
         assert (memory.content, memory.tags) == {"update": ("edited", ("t",)), "tag_add": ("original", ("new", "t")),
                                                  "tag_remove": ("original", ())}[write]
@@ -536,10 +542,10 @@ def test_a_delete_keeps_a_memory_with_a_write_it_had_not_seen_in_either_arrival_
     d2 = craft(faulty, "delete", rid, {}, T0 + 6, [w, d])
     converge(trio, [[[d2]], [[d2]], [[d2]]])
     for store in trio:
-        assert store.get(rid) is None and not store.exists(rid) and store.known(rid)
+        assert state(store).get(rid) is None and not state(store).exists(rid) and state(store).known(rid)
 
 
-def test_a_delete_that_observed_every_write_removes_the_memory(trio: list[Store],
+def test_a_delete_that_observed_every_write_removes_the_memory(trio: list[OpLog],
                                                                faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid, tags=["t"])
@@ -548,7 +554,7 @@ def test_a_delete_that_observed_every_write_removes_the_memory(trio: list[Store]
     d2 = craft(key(), "delete", rid, {}, T0 + 6, [u])  # two concurrent deletes, both saw every write
     converge(trio, arrangements([c, u, d1, d2]))
     for store in trio:
-        assert store.get(rid) is None and store.known(rid)
+        assert state(store).get(rid) is None and state(store).known(rid)
         assert conflicts(store, rid, "_deleted") == []
 
 
@@ -557,27 +563,27 @@ def test_an_op_at_the_largest_clock_is_applied_and_does_not_drag_the_local_clock
         make_api: MakeApi, tmp_path: Path, faulty: nacl.signing.SigningKey) -> None:
     apis = [make_api(base_path=tmp_path / f"api-{i}", embedder="none") for i in range(3)]
     rid = apis[0].remember("original")
-    (c,) = [wire(op) for op in log_of(apis[0].store)]
+    (c,) = [wire(op) for op in log_of(apis[0].log)]
     far = craft(faulty, "update", rid, {"content": "from the far future"}, HLC_MAX, [c])
     # Replica 0 wrote the create itself; the other two receive it with the far op, in either order.
-    assert deliver(apis[0].store, [[far]]).applied == {far.id}
-    converge([apis[1].store, apis[2].store], [[[far, c]], [[far], [c]]])
+    assert deliver(apis[0].log, [[far]]).applied == {far.id}
+    converge([apis[1].log, apis[2].log], [[[far, c]], [[far], [c]]])
     for api in apis:
-        assert digest(api.store) == digest(apis[0].store)
-        assert eff_of(api.store, far) == EFF_CAP
+        assert digest(api.log) == digest(apis[0].log)
+        assert eff_of(api.log, far) == EFF_CAP
         assert api.get(rid).content == "from the far future"
 
     # The next local op is stamped near now, yet it follows the far op and wins over it.
     apis[1].update(rid, content="local and later")
-    mine = log_of(apis[1].store)[-1]
+    mine = log_of(apis[1].log)[-1]
     assert mine.preds == (far.id,)
-    skew = apis[1].store.clock.max_skew_ms
+    skew = apis[1].log.clock.max_skew_ms
     assert now_ms() - 60_000 <= hlc_ms(mine.hlc) <= now_ms() + skew
-    assert eff_of(apis[1].store, mine) == EFF_CAP + 1
-    others = [apis[0].store, apis[2].store]
+    assert eff_of(apis[1].log, mine) == EFF_CAP + 1
+    others = [apis[0].log, apis[2].log]
     converge(others, [[[wire(mine)]], [[wire(mine)]]])
     for api in apis:
-        assert digest(api.store) == digest(apis[0].store)
+        assert digest(api.log) == digest(apis[0].log)
         assert api.get(rid).content == "local and later"
 
 
@@ -629,7 +635,7 @@ def test_a_forged_author_or_a_tampered_body_is_refused_at_parse(faulty: nacl.sig
 
 
 # ------------------------------------------------------------------ delivery
-def test_a_replayed_op_is_a_duplicate_and_changes_nothing(trio: list[Store], faulty: nacl.signing.SigningKey) -> None:
+def test_a_replayed_op_is_a_duplicate_and_changes_nothing(trio: list[OpLog], faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(faulty, rid, tags=["t"])
     u1 = craft(key(), "update", rid, {"content": "a"}, T0 + 1, [c])
@@ -646,7 +652,7 @@ def test_a_replayed_op_is_a_duplicate_and_changes_nothing(trio: list[Store], fau
                 len(conflicts(store, rid, "_deleted"))) == before
 
 
-def test_equivocating_ops_on_the_same_preds_are_both_applied_everywhere(trio: list[Store],
+def test_equivocating_ops_on_the_same_preds_are_both_applied_everywhere(trio: list[OpLog],
                                                                          faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid)
@@ -656,8 +662,8 @@ def test_equivocating_ops_on_the_same_preds_are_both_applied_everywhere(trio: li
     deliver(trio[0], [[c, e1]])
     deliver(trio[1], [[c, e2]])
     deliver(trio[2], [[c]])
-    assert trio[0].get(rid).content == "told to replica 0"  # type: ignore[union-attr]
-    assert trio[1].get(rid).content == "told to replica 1"  # type: ignore[union-attr]
+    assert state(trio[0]).get(rid).content == "told to replica 0"  # type: ignore[union-attr]
+    assert state(trio[1]).get(rid).content == "told to replica 1"  # type: ignore[union-attr]
     assert digest(trio[0]) != digest(trio[1])
     # Exchange everything: both are kept, the larger op id wins (same clock, same author), one state.
     everything = [c, e1, e2]
@@ -667,13 +673,13 @@ def test_equivocating_ops_on_the_same_preds_are_both_applied_everywhere(trio: li
     for store in trio:
         assert digest(store) == digest(trio[0])
         assert {e1.id, e2.id} <= {op.id for op in log_of(store)}
-        assert store.get(rid).content == winner.fields["content"]  # type: ignore[union-attr]
+        assert state(store).get(rid).content == winner.fields["content"]  # type: ignore[union-attr]
         heads = {h for (h,) in store.storage.conn.execute("SELECT id FROM heads")}
         assert heads == {e1.id, e2.id}
-        assert run_doctor(store).ok
+        assert run_doctor(store.storage).ok
 
 
-def test_an_op_whose_predecessor_never_arrives_waits_and_changes_nothing(trio: list[Store],
+def test_an_op_whose_predecessor_never_arrives_waits_and_changes_nothing(trio: list[OpLog],
                                                                          faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid)
@@ -691,11 +697,11 @@ def test_an_op_whose_predecessor_never_arrives_waits_and_changes_nothing(trio: l
             assert result.needed == sorted({c.id.hex()} if u in batch else {u.id.hex()})
             assert (digest(store), op_count(store)) == before
             assert rejected_ids(store) == set()
-        assert store.get(rid) is None and not store.known(rid)
+        assert state(store).get(rid) is None and not state(store).known(rid)
     # Once the predecessor arrives, the same ops apply, alike everywhere.
     converge(trio, [[[c], [u, v]], [[v, u, c]], [[c], [u], [v]]])
     for store in trio:
-        assert store.get(rid).content == "waiting too"  # type: ignore[union-attr]
+        assert state(store).get(rid).content == "waiting too"  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ regressions found by these tests
@@ -704,14 +710,14 @@ def test_the_same_record_imported_with_tags_on_two_replicas_converges(make_api: 
     b = make_api(base_path=tmp_path / "b", embedder="none")
     assert a.import_memory({"id": SHARED[0], "content": "same fact", "tags": ["red"], "created_at": CREATED})
     assert b.import_memory({"id": SHARED[0], "content": "same fact", "created_at": CREATED})
-    ops_a, ops_b = [wire(op) for op in log_of(a.store)], [wire(op) for op in log_of(b.store)]
-    a.store.apply_remote(ops_b)
-    b.store.apply_remote(ops_a)
+    ops_a, ops_b = [wire(op) for op in log_of(a.log)], [wire(op) for op in log_of(b.log)]
+    a.log.apply_remote(ops_b)
+    b.log.apply_remote(ops_a)
     assert a.get(SHARED[0]).tags == b.get(SHARED[0]).tags == ("red",)
     assert a.get(SHARED[0]).updated_at == b.get(SHARED[0]).updated_at  # b: hlc_ms of a's create, a: CREATED
 
 
-def test_two_creates_of_one_id_converge_when_the_winner_omits_created_at(trio: list[Store]) -> None:
+def test_two_creates_of_one_id_converge_when_the_winner_omits_created_at(trio: list[OpLog]) -> None:
     rid = new_id()
     fields = {k: v for k, v in BASE.items() if k != "created_at"}
     later = craft(key(), "create", rid, fields, T0 + 10)  # no created_at: hlc_ms(T0 + 10) on first create
@@ -719,32 +725,32 @@ def test_two_creates_of_one_id_converge_when_the_winner_omits_created_at(trio: l
     for store, plan in zip(trio, [[[later], [earlier]], [[earlier], [later]], [[earlier, later]]], strict=True):
         deliver(store, plan)
     # The later create wins every field it carries; created_at should be its hlc_ms(T0 + 10) everywhere.
-    assert [store.get(rid).created_at for store in trio] == [hlc_ms(later.hlc)] * 3  # type: ignore[union-attr]
+    assert [state(store).get(rid).created_at for store in trio] == [hlc_ms(later.hlc)] * 3  # type: ignore[union-attr]
     assert len({digest(store) for store in trio}) == 1
 
 
-def test_two_creates_of_one_id_converge_when_the_winner_has_null_metadata(trio: list[Store]) -> None:
+def test_two_creates_of_one_id_converge_when_the_winner_has_null_metadata(trio: list[OpLog]) -> None:
     rid = new_id()
     later = create(key(), rid, hlc=T0 + 10, metadata=None)
     earlier = create(key(), rid, hlc=T0, metadata={"x": 1})
     for store, plan in zip(trio, [[[later], [earlier]], [[earlier], [later]], [[earlier, later]]], strict=True):
         deliver(store, plan)
     # First applied: '{}' (read back as {}); applied second and winning: 'null' (read back as None).
-    assert len({repr(store.get(rid).metadata) for store in trio}) == 1  # type: ignore[union-attr]
+    assert len({repr(state(store).get(rid).metadata) for store in trio}) == 1  # type: ignore[union-attr]
     assert len({digest(store) for store in trio}) == 1
 
 
 def test_a_local_update_works_with_more_heads_than_max_preds(make_api: MakeApi, tmp_path: Path) -> None:
     api = make_api(base_path=tmp_path / "many-heads", embedder="none")
     creates = [create(key(), new_id(), hlc=T0 + i) for i in range(crdt.MAX_PREDS + 1)]
-    result = api.store.apply_remote(creates)
+    result = api.log.apply_remote(creates)
     assert len(result.applied) == len(creates)
     for op in creates:
         api.update(op.record_id, content="edited locally")
         assert api.get(op.record_id).content == "edited locally"
 
 
-def test_a_rejected_op_is_not_also_reported_missing(trio: list[Store], faulty: nacl.signing.SigningKey) -> None:
+def test_a_rejected_op_is_not_also_reported_missing(trio: list[OpLog], faulty: nacl.signing.SigningKey) -> None:
     rid = new_id()
     c = create(key(), rid)
     bad = craft(faulty, "update", new_id(), {"content": "no create"}, T0 + 1, [c])

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from neuralsync.doctor import run_doctor
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -21,5 +21,5 @@ def test_a_store_under_an_odd_path_works_end_to_end(tmp_path: Path) -> None:
         follower.join(5)
         assert changes == ["create"]
         assert api.recall("odd paths")[0].id == memory_id
-        assert run_doctor(api.store).ok
+        assert run_doctor(api.storage).ok
     assert (home / "memory.db").exists()

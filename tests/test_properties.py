@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neuralsync import validation as v
-from neuralsync.doctor import run_doctor
 from neuralsync.errors import InvalidInput, NotFound
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 words = st.text(alphabet="abcdefgh ", min_size=1, max_size=20).filter(lambda s: s.strip())
@@ -84,9 +84,9 @@ def test_store_matches_a_model_and_rebuilds_from_its_log(steps: list[tuple[Any, 
             _apply(api, model, ids, step)
         live = {m.id: {"content": m.content, "tags": m.tags, "priority": m.priority} for m in api.range_recall()}
         assert live == model
-        heads = api.store.storage.conn.execute("SELECT count(*) FROM heads").fetchone()[0]
-        assert heads == min(1, api.store.counts()["ops"])  # one local writer: one chain, one head
-        report = run_doctor(api.store)
+        heads = api.storage.conn.execute("SELECT count(*) FROM heads").fetchone()[0]
+        assert heads == min(1, api.reads.counts()["ops"])  # one local writer: one chain, one head
+        report = run_doctor(api.storage)
         assert report.ok, report.to_dict()
         assert report.digest == report.rebuilt_digest
 

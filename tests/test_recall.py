@@ -9,7 +9,7 @@ import pytest
 
 from neuralsync.errors import InvalidInput
 from neuralsync.model import Memory
-from neuralsync.recall import HALF_LIFE_MS, rerank
+from neuralsync.search.recall import HALF_LIFE_MS, rerank
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import now_ms
 

@@ -28,13 +28,13 @@ NEEDLES = {name: (secret.splitlines()[1][:40] if name == "pem" else secret) for 
 
 
 def _on_disk(api: UnifiedMemoryAPI) -> bytes:
-    db = api.store.storage.path
+    db = api.storage.path
     wal = db.with_name(db.name + "-wal")
     return db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
 def _op_bodies(api: UnifiedMemoryAPI) -> bytes:
-    return b"".join(body for (body,) in api.store.storage.conn.execute("SELECT body FROM ops"))
+    return b"".join(body for (body,) in api.storage.conn.execute("SELECT body FROM ops"))
 
 
 def _assert_gone(api: UnifiedMemoryAPI, needle: str) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuralsync import crdt
-from neuralsync.doctor import run_doctor
+from neuralsync.oplog import codec as crdt
+from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 SHARED_ID = "0" * 31 + "a"
 
 
 def _ops(api: UnifiedMemoryAPI) -> list[crdt.Op]:
-    return [crdt.op_from_wire(crdt.op_to_wire(op)) for _, op in api.store.ops_since(0, 10_000)]
+    return [crdt.op_from_wire(crdt.op_to_wire(op)) for _, op in api.log.ops_since(0, 10_000)]
 
 
 def test_the_same_record_created_on_two_replicas_converges(tmp_path: Path) -> None:
@@ -25,9 +25,9 @@ def test_the_same_record_created_on_two_replicas_converges(tmp_path: Path) -> No
                          "created_at": 1_700_000_100_000, "updated_at": 1_700_000_200_000, "tags": ["t2"]})
         a.update(SHARED_ID, priority=0.5)
         ops_a, ops_b = _ops(a), _ops(b)
-        a.store.apply_remote(ops_b)
-        b.store.apply_remote(list(reversed(ops_a)))
-        ra, rb = run_doctor(a.store), run_doctor(b.store)
+        a.log.apply_remote(ops_b)
+        b.log.apply_remote(list(reversed(ops_a)))
+        ra, rb = run_doctor(a.storage), run_doctor(b.storage)
         assert ra.ok and rb.ok
         assert ra.digest == rb.digest
         ma, mb = a.get(SHARED_ID), b.get(SHARED_ID)
@@ -46,11 +46,11 @@ def test_a_local_write_after_remote_ops_in_one_batch_names_them_as_predecessors(
         remote = _ops(a)
         with b.batch_operations():
             b.remember("first local")
-            b.store.apply_remote(remote)
+            b.log.apply_remote(remote)
             b.remember("after the remote op")
-        last = b.store.ops_since(0, 100)[-1][1]
+        last = b.log.ops_since(0, 100)[-1][1]
         assert remote[-1].id in last.preds
-        assert len(b.store.storage.conn.execute("SELECT id FROM heads").fetchall()) == 1
+        assert len(b.storage.conn.execute("SELECT id FROM heads").fetchall()) == 1
     finally:
         a.close()
         b.close()

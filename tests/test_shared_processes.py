@@ -41,8 +41,8 @@ def _cli(home: Path, *args: str) -> Any:
 
 
 def _mcp(home: Path, calls: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Run tool calls in one MCP stdio session of a fresh ``neuralsync.mcp_server`` process."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "neuralsync.mcp_server", "--home", str(home)],
+    """Run tool calls in one MCP stdio session of a fresh ``neuralsync.mcp.server`` process."""
+    params = StdioServerParameters(command=sys.executable, args=["-m", "neuralsync.mcp.server", "--home", str(home)],
                                    env=_env(), cwd=str(REPO))
 
     async def main() -> list[dict[str, Any]]:
@@ -166,6 +166,6 @@ def test_eight_concurrent_writers_through_api_http_and_cli_lose_nothing(tmp_path
     with UnifiedMemoryAPI(MemoryConfig(base_path=home)) as api:
         expected = 5 * per_writer + 2 * per_writer + len(cli_ids)
         assert api.get_system_stats()["memories"] == expected
-        from neuralsync.doctor import run_doctor
+        from neuralsync.services.doctor import run_doctor
 
-        assert run_doctor(api.store, quick=True).ok
+        assert run_doctor(api.storage, quick=True).ok

@@ -13,9 +13,9 @@ import pytest
 
 from neuralsync.config import MemoryConfig
 from neuralsync.errors import ConfigError, StoreBusy, StoreError
-from neuralsync.schema import MIGRATIONS
-from neuralsync.storage import Storage, _pragma_sql
-from neuralsync.store import Store
+from neuralsync.oplog.log import OpLog
+from neuralsync.store.schema import MIGRATIONS
+from neuralsync.store.storage import Storage, _pragma_sql
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 MakeApi = Callable[..., UnifiedMemoryAPI]
@@ -74,8 +74,8 @@ def test_unknown_durability_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_api_store_is_in_wal_mode(api: UnifiedMemoryAPI) -> None:
-    assert api.store.storage.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    raw = sqlite3.connect(api.store.storage.path)
+    assert api.storage.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw = sqlite3.connect(api.storage.path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persisted in the file
     finally:
@@ -219,7 +219,7 @@ def test_sql_error_inside_write_is_translated_and_rolled_back(storage: Storage) 
 def test_lock_held_past_busy_timeout_raises_store_busy(make_api: MakeApi) -> None:
     api = make_api(busy_timeout_ms=50)
     api.remember("before the lock")
-    holder = sqlite3.connect(api.store.storage.path, isolation_level=None)
+    holder = sqlite3.connect(api.storage.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
@@ -231,7 +231,7 @@ def test_lock_held_past_busy_timeout_raises_store_busy(make_api: MakeApi) -> Non
         holder.close()
     assert [m.content for m in api.range_recall()] == ["before the lock"]
     api.remember("after the lock")  # the store is usable again
-    assert api.store.counts()["memories"] == 2
+    assert api.reads.counts()["memories"] == 2
 
 
 def test_store_busy_is_transient_and_not_a_sqlite_error() -> None:
@@ -243,7 +243,7 @@ def test_store_busy_is_transient_and_not_a_sqlite_error() -> None:
 def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     config = MemoryConfig(base_path=str(tmp_path))
     for _ in range(2):
-        store = Store(config)
+        store = OpLog.open(config)
         rows = store.storage.conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
         store.close()
         assert rows == [(v, name) for v, name, _ in MIGRATIONS]

@@ -26,12 +26,14 @@ from typing import Any
 import pytest
 from _replicas import introduce, signed_transport
 
-from neuralsync import crdt, sync
-from neuralsync.clock import HLC_MAX, hlc_ms, pack
-from neuralsync.doctor import run_doctor, state_digest
 from neuralsync.errors import InvalidOp, SyncRejected
-from neuralsync.peers import sign_request
-from neuralsync.sync import MAX_NEED, MAX_OPS_PER_MESSAGE, SyncReport, Transport
+from neuralsync.oplog import codec as crdt
+from neuralsync.oplog.clock import HLC_MAX, hlc_ms, pack
+from neuralsync.replication import protocol, replica, wire
+from neuralsync.replication.protocol import SyncReport, Transport
+from neuralsync.replication.signing import sign_request
+from neuralsync.replication.wire import MAX_NEED, MAX_OPS_PER_MESSAGE
+from neuralsync.services.doctor import run_doctor, state_digest
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import new_id, now_ms
 
@@ -77,7 +79,7 @@ class Net:
         """One signed request from ``caller`` to ``target``'s sync endpoint: (status, answer)."""
         body = json.dumps(request).encode()
         dst = self.api[target]
-        headers = sign_request(self.api[caller].store.key, dst.store.author, body)
+        headers = sign_request(self.api[caller].log.key, dst.log.author, body)
         status, answer, _ = dst.replication.serve(headers, body)
         return status, json.loads(answer)
 
@@ -113,7 +115,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
 
 # ------------------------------------------------------------------ crafting ops and messages
 def key_of(net: Net, name: str = "f") -> Any:
-    return net[name].store.key
+    return net[name].log.key
 
 
 def signed(body: bytes, signer: Any) -> Pair:
@@ -147,24 +149,24 @@ def message(ops: Sequence[Pair] = (), heads: Sequence[bytes] = (), need: Sequenc
 
 def log_pairs(api: UnifiedMemoryAPI) -> list[Pair]:
     """Every op in a store's log, oldest first, as it would travel."""
-    return [(bytes(b), bytes(s)) for b, s in api.store.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq")]
+    return [(bytes(b), bytes(s)) for b, s in api.storage.conn.execute("SELECT body, sig FROM ops ORDER BY seq")]
 
 
 def heads_of(api: UnifiedMemoryAPI) -> list[bytes]:
-    return sorted(r[0] for r in api.store.storage.conn.execute("SELECT id FROM heads"))
+    return sorted(r[0] for r in api.storage.conn.execute("SELECT id FROM heads"))
 
 
 def op_ids(api: UnifiedMemoryAPI) -> set[bytes]:
-    return {r[0] for r in api.store.storage.conn.execute("SELECT id FROM ops")}
+    return {r[0] for r in api.storage.conn.execute("SELECT id FROM ops")}
 
 
 def rejected(api: UnifiedMemoryAPI) -> set[bytes]:
-    return {r[0] for r in api.store.storage.conn.execute("SELECT id FROM rejected_ops")}
+    return {r[0] for r in api.storage.conn.execute("SELECT id FROM rejected_ops")}
 
 
 def snapshot(api: UnifiedMemoryAPI) -> tuple[set[bytes], list[bytes], str]:
     """Everything a refused attack must leave alone: the log, the heads, the replicated state."""
-    return op_ids(api), heads_of(api), state_digest(api.store.storage.conn)
+    return op_ids(api), heads_of(api), state_digest(api.storage.conn)
 
 
 def refusals(api: UnifiedMemoryAPI, peer: str = "f") -> dict[str, int]:
@@ -181,12 +183,12 @@ def assert_agree(net: Net, names: Sequence[str] = CORRECT) -> None:
     first = net[names[0]]
     for name in names:
         api = net[name]
-        report = run_doctor(api.store)
+        report = run_doctor(api.storage)
         assert report.ok, (name, report.to_dict())
         assert op_ids(api) == op_ids(first), name
         assert rejected(api) == rejected(first), name
         assert heads_of(api) == heads_of(first), name
-        assert state_digest(api.store.storage.conn) == state_digest(first.store.storage.conn), name
+        assert state_digest(api.storage.conn) == state_digest(first.storage.conn), name
 
 
 def assert_refused(net: Net, reason: str, times: int = 1, names: Sequence[str] = CORRECT) -> None:
@@ -217,13 +219,13 @@ def test_bad_signature_is_refused_alike_and_does_not_poison_the_op_id(net: Net) 
     assert_refused(net, "bad signature")
     net.converge()
     assert_agree(net)
-    assert all(not net[n].store.exists(record) for n in CORRECT)
+    assert all(not net[n].reads.exists(record) for n in CORRECT)
     # The id is the hash of the body, not of the signature: the same op, properly
     # signed, is still accepted (a corrupted copy must not get it banned).
     net.push("a", [good])
     net.converge()
     assert_agree(net)
-    assert all(net[n].store.exists(record) for n in CORRECT)
+    assert all(net[n].reads.exists(record) for n in CORRECT)
 
 
 def test_forged_author_is_refused_everywhere(net: Net) -> None:
@@ -232,7 +234,7 @@ def test_forged_author_is_refused_everywhere(net: Net) -> None:
     net.converge()
     before = {n: snapshot(net[n]) for n in CORRECT}
     forged = craft(key_of(net), "create", new_id(), {**FIELDS, "content": "a never said this"},
-                   preds=heads_of(net["a"]), author=net["a"].store.author)
+                   preds=heads_of(net["a"]), author=net["a"].log.author)
     for name in CORRECT:
         answer = net.push(name, [forged])
         assert oid(forged).hex() not in answer["heads"]
@@ -256,7 +258,7 @@ def test_payload_tampered_after_signing_is_refused(net: Net) -> None:
     assert_refused(net, "bad signature")
     net.converge()
     assert_agree(net)
-    assert all(not net[n].store.exists(record) for n in CORRECT)
+    assert all(not net[n].reads.exists(record) for n in CORRECT)
 
 
 # ------------------------------------------------------------------ the graph
@@ -283,7 +285,7 @@ def test_dangling_predecessors_wait_and_are_never_applied(net: Net) -> None:
 
     report = net.sync_via("a", "f", orphan_server)
     assert report.ok
-    assert served == report.round_trips <= sync.MAX_ROUNDS
+    assert served == report.round_trips <= wire.MAX_ROUNDS
     assert report.applied == 0 and report.rejected == 0
     assert report.waiting >= 1
     assert snapshot(net["a"]) == before["a"]
@@ -295,7 +297,7 @@ def test_dangling_predecessors_wait_and_are_never_applied(net: Net) -> None:
 def test_the_waiting_buffer_holds_each_op_once(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two distinct orphans wait, under a bound of three; the peer re-offers one of them every round.
     Neither may be evicted, and two ops wait, not one per copy received."""
-    monkeypatch.setattr(sync, "MAX_PENDING", 3)
+    monkeypatch.setattr(replica, "MAX_PENDING", 3)
     first, second = (craft(key_of(net), "create", new_id(), FIELDS, preds=[secrets.token_bytes(32)])
                      for _ in range(2))
     offers = [[first, second]]
@@ -313,7 +315,7 @@ def test_the_waiting_buffer_holds_each_op_once(net: Net, monkeypatch: pytest.Mon
 def test_pending_buffer_is_bounded(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     """F answers every round with fresh ops whose predecessors never come: nothing is applied and
     the buffer of waiting ops stays under its bound (lowered here to keep the test fast)."""
-    monkeypatch.setattr(sync, "MAX_PENDING", 100)
+    monkeypatch.setattr(replica, "MAX_PENDING", 100)
     net["a"].remember("a's memory")
     before = snapshot(net["a"])
     signer = key_of(net)
@@ -330,7 +332,7 @@ def test_pending_buffer_is_bounded(net: Net, monkeypatch: pytest.MonkeyPatch) ->
                                   more=True)).encode()
 
     report = net.sync_via("a", "f", flooding_server)
-    assert rounds == report.round_trips <= sync.MAX_ROUNDS
+    assert rounds == report.round_trips <= wire.MAX_ROUNDS
     assert rounds * per_round > 100  # the bound was reached
     assert report.applied == 0
     assert 0 < report.waiting <= 100
@@ -396,7 +398,7 @@ def test_tag_remove_naming_a_foreign_add_is_refused_alike(net: Net) -> None:
     spread(net)
 
     def op_of(kind: str, record: str) -> bytes:
-        row = net["a"].store.storage.conn.execute(
+        row = net["a"].storage.conn.execute(
             "SELECT id FROM ops WHERE kind = ? AND record_id = ?", (kind, record)).fetchone()
         return bytes(row[0])
 
@@ -514,7 +516,7 @@ def test_timestamp_2_63_cannot_be_encoded_and_is_refused(net: Net) -> None:
     assert_refused(net, "bad clock", times=2)
     net.converge()
     assert_agree(net)
-    assert all(not net[n].store.exists(record) for n in CORRECT)
+    assert all(not net[n].reads.exists(record) for n in CORRECT)
 
 
 def test_timestamp_2_63_minus_1_is_applied_alike_and_does_not_drag_clocks(net: Net) -> None:
@@ -533,7 +535,7 @@ def test_timestamp_2_63_minus_1_is_applied_alike_and_does_not_drag_clocks(net: N
         seen = heads_of(api)
         assert name != "a" or seen == [oid(future)]
         api.update(record, content=f"corrected on {name}")
-        (mine,) = [op for _, op in api.store.ops_since(0, 10**6) if op.fields.get("content") == f"corrected on {name}"]
+        (mine,) = [op for _, op in api.log.ops_since(0, 10**6) if op.fields.get("content") == f"corrected on {name}"]
         assert abs(hlc_ms(mine.hlc) - now_ms()) < 10 * 60 * 1000, "the local clock was dragged to the future"
         assert list(mine.preds) == seen  # built on the far-future op (or on corrections that were)
         assert api.get(record).content == f"corrected on {name}"  # causally later: it wins
@@ -605,7 +607,7 @@ def test_malformed_messages_are_refused_naming_the_field(net: Net) -> None:
     assert snapshot(net["a"]) == before  # not even the valid op of the message was applied
     assert refusals(net["a"]).get("bad message") == len(MALFORMED)
     body = b"{not json"
-    headers = sign_request(key_of(net), net["a"].store.author, body)
+    headers = sign_request(key_of(net), net["a"].log.author, body)
     status, raw, _ = net["a"].replication.serve(headers, body)
     assert status == 400 and b"not JSON" in raw
     net.converge()
@@ -677,12 +679,12 @@ def test_a_faulty_peer_cannot_stop_a_sync_with_the_other_peers(net: Net) -> None
     reports = net["a"].sync(transport=lambda peer: routes[peer.name])
     assert [r.peer for r in reports] == ["b", "f", "zc"]
     assert reports[0].ok and reports[2].ok
-    assert net["a"].store.exists(from_c)
+    assert net["a"].reads.exists(from_c)
 
 
 def test_a_deeply_nested_request_is_refused_as_bad_json(net: Net) -> None:
     body = b"[" * 100_000
-    status, answer, _ = net["a"].replication.serve(sign_request(key_of(net), net["a"].store.author, body), body)
+    status, answer, _ = net["a"].replication.serve(sign_request(key_of(net), net["a"].log.author, body), body)
     assert status == 400 and b"JSON" in answer
 
 
@@ -703,13 +705,13 @@ def test_an_unexpected_error_with_one_peer_does_not_stop_the_others(net: Net) ->
     reports = net["a"].sync(transport=lambda peer: routes[peer.name])
     assert [(r.peer, r.ok) for r in reports] == [("b", True), ("f", False), ("zc", True)]
     assert reports[1].error is not None and "internal error: TypeError" in reports[1].error
-    assert net["a"].store.exists(from_c)
+    assert net["a"].reads.exists(from_c)
 
 
 def test_a_session_that_keeps_trickling_stops_at_its_time_limit(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     """F answers slowly, one applicable op per round and 'more to come': progress every round, so
     only the session's time limit ends it, and what arrived is kept."""
-    monkeypatch.setattr(sync, "MAX_SESSION_S", 0.6)
+    monkeypatch.setattr(protocol, "MAX_SESSION_S", 0.6)
     signer = key_of(net)
 
     def trickling_server(body: bytes) -> bytes:
@@ -723,7 +725,7 @@ def test_a_session_that_keeps_trickling_stops_at_its_time_limit(net: Net, monkey
 
 
 def test_the_pending_buffer_is_bounded_in_bytes_too(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "MAX_PENDING_BYTES", 50_000)
+    monkeypatch.setattr(replica, "MAX_PENDING_BYTES", 50_000)
     signer = key_of(net)
     big = {**FIELDS, "content": "x" * 10_000}
 
@@ -750,7 +752,7 @@ def test_a_flood_of_adds_cannot_make_a_tag_unremovable(net: Net, chained: bool) 
         preds = [oid(adds[-1])] if chained else base
     net.push("a", adds)
     net.converge()
-    assert len(net["b"].store.tag_adds(shared, "x")) == 151
+    assert len(net["b"].reads.tag_adds(shared, "x")) == 151
 
     assert net["b"].update(shared, tags=["y"]).tags == ("y",)
     net.converge()

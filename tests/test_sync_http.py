@@ -26,18 +26,19 @@ httpx = pytest.importorskip("httpx")
 
 from _live import Server, free_port, live_server, stop  # noqa: E402 - after the skips
 
-from neuralsync import http_transport, peers  # noqa: E402
 from neuralsync.errors import SyncRejected  # noqa: E402
-from neuralsync.http_transport import HttpTransport  # noqa: E402
-from neuralsync.peers import (  # noqa: E402
+from neuralsync.replication import signing as peers  # noqa: E402
+from neuralsync.replication import transport as http_transport  # noqa: E402
+from neuralsync.replication.peers import Peer  # noqa: E402
+from neuralsync.replication.signing import (  # noqa: E402
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIME_HEADER,
-    Peer,
     sign_request,
     verify_reply,
 )
-from neuralsync.sync import Message  # noqa: E402
+from neuralsync.replication.transport import HttpTransport  # noqa: E402
+from neuralsync.replication.wire import Message  # noqa: E402
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -162,7 +163,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             server_key = httpx.get(f"{server.url}/health", timeout=5).json()["site_id"]
             cli(server.home, "peer", "add", "client", "http://127.0.0.1:9", "--key", client.identity())
             client.add_peer("server", server.url, server_key)
-            yield Live(server, bytes.fromhex(server_key), client, client.store.key)
+            yield Live(server, bytes.fromhex(server_key), client, client.log.key)
     finally:
         client.close()
 
@@ -250,18 +251,18 @@ def test_nonces_are_kept_for_the_window_and_a_flooding_peer_is_told_to_wait(tmp_
         registry = holder.replication.registry
         registry.add("me", "http://127.0.0.1:9", me.verify_key.encode().hex())
         registry.add("other", "http://127.0.0.1:9", other.verify_key.encode().hex())
-        verifier = peers.RequestVerifier(holder.store.author, max_nonces_per_peer=3)
+        verifier = peers.RequestVerifier(holder.log.author, max_nonces_per_peer=3)
         body = b"{}"
-        first = sign_request(me, holder.store.author, body)
-        for headers in (first, *(sign_request(me, holder.store.author, body) for _ in range(2))):
+        first = sign_request(me, holder.log.author, body)
+        for headers in (first, *(sign_request(me, holder.log.author, body) for _ in range(2))):
             assert verifier.verify(headers, body, registry).name == "me"
         with pytest.raises(SyncRejected, match="retry later") as busy:
-            verifier.verify(sign_request(me, holder.store.author, body), body, registry)
+            verifier.verify(sign_request(me, holder.log.author, body), body, registry)
         assert busy.value.status == 429
         with pytest.raises(SyncRejected, match="replayed") as replay:
             verifier.verify(first, body, registry)
         assert replay.value.status == 401
-        assert verifier.verify(sign_request(other, holder.store.author, body), body, registry).name == "other"
+        assert verifier.verify(sign_request(other, holder.log.author, body), body, registry).name == "other"
     finally:
         holder.close()
 
@@ -284,7 +285,7 @@ def test_http_transport_syncs_both_ways_with_the_right_key(live: Live) -> None:
                         headers=live.server.auth, timeout=10).json()["id"]
     (report,) = live.client.sync("server", timeout=10)
     assert report.ok, report.error
-    assert live.client.store.exists(theirs)
+    assert live.client.reads.exists(theirs)
     assert httpx.get(f"{live.server.url}/v1/memories/{mine}", headers=live.server.auth, timeout=5).status_code == 200
 
 
@@ -292,10 +293,10 @@ def test_a_client_with_the_wrong_server_key_refuses_to_sync(live: Live) -> None:
     wrong = nacl.signing.SigningKey.generate().verify_key
     live.client.add_peer("impostor", live.server.url, bytes(wrong).hex())
     try:
-        before = live.client.store.counts()["ops"]
+        before = live.client.reads.counts()["ops"]
         (report,) = live.client.sync("impostor", timeout=10)
         assert not report.ok and "signature" in (report.error or "")
-        assert live.client.store.counts()["ops"] == before
+        assert live.client.reads.counts()["ops"] == before
         (listed,) = [p for p in live.client.list_peers() if p["name"] == "impostor"]
         assert "signature" in (listed["last_error"] or "")
     finally:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from _replicas import introduce, signed_transport
 
-from neuralsync import sync
-from neuralsync.doctor import state_digest
-from neuralsync.sync import SyncReport
+from neuralsync.replication import replica, wire
+from neuralsync.replication.protocol import SyncReport
+from neuralsync.services.doctor import state_digest
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 
@@ -44,7 +44,7 @@ class Pair:
                 api.remember(f"{label} note {i}", scope=f"project:{label}")
 
     def assert_same(self) -> None:
-        a, b = (self.api[name].store.storage.conn for name in ("a", "b"))
+        a, b = (self.api[name].storage.conn for name in ("a", "b"))
         heads = "SELECT id FROM heads ORDER BY id"
         assert a.execute(heads).fetchall() == b.execute(heads).fetchall()
         assert state_digest(a) == state_digest(b)
@@ -78,7 +78,7 @@ def test_incremental_sync_after_a_common_history_moves_only_the_new_ops(pair: Pa
 
 def test_two_diverged_histories_converge_without_sending_any_op_twice(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "MAX_OPS_PER_MESSAGE", 150)  # many rounds from a small history
+    monkeypatch.setattr(replica, "MAX_OPS_PER_MESSAGE", 150)  # many rounds from a small history
     pair.write("a", 50, "common")
     pair.sync()
     pair.write("a", 700, "a-side")
@@ -93,18 +93,18 @@ def test_two_diverged_histories_converge_without_sending_any_op_twice(
 
 def test_the_reply_filter_is_built_once_per_session_not_once_per_round(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "MAX_OPS_PER_MESSAGE", 100)
+    monkeypatch.setattr(replica, "MAX_OPS_PER_MESSAGE", 100)
     pair.write("b", 30, "common")
     pair.sync()
     pair.write("b", 1000, "b-side")  # a stream of 10+ answers to a that had synced before
     built: list[int] = []
-    original = sync.Replica.bloom_since
+    original = replica.Replica.bloom_since
 
-    def counting(self: sync.Replica, base: list[bytes]) -> sync.Bloom | None:
+    def counting(self: replica.Replica, base: list[bytes]) -> wire.Bloom | None:
         built.append(len(base))
         return original(self, base)
 
-    monkeypatch.setattr(sync.Replica, "bloom_since", counting)
+    monkeypatch.setattr(replica.Replica, "bloom_since", counting)
 
     report = pair.sync()
 

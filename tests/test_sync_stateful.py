@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from neuralsync.doctor import run_doctor, state_digest
 from neuralsync.errors import NotFound, SyncRejected, SyncUnavailable
-from neuralsync.sync import SyncClient, SyncReport, SyncServer
+from neuralsync.replication.protocol import SyncClient, SyncReport, SyncServer
+from neuralsync.services.doctor import run_doctor, state_digest
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 PEER_URL = "http://127.0.0.1:1"
@@ -58,23 +58,23 @@ def introduce(apis: list[UnifiedMemoryAPI]) -> None:
     for i, api in enumerate(apis):
         for j, other in enumerate(apis):
             if i != j:
-                api.replication.registry.add(name_of(j), PEER_URL, other.store.author.hex())
+                api.replication.registry.add(name_of(j), PEER_URL, other.log.author.hex())
 
 
 def heads(api: UnifiedMemoryAPI) -> list[bytes]:
-    return [r[0] for r in api.store.storage.conn.execute("SELECT id FROM heads ORDER BY id")]
+    return [r[0] for r in api.storage.conn.execute("SELECT id FROM heads ORDER BY id")]
 
 
 def op_ids(api: UnifiedMemoryAPI) -> set[bytes]:
-    return {r[0] for r in api.store.storage.conn.execute("SELECT id FROM ops")}
+    return {r[0] for r in api.storage.conn.execute("SELECT id FROM ops")}
 
 
 def live_ids(api: UnifiedMemoryAPI) -> list[str]:
-    return sorted(m.id for m in api.store.iter_memories())
+    return sorted(m.id for m in api.reads.iter_memories())
 
 
 def rejected_count(api: UnifiedMemoryAPI) -> int:
-    return api.store.storage.conn.execute("SELECT count(*) FROM rejected_ops").fetchone()[0]
+    return api.storage.conn.execute("SELECT count(*) FROM rejected_ops").fetchone()[0]
 
 
 class Network:
@@ -92,7 +92,7 @@ class Network:
                  history: list[dict[str, Any]] | None = None, partitioned: bool = False) -> None:
         self.client_name = client_name
         self.server_api = server
-        self.server = SyncServer(server.store, server.replication.registry)
+        self.server = SyncServer(server.log, server.replication.registry)
         self.faults = faults
         self.p = p
         self.rnd = rnd or random.Random(0)
@@ -149,7 +149,7 @@ def run_session(client: UnifiedMemoryAPI, server_name: str, network: Network,
                 max_rounds: int | None = None) -> SyncReport:
     """One sync session of ``client`` with the peer it calls ``server_name``."""
     peer = client.replication.registry.get(server_name)  # fresh: last_sync moves
-    sync_client = SyncClient(client.store, client.replication.registry)
+    sync_client = SyncClient(client.log, client.replication.registry)
     if max_rounds is None:
         return sync_client.sync(peer, network)
     return sync_client.sync(peer, network, max_rounds=max_rounds)
@@ -186,9 +186,9 @@ def assert_converged(apis: list[UnifiedMemoryAPI]) -> None:
     for i, api in enumerate(apis):
         assert op_ids(api) == op_ids(first), f"{name_of(i)} holds other ops than r0"
         assert heads(api) == heads(first), f"{name_of(i)} has other heads than r0"
-        assert state_digest(api.store.storage.conn) == state_digest(first.store.storage.conn), name_of(i)
+        assert state_digest(api.storage.conn) == state_digest(first.storage.conn), name_of(i)
         assert rejected_count(api) == 0, name_of(i)
-        report = run_doctor(api.store, quick=True)
+        report = run_doctor(api.storage, quick=True)
         assert report.ok, (name_of(i), report.to_dict())
 
 
@@ -362,19 +362,19 @@ class SyncMachine(RuleBasedStateMachine):
     def reopen(self, data: st.DataObject, clean: bool) -> None:
         """Close (or abandon without closing, as a crashed process would) and open again."""
         i = self.replica(data)
-        before = (heads(self.apis[i]), state_digest(self.apis[i].store.storage.conn))
+        before = (heads(self.apis[i]), state_digest(self.apis[i].storage.conn))
         if clean:
             self.apis[i].close()
         event(f"reopen, clean={clean}")
         self.apis[i] = open_api(self.path(i))  # the abandoned object is garbage: its connections close with it
         gc.collect()
-        assert (heads(self.apis[i]), state_digest(self.apis[i].store.storage.conn)) == before
+        assert (heads(self.apis[i]), state_digest(self.apis[i].storage.conn)) == before
 
     # ------------------------------------------------------------ invariants
     @invariant()
     def heads_track_the_log(self) -> None:
         for api in self.apis:
-            conn = api.store.storage.conn
+            conn = api.storage.conn
             has_ops = conn.execute("SELECT EXISTS (SELECT 1 FROM ops)").fetchone()[0]
             has_heads = conn.execute("SELECT EXISTS (SELECT 1 FROM heads)").fetchone()[0]
             assert has_ops == has_heads
@@ -387,7 +387,7 @@ class SyncMachine(RuleBasedStateMachine):
                 converge(self.apis)
                 assert_converged(self.apis)
                 for record_id in sorted(self.created - self.forgotten):  # never deleted: live everywhere
-                    assert all(api.store.get(record_id) is not None for api in self.apis), record_id
+                    assert all(api.reads.get(record_id) is not None for api in self.apis), record_id
         finally:
             for api in self.apis:
                 api.close()
@@ -409,7 +409,7 @@ def test_concurrent_edits_of_one_memory_converge_in_a_ring(tmp_path: Path) -> No
         shared = apis[0].remember("original", tags=["base"], priority=0.5)
         doomed = apis[0].remember("to be deleted and kept", tags=["keep"])
         converge(apis)
-        assert all(api.store.get(shared) is not None and api.store.get(doomed) is not None for api in apis)
+        assert all(api.reads.get(shared) is not None and api.reads.get(doomed) is not None for api in apis)
 
         # Concurrent: every replica rewrites the shared memory's content and tags; r0 also drops "base".
         versions = {f"version {i}" for i in range(4)}
@@ -427,13 +427,13 @@ def test_concurrent_edits_of_one_memory_converge_in_a_ring(tmp_path: Path) -> No
                 assert report.ok and report.error is None and report.rejected == 0, report
         assert_converged(apis)
 
-        final = apis[0].store.get(shared)
+        final = apis[0].reads.get(shared)
         assert final is not None and final.content in versions
         assert set(final.tags) == {"t0", "t1", "t2", "t3"}  # r0's remove saw only the original "base" add
-        kept = apis[0].store.get(doomed)  # update wins over the concurrent delete
+        kept = apis[0].reads.get(doomed)  # update wins over the concurrent delete
         assert kept is not None and kept.content == "updated on r2" and set(kept.tags) == {"keep", "r2"}
         for i, api in enumerate(apis):
-            assert api.store.get(shared) == final and api.store.get(doomed) == kept
+            assert api.reads.get(shared) == final and api.reads.get(doomed) == kept
             content_conflicts = [c for c in api.conflicts(shared) if c["field"] == "content"]
             assert content_conflicts, f"{name_of(i)} merged concurrent content writes but recorded no conflict"
             assert {c["winner_value"] for c in content_conflicts} | {c["loser_value"] for c in content_conflicts} \

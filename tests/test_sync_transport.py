@@ -16,11 +16,11 @@ from contextlib import contextmanager
 import nacl.signing
 import pytest
 
-from neuralsync import http_transport
 from neuralsync.errors import SyncRejected, SyncUnavailable
-from neuralsync.http_transport import HttpTransport
-from neuralsync.peers import Peer
-from neuralsync.sync import Message
+from neuralsync.replication import transport as http_transport
+from neuralsync.replication.peers import Peer
+from neuralsync.replication.transport import HttpTransport
+from neuralsync.replication.wire import Message
 
 Handler = Callable[[socket.socket], None]
 LIMIT_S = 10.0  # no fake server lives longer than this

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuralsync import transfer
-from neuralsync.cli import main
+from neuralsync.cli import main, transfer
+from neuralsync.cli.progress import Progress
+from neuralsync.cli.transfer import export_jsonl, export_record, import_jsonl
 from neuralsync.errors import NotFound
-from neuralsync.transfer import ProgressBar, export_jsonl, export_record, import_jsonl
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 # Fields an import must reproduce exactly. updated_at is covered by its own test below.
@@ -49,7 +49,7 @@ def dump(api: UnifiedMemoryAPI) -> bytes:
 
 
 def kept(api: UnifiedMemoryAPI) -> list[dict[str, object]]:
-    return [{k: export_record(m)[k] for k in KEPT} for m in api.store.iter_memories()]
+    return [{k: export_record(m)[k] for k in KEPT} for m in api.reads.iter_memories()]
 
 
 def jsonl(*records: object) -> list[bytes]:
@@ -74,10 +74,10 @@ def test_import_twice_is_idempotent(open_store: OpenStore) -> None:
     fill(source)
     data = dump(source)
     import_jsonl(target, io.BytesIO(data))
-    ops = target.store.counts()["ops"]
+    ops = target.reads.counts()["ops"]
     report = import_jsonl(target, io.BytesIO(data))
     assert (report.imported, report.skipped, report.rejected) == (0, 3, 0)
-    assert target.store.counts()["ops"] == ops
+    assert target.reads.counts()["ops"] == ops
 
 
 def test_forgotten_ids_are_not_resurrected(open_store: OpenStore) -> None:
@@ -135,7 +135,7 @@ def test_bad_lines_are_reported_by_number_and_good_lines_kept(open_store: OpenSt
     assert reasons[6].startswith("priority") and reasons[7].startswith("surprise")
     assert reasons[8].startswith("content")
     assert api.get(good_id).created_at == created
-    assert api.store.counts()["ops"] == 2  # nothing of the bad lines was written
+    assert api.reads.counts()["ops"] == 2  # nothing of the bad lines was written
 
 
 def test_a_rejected_record_leaves_nothing_behind(open_store: OpenStore) -> None:
@@ -143,7 +143,7 @@ def test_a_rejected_record_leaves_nothing_behind(open_store: OpenStore) -> None:
     bad = {"id": "a" * 32, "content": "valid content", "tags": ["ok", 7]}
     report = import_jsonl(api, jsonl(bad))
     assert report.rejected == 1 and report.rejections[0][1].startswith("tags")
-    assert not api.store.exists("a" * 32) and api.store.counts()["ops"] == 0
+    assert not api.reads.exists("a" * 32) and api.reads.counts()["ops"] == 0
 
 
 def test_rejection_list_is_capped_but_count_exact(open_store: OpenStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,22 +218,33 @@ def test_cli_import_missing_file_is_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 # ---------------------------------------------------------------- progress bar
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_progress_bar_is_silent_off_a_tty() -> None:
     stream = io.StringIO()
-    with ProgressBar("work", total=10, stream=stream) as bar:
+    with Progress("work", total=10, stream=stream) as bar:
         for n in range(10):
             bar(n + 1)
     assert stream.getvalue() == ""
 
 
 def test_progress_bar_draws_on_a_tty() -> None:
-    stream = io.StringIO()
-    with ProgressBar("work", total=4, stream=stream, enabled=True, min_interval=0) as bar:
+    stream = _Terminal()
+    with Progress("work", total=4, stream=stream, min_interval=0) as bar:
         bar(2)
-    text = stream.getvalue()
-    assert "\rwork [" in text and " 50% 2/4" in text and "100%" not in text and text.endswith("\n")
-    assert ProgressBar("bytes", total=2048, unit="B").render().endswith("0 B/2.0 KB")
-    assert ProgressBar("open-ended").render() == "open-ended 0"
+        assert "work" in stream.getvalue() and " 50%" in stream.getvalue() and "2/4" in stream.getvalue()
+    assert stream.getvalue().endswith("\n")
+
+
+def test_progress_bar_learns_its_total_late_and_counts_bytes() -> None:
+    stream = _Terminal()
+    with Progress("bytes", unit="B", stream=stream) as bar:
+        bar(1024, total=2048)
+        bar(2048)
+    assert "100%" in stream.getvalue() and "2.00k/2.00k" in stream.getvalue()
 
 
 def test_a_record_without_id_imported_twice_is_stored_once(open_store: OpenStore) -> None:
@@ -241,4 +252,4 @@ def test_a_record_without_id_imported_twice_is_stored_once(open_store: OpenStore
     record = {"content": "no id here", "created_at": 1_700_000_000_000, "scope": "s"}
     assert api.import_memory(dict(record)) is True
     assert api.import_memory(dict(record)) is False
-    assert api.store.counts()["memories"] == 1
+    assert api.reads.counts()["memories"] == 1

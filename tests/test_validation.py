@@ -236,10 +236,10 @@ def test_edge_values_found_in_review_are_invalid_input(api: UnifiedMemoryAPI, ca
 
 
 def test_negative_zero_in_metadata_rebuilds_identically(api: UnifiedMemoryAPI) -> None:
-    from neuralsync.doctor import run_doctor
+    from neuralsync.services.doctor import run_doctor
 
     api.remember("x", metadata={"v": -0.0})
-    assert run_doctor(api.store).ok
+    assert run_doctor(api.storage).ok
 
 
 def test_an_update_that_expires_the_memory_is_kept_and_returned(api: UnifiedMemoryAPI) -> None:
@@ -248,4 +248,4 @@ def test_an_update_that_expires_the_memory_is_kept_and_returned(api: UnifiedMemo
     memory_id = api.remember("expire me")
     updated = api.update(memory_id, expires_at=int(time.time() * 1000) - 1000)
     assert updated.expires_at is not None
-    assert api.recall("expire") == [] and api.store.counts()["ops"] == 2
+    assert api.recall("expire") == [] and api.reads.counts()["ops"] == 2

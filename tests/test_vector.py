@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("usearch")
 
 from neuralsync.errors import IntegrityError, InvalidInput
-from neuralsync.search import vector as vector_mod
 from neuralsync.search.vector import (
     FORMAT,
     AnnIndex,
@@ -31,6 +30,7 @@ from neuralsync.search.vector import (
     merge_results,
     read_meta,
 )
+from neuralsync.search.vector import fileformat as vector_mod
 
 DIMS = 64
 N = 5000

@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import shutil
 import stat
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 from ..config import HOME_ENV
 from ..errors import InvalidInput, NeuralSyncError
+from . import tomltext
 
 SERVER_NAME = "neuralsync"
 TOOLS = ("claude-code", "codex", "gemini")
@@ -300,19 +300,7 @@ def _had_servers(backup: str | None) -> bool:
 
 
 # ================================================================ TOML (Codex CLI), edited as text
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _OUR_TABLE = ("mcp_servers", SERVER_NAME)
-
-
-def _toml_loads(text: str) -> dict[str, Any]:
-    try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise InstallError("editing Codex's config.toml on Python 3.10 needs tomli: pip install tomli") from exc
-    return tomllib.loads(text)
 
 
 def _toml_load(text: str, path: Path) -> dict[str, Any]:
@@ -342,19 +330,19 @@ def _toml_install(old: str, entry: dict[str, Any], path: Path) -> tuple[str, boo
         return old, True
     wanted = _merge(current, entry, managed)
     nl = _newline(old)
-    block = nl.join([f"[mcp_servers.{SERVER_NAME}]", *(f"{_toml_key(k)} = {_toml_value(v)}"
+    block = nl.join([f"[mcp_servers.{SERVER_NAME}]", *(f"{tomltext.key(k)} = {tomltext.value(v)}"
                                                       for k, v in wanted.items())]) + nl
-    headers = _headers(old)
-    spans = _spans(old, headers, _OUR_TABLE)
+    headers = tomltext.headers(old)
+    spans = tomltext.spans(old, headers, _OUR_TABLE)
     if current is not None and not spans:
         raise InstallError(f"{path}: mcp_servers.{SERVER_NAME} is written as an inline table or dotted keys, "
                            "which this installer does not rewrite; remove it by hand and run again")
     if spans:
-        new = _cut(old, spans[1:])
+        new = tomltext.cut(old, spans[1:])
         new = new[:spans[0][0]] + block + new[spans[0][1]:]
     else:
-        mcp = _spans(old, headers, ("mcp_servers",))
-        new = _insert(old, mcp[-1][1] if mcp else len(old), block, nl)
+        mcp = tomltext.spans(old, headers, ("mcp_servers",))
+        new = tomltext.insert(old, mcp[-1][1] if mcp else len(old), block, nl)
     _check_toml(new, doc, wanted, path)
     return new, current is not None
 
@@ -363,11 +351,11 @@ def _toml_remove(old: str, path: Path) -> tuple[str, bool]:
     doc = _toml_load(old, path)
     if _ours(doc) is None:
         return old, False
-    spans = _spans(old, _headers(old), _OUR_TABLE)
+    spans = tomltext.spans(old, tomltext.headers(old), _OUR_TABLE)
     if not spans:
         raise InstallError(f"{path}: mcp_servers.{SERVER_NAME} is written as an inline table or dotted keys, "
                            "which this installer does not rewrite; remove it by hand")
-    new = _cut(old, spans)
+    new = tomltext.cut(old, spans)
     _check_toml(new, doc, None, path)
     return new, True
 
@@ -382,132 +370,10 @@ def _check_toml(new: str, old_doc: dict[str, Any], wanted: dict[str, Any] | None
         raise InstallError(f"editing {path} would change other settings (unusual layout); nothing was written")
 
 
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)  # inf and nan are spelled the same in TOML
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return value.isoformat()  # dates and times, as tomllib returned them
-
-
-def _insert(text: str, pos: int, block: str, nl: str) -> str:
-    before, after = text[:pos], text[pos:]
-    if before and not before.endswith("\n"):
-        before += nl
-    return before + (nl if before else "") + block + after
-
-
-def _cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """Remove spans (last first), each with the blank line that ``_insert`` put before it."""
-    for start, end in reversed(spans):
-        before, after = text[:start], text[end:]
-        for sep in ("\r\n", "\n"):
-            if before.endswith(sep * 2):
-                before = before[:-len(sep)]
-                break
-        else:
-            if not before:
-                after = after.lstrip("\r\n")
-        text = before + after
-    return text
-
-
-def _spans(text: str, headers: list[tuple[int, tuple[str, ...]]], prefix: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(start, end) of each table under ``prefix``, without trailing blank and comment lines."""
-    spans = []
-    for i, (start, key) in enumerate(headers):
-        if key[:len(prefix)] == prefix:
-            end = headers[i + 1][0] if i + 1 < len(headers) else len(text)
-            lines = text[start:end].splitlines(keepends=True)
-            while len(lines) > 1 and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
-                lines.pop()
-            spans.append((start, start + sum(map(len, lines))))
-    return spans
-
-
-def _headers(text: str) -> list[tuple[int, tuple[str, ...]]]:
-    """(line start, key path) of every ``[table]`` header, skipping strings, comments and arrays."""
-    found: list[tuple[int, tuple[str, ...]]] = []
-    i, n, depth, line_start = 0, len(text), 0, True
-    while i < n:
-        if line_start:
-            line_start, j = False, i
-            while j < n and text[j] in " \t":
-                j += 1
-            if depth == 0 and j < n and text[j] == "[":
-                end = text.find("\n", j)
-                end = n if end < 0 else end + 1
-                found.append((i, _header_key(text[j:end])))
-                i, line_start = end, True
-                continue
-            i = j
-            continue
-        c = text[i]
-        if c == "\n":
-            line_start = True
-        elif c == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        elif c in "\"'":
-            i = _skip_string(text, i)
-            continue
-        elif c in "[{":
-            depth += 1
-        elif c in "]}":
-            depth -= 1
-        i += 1
-    return found
-
-
-def _skip_string(text: str, i: int) -> int:
-    quote = text[i]
-    if text.startswith(quote * 3, i):
-        j = i + 3
-        while j < len(text) and not text.startswith(quote * 3, j):
-            j += 2 if quote == '"' and text[j] == "\\" else 1
-        j += 3
-        while j < len(text) and text[j] == quote:  # up to two quotes may end the content
-            j += 1
-        return j
-    j = i + 1
-    while j < len(text) and text[j] not in (quote, "\n"):
-        j += 2 if quote == '"' and text[j] == "\\" else 1
-    return j + 1
-
-
-def _header_key(line: str) -> tuple[str, ...]:
-    """Key path of a header line; ``[[array]]`` headers get a marker so they never match a table."""
-    match = re.match(r"\[\[?", line)
-    assert match is not None
-    parts: list[str] = ["[["] if match.group() == "[[" else []
-    pos = match.end()
-    token = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[A-Za-z0-9_-]+)\s*([.\]])")
-    while (m := token.match(line, pos)) is not None:
-        raw = m.group(1)
-        parts.append(_unquote(raw))
-        pos = m.end()
-        if m.group(2) == "]":
-            return tuple(parts)
-    return ("<unparsed>", line)
-
-
-def _unquote(raw: str) -> str:
-    if raw[0] == "'":
-        return raw[1:-1]
-    if raw[0] != '"':
-        return raw
+def _toml_loads(text: str) -> dict[str, Any]:
     try:
-        return str(json.loads(raw))
-    except ValueError:  # a TOML-only escape such as \U0001F600: compare it raw
-        return raw[1:-1]
+        return tomltext.loads(text)
+    except ModuleNotFoundError as exc:
+        raise InstallError(f"editing Codex's config.toml: {exc}") from exc

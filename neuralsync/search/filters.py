@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..store import NOT_EXPIRED
+from ..store.reads import NOT_EXPIRED
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import NeuralSyncError
-from ..materialize import content_hash
-from ..store import MEMORY_COLUMNS, Store, row_to_memory
+from ..oplog.materialize import content_hash
+from ..store.reads import MEMORY_COLUMNS, row_to_memory
+from ..store.storage import Storage
 from ..utils import Periodic
 
 if TYPE_CHECKING:
@@ -70,10 +71,11 @@ def from_blobs(blobs: Sequence[bytes], dims: int) -> np.ndarray:
 class SemanticIndex:
     """Embeds, stores and searches vectors for one store. Thread-safe."""
 
-    def __init__(self, store: Store, embedder_spec: str = "wordllama") -> None:
-        self.store = store
+    def __init__(self, storage: Storage, embedder_spec: str = "wordllama") -> None:
+        self.storage = storage
+        self.home = storage.config.home
         self.spec = embedder_spec
-        self.path = store.config.home / INDEX_FILE
+        self.path = self.home / INDEX_FILE
         self._embedder: Embedder | None = None
         self._lock = threading.RLock()
         self._ann: AnnIndex | None = None
@@ -110,11 +112,11 @@ class SemanticIndex:
         works the queue down with progress.
         """
         name = self.embedder.name
-        conn = self.store.storage.conn
+        conn = self.storage.conn
         row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
         if row is not None and row[0] == name:
             return 0
-        with self.store.storage.write() as wconn:
+        with self.storage.write() as wconn:
             queued = wconn.execute("INSERT OR IGNORE INTO embed_queue(mem) SELECT mem FROM embeddings"
                                    " WHERE embedder != ?", (name,)).rowcount
             wconn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embedder', ?)", (name,))
@@ -136,7 +138,7 @@ class SemanticIndex:
 
     def pending(self) -> int:
         """Memories waiting for a vector."""
-        return int(self.store.storage.conn.execute("SELECT count(*) FROM embed_queue").fetchone()[0])
+        return int(self.storage.conn.execute("SELECT count(*) FROM embed_queue").fetchone()[0])
 
     def embed_pending(self, limit: int | None = None, progress: Progress | None = None) -> int:
         """Embed queued memories (new from elsewhere, or changed); returns how many."""
@@ -144,14 +146,14 @@ class SemanticIndex:
         total = queued if limit is None else min(limit, queued)
         done = 0
         while done < total:
-            rows = self.store.storage.conn.execute(
+            rows = self.storage.conn.execute(
                 "SELECT q.mem, m.content, m.content_hash FROM embed_queue q JOIN memories m ON m.rowid = q.mem"
                 " ORDER BY q.mem LIMIT ?", (min(EMBED_BATCH, total - done),)).fetchall()
             if not rows:
                 break
             vectors = self.embed([content for _, content, _ in rows])
             name = self.embedder.name
-            with self.store.storage.write() as conn:
+            with self.storage.write() as conn:
                 # The content hash guards against a change made while we embedded.
                 conn.executemany(
                     "INSERT OR REPLACE INTO embeddings(mem, embedder, vec)"
@@ -199,7 +201,7 @@ class SemanticIndex:
         if not record_ids:
             return {}
         marks = ",".join("?" * len(record_ids))
-        rows = self.store.storage.conn.execute(
+        rows = self.storage.conn.execute(
             f"SELECT m.id, e.vec FROM embeddings e JOIN memories m ON m.rowid = e.mem WHERE m.id IN ({marks})",
             list(record_ids)).fetchall()
         if not rows:
@@ -238,7 +240,7 @@ class SemanticIndex:
             return []
         where, args = filters.sql(now)
         marks = ",".join("?" * len(hits))
-        rows = self.store.storage.conn.execute(
+        rows = self.storage.conn.execute(
             f"SELECT {MEMORY_COLUMNS}, m.rowid FROM memories m WHERE m.rowid IN ({marks}) AND {where}"
             " AND m.rowid NOT IN (SELECT mem FROM embed_queue)",
             [h.key for h in hits] + args).fetchall()
@@ -251,7 +253,7 @@ class SemanticIndex:
         from .vector import exact_search
 
         where, args = filters.sql(now)
-        rows = self.store.storage.conn.execute(
+        rows = self.storage.conn.execute(
             f"SELECT e.mem, e.vec FROM embeddings e JOIN memories m ON m.rowid = e.mem WHERE {where} LIMIT ?",
             (*args, EXACT_FILTER_LIMIT + 1)).fetchall()
         if len(rows) > EXACT_FILTER_LIMIT:
@@ -306,7 +308,7 @@ class SemanticIndex:
             self._delta_upto = 0
         # Newest first, at most MAX_DELTA: memory stays bounded when the file lags
         # far behind (older rows wait for the rebuild; text recall still finds them).
-        rows = self.store.storage.conn.execute(
+        rows = self.storage.conn.execute(
             "SELECT seq, mem, vec FROM embeddings WHERE seq > ? AND embedder = ? ORDER BY seq DESC LIMIT ?",
             (self._delta_upto, self.embedder.name, MAX_DELTA)).fetchall()
         if not rows:
@@ -329,7 +331,7 @@ class SemanticIndex:
     def uncovered(self) -> int:
         """Embeddings newer than the index file."""
         covered = self._ann_meta.covered_seq if self._ann_meta else 0
-        row = self.store.storage.conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (covered,)).fetchone()
+        row = self.storage.conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (covered,)).fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------ rebuilding the file
@@ -342,15 +344,15 @@ class SemanticIndex:
         """
         from .vector import AnnIndex
 
-        self.store.config.home.mkdir(parents=True, exist_ok=True)
-        with open(self.store.config.home / "vectors.lock", "a+b") as lock_file:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "vectors.lock", "a+b") as lock_file:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return {"skipped": "another process is rebuilding the vector index"}
             started = time.perf_counter()
             self.embed_pending(progress=progress)
-            conn = self.store.storage.conn
+            conn = self.storage.conn
             top_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM embeddings").fetchone()[0])
             removed = [m for (m,) in conn.execute("SELECT mem FROM vector_removed")]
             with self._lock:
@@ -366,7 +368,7 @@ class SemanticIndex:
                 index.save(self.path, covered_seq=top_seq)
             finally:
                 index.close()
-            with self.store.storage.write() as wconn:
+            with self.storage.write() as wconn:
                 wconn.executemany("DELETE FROM vector_removed WHERE mem = ?", [(m,) for m in removed])
             with self._lock:
                 self._ann_checked = 0.0
@@ -375,7 +377,7 @@ class SemanticIndex:
                     "seconds": round(time.perf_counter() - started, 2)}
 
     def _add_rows(self, index: AnnIndex, after_seq: int, progress: Progress | None) -> int:
-        conn = self.store.storage.conn
+        conn = self.storage.conn
         total = int(conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (after_seq,)).fetchone()[0])
         dims, name, done, last = self.embedder.dims, self.embedder.name, 0, after_seq
         while True:

@@ -76,7 +76,7 @@ class ServerApp(Gate):
     def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         try:
-            return self.state.api.replication.precheck(headers)
+            return self.state.api.check_sync_request(headers)
         except NeuralSyncError as exc:  # e.g. the store is busy or closing: the peer retries later
             return 503, f"cannot check the request now: {exc}"
 

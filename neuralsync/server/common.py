@@ -15,10 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from ..errors import NotFound
-from ..model import Memory
 from ..unified_memory_api import UnifiedMemoryAPI
-from ..utils import now_ms
 
 
 class SafeJSONResponse(JSONResponse):
@@ -107,25 +104,6 @@ def state_of(request: Request) -> ServerState:
 def api_of(request: Request) -> UnifiedMemoryAPI:
     """The facade this app serves."""
     return state_of(request).api
-
-
-def just_remembered(api: UnifiedMemoryAPI, memory_id: str, sent: dict[str, Any]) -> Memory:
-    """The memory a route has just stored, for the answer.
-
-    ``remember`` returns only the id, so the record is read back; a TTL
-    shorter than that round trip has already expired it, and then the answer
-    is built from what was sent (the store holds it, unreadable by rule).
-    """
-    try:
-        return api.get(memory_id)
-    except NotFound:
-        now = now_ms()
-        created = now - (sent.get("ttl_ms") or 0)  # keeps expires_at - created_at equal to the TTL sent
-        tags = sent.get("tags") or ()
-        return Memory(memory_id, sent["content"], sent.get("scope", "global"), sent.get("kind", "fact"),
-                      tuple(sorted(set([tags] if isinstance(tags, str) else tags))), sent.get("priority", 0.5),
-                      sent.get("confidence", 0.8), sent.get("tool") or api.tool, sent.get("source"),
-                      api.session_id, sent.get("metadata") or {}, created, created, now, "")
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None,

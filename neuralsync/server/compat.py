@@ -19,11 +19,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..crdt import op_from_wire, op_to_wire
-from ..errors import InvalidOp
-from ..model import Memory, Op
+from ..model import Memory
 from ..validation import MAX_SEQ
-from .common import StrictJSONRoute, api_of, error_response, just_remembered
+from .common import StrictJSONRoute, api_of
 
 router = APIRouter(tags=["neuralsync2"], route_class=StrictJSONRoute)
 
@@ -31,7 +29,6 @@ NS2_KEYS = ("benefit", "consistency")
 DEFAULT_SOURCE = "api"  # what NeuralSync2 recorded when a client gave no source
 PULL_LIMIT = 1000
 MAX_PULL_LIMIT = 5000
-PULL_BYTE_BUDGET = 8 << 20
 MAX_PUSH_OPS = 10_000
 
 
@@ -80,7 +77,8 @@ class PullIn(_Lax):
 
 
 class PushIn(_Lax):
-    """Ops in wire form, bare or wrapped as ``{"pos", "op"}`` (a pull's answer can be pushed as is)."""
+    """Ops in wire form, bare or wrapped as ``{"pos", "op"}`` (a pull's answer can be pushed as is).
+    Each op is checked on its own: bad ones are refused and listed, the others applied."""
 
     ops: list[dict[str, Any]] = Field(max_length=MAX_PUSH_OPS)
 
@@ -119,16 +117,16 @@ def _metadata(body: MemoryIn) -> dict[str, Any] | None:
 # ------------------------------------------------------------------ routes
 @router.get("/health", summary="Liveness (no token needed)")
 def health(request: Request) -> dict[str, Any]:
-    return {"ok": True, "site_id": api_of(request).store.site_id}
+    return {"ok": True, "site_id": api_of(request).identity()}
 
 
 @router.get("/persona", summary="The shared persona")
 def persona_get(request: Request) -> dict[str, Any]:
     api = api_of(request)
-    found = api.store.persona()  # the facade gives the text only; NeuralSync2 also answers its clock
-    if found is None or not found[0]:
+    found = api.get_persona_info()  # NeuralSync2 also answers the clock that set it
+    if found is None or not found["text"]:
         return {"text": ""}
-    return {"text": found[0], "site_id": api.store.site_id, "lamport": found[1]}
+    return {"text": found["text"], "site_id": api.identity(), "lamport": found["hlc"]}
 
 
 @router.post("/persona", summary="Set the shared persona")
@@ -144,8 +142,7 @@ def remember(request: Request, body: MemoryIn, x_tool_name: str | None = Header(
               "tool": body.tool if body.tool is not None else x_tool_name, "metadata": _metadata(body),
               "ttl_ms": body.ttl_ms or None,  # NeuralSync2 read 0 as "no expiry"
               "confidence": body.confidence, "source": body.source or DEFAULT_SOURCE}
-    memory_id = api.remember(**fields)
-    return ns2_item(just_remembered(api, memory_id, fields))
+    return ns2_item(api.remember_memory(**fields))
 
 
 @router.post("/recall", summary="Recall with a context preamble (NeuralSync2 RecallIn)")
@@ -159,45 +156,9 @@ def recall(request: Request, body: RecallIn) -> dict[str, Any]:
 
 @router.post("/sync/pull", summary="Ops after a log position")
 def sync_pull(request: Request, body: PullIn) -> dict[str, Any]:
-    cursor = body.since or 0
-    ops: list[dict[str, Any]] = []
-    budget = PULL_BYTE_BUDGET
-    for pos, op in api_of(request).store.ops_since(cursor, body.limit):
-        budget -= len(op.body) + len(op.sig)
-        if ops and budget < 0:
-            break  # the rest comes with the next pull from the returned cursor
-        ops.append({"pos": pos, "op": op_to_wire(op)})
-        cursor = pos
-    return {"cursor": cursor, "ops": ops}
+    return api_of(request).pull_ops(body.since or 0, body.limit)
 
 
 @router.post("/sync/push", summary="Apply signed ops from a peer")
-def sync_push(request: Request, body: PushIn) -> Any:
-    try:
-        ops = [_parse_pushed(i, entry) for i, entry in enumerate(body.ops)]
-    except _BadOp as bad:
-        return error_response(400, "invalid_op", bad.reason, bad.field)
-    try:
-        result = api_of(request).store.apply_remote(ops)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        # A validly signed op whose fields the materialiser cannot read: the
-        # transaction was rolled back, so nothing of the batch was stored.
-        return error_response(400, "invalid_op", f"an op has malformed fields ({type(exc).__name__}); "
-                                                 "nothing was applied", "ops")
-    return {"applied": len(result.applied), "duplicates": result.duplicates, "missing": result.missing,
-            "rejected": [{"id": oid, "reason": reason} for oid, reason in result.rejected]}
-
-
-class _BadOp(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(reason)
-        self.field = field
-        self.reason = reason
-
-
-def _parse_pushed(index: int, entry: dict[str, Any]) -> Op:
-    wire = entry.get("op") if isinstance(entry.get("op"), dict) else entry
-    try:
-        return op_from_wire(wire)
-    except InvalidOp as exc:
-        raise _BadOp(f"ops[{index}]", f"op {index} refused: {exc}") from None
+def sync_push(request: Request, body: PushIn) -> dict[str, Any]:
+    return api_of(request).receive_pushed(body.ops)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..model import Memory
-from .common import StrictJSONRoute, api_of, just_remembered
+from .common import StrictJSONRoute, api_of
 
 router = APIRouter(prefix="/v1", tags=["v1"], route_class=StrictJSONRoute)
 
@@ -101,7 +101,7 @@ def client_tool(body_tool: str | None, header_tool: str | None) -> str | None:
 def health(request: Request) -> dict[str, Any]:
     """Answers without a token so supervisors can probe it."""
     api = api_of(request)
-    return {"ok": True, "site_id": api.store.site_id, "version": request.app.version}
+    return {"ok": True, "site_id": api.identity(), "version": request.app.version}
 
 
 @router.post("/memories", status_code=201, summary="Remember")
@@ -110,8 +110,7 @@ def create_memory(request: Request, body: MemoryCreate,
     api = api_of(request)
     fields = body.model_dump()
     fields["tool"] = client_tool(body.tool, x_tool_name)
-    memory_id = api.remember(**fields)
-    return memory_json(just_remembered(api, memory_id, fields))
+    return memory_json(api.remember_memory(**fields))
 
 
 @router.get("/memories/{memory_id}", summary="Get one memory")
@@ -202,7 +201,7 @@ def last_seq(request: Request) -> dict[str, Any]:
 @router.post("/sync", summary="Peer sync (signed by a trusted peer's key, not the bearer token)",
              responses={200: {"description": "heads, needs, filter and ops for the peer, signed"}})
 async def peer_sync(request: Request) -> Response:
-    """One round of the replication protocol; see ``neuralsync.sync``."""
+    """One round of the replication protocol; see ``neuralsync.replication``."""
     body = await request.body()
-    status, answer, headers = await run_in_threadpool(api_of(request).replication.serve, dict(request.headers), body)
+    status, answer, headers = await run_in_threadpool(api_of(request).serve_sync, dict(request.headers), body)
     return Response(answer, status_code=status, media_type="application/json", headers=headers)

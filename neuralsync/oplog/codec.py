@@ -1,0 +1,289 @@
+"""Ops of the hash-linked, signed log: canonical encoding, hashing, signing, checks.
+
+Design (Kleppmann, "Making CRDTs Byzantine Fault Tolerant", PaPoC 2022):
+an op's id is SHA-256 over a typed, length-prefixed canonical encoding of
+``{v, kind, record_id, fields, hlc, author, preds}``; the author is the Ed25519
+public key itself, so a signature can be checked from the op alone; ``preds``
+are the ids of the heads the author had seen. Validity depends only on the op
+(and, in the sync layer, its ancestors) - never on local clock or config.
+
+The encoding is our own rather than JSON so that floats, integers and nesting
+have exactly one byte form: each value is a one-byte type tag, then a 4-byte
+big-endian length (or fixed width), then the payload; map keys are sorted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from ..errors import InvalidOp
+from ..model import Op
+from .clock import HLC_MAX
+from .fields import check_fields
+
+FORMAT_VERSION = 1
+OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona"})
+MAX_OP_BYTES = 1 << 20  # one op, encoded
+MAX_PREDS = 64
+MAX_DEPTH = 8
+SIG_DOMAIN = b"neuralsync-op-v1\x00"
+
+_I64 = struct.Struct(">q")
+_F64 = struct.Struct(">d")
+_LEN = struct.Struct(">I")
+
+
+# ---------------------------------------------------------------- encoding
+def encode(value: Any) -> bytes:
+    """The canonical byte form of a JSON-like value (None, bool, int, float, str, bytes, list, dict)."""
+    out: list[bytes] = []
+    _encode(value, out, 0)
+    return b"".join(out)
+
+
+def _encode(value: Any, out: list[bytes], depth: int) -> None:
+    # Exact-type dispatch first (the hot path: every op is encoded once),
+    # then the subclass-tolerant checks.
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8")
+        out.append(b"s" + _LEN.pack(len(raw)) + raw)
+    elif kind is dict:
+        _encode_map(value, out, depth)
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InvalidOp("non-finite float")
+        out.append(b"f" + _F64.pack(value + 0.0))  # + 0.0 folds -0.0 into 0.0
+    elif value is None:
+        out.append(b"N")
+    elif value is True:
+        out.append(b"T")
+    elif value is False:
+        out.append(b"F")
+    elif isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise InvalidOp("integer outside the signed 64-bit range")
+        out.append(b"i" + _I64.pack(value))
+    elif isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise InvalidOp("value nested too deeply")
+        out.append(b"l" + _LEN.pack(len(value)))
+        for item in value:
+            _encode(item, out, depth + 1)
+    elif isinstance(value, dict):
+        _encode_map(value, out, depth)
+    elif isinstance(value, str):
+        _encode(str(value), out, depth)
+    elif isinstance(value, float):
+        _encode(float(value), out, depth)
+    elif isinstance(value, bytes):
+        out.append(b"b" + _LEN.pack(len(value)) + bytes(value))
+    else:
+        raise InvalidOp(f"cannot encode a {type(value).__name__}")
+
+
+def _encode_map(value: dict[Any, Any], out: list[bytes], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise InvalidOp("value nested too deeply")
+    out.append(b"d" + _LEN.pack(len(value)))
+    for key in sorted(value):
+        if type(key) is not str:
+            raise InvalidOp("map keys must be strings")
+        raw = key.encode("utf-8")
+        out.append(b"s" + _LEN.pack(len(raw)) + raw)
+        _encode(value[key], out, depth + 1)
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of :func:`encode`; rejects trailing bytes and non-canonical maps."""
+    data = bytes(data)
+    try:
+        value, end = _decode(data, 0, 0)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise InvalidOp(f"malformed encoding: {exc}") from None
+    if end != len(data):
+        raise InvalidOp("trailing bytes after encoded value")
+    return value
+
+
+_T_STR, _T_BYTES, _T_INT, _T_FLOAT, _T_LIST, _T_MAP = b"sbifld"
+_T_NONE, _T_TRUE, _T_FALSE = b"NTF"
+_unpack_len = _LEN.unpack_from
+_unpack_i64 = _I64.unpack_from
+_unpack_f64 = _F64.unpack_from
+
+
+def _decode(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    tag = buf[pos]
+    pos += 1
+    if tag == _T_STR or tag == _T_BYTES:
+        (length,) = _unpack_len(buf, pos)
+        pos += 4
+        end = pos + length
+        if end > len(buf):
+            raise InvalidOp("truncated value")
+        return (buf[pos:end].decode("utf-8") if tag == _T_STR else buf[pos:end]), end
+    if tag == _T_INT:
+        return _unpack_i64(buf, pos)[0], pos + 8
+    if tag == _T_MAP or tag == _T_LIST:
+        if depth >= MAX_DEPTH:
+            raise InvalidOp("value nested too deeply")
+        (length,) = _unpack_len(buf, pos)
+        pos += 4
+        if tag == _T_MAP:
+            return _decode_map(buf, pos, depth, length)
+        items = []
+        for _ in range(length):
+            item, pos = _decode(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if tag == _T_NONE:
+        return None, pos
+    if tag == _T_TRUE:
+        return True, pos
+    if tag == _T_FALSE:
+        return False, pos
+    if tag == _T_FLOAT:
+        number = _unpack_f64(buf, pos)[0]
+        if not math.isfinite(number) or (number == 0.0 and math.copysign(1, number) < 0):
+            raise InvalidOp("non-canonical float")
+        return number, pos + 8
+    raise InvalidOp(f"unknown type tag {bytes([tag])!r}")
+
+
+def _decode_map(buf: bytes, pos: int, depth: int, length: int) -> tuple[dict[str, Any], int]:
+    result: dict[str, Any] = {}
+    previous: str | None = None
+    for _ in range(length):
+        if buf[pos] != _T_STR:
+            raise InvalidOp("map keys must be unique strings in sorted order")
+        key, pos = _decode(buf, pos, depth + 1)
+        if previous is not None and key <= previous:
+            raise InvalidOp("map keys must be unique strings in sorted order")
+        result[key], pos = _decode(buf, pos, depth + 1)
+        previous = key
+    return result, pos
+
+
+# ---------------------------------------------------------------- ops
+def op_body(kind: str, record_id: str, fields: dict[str, Any], hlc: int, author: bytes,
+            preds: Iterable[bytes]) -> bytes:
+    """The canonical body whose SHA-256 is the op id. Preds are sorted: a set, not a list."""
+    return encode({
+        "v": FORMAT_VERSION,
+        "kind": kind,
+        "record_id": record_id,
+        "fields": fields,
+        "hlc": hlc,
+        "author": author,
+        "preds": sorted(preds),
+    })
+
+
+def op_id(body: bytes) -> bytes:
+    """The 32-byte id of an op body."""
+    return hashlib.sha256(body).digest()
+
+
+def make_op(key: nacl.signing.SigningKey, kind: str, record_id: str, fields: dict[str, Any],
+            hlc: int, preds: Iterable[bytes]) -> Op:
+    """Build, hash and sign a new op authored by ``key``."""
+    author = bytes(key.verify_key)
+    pred_list = tuple(sorted(preds))
+    body = op_body(kind, record_id, fields, hlc, author, pred_list)
+    if len(body) > MAX_OP_BYTES:
+        raise InvalidOp(f"op of {len(body)} bytes exceeds {MAX_OP_BYTES}")
+    oid = op_id(body)
+    sig = key.sign(SIG_DOMAIN + oid).signature
+    return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body)
+
+
+def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
+    """Decode and fully check an op received as bytes (from the log or a peer).
+
+    Checks structure, bounds and (unless ``verify`` is False, for ops read back
+    from this store's own log) the signature. Checks that need the rest of the
+    log (predecessors present, clock above theirs) belong to the caller.
+    """
+    if len(body) > MAX_OP_BYTES:
+        raise InvalidOp("op too large")
+    data = decode(body)
+    if not isinstance(data, dict) or set(data) != {"v", "kind", "record_id", "fields", "hlc", "author", "preds"}:
+        raise InvalidOp("op body has the wrong set of keys")
+    if data["v"] != FORMAT_VERSION:
+        raise InvalidOp(f"unsupported op format version {data['v']!r}")
+    kind, record_id, fields = data["kind"], data["record_id"], data["fields"]
+    hlc, author, preds = data["hlc"], data["author"], data["preds"]
+    if not isinstance(kind, str) or kind not in OP_KINDS:
+        raise InvalidOp(f"unknown op kind {kind!r}")
+    if not isinstance(record_id, str) or not 0 < len(record_id) <= 128:
+        raise InvalidOp("bad record_id")
+    if not isinstance(fields, dict):
+        raise InvalidOp("fields must be a map")
+    if not isinstance(hlc, int) or isinstance(hlc, bool) or not 0 < hlc <= HLC_MAX:
+        raise InvalidOp("hlc out of range")
+    if not isinstance(author, bytes) or len(author) != 32:
+        raise InvalidOp("author must be a 32-byte Ed25519 public key")
+    if (not isinstance(preds, list) or len(preds) > MAX_PREDS
+            or any(not isinstance(p, bytes) or len(p) != 32 for p in preds)
+            or preds != sorted(set(preds))):
+        raise InvalidOp("preds must be a sorted set of at most 64 op ids")
+    check_fields(kind, record_id, fields)
+    oid = op_id(body)
+    if verify:
+        verify_signature(author, oid, sig)
+    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body)
+
+
+def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:
+    """Raise :class:`InvalidOp` unless ``sig`` is ``author``'s signature of ``oid``."""
+    try:
+        nacl.signing.VerifyKey(author).verify(SIG_DOMAIN + oid, sig)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        raise InvalidOp("bad signature") from None
+
+
+# ---------------------------------------------------------------- wire form
+def op_to_wire(op: Op) -> dict[str, Any]:
+    """JSON form of an op: the signed body and signature, plus readable copies of its header."""
+    return {
+        "id": op.id.hex(),
+        "body": base64.b64encode(op.body).decode("ascii"),
+        "sig": base64.b64encode(op.sig).decode("ascii"),
+        "kind": op.kind,
+        "record_id": op.record_id,
+        "hlc": op.hlc,
+        "author": op.author.hex(),
+    }
+
+
+def wire_parts(data: object) -> tuple[bytes, bytes, str | None]:
+    """(body, signature, claimed id or None) of an op in JSON form, decoded but not yet checked."""
+    if not isinstance(data, dict) or not isinstance(data.get("body"), str) or not isinstance(data.get("sig"), str):
+        raise InvalidOp("an op must be an object with base64 'body' and 'sig'")
+    if len(data["body"]) > MAX_OP_BYTES * 4 // 3 + 4:
+        raise InvalidOp("op too large")
+    try:
+        body = base64.b64decode(data["body"], validate=True)
+        sig = base64.b64decode(data["sig"], validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidOp("op body or signature is not valid base64") from None
+    claimed = data.get("id")
+    if claimed is not None and claimed != op_id(body).hex():
+        raise InvalidOp("op id does not match the hash of its body")
+    return body, sig, claimed
+
+
+def op_from_wire(data: object) -> Op:
+    """Parse and verify an op from its JSON form; the readable copies are ignored, the body rules."""
+    body, sig, _ = wire_parts(data)
+    return parse_op(body, sig)

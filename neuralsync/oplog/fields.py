@@ -1,0 +1,97 @@
+"""Validity of an op's fields, by kind: a rule that depends only on the op.
+
+Every replica runs the same checks on every op it receives (and on its own),
+so a well-signed op with missing or mistyped fields is rejected alike
+everywhere instead of failing in the materialiser. Unknown keys are ignored
+(forward compatibility); known keys must have the right type and range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import InvalidOp
+from ..utils import is_valid_id
+
+MAX_TEXT = 1_000_000
+MAX_LABEL = 512
+MAX_TAGS = 256
+MAX_REMOVES = 4096
+
+
+def _text(limit: int, optional: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (v is None and optional) or (isinstance(v, str) and 0 < len(v) <= limit)
+
+
+def _unit(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
+
+
+def _time(optional: bool) -> Callable[[Any], bool]:
+    return lambda v: (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62)
+
+
+def _tags(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= MAX_TAGS and all(_text(MAX_LABEL)(t) for t in v)
+
+
+def _json(v: Any) -> bool:
+    """A JSON value (the op encoding bounds depth and rejects non-finite floats)."""
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return True
+    if isinstance(v, list):
+        return all(_json(item) for item in v)
+    if isinstance(v, dict):
+        return all(_json(item) for item in v.values())
+    return False  # bytes: encodable, but not storable as JSON metadata
+
+
+def _metadata(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and _json(v))
+
+
+SCALAR_RULES: dict[str, Callable[[Any], bool]] = {
+    "content": _text(MAX_TEXT),
+    "scope": _text(MAX_LABEL),
+    "kind": _text(MAX_LABEL),
+    "priority": _unit,
+    "confidence": _unit,
+    "tool": _text(MAX_LABEL, optional=True),
+    "source": _text(MAX_LABEL, optional=True),
+    "session": _text(MAX_LABEL, optional=True),
+    "metadata": _metadata,
+    "expires_at": _time(optional=True),
+    "created_at": _time(optional=False),
+    "updated_at": _time(optional=True),
+    "tags": _tags,
+}
+CREATE_REQUIRED = ("content", "scope", "kind", "priority", "confidence")
+
+
+def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
+    """Raise :class:`InvalidOp` unless ``fields`` are valid for an op of ``kind``."""
+    if kind == "persona":
+        if not isinstance(fields.get("text"), str) or not _text(MAX_LABEL)(fields.get("key", "persona")):
+            raise InvalidOp("persona op needs a text string (and a key of at most 512 characters)")
+        return
+    if not is_valid_id(record_id):
+        raise InvalidOp("memory ops need a 32-hex record id")
+    if kind == "create":
+        missing = [name for name in CREATE_REQUIRED if name not in fields]
+        if missing:
+            raise InvalidOp(f"create op lacks {missing[0]!r}")
+    if kind in ("create", "update"):
+        for name, value in fields.items():
+            rule = SCALAR_RULES.get(name)
+            if rule is not None and not rule(value):
+                raise InvalidOp(f"{kind} op has an invalid {name!r}")
+    elif kind in ("tag_add", "tag_remove"):
+        if not _text(MAX_LABEL)(fields.get("tag")):
+            raise InvalidOp(f"{kind} op needs a tag string")
+        removes = fields.get("removes", [])
+        if kind == "tag_remove" and (not isinstance(removes, list) or len(removes) > MAX_REMOVES
+                                     or any(not isinstance(r, bytes) or len(r) != 32 for r in removes)
+                                     or len(set(removes)) != len(removes)):
+            raise InvalidOp(f"tag_remove op needs a list of at most {MAX_REMOVES} distinct 32-byte add-op ids")

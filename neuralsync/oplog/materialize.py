@@ -1,0 +1,397 @@
+"""Apply ops to the derived tables: the single path for local writes, remote ops and rebuilds.
+
+``apply_op`` inserts the op into the log, moves the heads and updates the
+materialised tables (memories, tags, FTS, persona) inside the caller's
+transaction. Each op is applied after its predecessors; the state it leaves
+is a pure function of the set of ops applied, whatever their order:
+
+- scalar fields: the causally later write wins; among concurrent writes the
+  largest ``(effective clock, author, op id)`` (see ``graph``); the losing
+  value is recorded in ``conflicts``;
+- tags: an observed-remove set: a remove names the add ops it saw (each must
+  be an ancestor and add that tag to that memory), so a concurrent add survives;
+- delete: removes what it observed. A memory is gone when every write to it
+  (create, update, tag add or remove) is an ancestor of some delete; a write
+  the deletes had not seen keeps it, or brings it back whole (update-wins);
+- persona: like a scalar field.
+
+Validity that needs the op's ancestors (``check_op``) is decided from the op
+and its ancestors only, so every correct replica accepts or rejects alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any, NamedTuple
+
+from ..errors import InvalidOp
+from ..model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
+from ..store.reads import TAG_SEP
+from ..store.storage import Storage
+from ..utils import now_ms
+from . import codec
+from .clock import hlc_ms
+from .graph import Node, ancestors_among, below, effective_clock, floor_of, is_ancestor, node, pred_nodes
+
+CREATE_DEFAULTS: dict[str, Any] = {"tool": None, "source": None, "session": None, "metadata": {},
+                                   "expires_at": None}
+MEMORY_WRITES = ("create", "update", "tag_add", "tag_remove")
+NEEDS_CREATE = frozenset({"update", "tag_add", "tag_remove", "delete"})
+DELETED_FIELD = "_deleted"  # the conflicts row of a delete that met a write it had not seen
+
+
+class Applied(NamedTuple):
+    """How one op is being applied: its graph node and LWW clock, and whether it saw every stored op."""
+
+    node: Node
+    clock: bytes
+    complete: bool
+    audit: bool = True
+
+
+def clock_of(op: Op, eff: int) -> bytes:
+    """The total order used for last-writer-wins: effective clock, then author, then op id."""
+    return eff.to_bytes(8, "big") + op.author + op.id
+
+
+def content_hash(content: str) -> str:
+    """Short, stable hash of the content (duplicate detection)."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+
+
+def dump_metadata(value: dict[str, Any]) -> str:
+    """Canonical JSON text of a metadata dict."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """Raise :class:`InvalidOp` unless ``op`` is valid given its (stored) ancestors."""
+    if op.kind not in NEEDS_CREATE:
+        return
+    # Every ancestry question about this op is answered by one walk of its ancestors.
+    creates = [seq for (seq,) in conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'",
+                                              (op.record_id,))]
+    named = [conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ?", (add,)).fetchone()
+             for add in (op.fields.get("removes", ()) if op.kind == "tag_remove" else ())]
+    ancestors = ancestors_among(conn, [*creates, *(row[0] for row in named if row is not None)], preds)
+    if not ancestors.intersection(creates):
+        raise InvalidOp(f"{op.kind} of a memory whose create is not among its ancestors")
+    for row in named:
+        if row is None or row[0] not in ancestors:
+            raise InvalidOp("tag_remove names an add that is not among its ancestors")
+        if row[2] != op.record_id or not _adds_tag(row[1], row[3], op.fields["tag"]):
+            raise InvalidOp("tag_remove names an op that does not add this tag to this memory")
+
+
+def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
+    fields = codec.decode(body)["fields"]
+    if kind == "tag_add":
+        return bool(fields.get("tag") == tag)
+    return kind == "create" and tag in fields.get("tags", ())
+
+
+def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, *, check: bool = True,
+             all_heads: bool | None = None) -> Node | None:
+    """Insert ``op`` into the log and materialise it; its node, or None if it was already applied.
+
+    ``preds`` are the predecessors' nodes (looked up when not given; all must
+    be stored). ``check`` runs :func:`check_op` first (a local op built on
+    every head may skip it). ``all_heads`` says the op names every current
+    head (computed when not given).
+    """
+    if preds is None:
+        preds = pred_nodes(conn, op.preds)
+        if preds is None:
+            raise InvalidOp("a predecessor is not stored here")
+    if check:
+        if node(conn, op.id) is not None:
+            return None
+        check_op(conn, op, preds)
+    eff = effective_clock(op.hlc, preds)
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at, eff)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms(), eff),
+    )
+    if cursor.rowcount == 0:
+        return None
+    seq = int(cursor.lastrowid or 0)
+    if op.preds:
+        conn.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in op.preds])
+    if all_heads is None:
+        all_heads = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM heads)").fetchone()[0] == 1
+    conn.execute("INSERT INTO heads(id) VALUES (?)", (op.id,))
+    floor = floor_of(preds, all_heads, seq)
+    if floor is not None:
+        conn.execute("UPDATE ops SET floor = ? WHERE seq = ?", (floor, seq))
+        conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)", [(seq, p.seq) for p in preds])
+    here = Node(seq, eff, seq if floor is None else floor)
+    ctx = Applied(here, clock_of(op, eff), floor is None)
+    if op.kind in MEMORY_WRITES and conn.execute(
+            "SELECT 1 FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone() is not None:
+        _resurrect(conn, op, ctx)
+    else:
+        _HANDLERS[op.kind](conn, op, ctx)
+    return here
+
+
+def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """A write no delete had seen reached a deleted memory: rebuild it from all its writes."""
+    gone = conn.execute("SELECT op FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone()[0]
+    conn.execute("DELETE FROM tombstones WHERE record_id = ?", (op.record_id,))
+    rows = conn.execute(
+        "SELECT seq, eff, coalesce(floor, seq), body, sig FROM ops WHERE record_id = ?"
+        " AND kind IN ('create', 'update', 'tag_add', 'tag_remove') ORDER BY seq", (op.record_id,)).fetchall()
+    for seq, eff, floor, body, sig in rows:
+        past = codec.parse_op(body, sig, verify=False)
+        _HANDLERS[past.kind](conn, past, Applied(Node(seq, eff, floor), clock_of(past, eff), True, audit=False))
+    author = conn.execute("SELECT author FROM ops WHERE id = ?", (gone,)).fetchone()
+    _record_conflict(conn, op.record_id, DELETED_FIELD, (op.id, op.author, "restored"),
+                     (gone, author[0] if author else b"", "deleted"),
+                     "update wins: a write the delete had not seen restores the memory")
+
+
+def backfill_graph(storage: Storage) -> None:
+    """Give ops logged before schema 5 their effective clock and floor (idempotent, resumable).
+
+    Those ops were accepted under the earlier rule that a clock exceeds its
+    predecessors', so their effective clock is their clock; floors are
+    recomputed by replaying the heads in log order.
+    """
+    if storage.conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
+        return
+    with storage.write() as conn:
+        heads: set[bytes] = set()
+        nodes: dict[bytes, Node] = {}
+        rows = conn.execute("SELECT seq, id, hlc, body FROM ops ORDER BY seq").fetchall()
+        for seq, oid, hlc, body in rows:
+            pred_ids = codec.decode(body)["preds"]
+            preds = [nodes[p] for p in pred_ids if p in nodes]
+            heads.difference_update(pred_ids)
+            floor = floor_of(preds, not heads, seq)
+            eff = effective_clock(hlc, preds)
+            heads.add(oid)
+            nodes[oid] = Node(seq, eff, seq if floor is None else floor)
+            conn.execute("UPDATE ops SET eff = ?, floor = ? WHERE seq = ?", (eff, floor, seq))
+            if floor is not None:
+                conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)",
+                                 [(seq, p.seq) for p in preds])
+
+
+# ------------------------------------------------------------------ handlers
+def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    if conn.execute("SELECT 1 FROM memories WHERE id = ?", (op.record_id,)).fetchone() is not None:
+        # A second create for a known id (the same import on two replicas): it
+        # writes every create-time field (defaults for those it omits) by
+        # last-writer-wins, and its tags are adds, so the result is the same
+        # whichever create arrived first.
+        # created_at is what the create would have set alone (its clock's time when absent).
+        fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS},
+                  "created_at": op.fields.get("created_at", hlc_ms(op.hlc))}
+        updated_ms = _create_updated_ms(op)
+        _write_fields(conn, op, ctx, fields, frozenset(SCALAR_FIELDS), updated_ms)
+        for tag in op.fields.get("tags", ()):
+            _add_tag(conn, op, tag, updated_ms)
+        return
+    f = op.fields
+    tags = sorted(set(f.get("tags", ())))
+    content = f["content"]
+    created = f.get("created_at", hlc_ms(op.hlc))
+    cursor = conn.execute(
+        "INSERT INTO memories(id, content, tags, scope, kind, tool, source, session, priority,"
+        " confidence, metadata, created_at, updated_at, expires_at, content_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.record_id, content, TAG_SEP.join(tags), f["scope"], f["kind"], f.get("tool"),
+         f.get("source"), f.get("session"), f["priority"], f["confidence"],
+         dump_metadata(f.get("metadata") or {}), created, _create_updated_ms(op),
+         f.get("expires_at"), content_hash(content)),
+    )
+    mem = cursor.lastrowid
+    if tags:
+        conn.executemany("INSERT INTO tags(mem, tag, add_op) VALUES (?, ?, ?)",
+                         [(mem, tag, op.id) for tag in tags])
+    conn.execute("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)",
+                 (mem, content, TAG_SEP.join(tags), f["scope"]))
+
+
+def _create_updated_ms(op: Op) -> int:
+    """What a create contributes to ``updated_at`` (a max over ops, so order does not matter)."""
+    created = op.fields.get("created_at", hlc_ms(op.hlc))
+    return max(created, op.fields.get("updated_at") or created)
+
+
+def _update(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    _write_fields(conn, op, ctx, op.fields, UPDATABLE_FIELDS, hlc_ms(op.hlc))
+
+
+def _write_fields(conn: sqlite3.Connection, op: Op, ctx: Applied, fields: dict[str, Any],
+                  allowed: frozenset[str], updated_ms: int) -> None:
+    """Last-writer-wins per field: ``op`` sets each allowed field whose current clock is older."""
+    row = conn.execute("SELECT rowid, content, tags, scope, clocks, updated_at FROM memories WHERE id = ?",
+                       (op.record_id,)).fetchone()
+    if row is None:
+        return
+    mem, old_content, tag_text, old_scope, clocks_text, updated_at = row
+    clocks: dict[str, str] = json.loads(clocks_text) if clocks_text else {}
+    base = _first_create_clock(conn, op.record_id, op.id)
+    changes: dict[str, Any] = {}
+    for field, value in fields.items():
+        if field not in allowed:
+            continue  # unknown to this version: ignored alike on every replica
+        current = bytes.fromhex(clocks[field]) if field in clocks else base
+        wins = ctx.clock > current
+        if ctx.audit and not ctx.complete and current and _concurrent(conn, current, ctx.node):
+            _record_field_conflict(conn, op, ctx, mem, field, value, current, wins)
+        if wins:
+            changes[field] = dump_metadata(value or {}) if field == "metadata" else value
+            clocks[field] = ctx.clock.hex()
+    if "content" in changes:
+        changes["content_hash"] = content_hash(changes["content"])
+    changes["clocks"] = json.dumps(clocks, sort_keys=True) if clocks else None
+    changes["updated_at"] = max(updated_at, updated_ms)
+    assignments = ", ".join(f"{name} = ?" for name in changes)
+    conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
+    new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
+    if (new_content, new_scope) != (old_content, old_scope):
+        _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
+
+
+def _concurrent(conn: sqlite3.Connection, clock: bytes, here: Node) -> bool:
+    """True if the op behind ``clock`` is not an ancestor of the op at ``here``."""
+    holder = node(conn, clock[40:72])
+    return holder is not None and not is_ancestor(conn, holder.seq, [here])
+
+
+def _record_field_conflict(conn: sqlite3.Connection, op: Op, ctx: Applied, mem: int, field: str, value: Any,
+                           current: bytes, wins: bool) -> None:
+    (stored,) = conn.execute(f"SELECT {field} FROM memories WHERE rowid = ?", (mem,)).fetchone()
+    if field == "metadata":
+        stored = json.loads(stored)
+    _record_concurrent(conn, op.record_id, field, (op.id, op.author, value), (current[40:72], current[8:40], stored),
+                       wins)
+
+
+def _record_concurrent(conn: sqlite3.Connection, record_id: str, field: str, mine: tuple[bytes, bytes, Any],
+                       theirs: tuple[bytes, bytes, Any], wins: bool) -> None:
+    """Record a write (``mine``: op id, author, value) that met a concurrent one already applied."""
+    winner, loser = (mine, theirs) if wins else (theirs, mine)
+    _record_conflict(conn, record_id, field, winner, loser, "concurrent writes: the larger (clock, author, op id) wins")
+
+
+def _record_conflict(conn: sqlite3.Connection, record_id: str, field: str, winner: tuple[bytes, bytes, Any],
+                     loser: tuple[bytes, bytes, Any], resolution: str) -> None:
+    """Keep the losing side of a concurrent write (the merge audit trail; local, not replicated)."""
+    conn.execute(
+        "INSERT INTO conflicts(record_id, field, winner_op, loser_op, winner_value, loser_value, winner_author,"
+        " loser_author, resolution, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record_id, field, winner[0], loser[0], json.dumps(winner[2], ensure_ascii=False),
+         json.dumps(loser[2], ensure_ascii=False), winner[1], loser[1], resolution, now_ms()))
+
+
+def _first_create_clock(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> bytes:
+    """Clock of the create whose values the row was first built from: the base of every
+    field no later op has written yet."""
+    row = conn.execute("SELECT eff, author, id FROM ops WHERE record_id = ? AND kind = 'create' AND id != ?"
+                       " ORDER BY seq LIMIT 1", (record_id, exclude)).fetchone()
+    if row is None:
+        return b""
+    return int(row[0]).to_bytes(8, "big") + row[1] + row[2]
+
+
+def _tag_add(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    _add_tag(conn, op, op.fields["tag"], hlc_ms(op.hlc))
+
+
+def _add_tag(conn: sqlite3.Connection, op: Op, tag: str, at_ms: int) -> None:
+    row = _row(conn, op.record_id)
+    if row is None:
+        return
+    conn.execute("INSERT OR IGNORE INTO tags(mem, tag, add_op) VALUES (?, ?, ?)", (row[0], tag, op.id))
+    _refresh_tags(conn, row, at_ms)
+
+
+def _tag_remove(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    row = _row(conn, op.record_id)
+    if row is None:
+        return
+    conn.executemany("DELETE FROM tags WHERE mem = ? AND tag = ? AND add_op = ?",
+                     [(row[0], op.fields["tag"], add) for add in op.fields.get("removes", ())])
+    _refresh_tags(conn, row, hlc_ms(op.hlc))
+
+
+def _refresh_tags(conn: sqlite3.Connection, row: tuple[Any, ...], at_ms: int) -> None:
+    mem, content, old_tags, scope = row
+    tags = [t for (t,) in conn.execute("SELECT DISTINCT tag FROM tags WHERE mem = ? ORDER BY tag", (mem,))]
+    new_tags = TAG_SEP.join(tags)
+    conn.execute("UPDATE memories SET tags = ?, updated_at = max(updated_at, ?) WHERE rowid = ?",
+                 (new_tags, at_ms, mem))
+    if new_tags != old_tags:
+        _reindex(conn, mem, (content, old_tags, scope), (content, new_tags, scope))
+
+
+def _delete(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    row = _row(conn, op.record_id)
+    if row is not None and not ctx.complete:
+        survivor = _unobserved_write(conn, op.record_id)
+        if survivor is not None:
+            _record_conflict(conn, op.record_id, DELETED_FIELD, (survivor[0], survivor[1], "kept"),
+                             (op.id, op.author, "deleted"),
+                             "update wins: a concurrent write the delete had not seen keeps the memory")
+            return
+    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
+    if row is None:
+        return
+    mem, content, tags, scope = row
+    conn.execute("INSERT INTO memories_fts(memories_fts, rowid, content, tags, scope)"
+                 " VALUES ('delete', ?, ?, ?, ?)", (mem, content, tags, scope))
+    conn.execute("DELETE FROM tags WHERE mem = ?", (mem,))
+    conn.execute("DELETE FROM access WHERE mem = ?", (mem,))
+    conn.execute("DELETE FROM memories WHERE rowid = ?", (mem,))
+
+
+def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, bytes] | None:
+    """(id, author) of a write to the memory that no delete of it has among its ancestors, if any."""
+    ops = conn.execute("SELECT seq, eff, coalesce(floor, seq), kind, id, author FROM ops WHERE record_id = ?"
+                       " ORDER BY seq", (record_id,)).fetchall()
+    floor, extra = below(conn, [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind == "delete"])
+    for seq, _, _, kind, oid, author in ops:
+        if kind in MEMORY_WRITES and seq > floor and seq not in extra:
+            return oid, author
+    return None
+
+
+def _persona(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    key = op.fields.get("key", "persona")
+    row = conn.execute("SELECT clock, value FROM kv WHERE key = ?", (key,)).fetchone()
+    wins = row is None or ctx.clock > row[0]
+    if row is not None and ctx.audit and not ctx.complete and _concurrent(conn, row[0], ctx.node):
+        _record_concurrent(conn, key, "text", (op.id, op.author, op.fields["text"]),
+                           (row[0][40:72], row[0][8:40], row[1]), wins)
+    if wins:
+        conn.execute("INSERT OR REPLACE INTO kv(key, value, clock) VALUES (?, ?, ?)",
+                     (key, op.fields["text"], ctx.clock))
+
+
+# ------------------------------------------------------------------ helpers
+def _row(conn: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
+    return conn.execute("SELECT rowid, content, tags, scope FROM memories WHERE id = ?",
+                        (record_id,)).fetchone()
+
+
+def _reindex(conn: sqlite3.Connection, mem: int, old: tuple[str, str, str], new: tuple[str, str, str]) -> None:
+    """Replace a row's FTS entry; external-content FTS needs the exact old values to delete."""
+    conn.execute("INSERT INTO memories_fts(memories_fts, rowid, content, tags, scope)"
+                 " VALUES ('delete', ?, ?, ?, ?)", (mem, *old))
+    conn.execute("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)", (mem, *new))
+
+
+_HANDLERS = {
+    "create": _create,
+    "update": _update,
+    "tag_add": _tag_add,
+    "tag_remove": _tag_remove,
+    "delete": _delete,
+    "persona": _persona,
+}

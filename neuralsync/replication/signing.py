@@ -1,0 +1,133 @@
+"""How replicas prove who they are: signed sync requests and signed answers.
+
+Every sync request is signed by the caller's replica key over the target's
+key, the time, a nonce and the SHA-256 of the body; the answer is signed by the
+target over the request's nonce and the answer's hash. So both ends know whom
+they talk to, a request cannot be replayed (nonce, ±5 minute window) or sent to
+another replica, and a body cannot be altered on the way. The bearer token is
+not involved: it is for local tools, and a peer never needs it. (TLS is still
+wanted on an untrusted network: signatures give authenticity, not secrecy.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import nacl.exceptions
+import nacl.signing
+
+from ..errors import SyncRejected
+from ..utils import now_ms
+from .peers import Peer, PeerRegistry
+
+REQUEST_DOMAIN = b"neuralsync-sync-request-v1\x00"
+REPLY_DOMAIN = b"neuralsync-sync-reply-v1\x00"
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+KEY_HEADER = "x-neuralsync-key"
+TIME_HEADER = "x-neuralsync-time"
+NONCE_HEADER = "x-neuralsync-nonce"
+SIGNATURE_HEADER = "x-neuralsync-signature"
+
+
+def _request_message(server_key: bytes, client_key: bytes, at_ms: int, nonce: bytes, body: bytes) -> bytes:
+    return (REQUEST_DOMAIN + server_key + client_key + at_ms.to_bytes(8, "big") + nonce
+            + hashlib.sha256(body).digest())
+
+
+def sign_request(key: nacl.signing.SigningKey, server_key: bytes, body: bytes) -> dict[str, str]:
+    """Headers that authenticate ``body`` as sent by ``key``'s replica to ``server_key``'s."""
+    at_ms = now_ms()
+    nonce = secrets.token_bytes(16)
+    client_key = bytes(key.verify_key)
+    signature = key.sign(_request_message(server_key, client_key, at_ms, nonce, body)).signature
+    return {KEY_HEADER: client_key.hex(), TIME_HEADER: str(at_ms), NONCE_HEADER: nonce.hex(),
+            SIGNATURE_HEADER: signature.hex()}
+
+
+def sign_reply(key: nacl.signing.SigningKey, nonce_hex: str, body: bytes) -> str:
+    """The signature header of an answer to the request with this nonce."""
+    message = REPLY_DOMAIN + bytes.fromhex(nonce_hex) + hashlib.sha256(body).digest()
+    return key.sign(message).signature.hex()
+
+
+def verify_reply(peer_key: bytes, nonce_hex: str, body: bytes, signature_hex: str | None) -> None:
+    """Raise :class:`SyncRejected` unless the answer was signed by the peer for our request."""
+    try:
+        signature = bytes.fromhex(signature_hex or "")
+        nacl.signing.VerifyKey(peer_key).verify(REPLY_DOMAIN + bytes.fromhex(nonce_hex)
+                                                + hashlib.sha256(body).digest(), signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        raise SyncRejected("the answer is not signed by the peer's key: wrong URL or key for this peer?") from None
+
+
+class RequestVerifier:
+    """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature.
+
+    Nonces are remembered per peer for the whole time window; a peer that sends more requests than
+    that in one window is told to retry later (429) rather than have older nonces forgotten, so a
+    captured request cannot be replayed while its time is still accepted (until a restart).
+    """
+
+    def __init__(self, own_key: bytes, max_nonces_per_peer: int = 20_000) -> None:
+        self.own_key = own_key
+        self._nonces: dict[bytes, OrderedDict[bytes, int]] = {}
+        self._max_nonces = max_nonces_per_peer
+        self._lock = threading.Lock()
+
+    def precheck(self, headers: Mapping[str, str], registry: PeerRegistry) -> Peer:
+        """What can be checked before the body is read (headers, peer, time, nonce), or
+        :class:`SyncRejected`: a stranger is refused without the server reading 16 MiB from it."""
+        peer, _, _, nonce, _ = self._headers(headers, registry)
+        with self._lock:
+            if nonce in self._nonces.get(peer.key, ()):
+                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+        return peer
+
+    def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
+        """The authenticated peer, or :class:`SyncRejected` with the reason (status 401, 403 or 429)."""
+        peer, client_key, at_ms, nonce, signature = self._headers(headers, registry)
+        try:
+            nacl.signing.VerifyKey(client_key).verify(
+                _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+            raise SyncRejected("bad request signature", status=401) from None
+        self._use_nonce(peer.key, nonce, now_ms())
+        return peer
+
+    @staticmethod
+    def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, bytes, int, bytes, bytes]:
+        try:
+            client_key = bytes.fromhex(headers.get(KEY_HEADER, ""))
+            at_ms = int(headers.get(TIME_HEADER, ""))
+            nonce = bytes.fromhex(headers.get(NONCE_HEADER, ""))
+            signature = bytes.fromhex(headers.get(SIGNATURE_HEADER, ""))
+        except ValueError:
+            raise SyncRejected("sync requests need signed X-Neuralsync-Key/-Time/-Nonce/-Signature headers",
+                               status=401) from None
+        if len(client_key) != 32 or len(nonce) != 16:
+            raise SyncRejected("malformed sync authentication headers", status=401)
+        peer = registry.by_key(client_key)
+        if peer is None:
+            raise SyncRejected("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
+                               status=403)
+        if abs(now_ms() - at_ms) > MAX_CLOCK_SKEW_MS:
+            raise SyncRejected("request time is more than 5 minutes from this replica's clock", status=401)
+        return peer, client_key, at_ms, nonce, signature
+
+    def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
+        with self._lock:
+            seen = self._nonces.setdefault(peer_key, OrderedDict())
+            while seen and next(iter(seen.values())) < now - 2 * MAX_CLOCK_SKEW_MS:
+                seen.popitem(last=False)
+            if nonce in seen:
+                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+            if len(seen) >= self._max_nonces:
+                raise SyncRejected("too many sync requests from this peer in the last 10 minutes; retry later",
+                                   status=429)
+            seen[nonce] = now
+
+

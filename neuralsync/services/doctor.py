@@ -1,0 +1,144 @@
+"""Integrity checks: SQLite, FTS, every op's hash and signature, and a rebuild
+of the materialised state from the log into a scratch database.
+
+The state digest covers what replicas must agree on (memories, tags,
+tombstones, persona, heads) and nothing local (rowids, access statistics,
+apply order), so two replicas holding the same ops report the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidOp
+from ..oplog import codec
+from ..oplog.graph import pred_nodes
+from ..oplog.materialize import apply_op
+from ..store.schema import MIGRATIONS
+from ..store.storage import Storage
+
+Progress = Callable[[int, int], None]
+MAX_LISTED = 20
+
+_DIGEST_QUERIES = (
+    "SELECT id, content, tags, scope, kind, tool, source, session, priority, confidence, metadata,"
+    " created_at, updated_at, expires_at, content_hash FROM memories ORDER BY id",
+    "SELECT record_id FROM tombstones ORDER BY record_id",
+    "SELECT key, value FROM kv ORDER BY key",
+    "SELECT id FROM heads ORDER BY id",
+)
+
+
+@dataclass
+class DoctorReport:
+    """What ``doctor`` found; ``ok`` is True when every check passed."""
+
+    ok: bool = True
+    integrity: str = "ok"
+    fts: str = "ok"
+    ops_checked: int = 0
+    bad_ops: list[str] = field(default_factory=list)
+    digest: str = ""
+    rebuilt_digest: str = ""
+    differences: list[str] = field(default_factory=list)
+    memories: int = 0
+
+    def fail(self, message: str, bucket: list[str]) -> None:
+        """Record one problem (the list is capped, ``ok`` flips either way)."""
+        self.ok = False
+        if len(bucket) < MAX_LISTED:
+            bucket.append(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dict(self.__dict__)
+
+
+def state_digest(conn: sqlite3.Connection) -> str:
+    """SHA-256 over the replicated state in canonical order."""
+    digest = hashlib.sha256()
+    for sql in _DIGEST_QUERIES:
+        digest.update(sql.encode())
+        for row in conn.execute(sql):
+            digest.update(codec.encode(list(row)))
+    return digest.hexdigest()
+
+
+def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool = False) -> DoctorReport:
+    """Check everything; ``quick`` uses ``PRAGMA quick_check`` instead of a full integrity check."""
+    report = DoctorReport()
+    conn = storage.conn
+    report.integrity = ", ".join(r[0] for r in conn.execute(
+        "PRAGMA quick_check" if quick else "PRAGMA integrity_check"))
+    if report.integrity != "ok":
+        report.ok = False
+    try:
+        conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        report.fts = f"FTS index does not match the memories table: {exc}"
+        report.ok = False
+    with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir, storage.read():
+        # One read snapshot for replay, digest and diff: writers elsewhere may go on.
+        report.memories = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+        scratch = Storage(replace(storage.config, durability="normal"), Path(scratch_dir) / "rebuild.db")
+        try:
+            scratch.migrate(MIGRATIONS)
+            _replay(storage, scratch, report, progress)
+            report.rebuilt_digest = state_digest(scratch.conn)
+            report.digest = state_digest(conn)
+            if report.digest != report.rebuilt_digest:
+                _diff(storage.conn, scratch.conn, report)
+        finally:
+            scratch.close()
+    return report
+
+
+def _replay(storage: Storage, scratch: Storage, report: DoctorReport, progress: Progress | None) -> None:
+    """Verify each op and apply it to the scratch store in log order (by the same rules as sync)."""
+    total = storage.conn.execute("SELECT count(*) FROM ops").fetchone()[0]
+    last_seq = 0
+    while True:
+        rows = storage.conn.execute(
+            "SELECT seq, id, body, sig FROM ops WHERE seq > ? ORDER BY seq LIMIT 2000", (last_seq,)).fetchall()
+        if not rows:
+            break
+        with scratch.write() as conn:
+            for seq, stored_id, body, sig in rows:
+                _check_and_apply(conn, seq, stored_id, body, sig, report)
+        last_seq = rows[-1][0]
+        if progress:
+            progress(report.ops_checked, total)
+
+
+def _check_and_apply(conn: sqlite3.Connection, seq: int, stored_id: bytes, body: bytes, sig: bytes,
+                     report: DoctorReport) -> None:
+    report.ops_checked += 1
+    try:
+        op = codec.parse_op(body, sig)
+        if op.id != stored_id:
+            raise InvalidOp("stored id is not the hash of the body")
+        preds = pred_nodes(conn, op.preds)
+        if preds is None:
+            raise InvalidOp("a predecessor is not earlier in the log")
+        apply_op(conn, op, preds)
+    except InvalidOp as exc:
+        report.fail(f"op #{seq} {stored_id.hex()[:16]}: {exc}", report.bad_ops)
+
+
+def _diff(live: sqlite3.Connection, rebuilt: sqlite3.Connection, report: DoctorReport) -> None:
+    sql = _DIGEST_QUERIES[0]
+    a = {row[0]: row for row in live.execute(sql)}
+    b = {row[0]: row for row in rebuilt.execute(sql)}
+    for record_id in sorted(a.keys() | b.keys()):
+        if a.get(record_id) != b.get(record_id):
+            where = "missing from rebuild" if record_id not in b else (
+                "missing from store" if record_id not in a else "differs")
+            report.fail(f"memory {record_id}: {where}", report.differences)
+    if not report.differences:
+        report.fail("tombstones, persona or heads differ from the rebuild", report.differences)

@@ -1,0 +1,62 @@
+"""Access statistics, recorded off the hot path in batches.
+
+Reads only append ids to an in-memory buffer; a background thread (started on
+first use) writes them every ``interval`` seconds in one short transaction, and
+``close`` flushes what is left. If another process holds the write lock, the
+buffer is kept for the next round: statistics are best-effort, memories are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+from ..errors import NeuralSyncError
+from ..utils import Periodic, now_ms
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class AccessRecorder:
+    """Buffers (memory id -> hits) and flushes them to the ``access`` table."""
+
+    def __init__(self, storage: Storage, interval: float = 1.0) -> None:
+        self._storage = storage
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._flusher = Periodic("neuralsync-access", interval, self.flush)
+
+    def record(self, ids: list[str]) -> None:
+        """Note that these memories were returned to a caller."""
+        if not ids:
+            return
+        with self._lock:
+            self._pending.update(ids)
+        self._flusher.start()
+
+    def flush(self) -> None:
+        """Write buffered hits now (best-effort)."""
+        with self._lock:
+            batch, self._pending = self._pending, Counter()
+        if not batch:
+            return
+        at = now_ms()
+        try:
+            with self._storage.write() as conn:
+                conn.executemany(
+                    "INSERT INTO access(mem, accessed_at, access_count)"
+                    " SELECT rowid, ?, ? FROM memories WHERE id = ?"
+                    " ON CONFLICT(mem) DO UPDATE SET accessed_at = excluded.accessed_at,"
+                    " access_count = access_count + excluded.access_count",
+                    [(at, hits, mid) for mid, hits in batch.items()])
+        except NeuralSyncError as exc:
+            log.debug("access statistics deferred: %s", exc)
+            with self._lock:
+                self._pending.update(batch)
+
+    def close(self) -> None:
+        """Stop the thread and flush the remainder."""
+        self._flusher.stop()
+        self.flush()

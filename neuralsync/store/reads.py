@@ -1,0 +1,151 @@
+"""Reads of the materialised state: memories, persona, counts and the change feed's rows.
+
+Every read returns :class:`~neuralsync.model.Memory` records built from one
+column list (``MEMORY_COLUMNS``); expired memories are never returned unless
+asked for, and deleted ones are gone from ``memories`` altogether.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..model import Change, Memory
+from ..utils import now_ms
+from .storage import Storage
+
+TAG_SEP = "\x1f"  # the tags column's separator; a word separator for the FTS tokenizer
+MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
+                  " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
+NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?)"
+
+_new_tuple = tuple.__new__
+
+
+def row_to_memory(row: Sequence[Any], score: float | None = None) -> Memory:
+    """Build a :class:`Memory` from a row selected with ``MEMORY_COLUMNS`` (a hot path)."""
+    tags = tuple(row[4].split(TAG_SEP)) if row[4] else ()
+    meta = row[10]
+    return _new_tuple(Memory, (row[0], row[1], row[2], row[3], tags, row[5], row[6], row[7], row[8], row[9],
+                               {} if meta == "{}" else json.loads(meta), row[11], row[12], row[13], row[14],
+                               None, 0, score))
+
+
+def read_changes(conn: sqlite3.Connection, seq: int, limit: int) -> list[Change]:
+    """Ops applied after local sequence ``seq``, oldest first, at most ``limit``."""
+    rows = conn.execute("SELECT seq, id, kind, record_id, hlc, author FROM ops WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (seq, limit)).fetchall()
+    return [Change(r[0], r[1].hex(), r[2], r[3], r[4], r[5].hex()) for r in rows]
+
+
+def record_presence(conn: sqlite3.Connection, record_id: str) -> tuple[bool, bool]:
+    """(deleted here, materialised here) for a record id, in one query."""
+    gone, exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM tombstones WHERE record_id = ?),"
+        " EXISTS (SELECT 1 FROM memories WHERE id = ?)", (record_id, record_id)).fetchone()
+    return bool(gone), bool(exists)
+
+
+class Reader:
+    """Reads of one store; every method uses the calling thread's connection."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def get(self, record_id: str, include_expired: bool = False) -> Memory | None:
+        """The live memory with this id, or None (absent, deleted or - unless asked - expired)."""
+        row = self.storage.conn.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ? AND {NOT_EXPIRED}",
+            (record_id, -1 if include_expired else now_ms())).fetchone()
+        return None if row is None else row_to_memory(row)
+
+    def exists(self, record_id: str) -> bool:
+        """True if a memory with this id is materialised (expired ones included)."""
+        return self.storage.conn.execute("SELECT 1 FROM memories WHERE id = ?", (record_id,)).fetchone() is not None
+
+    def known(self, record_id: str) -> bool:
+        """True if this id was ever materialised here (live, expired or deleted)."""
+        return any(record_presence(self.storage.conn, record_id))
+
+    def tag_adds(self, record_id: str, tag: str) -> list[bytes]:
+        """Ids of the ops whose add of ``tag`` on this record is still present."""
+        return [r[0] for r in self.storage.conn.execute(
+            "SELECT t.add_op FROM tags t JOIN memories m ON m.rowid = t.mem WHERE m.id = ? AND t.tag = ?",
+            (record_id, tag))]
+
+    def range(self, start: int | None, end: int | None, scope: str | None = None,
+              limit: int | None = None, descending: bool = False) -> list[Memory]:
+        """Live memories created in ``[start, end]``, in creation-time order."""
+        where: list[str] = [NOT_EXPIRED]
+        args: list[object] = [now_ms()]
+        if start is not None:
+            where.append("m.created_at >= ?")
+            args.append(start)
+        if end is not None:
+            where.append("m.created_at <= ?")
+            args.append(end)
+        if scope is not None:
+            where.append("m.scope = ?")
+            args.append(scope)
+        order = "DESC" if descending else "ASC"
+        sql = (f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {' AND '.join(where)}"
+               f" ORDER BY m.created_at {order}, m.rowid {order}")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self.storage.read() as conn:
+            return [row_to_memory(r) for r in conn.execute(sql, args)]
+
+    def iter_memories(self, batch: int = 1000) -> Iterator[Memory]:
+        """Every live memory in id order, streamed in batches (export)."""
+        last = ""
+        while True:
+            rows = self.storage.conn.execute(
+                f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id > ? AND {NOT_EXPIRED}"
+                " ORDER BY m.id LIMIT ?", (last, now_ms(), batch)).fetchall()
+            if not rows:
+                return
+            yield from (row_to_memory(r) for r in rows)
+            last = rows[-1][0]
+
+    def persona(self, key: str = "persona") -> tuple[str, int] | None:
+        """The persona text and the hlc that set it, or None."""
+        row = self.storage.conn.execute("SELECT value, clock FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (row[0], int.from_bytes(row[1][:8], "big"))
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        """Ops applied locally after ``seq`` (the change feed), oldest first."""
+        return read_changes(self.storage.conn, seq, limit)
+
+    def last_seq(self) -> int:
+        """The newest local sequence number (0 for an empty store)."""
+        return int(self.storage.conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables."""
+        conn = self.storage.conn
+        now = now_ms()
+        total = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+        expired = conn.execute("SELECT count(*) FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                               (now,)).fetchone()[0]
+        return {
+            "memories": total - expired,
+            "expired": expired,
+            "deleted": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
+            "ops": conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0],
+            "scopes": conn.execute("SELECT count(DISTINCT scope) FROM memories m WHERE " + NOT_EXPIRED,
+                                   (now,)).fetchone()[0],
+            "tags": conn.execute("SELECT count(DISTINCT tag) FROM tags").fetchone()[0],
+        }
+
+    def scope_counts(self) -> dict[str, int]:
+        """Memories per scope."""
+        rows = self.storage.conn.execute(f"SELECT scope, count(*) FROM memories m WHERE {NOT_EXPIRED}"
+                                         " GROUP BY scope ORDER BY 2 DESC", (now_ms(),))
+        return {scope: n for scope, n in rows}
+
+    def meta(self, conn: sqlite3.Connection | None = None) -> dict[str, str]:
+        """The ``meta`` table as a dict."""
+        return dict((conn or self.storage.conn).execute("SELECT key, value FROM meta"))

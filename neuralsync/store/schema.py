@@ -1,0 +1,219 @@
+"""Numbered schema migrations. Each runs inside one transaction and is recorded.
+
+The op log (``ops``, ``heads``) is the truth; every other table is derived
+from it by ``oplog.materialize`` and can be rebuilt (``neuralsync doctor``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would COMMIT the migration's transaction."""
+    for statement in _statements(script):
+        conn.execute(statement)
+
+
+def _statements(script: str) -> list[str]:
+    """Split on ``;`` at line ends, keeping trigger bodies (``BEGIN ... END;``) whole."""
+    out: list[str] = []
+    current: list[str] = []
+    for piece in script.split(";\n"):
+        current.append(piece)
+        text = ";\n".join(current)
+        if text.count("BEGIN\n") <= text.count("END"):
+            if text.strip():
+                out.append(text)
+            current = []
+    return out
+
+
+def _m001_initial(conn: sqlite3.Connection) -> None:
+    _run(conn, """
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+    -- The op log. seq is the local apply order and the change-feed cursor.
+    CREATE TABLE ops(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id BLOB NOT NULL UNIQUE,
+        author BLOB NOT NULL,
+        hlc INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX ops_record ON ops(record_id);
+    CREATE TABLE heads(id BLOB PRIMARY KEY) WITHOUT ROWID;
+
+    -- Materialised memories. rowid is never reused (AUTOINCREMENT) because the
+    -- FTS index and, later, the vector index key on it.
+    CREATE TABLE memories(
+        rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        content TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '',
+        scope TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        tool TEXT,
+        source TEXT,
+        session TEXT,
+        priority REAL NOT NULL,
+        confidence REAL NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        content_hash TEXT NOT NULL,
+        clocks TEXT
+    );
+    CREATE INDEX memories_scope_created ON memories(scope, created_at);
+    CREATE INDEX memories_created ON memories(created_at);
+    CREATE INDEX memories_updated ON memories(updated_at);
+    CREATE INDEX memories_hash ON memories(content_hash);
+    CREATE INDEX memories_expires ON memories(expires_at) WHERE expires_at IS NOT NULL;
+
+    -- Observed-remove tag set: one row per (memory, tag, add op).
+    CREATE TABLE tags(
+        mem INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        add_op BLOB NOT NULL,
+        PRIMARY KEY(mem, tag, add_op)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_tag ON tags(tag, mem);
+
+    CREATE TABLE tombstones(record_id TEXT PRIMARY KEY, op BLOB NOT NULL) WITHOUT ROWID;
+
+    -- Key/value registers (persona), last-writer-wins by clock.
+    CREATE TABLE kv(key TEXT PRIMARY KEY, value TEXT NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID;
+
+    -- Local-only access statistics: not replicated, not part of the state digest.
+    CREATE TABLE access(mem INTEGER PRIMARY KEY, accessed_at INTEGER NOT NULL,
+                        access_count INTEGER NOT NULL);
+
+    -- scope is indexed (weight 0 in bm25) so scope filters intersect inside FTS.
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, tags, scope, content='memories', content_rowid='rowid',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('pgsz', 4050);
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('automerge', 8);
+    INSERT INTO memories_fts(memories_fts, rank) VALUES('crisismerge', 32);
+    """)
+
+
+def _m002_sessions(conn: sqlite3.Connection) -> None:
+    # Local-only: which processes use this store. Not replicated, not in the digest.
+    _run(conn, """
+    CREATE TABLE sessions(
+        id TEXT PRIMARY KEY,
+        tool TEXT,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        cwd TEXT,
+        started INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        ended INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_open ON sessions(ended, last_seen)
+    """)
+
+
+def _m003_embeddings(conn: sqlite3.Connection) -> None:
+    # Vectors are derived, local data (never replicated, not in the digest).
+    # seq grows on every write: the HNSW file covers seq <= its covered_seq, and
+    # newer rows are searched exactly. Triggers keep the derived tables right
+    # whatever path changed a memory (local write, remote op, rebuild).
+    _run(conn, """
+    CREATE TABLE embeddings(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        mem INTEGER NOT NULL UNIQUE,
+        embedder TEXT NOT NULL,
+        vec BLOB NOT NULL
+    );
+    CREATE TABLE embed_queue(mem INTEGER PRIMARY KEY);
+    CREATE TABLE vector_removed(mem INTEGER PRIMARY KEY);
+    CREATE TRIGGER memories_queue_embedding AFTER INSERT ON memories BEGIN
+        INSERT OR IGNORE INTO embed_queue(mem) VALUES (new.rowid);
+    END;
+    CREATE TRIGGER memories_stale_embedding AFTER UPDATE OF content ON memories
+    WHEN new.content IS NOT old.content BEGIN
+        DELETE FROM embeddings WHERE mem = old.rowid;
+        INSERT OR IGNORE INTO embed_queue(mem) VALUES (old.rowid);
+        INSERT OR IGNORE INTO vector_removed(mem) VALUES (old.rowid);
+    END;
+    CREATE TRIGGER memories_drop_embedding AFTER DELETE ON memories BEGIN
+        DELETE FROM embeddings WHERE mem = old.rowid;
+        DELETE FROM embed_queue WHERE mem = old.rowid;
+        INSERT OR IGNORE INTO vector_removed(mem) VALUES (old.rowid);
+    END;
+    INSERT OR IGNORE INTO embed_queue(mem) SELECT rowid FROM memories
+    """)
+
+
+def _m004_drop_hash_index(conn: sqlite3.Connection) -> None:
+    # The content-hash index was random-order (costly on every insert) and no
+    # query used it; duplicate detection can add its own when it needs one.
+    # (Time walks order by (created_at, rowid): every SQLite index already ends
+    # in the rowid, so the narrow time indexes need no sort step.)
+    _run(conn, "DROP INDEX memories_hash")
+
+
+def _m005_replication(conn: sqlite3.Connection) -> None:
+    # eff/floor/op_preds: the hash graph's derived numbers (see graph.py);
+    # existing ops are filled in by the store on open (it needs the op codec).
+    # conflicts: the losing values of concurrent writes (local audit trail).
+    # peers, rejected_ops, sync_events, sync_counts: replication with trusted peers.
+    _run(conn, """
+    ALTER TABLE ops ADD COLUMN eff INTEGER;
+    ALTER TABLE ops ADD COLUMN floor INTEGER;
+    CREATE TABLE op_preds(op INTEGER NOT NULL, pred INTEGER NOT NULL, PRIMARY KEY(op, pred)) WITHOUT ROWID;
+    CREATE TABLE conflicts(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_id TEXT NOT NULL,
+        field TEXT NOT NULL,
+        winner_op BLOB NOT NULL,
+        loser_op BLOB NOT NULL,
+        winner_value TEXT,
+        loser_value TEXT,
+        winner_author BLOB NOT NULL,
+        loser_author BLOB NOT NULL,
+        resolution TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX conflicts_record ON conflicts(record_id);
+    CREATE TABLE peers(
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        key BLOB NOT NULL UNIQUE,
+        added_at INTEGER NOT NULL,
+        last_sync BLOB NOT NULL DEFAULT x'',
+        synced_at INTEGER,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE rejected_ops(id BLOB PRIMARY KEY, reason TEXT NOT NULL, peer TEXT, at INTEGER NOT NULL)
+        WITHOUT ROWID;
+    CREATE TABLE sync_events(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        peer TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE sync_counts(peer TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL,
+                             PRIMARY KEY(peer, reason)) WITHOUT ROWID
+    """)
+
+
+MIGRATIONS: list[Migration] = [
+    (1, "initial schema: op log, memories, tags, fts", _m001_initial),
+    (2, "session registry", _m002_sessions),
+    (3, "embeddings, embedding queue, vector removals", _m003_embeddings),
+    (4, "drop the unused content-hash index", _m004_drop_hash_index),
+    (5, "hash-graph clocks and floors, conflicts, peers, sync log", _m005_replication),
+]
