@@ -281,3 +281,14 @@ def test_mcp_without_the_sdk_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert "pip install 'neuralsync[mcp]'" in done.stderr and done.stderr.count("\n") == 1
 
+
+def test_remember_json_shows_a_memory_whose_ttl_has_already_passed(run: Run) -> None:
+    """Issue 10: the write succeeded, so the answer is the stored memory, not a traceback."""
+    code, out, err = run("remember", "short-lived note", "--ttl-ms", "1", "--json")
+    assert code == 0, err
+    assert "Traceback" not in err
+    shown = json.loads(out)
+    assert shown["content"] == "short-lived note"
+    assert shown["expires_at"] - shown["created_at"] == 1
+    code, _, _ = run("get", shown["id"])
+    assert code == 3  # expired: gone for readers, as the TTL asked

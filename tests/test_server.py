@@ -369,3 +369,16 @@ def test_out_of_range_cursors_and_unicode_digits_are_4xx(client: TestClient, met
     assert 400 <= response.status_code < 500, response.text
     assert client.get("/v1/health").status_code == 200
 
+
+SECRET = "sk-ant-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4"
+
+
+@pytest.mark.parametrize("route", ["/v1/memories", "/remember"])
+def test_a_remembered_secret_is_never_echoed_even_when_its_ttl_has_passed(client: TestClient, route: str) -> None:
+    """Issue 10: the answer is the memory as stored (redacted), also when it expired before it was read back."""
+    field = "content" if route == "/v1/memories" else "text"
+    response = client.post(route, json={field: f"deploy key {SECRET}", "ttl_ms": 1})
+    assert response.status_code in (200, 201), response.text
+    assert SECRET not in response.text
+    assert response.json()[field] == "deploy key [REDACTED:anthropic_key]"
+    assert response.json()["expires_at"] - response.json()["created_at"] == 1
