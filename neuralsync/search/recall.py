@@ -2,18 +2,22 @@
 
 Every candidate from either list is scored on *both* signals - a text hit gets
 its cosine similarity from its stored vector, a semantic hit its BM25 from FTS
-restricted to the candidates - so fusion compares like with like instead of
-guessing from ranks (plain reciprocal-rank fusion lost to semantic alone on
-paraphrases):
+restricted to the candidates - so fusion compares like with like (a
+:class:`Candidate`). :func:`fuse` then puts the signals on one scale and mixes
+them (:class:`Fusion`; the defaults were chosen by cross-validation on the
+tuning half of ``bench/eval/eval_set_v2.json``, see ``bench/README-quality.md``):
 
-relevance = W_SEM * cos / best_cos + W_TEXT * bm25 / best_bm25 + W_COVER * coverage
+relevance = W_SEM * sem + W_TEXT * text + W_COVER * cover
 final     = relevance * (0.6 + 0.4 * boost)
 boost     = 0.5 * priority + 0.3 * recency + 0.2 * confidence,  recency = 2^(-age/30 days)
 
-``coverage`` is the share of query words present in the memory: it lets common
-words that were left out of the FTS expression (see ``search.text``) still
-order the candidates. Text mode uses W_SEM = 0, semantic mode W_TEXT = W_COVER
-= 0. An empty query returns the most relevant recent memories.
+``sem`` and ``text`` are the cosine similarity and the BM25 score normalised
+over the candidate pool (``Fusion.norm``: by the best, min-max, z-score, or
+reciprocal rank). ``cover`` is the IDF-weighted share of the query's
+meaningful words (stop words out, see ``search.text``) present in the memory:
+an absolute figure, so a query whose words match nothing well adds little.
+Text mode uses W_SEM = 0; semantic mode ranks by cosine alone. An empty query
+returns the most relevant recent memories.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model import Memory
@@ -29,7 +35,7 @@ from ..store.reads import MEMORY_COLUMNS, row_to_memory
 from ..store.storage import Storage
 from ..utils import now_ms
 from .filters import Filters
-from .text import BM25_WEIGHTS, TextPlan, TextSearcher, filter_expr, terms
+from .text import BM25_WEIGHTS, TextPlan, TextSearcher, filter_expr, meaningful, terms
 
 if TYPE_CHECKING:
     from .semantic import SemanticIndex
@@ -38,8 +44,45 @@ _WORD = re.compile(r"[^\W_]+")
 HALF_LIFE_MS = 30 * 86_400_000
 RECENT_POOL = 200
 MODES = ("hybrid", "text", "semantic")
-W_SEM, W_TEXT, W_COVER = 0.85, 0.10, 0.05  # tuned on bench/eval (see README)
+NORMS = ("max", "minmax", "z", "rrf")
+W_SEM, W_TEXT, W_COVER = 0.85, 0.10, 0.05
+NORM = "max"
+RRF_K = 60.0
 ALL_WORDS_WINDOW = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Fusion:
+    """How hybrid recall mixes its signals: weights, the scale they share, the semantic floor.
+
+    A candidate with no BM25 is kept only when its cosine reaches
+    ``max(floor, relative_floor * best cosine)``. Text and coverage count only
+    when some candidate covers at least ``text_gate`` of the query's weighted
+    words: below that, the words matched are incidental and meaning decides.
+    """
+
+    w_sem: float = W_SEM
+    w_text: float = W_TEXT
+    w_cover: float = W_COVER
+    norm: str = NORM
+    floor: float = 0.1
+    relative_floor: float = 0.5
+    rrf_k: float = RRF_K
+    text_gate: float = 0.0
+
+
+TEXT_ONLY = Fusion(w_sem=0.0, w_text=0.7, w_cover=0.3, norm="max", floor=0.0, relative_floor=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One memory with both signals: cosine (0 when unknown), BM25 (0 when it does not
+    match the text expression) and the IDF-weighted coverage of the query's words."""
+
+    memory: Memory
+    sim: float
+    bm25: float
+    cover: float
 
 
 def boost(memory: Memory, now: int) -> float:
@@ -57,6 +100,7 @@ class Recaller:
         self.config = storage.config
         self.semantic = semantic
         self.text = TextSearcher(storage.config.text_match_budget)
+        self.fusion = Fusion(floor=self.config.semantic_floor, relative_floor=self.config.semantic_relative_floor)
 
     def recall(self, query: str, filters: Filters, top_k: int, mode: str = "hybrid") -> list[Memory]:
         """The ``top_k`` best memories for ``query`` under ``filters``."""
@@ -70,7 +114,7 @@ class Recaller:
         if mode == "semantic":
             hits = self.semantic.search(query, top_k, filters, now)
             return _best([(sim, m) for m, sim in hits], top_k)
-        return self._hybrid(query, words, filters, top_k, now)
+        return fuse(self.candidates(query, filters, max(top_k * 3, 30), now), self.fusion, top_k, now)
 
     def _text_only(self, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
         with self.storage.read() as conn:
@@ -78,30 +122,41 @@ class Recaller:
             if plan is None:
                 return []
             hits = self._text_candidates(conn, plan, filters, max(top_k * 2, 30), now)
-        return rerank(hits, words, top_k, now)
+            weights = self._idf(conn, words)
+        return rerank(hits, words, top_k, now, weights)
 
     def _plan(self, conn: sqlite3.Connection, words: list[str], filters: Filters) -> TextPlan | None:
         return self.text.plan(conn, words, filter_expr(filters.scope, filters.tags, filters.tag_match))
 
-    def _hybrid(self, query: str, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
+    def _idf(self, conn: sqlite3.Connection, words: Sequence[str]) -> dict[str, float]:
+        """IDF of the query's meaningful words that occur in the store (counts capped at the budget)."""
+        total = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM memories").fetchone()[0])
+        out = {}
+        for word in meaningful(words):
+            n = self.text.count(conn, word)
+            if n > 0:
+                out[word] = math.log(1.0 + (max(total, n) - n + 0.5) / (n + 0.5))
+        return out
+
+    def candidates(self, query: str, filters: Filters, pool: int, now: int) -> list[Candidate]:
+        """Text and semantic candidates (``pool`` of each), every one scored on both signals."""
         assert self.semantic is not None
-        pool = max(top_k * 3, 30)
+        words = terms(query)
         vector = self.semantic.embed_query(query)
         sem_hits = self.semantic.search_vector(vector, pool, filters, now)
         with self.storage.read() as conn:
             plan = self._plan(conn, words, filters)
             text_hits = self._text_candidates(conn, plan, filters, pool, now) if plan else []
-            candidates = {m.id: m for m, _ in (*text_hits, *sem_hits)}
-            rel = {m.id: r for m, r in text_hits}
-            missing = [rid for rid in candidates if rid not in rel]
+            members = {m.id: m for m, _ in (*text_hits, *sem_hits)}
+            rel = {m.id: r for m, r in text_hits if r > 0}
+            missing = [rid for rid in members if rid not in rel]
             if plan is not None and plan.ranked and missing:
                 rel.update(_bm25_of(conn, plan.ranked, missing))
+            weights = self._idf(conn, words)
         sims = {m.id: s for m, s in sem_hits}
-        sims.update(self.semantic.similarities(vector, [rid for rid in candidates if rid not in sims]))
-        cfg = self.config
-        floor = max(cfg.semantic_floor, cfg.semantic_relative_floor * max(sims.values(), default=0.0))
-        kept = [m for m in candidates.values() if rel.get(m.id, 0.0) > 0 or sims.get(m.id, 0.0) >= floor]
-        return fuse(kept, rel, sims, words, top_k, now)
+        sims.update(self.semantic.similarities(vector, [rid for rid in members if rid not in sims]))
+        return [Candidate(m, sims.get(m.id, 0.0), rel.get(m.id, 0.0), coverage(m, weights))
+                for m in members.values()]
 
     def _text_candidates(self, conn: sqlite3.Connection, plan: TextPlan, filters: Filters, limit: int,
                          now: int) -> list[tuple[Memory, float]]:
@@ -154,27 +209,65 @@ class Recaller:
         return _best(scored, top_k)
 
 
-def rerank(hits: Sequence[tuple[Memory, float]], words: Sequence[str], top_k: int, now: int) -> list[Memory]:
-    """Order text hits by relevance, query coverage and boosts; attach the score."""
-    rel = {m.id: r for m, r in hits}
-    return fuse([m for m, _ in hits], rel, {}, words, top_k, now, w_sem=0.0, w_text=0.7, w_cover=0.3)
+def coverage(memory: Memory, weights: dict[str, float]) -> float:
+    """IDF-weighted share of the weighted words present in ``memory``'s content (0..1)."""
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0
+    present = set(weights).intersection(_WORD.findall(memory.content.lower()))
+    return sum(weights[w] for w in present) / total
 
 
-def fuse(candidates: Sequence[Memory], rel: dict[str, float], sims: dict[str, float], words: Sequence[str],
-         top_k: int, now: int, w_sem: float = W_SEM, w_text: float = W_TEXT, w_cover: float = W_COVER) -> list[Memory]:
-    """Score candidates on normalised BM25, cosine and query coverage, then boosts."""
+def rerank(hits: Sequence[tuple[Memory, float]], words: Sequence[str], top_k: int, now: int,
+           weights: dict[str, float] | None = None) -> list[Memory]:
+    """Order text hits by BM25, query coverage (``weights`` per word, else equal) and boosts."""
+    if weights is None:
+        weights = dict.fromkeys(meaningful(words), 1.0)
+    cands = [Candidate(m, 0.0, r, coverage(m, weights)) for m, r in hits]
+    return fuse(cands, TEXT_ONLY, top_k, now)
+
+
+def _scaled(values: Sequence[float], norm: str, rrf_k: float, present: Sequence[bool]) -> list[float]:
+    """``values`` on a common 0..1-ish scale over the pool; entries not ``present`` score 0."""
+    live = [v for v, p in zip(values, present, strict=True) if p]
+    if not live:
+        return [0.0] * len(values)
+    if norm == "rrf":
+        order = sorted((i for i, p in enumerate(present) if p), key=lambda i: -values[i])
+        ranks = {i: r for r, i in enumerate(order, 1)}
+        return [(rrf_k + 1) / (rrf_k + ranks[i]) if i in ranks else 0.0 for i in range(len(values))]
+    if norm == "minmax":
+        lo, hi = min(live), max(live)
+        span = hi - lo
+        return [((v - lo) / span if span > 0 else 1.0) if p else 0.0 for v, p in zip(values, present, strict=True)]
+    if norm == "z":
+        mean = statistics.fmean(live)
+        sd = statistics.pstdev(live) if len(live) > 1 else 0.0
+        return [(max(0.0, 1.0 + (v - mean) / sd / 3) if sd > 0 else 1.0) if p else 0.0
+                for v, p in zip(values, present, strict=True)]
+    best = max(live)
+    return [(v / best if best > 0 else 0.0) if p else 0.0 for v, p in zip(values, present, strict=True)]
+
+
+def fuse(candidates: Sequence[Candidate], fusion: Fusion, top_k: int, now: int) -> list[Memory]:
+    """The ``top_k`` candidates by fused relevance (see the module doc), boosts applied."""
     if not candidates:
         return []
-    best_rel = max(rel.values(), default=0.0) or 1.0
-    best_sim = max((s for s in sims.values() if s > 0), default=0.0) or 1.0
-    wanted = set(words)
+    kept = list(candidates)
+    if fusion.floor > 0 or fusion.relative_floor > 0:
+        floor = max(fusion.floor, fusion.relative_floor * max(c.sim for c in candidates))
+        kept = [c for c in candidates if c.bm25 > 0 or c.sim >= floor]
+    if not kept:
+        return []
+    sem = _scaled([c.sim for c in kept], fusion.norm, fusion.rrf_k, [True] * len(kept)) if fusion.w_sem else None
+    text = _scaled([c.bm25 for c in kept], fusion.norm, fusion.rrf_k, [c.bm25 > 0 for c in kept])
+    words_count = max(c.cover for c in kept) >= fusion.text_gate
     scored = []
-    for memory in candidates:
-        present = wanted.intersection(_WORD.findall(memory.content.lower()))
-        coverage = len(present) / len(wanted) if wanted else 0.0
-        relevance = (w_sem * max(0.0, sims.get(memory.id, 0.0)) / best_sim
-                     + w_text * rel.get(memory.id, 0.0) / best_rel + w_cover * coverage)
-        scored.append((relevance * (0.6 + 0.4 * boost(memory, now)), memory))
+    for i, c in enumerate(kept):
+        relevance = fusion.w_text * text[i] + fusion.w_cover * c.cover if words_count else 0.0
+        if sem is not None:
+            relevance += fusion.w_sem * sem[i]
+        scored.append((relevance * (0.6 + 0.4 * boost(c.memory, now)), c.memory))
     return _best(scored, top_k)
 
 

@@ -15,6 +15,12 @@ so one word in most of a million rows costs tens of milliseconds. So:
 - when that leaves too few candidates (every word common, or a narrow filter),
   the newest rows matching ``filters AND (any word)`` are taken by rowid -
   cheap, no ``bm25()`` - and ordered by query coverage, boosts and meaning.
+
+Stop words (function words, question words, "please", "look", ...) are left
+out of every expression (:func:`meaningful`): they occur in most rows, so as
+OR terms they only let rows that share "where do i" with the query into the
+ranking. A query made only of stop words ("the", "how do i") keeps them all,
+since there is nothing better to search for.
 """
 
 from __future__ import annotations
@@ -32,6 +38,18 @@ BM25_WEIGHTS = "1.0, 0.5, 0.0"  # content, tags, scope
 _CACHE_LIMIT = 8192
 _RARE_TTL_S = 30.0
 ALL_WORDS_MAX = 3  # a rare word's count may grow; a common word stays common
+# English function words and query noise: searched only when a query has nothing else.
+STOP_WORDS = frozenset("""
+a about above after again against all also am an and any are aren as at be because been before being below
+between both but by can cannot could couldn did didn do does doesn doing don down during each else ever
+every few for from further get gets getting got had hadn has hasn have haven having he her here hers herself
+him himself his how i if in into is isn it its itself just keep keeps kind let like ll look looking lot may
+me might mine more most much must mustn my myself need needs no nor not now of off on once one only or other
+our ours ourselves out over own please re really s same shall shan she should shouldn so some something such
+t than that the their theirs them themselves then there these they this those through thing things to too
+under until up us ve very want wanted was wasn way we were weren what whats when where whether which while
+who whom whose why will with won would wouldn yes yet you your yours yourself yourselves
+""".split())
 
 
 def terms(query: str) -> list[str]:
@@ -40,6 +58,12 @@ def terms(query: str) -> list[str]:
     for token in _WORD.findall(query.lower()):
         seen.setdefault(token, None)
     return list(seen)[:MAX_TERMS]
+
+
+def meaningful(words: Sequence[str]) -> list[str]:
+    """``words`` without :data:`STOP_WORDS`; all of them when every word is one."""
+    kept = [w for w in words if w not in STOP_WORDS]
+    return kept or list(words)
 
 
 def quote(text: str) -> str:
@@ -86,7 +110,8 @@ class TextSearcher:
         self._lock = threading.Lock()
 
     def plan(self, conn: sqlite3.Connection, words: Sequence[str], filters: str) -> TextPlan | None:
-        """The plan for ``words`` under FTS ``filters``; None if no word occurs at all."""
+        """The plan for ``words`` (stop words dropped) under FTS ``filters``; None if no word occurs."""
+        words = meaningful(words)
         counts = {w: self.count(conn, w) for w in words}
         present = sorted((w for w in words if counts[w] > 0), key=lambda w: counts[w])
         if not present:
