@@ -1,9 +1,12 @@
 """Retrieval quality of recall modes on a hand-labelled evaluation set.
 
-Loads ``bench/eval/eval_set.json`` (memories with stable labels, queries with
-the labels that answer them) into a fresh temporary store, runs every query in
-each mode (``text``, ``semantic``, ``hybrid``) and reports recall@5,
-recall@10, MRR and mean latency, overall and per query type:
+Loads a labelled set (``bench/eval/eval_set.json`` by default; memories with
+stable labels, queries with the labels that answer them) into a fresh
+temporary store, optionally among ``--distractors N`` generated memories
+(``bench/corpus.py``), runs every query in each mode (``text``, ``semantic``,
+``hybrid``, and ``bm25``: plain FTS5 BM25 over the query's non-stop words, a
+baseline outside ``recall``) and reports recall@5, recall@10, MRR and mean
+latency, overall and per query type:
 
 - ``paraphrase``: the query shares (almost) no content words with its answers;
 - ``keyword``: the query shares words with its answer (text search's home turf).
@@ -16,12 +19,26 @@ averaged over queries; MRR = mean of 1/rank of the first answer in the top 10
     python bench/eval_quality.py --embedder hashing  # dependency-free fallback
     python bench/eval_quality.py --json              # machine-readable
     python bench/eval_quality.py --misses            # list the queries each mode misses
+
+Tuning without fooling ourselves: ``--half heldout`` (or ``tuning``) keeps one
+half of the queries, split by ``--seed`` within each (type, scoped) stratum;
+``--cv`` chooses the fusion (weights, normalisation, semantic floor) by a grid
+search on the tuning half only - each query's candidates are gathered once,
+then re-fused for every setting - applies the winner and reports the held-out
+half::
+
+    python bench/eval_quality.py --set bench/eval/eval_set_v2.json --cv
+    python bench/eval_quality.py --set bench/eval/eval_set_v2.json --distractors 10000 --cv
+    python bench/eval_quality.py --set bench/eval/eval_set_v2.json --distractors 100000 --half heldout  # minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
+import random
 import re
 import statistics
 import sys
@@ -36,10 +53,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from neuralsync.search.filters import Filters  # noqa: E402
+from neuralsync.search.recall import NORMS, Fusion, fuse  # noqa: E402
+from neuralsync.search.text import STOP_WORDS, terms  # noqa: E402
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
+from neuralsync.utils import now_ms  # noqa: E402
 
 EVAL_SET = Path(__file__).resolve().parent / "eval" / "eval_set.json"
+EVAL_SET_V2 = Path(__file__).resolve().parent / "eval" / "eval_set_v2.json"
 MODES = ("text", "semantic", "hybrid")
+ALL_MODES = (*MODES, "bm25")
+SPLIT_SEED = 11
 DEPTH = 10  # results fetched per query; MRR is MRR@10
 _WORD = re.compile(r"[^\W_]+")
 # Function words a paraphrase may share with its answer without giving it away.
@@ -154,9 +178,50 @@ def open_store(base_path: Path | str, embedder: str = "wordllama") -> UnifiedMem
     return UnifiedMemoryAPI(MemoryConfig(base_path=str(base_path), embedder=embedder))
 
 
-def load_into(api: UnifiedMemoryAPI, eval_set: EvalSet, build_index: bool = True) -> dict[str, str]:
-    """Remember every memory (one batch); returns label -> memory id."""
+def split(queries: Sequence[EvalQuery], seed: int = SPLIT_SEED) -> tuple[list[EvalQuery], list[EvalQuery]]:
+    """(tuning, held-out): each (type, scoped) stratum shuffled by ``seed`` and cut in half."""
+    rng = random.Random(seed)
+    tuning: list[EvalQuery] = []
+    held: list[EvalQuery] = []
+    strata: dict[tuple[str, bool], list[EvalQuery]] = {}
+    for q in queries:
+        strata.setdefault((q.type, q.scope is not None), []).append(q)
+    for key in sorted(strata):
+        group = strata[key][:]
+        rng.shuffle(group)
+        tuning += group[:len(group) // 2]
+        held += group[len(group) // 2:]
+    order = {id(q): i for i, q in enumerate(queries)}
+    return sorted(tuning, key=lambda q: order[id(q)]), sorted(held, key=lambda q: order[id(q)])
+
+
+def half_of(eval_set: EvalSet, half: str, seed: int = SPLIT_SEED) -> EvalSet:
+    """The set with only the ``tuning`` or ``heldout`` half of its queries (``all``: unchanged)."""
+    if half == "all":
+        return eval_set
+    tuning, held = split(eval_set.queries, seed)
+    return EvalSet(eval_set.memories, tuning if half == "tuning" else held)
+
+
+def load_distractors(api: UnifiedMemoryAPI, count: int, seed: int = 7, batch: int = 5000) -> None:
+    """``count`` generated memories (``bench/corpus.py``) with the default priority and
+    confidence, like the labelled ones, so boosts favour neither."""
+    from corpus import Corpus
+
+    corpus = Corpus(seed=seed)
+    for start in range(0, count, batch):
+        with api.batch_operations():
+            for record in corpus.memories(count, start, start + batch):
+                args = Corpus.remember_args(record)
+                api.remember(args["content"], scope=args["scope"], tags=args["tags"] or None, kind=args["kind"])
+
+
+def load_into(api: UnifiedMemoryAPI, eval_set: EvalSet, build_index: bool = True,
+              distractors: int = 0) -> dict[str, str]:
+    """Remember ``distractors`` generated memories, then every labelled one; returns label -> memory id."""
     label_to_id: dict[str, str] = {}
+    if distractors:
+        load_distractors(api, distractors)
     with api.batch_operations():
         for m in eval_set.memories:
             label_to_id[m["label"]] = api.remember(m["content"], scope=m.get("scope", "global"),
@@ -169,11 +234,29 @@ def load_into(api: UnifiedMemoryAPI, eval_set: EvalSet, build_index: bool = True
 
 def run_query(api: UnifiedMemoryAPI, query: EvalQuery, mode: str, id_to_label: dict[str, str],
               top_k: int = DEPTH) -> QueryResult:
-    """Run one query in one mode through ``recall`` and time it."""
+    """Run one query in one mode through ``recall`` (``bm25``: :func:`plain_bm25`) and time it."""
     started = time.perf_counter()
-    hits = api.recall(query.text, scope=query.scope, top_k=top_k, mode=mode)
+    if mode == "bm25":
+        ids = plain_bm25(api, query.text, query.scope, top_k)
+    else:
+        ids = [m.id for m in api.recall(query.text, scope=query.scope, top_k=top_k, mode=mode)]
     elapsed = (time.perf_counter() - started) * 1000
-    return QueryResult(query, mode, [id_to_label.get(m.id, "?") for m in hits], elapsed)
+    return QueryResult(query, mode, [id_to_label.get(i, "?") for i in ids], elapsed)
+
+
+def plain_bm25(api: UnifiedMemoryAPI, text: str, scope: str | None, top_k: int) -> list[str]:
+    """The baseline a plain FTS5 user gets: content BM25 over every non-stop query word, OR'ed."""
+    words = [w for w in terms(text) if w not in STOP_WORDS] or terms(text)
+    if not words:
+        return []
+    match = "{content} : (" + " OR ".join('"' + w.replace('"', '""') + '"' for w in words) + ")"
+    where, args = ("AND m.scope = ?", [scope]) if scope is not None else ("", [])
+    with api.storage.read() as conn:
+        rows = conn.execute(
+            "SELECT m.id FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid"
+            f" WHERE memories_fts MATCH ? {where} ORDER BY bm25(memories_fts, 1.0, 0.0, 0.0) LIMIT ?",
+            (match, *args, top_k)).fetchall()
+    return [r[0] for r in rows]
 
 
 def evaluate(api: UnifiedMemoryAPI, eval_set: EvalSet, label_to_id: dict[str, str],
@@ -190,22 +273,113 @@ def evaluate(api: UnifiedMemoryAPI, eval_set: EvalSet, label_to_id: dict[str, st
     return reports
 
 
+# ---------------------------------------------------------------- choosing the fusion
+W_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
+GATE_GRID = (0.0, 0.5, 0.75)
+FLOOR_GRID = ((0.0, 0.0), (0.05, 0.0), (0.1, 0.0), (0.0, 0.3), (0.05, 0.3), (0.1, 0.3), (0.0, 0.5), (0.1, 0.5))
+
+
+def fusion_grid() -> list[Fusion]:
+    """The mixes the cross-validation tries, no floor (semantic weight 1, the others relative)."""
+    return [Fusion(w_sem=1.0, w_text=w_text, w_cover=w_cover, norm=norm, text_gate=gate, floor=0.0,
+                   relative_floor=0.0)
+            for norm, w_text, w_cover, gate in itertools.product(NORMS, W_GRID, W_GRID, GATE_GRID)
+            if not (gate and w_text == w_cover == 0.0)]
+
+
+def with_floors(fusion: Fusion) -> list[Fusion]:
+    """``fusion`` with each semantic floor the cross-validation tries."""
+    return [dataclasses.replace(fusion, floor=f, relative_floor=r) for f, r in FLOOR_GRID]
+
+
+def gather(api: UnifiedMemoryAPI, queries: Sequence[EvalQuery], label_to_id: dict[str, str],
+           pool: int = 3 * DEPTH) -> list[tuple[EvalQuery, list[Any]]]:
+    """Each query's hybrid candidates (both signals scored), as ``recall`` would see them."""
+    now = now_ms()
+    return [(q, api.recaller.candidates(q.text, Filters(scope=q.scope), pool, now)) for q in queries]
+
+
+def score_fusion(gathered: Sequence[tuple[EvalQuery, list[Any]]], fusion: Fusion,
+                 id_to_label: dict[str, str]) -> dict[str, float]:
+    """recall@5, recall@10 and MRR of ``fusion`` over pre-gathered candidates."""
+    now = now_ms()
+    report = ModeReport()
+    for q, cands in gathered:
+        ranked = fuse(cands, fusion, DEPTH, now)
+        report.results.append(QueryResult(q, "hybrid", [id_to_label.get(m.id, "?") for m in ranked], 0.0))
+    return report.metrics()
+
+
+def choose_fusion(api: UnifiedMemoryAPI, tuning: Sequence[EvalQuery], label_to_id: dict[str, str],
+                  folds: int = 2, seed: int = SPLIT_SEED) -> tuple[Fusion, dict[str, Any]]:
+    """The grid setting with the best mean (recall@5 + MRR) over the tuning queries.
+
+    ``folds``-fold cross-validation inside the tuning half says how far the
+    choice generalises (each fold's winner scored on the fold it did not see);
+    the returned setting is the best on the whole tuning half.
+    """
+    id_to_label = {v: k for k, v in label_to_id.items()}
+    gathered = gather(api, tuning, label_to_id)
+    grid = fusion_grid()
+
+    def objective(rows: Sequence[tuple[EvalQuery, list[Any]]], fusion: Fusion) -> float:
+        m = score_fusion(rows, fusion, id_to_label)
+        return m["recall@5"] + m["mrr"]
+
+    rng = random.Random(seed)
+    order = list(range(len(gathered)))
+    rng.shuffle(order)
+    def pick(rows: Sequence[tuple[EvalQuery, list[Any]]]) -> tuple[Fusion, list[tuple[float, Fusion]]]:
+        # Two stages: the mix without floors, then the floor for that mix (the floor
+        # only drops weak semantic-only candidates, so it barely interacts with the mix).
+        ranked = sorted(((objective(rows, fu), i) for i, fu in enumerate(grid)), reverse=True)
+        mix = grid[ranked[0][1]]
+        floors = sorted(((objective(rows, fu), j) for j, fu in enumerate(with_floors(mix))), reverse=True)
+        return with_floors(mix)[floors[0][1]], [(o, grid[i]) for o, i in ranked[1:6]]
+
+    fold_scores = []
+    for f in range(folds):
+        inner = [gathered[i] for j, i in enumerate(order) if j % folds != f]
+        outer = [gathered[i] for j, i in enumerate(order) if j % folds == f]
+        winner, _ = pick(inner)
+        fold_scores.append({"fusion": _fusion_dict(winner), **score_fusion(outer, winner, id_to_label)})
+    best, runners = pick(gathered)
+    info = {"grid": len(grid), "tuning_queries": len(tuning), "chosen": _fusion_dict(best),
+            "tuning": score_fusion(gathered, best, id_to_label), "folds": fold_scores,
+            "runners_up": [_fusion_dict(fu) | {"objective": round(o, 4)} for o, fu in runners]}
+    return best, info
+
+
+def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
+    return {"norm": fusion.norm, "w_sem": fusion.w_sem, "w_text": fusion.w_text, "w_cover": fusion.w_cover,
+            "text_gate": fusion.text_gate, "floor": fusion.floor, "relative_floor": fusion.relative_floor}
+
+
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
-             modes: Sequence[str] = MODES) -> tuple[EvalSet, dict[str, ModeReport], dict[str, Any]]:
-    """Load the set into a temporary store and evaluate; returns (set, reports, run info)."""
-    eval_set = load_eval_set(path)
+             modes: Sequence[str] = MODES, distractors: int = 0, half: str = "all", cv: bool = False,
+             seed: int = SPLIT_SEED) -> tuple[EvalSet, dict[str, ModeReport], dict[str, Any]]:
+    """Load the set (among ``distractors``) into a temporary store and evaluate the ``half`` of its
+    queries; with ``cv``, first choose the fusion on the tuning half. Returns (set, reports, run info)."""
+    full = load_eval_set(path)
+    eval_set = half_of(full, "heldout" if cv else half, seed)
+    info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="eval-quality-") as tmp:
         api = open_store(Path(tmp) / "store", embedder)
         try:
             started = time.perf_counter()
-            label_to_id = load_into(api, eval_set, build_index)
+            label_to_id = load_into(api, full, build_index, distractors)
             load_s = time.perf_counter() - started
+            if cv:
+                fusion, info["cv"] = choose_fusion(api, split(full.queries, seed)[0], label_to_id)
+                api.recaller.fusion = fusion
+            info["fusion"] = _fusion_dict(api.recaller.fusion)
             reports = evaluate(api, eval_set, label_to_id, modes)
             name = api.semantic.embedder.name if api.semantic is not None else embedder
         finally:
             api.close()
-    info = {"embedder": name, "memories": len(eval_set.memories), "queries": len(eval_set.queries),
-            "load_seconds": round(load_s, 3), "vector_index": build_index}
+    info = {"embedder": name, "memories": len(full.memories), "distractors": distractors,
+            "queries": len(eval_set.queries), "half": "heldout" if cv else half, "split_seed": seed,
+            "load_seconds": round(load_s, 3), "vector_index": build_index, **info}
     return eval_set, reports, info
 
 
@@ -225,8 +399,15 @@ def summary(reports: dict[str, ModeReport], info: dict[str, Any]) -> dict[str, A
 
 
 def format_table(data: dict[str, Any]) -> str:
-    lines = [f"embedder {data['embedder']}: {data['memories']} memories, {data['queries']} queries, "
-             f"loaded in {data['load_seconds']:.2f} s (vector index file: {data['vector_index']})", ""]
+    lines = [f"embedder {data['embedder']}: {data['memories']} memories + {data['distractors']} distractors, "
+             f"{data['queries']} queries ({data['half']}, split seed {data['split_seed']}), "
+             f"loaded in {data['load_seconds']:.2f} s (vector index file: {data['vector_index']})",
+             f"fusion: {data['fusion']}", ""]
+    if "cv" in data:
+        cv = data["cv"]
+        lines[-1:-1] = [f"chosen on {cv['tuning_queries']} tuning queries from {cv['grid']} settings; tuning "
+                        f"figures {cv['tuning']}", "fold checks: " + "; ".join(
+                            f"{f['fusion']} -> R@5 {f['recall@5']:.3f} MRR {f['mrr']:.3f}" for f in cv["folds"])]
     head = f"{'mode':<9} {'subset':<11} {'n':>3} {'recall@5':>9} {'recall@10':>10} {'MRR':>7} {'mean ms':>8}"
     lines += [head, "-" * len(head)]
     for mode, subsets in data["modes"].items():
@@ -252,14 +433,21 @@ def format_misses(reports: dict[str, ModeReport], k: int = 5) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="wordllama", help="embedder spec (wordllama, hashing, ...)")
-    parser.add_argument("--set", default=str(EVAL_SET), help="evaluation set JSON")
+    parser.add_argument("--set", default=str(EVAL_SET), help="evaluation set JSON (eval/eval_set_v2.json: 440 queries)")
+    parser.add_argument("--distractors", type=int, default=0, help="generated memories loaded before the set")
+    parser.add_argument("--half", choices=("all", "tuning", "heldout"), default="all",
+                        help="evaluate one half of the queries (split by --seed)")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the tuning / held-out split")
+    parser.add_argument("--cv", action="store_true",
+                        help="choose the fusion on the tuning half, report the held-out half")
     parser.add_argument("--no-index", action="store_true",
                         help="do not build the HNSW file (vectors are then searched exactly)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--misses", action="store_true", help="also list the queries each mode misses")
     args = parser.parse_args(argv)
-    _, reports, info = run_eval(args.embedder, args.set, not args.no_index, args.modes)
+    _, reports, info = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
+                                args.half, args.cv, args.seed)
     data = summary(reports, info)
     if args.json:
         print(json.dumps(data, indent=2))
