@@ -49,12 +49,13 @@ class MemoryConfig:
     # "sentence-transformers:<model>", "openai:<model>@<url>"; "none" disables it.
     embedder: str = "wordllama"
     embed_on_write: bool = True
-    # Hybrid recall keeps a memory without a real text match only if its cosine
+    # Hybrid recall can keep a memory without a real text match only if its cosine
     # similarity reaches max(semantic_floor, semantic_relative_floor * best
-    # similarity of the query), so results are not padded with noise. Tuned on
-    # bench/eval: a fixed 0.25 cut true paraphrases (often 0.2-0.35 cosine).
-    semantic_floor: float = 0.1
-    semantic_relative_floor: float = 0.5
+    # similarity of the query). Off by default: on the held-out half of
+    # bench/eval/eval_set_v2.json every floor tried (0.05-0.1, 0.3-0.5 relative)
+    # only lost answers, as semantic mode has no floor either.
+    semantic_floor: float = 0.0
+    semantic_relative_floor: float = 0.0
     # Replication: a server syncs with every trusted peer this often (0: only on demand).
     sync_interval_s: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)

@@ -16,6 +16,9 @@ over the candidate pool (``Fusion.norm``: by the best, min-max, z-score, or
 reciprocal rank). ``cover`` is the IDF-weighted share of the query's
 meaningful words (stop words out, see ``search.text``) present in the memory:
 an absolute figure, so a query whose words match nothing well adds little.
+Text and coverage count only when some candidate covers ``TEXT_GATE`` of the
+query's weighted words; below that, shared words are incidental (a paraphrase
+shares none with its answer) and they would only promote the wrong memories.
 Text mode uses W_SEM = 0; semantic mode ranks by cosine alone. An empty query
 returns the most relevant recent memories.
 """
@@ -45,8 +48,12 @@ HALF_LIFE_MS = 30 * 86_400_000
 RECENT_POOL = 200
 MODES = ("hybrid", "text", "semantic")
 NORMS = ("max", "minmax", "z", "rrf")
-W_SEM, W_TEXT, W_COVER = 0.85, 0.10, 0.05
-NORM = "max"
+# Chosen by cross-validation on the tuning half of bench/eval/eval_set_v2.json, among 0 and 10k
+# distractors at once (bench/README-quality.md): z-scored cosine plus a little z-scored BM25, and
+# text only when some candidate covers 3/4 of the query's weighted words.
+W_SEM, W_TEXT, W_COVER = 1.0, 0.1, 0.0
+NORM = "z"
+TEXT_GATE = 0.75
 RRF_K = 60.0
 ALL_WORDS_WINDOW = 10_000
 
@@ -65,13 +72,13 @@ class Fusion:
     w_text: float = W_TEXT
     w_cover: float = W_COVER
     norm: str = NORM
-    floor: float = 0.1
-    relative_floor: float = 0.5
+    floor: float = 0.0
+    relative_floor: float = 0.0
     rrf_k: float = RRF_K
-    text_gate: float = 0.0
+    text_gate: float = TEXT_GATE
 
 
-TEXT_ONLY = Fusion(w_sem=0.0, w_text=0.7, w_cover=0.3, norm="max", floor=0.0, relative_floor=0.0)
+TEXT_ONLY = Fusion(w_sem=0.0, w_text=0.7, w_cover=0.3, norm="max", text_gate=0.0)
 
 
 @dataclass(frozen=True, slots=True)
