@@ -85,6 +85,56 @@ def test_eval_set_is_well_formed() -> None:
             assert shared, f"keyword query {q.text!r} shares no word with its answer"
 
 
+def test_eval_set_v2_is_well_formed() -> None:
+    eval_set = ev.load_eval_set(ev.EVAL_SET_V2)
+    assert len(eval_set.memories) >= 300 and len(eval_set.queries) >= 400
+    paraphrase_share = sum(q.type == "paraphrase" for q in eval_set.queries) / len(eval_set.queries)
+    assert 0.6 <= paraphrase_share <= 0.7
+    assert sum(q.scope is not None for q in eval_set.queries) >= 40
+    assert len({(q.text, q.scope) for q in eval_set.queries}) == len(eval_set.queries)
+    for q in eval_set.queries:
+        shared = ev.overlap(eval_set, q)
+        assert bool(shared) == (q.type == "keyword"), (q.text, shared)
+
+
+def test_split_is_seeded_disjoint_and_stratified() -> None:
+    queries = ev.load_eval_set(ev.EVAL_SET_V2).queries
+    tuning, held = ev.split(queries)
+    assert ev.split(queries) == (tuning, held)
+    assert {id(q) for q in tuning}.isdisjoint({id(q) for q in held})
+    assert len(tuning) + len(held) == len(queries)
+    for kind in ("paraphrase", "keyword"):
+        a, b = (sum(q.type == kind for q in half) for half in (tuning, held))
+        assert abs(a - b) <= 1
+    assert ev.split(queries, seed=1) != (tuning, held)
+
+
+# ---------------------------------------------------------------- quality on the held-out half of the larger set
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every mode (and plain BM25) on the held-out half of eval_set_v2: queries the fusion was not tuned on."""
+    full = ev.load_eval_set(ev.EVAL_SET_V2)
+    api = ev.open_store(tmp_path_factory.mktemp("quality-v2") / "store", "wordllama")
+    try:
+        label_to_id = ev.load_into(api, full, build_index=True)
+        return ev.evaluate(api, ev.half_of(full, "heldout"), label_to_id, ev.ALL_MODES)
+    finally:
+        api.close()
+
+
+def test_fusion_never_loses_to_its_best_signal_on_held_out_queries(held_out: dict[str, Any]) -> None:
+    m = {mode: held_out[mode].metrics() for mode in ev.MODES}
+    for key in ("recall@5", "mrr"):
+        assert m["hybrid"][key] >= max(m["text"][key], m["semantic"][key]), (key, m)
+
+
+def test_text_is_at_least_plain_bm25_on_keyword_queries(held_out: dict[str, Any]) -> None:
+    text, bm25 = held_out["text"].metrics("keyword"), held_out["bm25"].metrics("keyword")
+    assert text["recall@5"] >= bm25["recall@5"], (text, bm25)
+    assert text["recall@10"] >= bm25["recall@10"], (text, bm25)
+    assert text["mrr"] >= bm25["mrr"] - 0.01, (text, bm25)
+
+
 # ---------------------------------------------------------------- quality
 def test_keyword_queries_are_fair_to_text_search(reports: dict[str, Any]) -> None:
     assert reports["text"].metrics("keyword")["recall@5"] >= 0.9

@@ -10,6 +10,7 @@ import pytest
 from neuralsync.errors import InvalidInput
 from neuralsync.model import Memory
 from neuralsync.search.recall import HALF_LIFE_MS, rerank
+from neuralsync.search.text import meaningful, terms
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import now_ms
 
@@ -299,3 +300,49 @@ def test_since_and_until_bound_creation_time(api: UnifiedMemoryAPI, query: str, 
     assert set(_contents(api.recall(query, until=times[1], mode=mode))) == {"stamp 0", "stamp 1"}
     assert _contents(api.recall(query, since=times[1], until=times[1], mode=mode)) == ["stamp 1"]
     assert api.recall(query, since="2999-01-01T00:00:00+00:00", mode=mode) == []
+
+
+# ---------------------------------------------------------------- stop words do not drive the plan
+OOM_ANSWER = "Pods killed with OOMKilled: check the container memory limit in the Helm values."
+OOM_NOISE = [
+    "Where do I find the staging logs? Look in Loki, I think.",
+    "I keep getting asked where the runbooks are; do look in the wiki.",
+    "Do I need a ticket for this? Where do we keep them? I look it up every time.",
+    "Getting started: where do I look first, and what do I read?",
+    "Where do I put secrets? I keep them in the vault, do look there.",
+    "I do not know where the old pod specs are kept.",
+    "Each pod gets a pod name from its deployment; look at the pod labels.",
+    "A pod that keeps getting evicted: where do I look? The node pressure pod events.",
+]
+
+
+def test_stop_words_stay_out_of_the_text_plan(api: UnifiedMemoryAPI) -> None:
+    api.remember(OOM_ANSWER)
+    for row in OOM_NOISE:
+        api.remember(row)
+    with api.storage.read() as conn:
+        plan = api.recaller.text.plan(conn, terms("pod keeps getting OOMKilled, where do I look?"), "")
+    assert plan is not None
+    assert set(plan.rare_terms) | set(plan.common_terms) == {"pod", "oomkilled"}
+    for expr in (plan.ranked, plan.recent, plan.recent_all):
+        for word in ("where", "do", "i", "look", "keeps", "getting"):
+            assert f'"{word}"' not in (expr or ""), (word, expr)
+
+
+def test_stop_words_do_not_outrank_the_rare_word(api: UnifiedMemoryAPI) -> None:
+    api.remember(OOM_ANSWER)
+    for row in OOM_NOISE:
+        api.remember(row)
+    found = api.recall("pod keeps getting OOMKilled, where do I look?", top_k=3, mode="text")
+    assert found and found[0].content == OOM_ANSWER
+
+
+def test_a_query_of_stop_words_only_still_searches_them(api: UnifiedMemoryAPI) -> None:
+    api.remember("where to go from here")
+    api.remember("nothing in common")
+    with api.storage.read() as conn:
+        plan = api.recaller.text.plan(conn, terms("where to"), "")
+    assert plan is not None and set(plan.rare_terms) | set(plan.common_terms) == {"where", "to"}
+    assert _contents(api.recall("where to", mode="text")) == ["where to go from here"]
+    assert meaningful(["how", "do", "i"]) == ["how", "do", "i"]
+    assert meaningful(["how", "do", "i", "deploy"]) == ["deploy"]
