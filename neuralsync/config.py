@@ -45,10 +45,18 @@ class MemoryConfig:
     # Recall work bound: at most this many FTS matches are scored per query
     # term set; beyond it, scoring is restricted to the newest matching rows.
     text_match_budget: int = 2000
-    # Semantic recall: "wordllama" (offline, bundled), "hashing" (no dependency),
-    # "sentence-transformers:<model>", "openai:<model>@<url>"; "none" disables it.
-    embedder: str = "wordllama"
-    embed_on_write: bool = True
+    # Semantic recall: "minilm" (all-MiniLM-L6-v2 int8 on onnxruntime, offline),
+    # "wordllama" (fast, lower quality; the [wordllama] extra), "hashing" (no
+    # dependency), "sentence-transformers:<model>", "openai:<model>@<url>"; "none"
+    # disables it.
+    embedder: str = "minilm"
+    # Embed inside the writing call (True) or leave new memories queued (False, the
+    # default): servers embed the queue in the background as writes arrive, and a
+    # search embeds a small queue first, so a remember never waits for the model.
+    embed_on_write: bool = False
+    # Embed through the `neuralsync serve` running on this store when there is one, so the
+    # machine holds one model, not one per process; the local model is the fallback.
+    embed_via_server: bool = True
     # Hybrid recall can keep a memory without a real text match only if its cosine
     # similarity reaches max(semantic_floor, semantic_relative_floor * best
     # similarity of the query). Off by default: on the held-out half of

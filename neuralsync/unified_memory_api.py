@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
                               "ttl_ms", "confidence", "source", "expires_at"})
 AUTO_OPTIMIZE_EVERY = 10_000
+MAX_EMBED_TEXTS = 256
 
 
 class UnifiedMemoryAPI:
@@ -62,10 +63,10 @@ class UnifiedMemoryAPI:
         self.storage = self.log.storage
         self.reads = Reader(self.storage)
         self.monitor = PerformanceMonitor(self.config.monitor_samples)
-        self.semantic = (SemanticIndex(self.storage, self.config.embedder)
+        self.semantic = (SemanticIndex(self.storage, self.config.embedder, self.config.embed_via_server)
                          if self.config.embedder.lower() != "none" else None)
         self.recaller = Recaller(self.storage, self.semantic)
-        if self.semantic is not None and self.config.embed_on_write:
+        if self.semantic is not None:
             self._adopt_embedder()
         self._batch = threading.local()
         self.checks = v.FieldChecks(self.config)
@@ -242,6 +243,8 @@ class UnifiedMemoryAPI:
         return result
 
     def _after_commit(self, count: int) -> None:
+        if self.semantic is not None:
+            self.semantic.wake()
         self._ops_since_optimize += count
         if (self.config.enable_auto_optimization and self._ops_since_optimize >= AUTO_OPTIMIZE_EVERY
                 and not self.storage.in_write):
@@ -368,6 +371,26 @@ class UnifiedMemoryAPI:
     def embed_pending(self, progress: Any = None) -> int:
         """Embed memories that arrived without a vector (other writers, sync, changed content)."""
         return 0 if self.semantic is None else self.semantic.embed_pending(progress=progress)
+
+    def embed_texts(self, texts: Sequence[str]) -> tuple[str, int, bytes]:
+        """Vectors of ``texts`` with this store's embedder: (its name, dims, float32 little-endian rows).
+
+        What a server offers the other processes of its store, so the machine holds one model."""
+        if self.semantic is None:
+            raise InvalidInput("texts", "semantic search is disabled on this store (embedder 'none')")
+        if not isinstance(texts, (list, tuple)) or not 0 < len(texts) <= MAX_EMBED_TEXTS:
+            raise InvalidInput("texts", f"must be a list of 1 to {MAX_EMBED_TEXTS} strings")
+        for text in texts:
+            v.text(text, "texts", self.config.max_content_chars)
+        with self.monitor.measure("embed_texts"):
+            embedder = self.semantic.local_embedder
+            return embedder.name, embedder.dims, embedder.embed(list(texts)).astype("<f4").tobytes()
+
+    def announce_server(self, url: str) -> None:
+        """Tell the other processes of this store that this process serves it at ``url`` (loopback),
+        so they embed through it; withdrawn by :meth:`close`."""
+        if self.semantic is not None:
+            self.semantic.announce(url)
 
     def rebuild_vector_index(self, full: bool = False, progress: Any = None) -> dict[str, Any]:
         """Bring the HNSW file up to date now (incremental unless ``full``); returns what was done."""

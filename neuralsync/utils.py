@@ -87,7 +87,8 @@ def is_valid_id(value: object) -> bool:
 
 
 class Periodic:
-    """Runs ``task`` every ``interval`` seconds on one daemon thread, from ``start`` until ``stop``.
+    """Runs ``task`` every ``interval`` seconds on one daemon thread, from ``start`` until ``stop``;
+    ``wake`` runs it at once (a write arrived and the work should not wait for the interval).
 
     Background work (heartbeats, statistics, index upkeep) must never take its
     process down: a failing run is logged and retried at the next interval.
@@ -99,6 +100,7 @@ class Periodic:
         self._interval = interval
         self._task = task
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -109,16 +111,25 @@ class Periodic:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
+    def wake(self) -> None:
+        """Run the task now rather than at the end of the interval (no effect before ``start``)."""
+        self._wake.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop for good and wait (bounded) for a run in progress."""
         self._stop.set()
+        self._wake.set()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self._task()
             except Exception:  # noqa: BLE001 - see the class docstring

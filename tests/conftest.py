@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# onnxruntime before usearch, as the package itself does (search/vector/fileformat.py): usearch loads
+# its SIMD library with RTLD_GLOBAL, and an onnxruntime loaded after it crashes the process. Test
+# modules import usearch directly (importorskip), so the order is fixed here, before any of them.
+if importlib.util.find_spec("onnxruntime") is not None:
+    import onnxruntime  # noqa: F401
 
 from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI

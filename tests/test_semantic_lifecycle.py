@@ -44,7 +44,7 @@ def test_deleting_the_index_file_loses_nothing_and_it_rebuilds(tmp_path: Path) -
 
 
 def test_switching_embedder_requeues_vectors_and_search_keeps_working(tmp_path: Path) -> None:
-    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing")) as api:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing", embed_on_write=True)) as api:
         ids = _fill(api)
         assert api.semantic.pending() == 0  # type: ignore[union-attr]
     with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embed_on_write=True)) as api:
@@ -71,3 +71,22 @@ def test_another_process_new_memory_is_found_by_meaning_without_restart(tmp_path
         subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
         hits = api.semantic_search("container orchestration platform", top_k=3)
         assert any("kubernetes" in m.content for m in hits)
+
+
+def test_remember_does_not_wait_for_the_model_and_new_memories_stay_findable(tmp_path: Path) -> None:
+    """The default write path queues the vector: a search embeds a small queue first, and a
+    long-running process embeds it in the background as soon as the write commits."""
+    import time
+
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path)) as api:
+        first = api.remember("the nightly backup job writes to the cold storage bucket")
+        assert api.semantic.pending() == 1  # type: ignore[union-attr]  # queued, not embedded in the call
+        assert api.semantic_search("where do backups go", top_k=1)[0].id == first
+        assert api.semantic.pending() == 0  # type: ignore[union-attr]
+        api.start_background_maintenance()
+        second = api.remember("release notes are drafted in the docs channel before tagging")
+        deadline = time.monotonic() + 10
+        while api.semantic.pending() and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert api.semantic.pending() == 0  # type: ignore[union-attr]  # woken by the write, not the interval
+        assert api.semantic_search("who writes the changelog for a release", top_k=1)[0].id == second

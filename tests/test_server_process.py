@@ -85,3 +85,36 @@ def test_stops_promptly_with_a_stream_open(server: Server) -> None:
     print(f"stop with an open stream took {took:.2f} s")
     assert server.process.returncode in (0, -signal.SIGTERM)
     assert took < 5.0
+
+
+def test_processes_of_a_store_embed_through_its_running_server(server: Server) -> None:
+    """One model per machine: a CLI or MCP process on the same home asks the server for vectors
+    instead of loading the model; when the server is gone it falls back to its own model."""
+    info = json.loads((server.home / "server.json").read_text())
+    assert info["url"] == server.url and info["embedder"] == "minilm-l6-v2-int8:384"
+    assert (server.home / "server.json").stat().st_mode & 0o077 == 0
+    client = textwrap.dedent(f"""
+        import json, sys
+        from neuralsync.search.embed import minilm
+        from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+        with UnifiedMemoryAPI(MemoryConfig(base_path={str(server.home)!r})) as api:
+            text = "the nightly backup job writes to the cold storage bucket"
+            api.remember(text)
+            hits = api.semantic_search("where do backups go", top_k=1)
+            print(json.dumps({{"found": hits[0].content == text, "model_loaded_here": bool(minilm._loaded),
+                               "embedder": repr(api.semantic.embedder)}}))
+        """)
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["found"] and not answer["model_loaded_here"] and "ServerEmbedder" in answer["embedder"]
+    stats = httpx.get(f"{server.url}/v1/stats", headers=server.auth, timeout=10).json()
+    assert stats["performance_stats"]["operations"]["embed_texts"]["count"] >= 2  # the memory and the query
+    bad = httpx.post(f"{server.url}/v1/embed", json={"texts": []}, headers=server.auth, timeout=10)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "texts"
+
+    stop(server.process)
+    assert not (server.home / "server.json").exists()  # withdrawn at shutdown
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, check=False)
+    answer = json.loads(done.stdout)
+    assert answer["found"] and answer["model_loaded_here"] and "MiniLM" in answer["embedder"]

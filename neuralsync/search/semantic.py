@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import NeuralSyncError
 from ..oplog.materialize import content_hash
 from ..store.reads import MEMORY_COLUMNS, row_to_memory
@@ -35,6 +33,8 @@ from ..store.storage import Storage
 from ..utils import Periodic
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..model import Memory
     from .embed import Embedder
     from .filters import Filters
@@ -44,12 +44,13 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 EMBED_BATCH = 512
-DRAIN_BEFORE_SEARCH = 2000       # queue sizes a search embeds itself (~40 ms at most)
+DRAIN_BEFORE_SEARCH = 128        # queue sizes a search embeds itself (~0.4 s of MiniLM at most)
 EXACT_FILTER_LIMIT = 20_000      # filtered sets this small are searched exactly
 MAX_DELTA = 200_000              # newest rows kept in memory when the file lags far behind
 REFRESH_DELTA = 5_000            # a server rebuilds the file once this many rows are uncovered
 REFRESH_INTERVAL_S = 15.0
 WIDEN = (8, 32)
+SERVER_RECHECK_S = 30.0          # a process embedding locally looks for a started server this often
 INDEX_FILE = "vectors.usearch"
 # Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
 # recall@10 0.85; M=32 (build ~2x slower) with ef 192 gives ~0.96 at ~1 ms.
@@ -58,11 +59,15 @@ ANN_SETTINGS: dict[str, Any] = {"connectivity": 32, "expansion_add": 128, "expan
 
 def to_blob(vector: np.ndarray) -> bytes:
     """Little-endian float32 bytes of one vector."""
+    import numpy as np
+
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
 def from_blobs(blobs: Sequence[bytes], dims: int) -> np.ndarray:
     """A (n, dims) float32 matrix from stored blobs."""
+    import numpy as np
+
     if not blobs:
         return np.zeros((0, dims), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dims).astype(np.float32)
@@ -71,12 +76,16 @@ def from_blobs(blobs: Sequence[bytes], dims: int) -> np.ndarray:
 class SemanticIndex:
     """Embeds, stores and searches vectors for one store. Thread-safe."""
 
-    def __init__(self, storage: Storage, embedder_spec: str = "wordllama") -> None:
+    def __init__(self, storage: Storage, embedder_spec: str = "minilm", via_server: bool = True) -> None:
         self.storage = storage
+        self.via_server = via_server
         self.home = storage.config.home
         self.spec = embedder_spec
         self.path = self.home / INDEX_FILE
         self._embedder: Embedder | None = None
+        self._local_embedder: Embedder | None = None
+        self._server_checked = 0.0
+        self._announced = False
         self._lock = threading.RLock()
         self._ann: AnnIndex | None = None
         self._ann_meta: IndexMeta | None = None
@@ -90,13 +99,38 @@ class SemanticIndex:
     # ------------------------------------------------------------ embedding
     @property
     def embedder(self) -> Embedder:
-        """The configured embedder, loaded on first use."""
+        """The configured embedder: through this store's running server when there is one (one model per
+        machine), else loaded here on first use. A process that found no server looks again now and then."""
         with self._lock:
-            if self._embedder is None:
+            if self._local_embedder is None:
                 from .embed import get_embedder
 
-                self._embedder = get_embedder(self.spec)
+                self._local_embedder = get_embedder(self.spec)
+            now = time.monotonic()
+            if self.via_server and (self._embedder is None or self._embedder is self._local_embedder) \
+                    and now - self._server_checked >= SERVER_RECHECK_S:
+                from .embed.remote import server_embedder
+
+                self._server_checked = now
+                local = self._local_embedder
+                self._embedder = server_embedder(self.home, local.name, lambda: local) or self._embedder
+            if self._embedder is None:
+                self._embedder = self._local_embedder
             return self._embedder
+
+    @property
+    def local_embedder(self) -> Embedder:
+        """This process's own embedder (a server embeds with it for the others)."""
+        self.embedder  # noqa: B018 - builds the local one
+        assert self._local_embedder is not None
+        return self._local_embedder
+
+    def announce(self, url: str) -> None:
+        """Offer this process's embedder to the store's other processes (see ``embed.remote``)."""
+        from .embed.remote import write_server_info
+
+        write_server_info(self.home, url, self.local_embedder.name, self.local_embedder.dims)
+        self._announced = True
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 vectors for ``texts``."""
@@ -111,7 +145,9 @@ class SemanticIndex:
         (text recall still finds them), and the refresher or ``neuralsync embed``
         works the queue down with progress.
         """
-        name = self.embedder.name
+        from .embed.names import known_name
+
+        name = known_name(self.spec) or self.embedder.name  # a bundled embedder's name needs no import
         conn = self.storage.conn
         row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
         if row is not None and row[0] == name:
@@ -250,6 +286,8 @@ class SemanticIndex:
     def _exact_filtered(self, vector: np.ndarray, k: int, filters: Filters,
                         now: int) -> list[tuple[Memory, float]] | None:
         """Exact search over a small filtered set (None when the set is too large for that)."""
+        import numpy as np
+
         from .vector import exact_search
 
         where, args = filters.sql(now)
@@ -304,6 +342,8 @@ class SemanticIndex:
 
     def _sync_delta(self) -> None:
         """Load embeddings written after what the file (or the last sync) covers."""
+        import numpy as np
+
         if self._delta_upto < 0:
             self._delta_upto = 0
         # Newest first, at most MAX_DELTA: memory stays bounded when the file lags
@@ -321,6 +361,8 @@ class SemanticIndex:
         self._delta_cache = None
 
     def _delta_matrix(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
         if self._delta_cache is None:
             keys = np.fromiter(self._delta.keys(), dtype=np.int64, count=len(self._delta))
             matrix = (np.stack(list(self._delta.values())).astype(np.float32) if self._delta
@@ -342,6 +384,8 @@ class SemanticIndex:
         otherwise a full build streamed from SQLite. Readers keep using the old
         file until the new one is renamed over it.
         """
+        import numpy as np
+
         from .vector import AnnIndex
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -377,6 +421,8 @@ class SemanticIndex:
                     "seconds": round(time.perf_counter() - started, 2)}
 
     def _add_rows(self, index: AnnIndex, after_seq: int, progress: Progress | None) -> int:
+        import numpy as np
+
         conn = self.storage.conn
         total = int(conn.execute("SELECT count(*) FROM embeddings WHERE seq > ?", (after_seq,)).fetchone()[0])
         dims, name, done, last = self.embedder.dims, self.embedder.name, 0, after_seq
@@ -399,6 +445,11 @@ class SemanticIndex:
             self._refresher = Periodic("neuralsync-vectors", interval, self._maintain)
             self._refresher.start()
 
+    def wake(self) -> None:
+        """New memories were written: embed them now in the background (servers only)."""
+        if self._refresher is not None:
+            self._refresher.wake()
+
     def _maintain(self) -> None:
         self.embed_pending()
         with self._lock:
@@ -407,7 +458,12 @@ class SemanticIndex:
             log.info("vector index: %s", self.refresh_index())
 
     def close(self) -> None:
-        """Stop background work and release the mapped file."""
+        """Stop background work, withdraw a server announcement, release the mapped file."""
+        if self._announced:
+            from .embed.remote import remove_server_info
+
+            remove_server_info(self.home)
+            self._announced = False
         if self._refresher is not None:
             self._refresher.stop(timeout=2)
         with self._lock:

@@ -60,7 +60,19 @@ def serve(config: MemoryConfig | None = None, host: str | None = None, port: int
     server_config = uvicorn.Config(app, host=bind_host, port=bind_port, log_level=log_level, lifespan="on",
                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
                                    proxy_headers=False)
+    local_url = _local_url(bind_host, bind_port)
+    if local_url is not None:  # the store's other processes embed through this server (one model per machine)
+        app.state.api.announce_server(local_url)  # withdrawn when the app closes its facade at shutdown
     _run_until_stopped(server_config, app.state.stop)
+
+
+def _local_url(host: str, port: int) -> str | None:
+    """How a process on this machine reaches the server over loopback, or None when it cannot."""
+    if port == 0:
+        return None
+    if host in ("0.0.0.0", "::", "") or is_loopback(host):
+        return f"http://127.0.0.1:{port}" if ":" not in host or host == "::" else f"http://[::1]:{port}"
+    return None
 
 
 def _announce(config: MemoryConfig, host: str, port: int, token: str | None) -> None:

@@ -8,6 +8,7 @@ List routes always carry a row cap.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -80,6 +81,12 @@ class PersonaBody(_Body):
     text: str
 
 
+class EmbedRequest(_Body):
+    """Texts to embed with the store's embedder (processes of this store share the server's model)."""
+
+    texts: list[str] = Field(max_length=256)
+
+
 class OptimizeRequest(_Body):
     """Maintenance target; the facade's configured target when absent."""
 
@@ -148,6 +155,12 @@ def _time(value: str | None) -> int | str | None:
     if value is not None and value.isascii() and value.isdigit() and len(value) < 17:
         return int(value)
     return value
+
+
+@router.post("/embed", summary="Embed texts with the store's model (for the store's other processes)")
+def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
+    name, dims, raw = api_of(request).embed_texts(body.texts)
+    return {"embedder": name, "dims": dims, "vectors": base64.b64encode(raw).decode("ascii")}
 
 
 @router.get("/stats", summary="Counts, sizes and latency percentiles")

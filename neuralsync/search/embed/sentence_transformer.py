@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ class SentenceTransformerEmbedder:
         dims: int | None = None,
         device: str | None = "cpu",
         batch_size: int = 32,
+        threads: int = 1,
     ) -> None:
         if not model_name or not model_name.strip():
             raise InvalidInput("model_name", "a sentence-transformers model name is required")
@@ -44,6 +46,7 @@ class SentenceTransformerEmbedder:
         self.model_name = model_name.strip()
         self.device = device
         self.batch_size = batch_size
+        self.threads = max(1, threads)
         self._dims = dims
         self._lock = threading.Lock()
         self._model: Any = None
@@ -83,6 +86,11 @@ class SentenceTransformerEmbedder:
                     )
                 self._dims = model_dims
                 self._model = loaded
+                # torch starts a thread per core by default; on a small machine several
+                # processes doing that turn a ~20 ms encode into a second under load.
+                torch = sys.modules.get("torch")
+                if torch is not None:
+                    torch.set_num_threads(self.threads)
             return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

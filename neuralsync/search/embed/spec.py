@@ -1,16 +1,18 @@
-"""Embedder specs (``wordllama``, ``hashing:128``, ``sentence-transformers:<model>``,
-``openai:<model>@<url>``) turned into embedders; an embedder's own ``name`` is a spec too."""
+"""Embedder specs (``minilm``, ``wordllama``, ``hashing:128``, ``sentence-transformers:<model>``,
+``openai:<model>@<url>``) turned into embedders; an embedder's own ``name`` is a spec too.
+
+The implementations are imported when one is built, not with this module."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ...errors import EmbeddingUnavailable, InvalidInput
-from .base import Embedder
-from .hashing import HashingEmbedder
-from .openai_compat import OpenAICompatibleEmbedder
-from .sentence_transformer import SentenceTransformerEmbedder
-from .wordllama import WordLlamaEmbedder
+from .names import known_name as known_name  # re-exported: the cheap name lookup beside the builder
+
+if TYPE_CHECKING:
+    from .base import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ def _parse_dims(text: str, spec: str) -> int:
 
 
 def get_embedder(
-    spec: str = "wordllama",
+    spec: str = "minilm",
     *,
     api_key: str | None = None,
     fallback_to_hashing: bool = False,
@@ -32,7 +34,8 @@ def get_embedder(
     Accepted specs (an embedder's own ``name`` is accepted too, so the name
     stored with an index can be turned back into an embedder):
 
-    * ``wordllama`` (default), ``wordllama:<dims>``, ``wordllama:l2_supercat:<dims>``
+    * ``minilm`` (default: all-MiniLM-L6-v2, int8, onnxruntime), ``minilm-l6-v2-int8:384``
+    * ``wordllama``, ``wordllama:<dims>``, ``wordllama:l2_supercat:<dims>`` (fast, lower quality)
     * ``hashing``, ``hashing:<dims>``, ``hashing:v1:<dims>``
     * ``sentence-transformers:<model>`` (optionally ``:<dims>``)
     * ``openai:<model>@<base_url>`` (``api_key`` is passed through)
@@ -42,7 +45,7 @@ def get_embedder(
     then a warning is logged and a :class:`HashingEmbedder` is returned (its
     different ``name`` makes any existing index rebuild, as it must).
     """
-    text = (spec or "").strip() or "wordllama"
+    text = (spec or "").strip() or "minilm"
     try:
         return _build_embedder(text, spec, api_key)
     except EmbeddingUnavailable as exc:
@@ -53,12 +56,24 @@ def get_embedder(
             spec,
             exc,
         )
+        from .hashing import HashingEmbedder
+
         return HashingEmbedder()
 
 
 def _build_embedder(text: str, spec: str, api_key: str | None) -> Embedder:
+    from .hashing import HashingEmbedder
+    from .minilm import MiniLMEmbedder
+    from .openai_compat import OpenAICompatibleEmbedder
+    from .sentence_transformer import SentenceTransformerEmbedder
+    from .wordllama import WordLlamaEmbedder
+
     kind, _, rest = text.partition(":")
     kind = kind.lower()
+    if kind in ("minilm", "minilm-l6-v2-int8"):
+        if rest not in ("", str(MiniLMEmbedder.DIMS)):
+            raise InvalidInput("embedder", f"bad minilm spec {spec!r}; use 'minilm'")
+        return MiniLMEmbedder()
     if kind == "wordllama":
         parts = rest.split(":") if rest else []
         if len(parts) == 2 and parts[0] == WordLlamaEmbedder.CONFIG:
@@ -93,6 +108,6 @@ def _build_embedder(text: str, spec: str, api_key: str | None) -> Embedder:
         return OpenAICompatibleEmbedder(base_url, model, api_key=api_key)
     raise InvalidInput(
         "embedder",
-        f"unknown embedder spec {spec!r}; expected 'wordllama', 'hashing', "
+        f"unknown embedder spec {spec!r}; expected 'minilm', 'wordllama', 'hashing', "
         "'sentence-transformers:<model>' or 'openai:<model>@<base_url>'",
     )

@@ -13,6 +13,7 @@ mix); :func:`map_file` opens one consistent snapshot through a single ``mmap``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import mmap
 import os
@@ -44,7 +45,15 @@ class VectorIndexUnavailable(NeuralSyncError):
 
 
 def load_usearch() -> ModuleType:
-    """Import ``usearch.index`` lazily so importing this package stays cheap."""
+    """Import ``usearch.index`` lazily so importing this package stays cheap.
+
+    onnxruntime (the default embedder's runtime) is loaded first when it is
+    installed: usearch loads its SIMD library with ``RTLD_GLOBAL``, and an
+    onnxruntime loaded after that binds to those symbols and crashes the process
+    (seen with usearch 2.26 and onnxruntime 1.32). The other order is safe.
+    """
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime  # noqa: F401 - see the docstring
     try:
         import usearch.index as usearch_index
     except ImportError as exc:
