@@ -274,6 +274,7 @@ def evaluate(api: UnifiedMemoryAPI, eval_set: EvalSet, label_to_id: dict[str, st
 
 
 # ---------------------------------------------------------------- choosing the fusion
+SEMANTIC_ONLY = Fusion(w_sem=1.0, w_text=0.0, w_cover=0.0, floor=0.0, relative_floor=0.0)
 W_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
 GATE_GRID = (0.0, 0.5, 0.75)
 FLOOR_GRID = ((0.0, 0.0), (0.05, 0.0), (0.1, 0.0), (0.0, 0.3), (0.05, 0.3), (0.1, 0.3), (0.0, 0.5), (0.1, 0.5))
@@ -310,42 +311,48 @@ def score_fusion(gathered: Sequence[tuple[EvalQuery, list[Any]]], fusion: Fusion
     return report.metrics()
 
 
-def choose_fusion(api: UnifiedMemoryAPI, tuning: Sequence[EvalQuery], label_to_id: dict[str, str],
+def choose_fusion(stores: Sequence[tuple[UnifiedMemoryAPI, dict[str, str]]], tuning: Sequence[EvalQuery],
                   folds: int = 2, seed: int = SPLIT_SEED) -> tuple[Fusion, dict[str, Any]]:
-    """The grid setting with the best mean (recall@5 + MRR) over the tuning queries.
+    """The grid setting with the best (recall@5 + MRR) on the tuning queries, averaged over ``stores``
+    (the same set among different numbers of distractors: one default has to serve them all).
 
     ``folds``-fold cross-validation inside the tuning half says how far the
     choice generalises (each fold's winner scored on the fold it did not see);
     the returned setting is the best on the whole tuning half.
     """
-    id_to_label = {v: k for k, v in label_to_id.items()}
-    gathered = gather(api, tuning, label_to_id)
+    per_store = [(gather(api, tuning, label_to_id), {v: k for k, v in label_to_id.items()})
+                 for api, label_to_id in stores]
     grid = fusion_grid()
 
-    def objective(rows: Sequence[tuple[EvalQuery, list[Any]]], fusion: Fusion) -> float:
-        m = score_fusion(rows, fusion, id_to_label)
-        return m["recall@5"] + m["mrr"]
+    def objective(idx: Sequence[int], fusion: Fusion) -> float:
+        total = 0.0
+        for gathered, id_to_label in per_store:
+            m = score_fusion([gathered[i] for i in idx], fusion, id_to_label)
+            total += m["recall@5"] + m["mrr"]
+        return total / len(per_store)
 
-    rng = random.Random(seed)
-    order = list(range(len(gathered)))
-    rng.shuffle(order)
-    def pick(rows: Sequence[tuple[EvalQuery, list[Any]]]) -> tuple[Fusion, list[tuple[float, Fusion]]]:
+    def pick(idx: Sequence[int]) -> tuple[Fusion, list[tuple[float, Fusion]]]:
         # Two stages: the mix without floors, then the floor for that mix (the floor
         # only drops weak semantic-only candidates, so it barely interacts with the mix).
-        ranked = sorted(((objective(rows, fu), i) for i, fu in enumerate(grid)), reverse=True)
+        ranked = sorted(((objective(idx, fu), i) for i, fu in enumerate(grid)), reverse=True)
         mix = grid[ranked[0][1]]
-        floors = sorted(((objective(rows, fu), j) for j, fu in enumerate(with_floors(mix))), reverse=True)
+        floors = sorted(((objective(idx, fu), j) for j, fu in enumerate(with_floors(mix))), reverse=True)
         return with_floors(mix)[floors[0][1]], [(o, grid[i]) for o, i in ranked[1:6]]
 
+    rng = random.Random(seed)
+    order = list(range(len(tuning)))
+    rng.shuffle(order)
     fold_scores = []
     for f in range(folds):
-        inner = [gathered[i] for j, i in enumerate(order) if j % folds != f]
-        outer = [gathered[i] for j, i in enumerate(order) if j % folds == f]
+        inner = [i for j, i in enumerate(order) if j % folds != f]
+        outer = [i for j, i in enumerate(order) if j % folds == f]
         winner, _ = pick(inner)
-        fold_scores.append({"fusion": _fusion_dict(winner), **score_fusion(outer, winner, id_to_label)})
-    best, runners = pick(gathered)
+        fold_scores.append({"fusion": _fusion_dict(winner), "objective_unseen": round(objective(outer, winner), 4),
+                            "objective_semantic_only": round(objective(outer, SEMANTIC_ONLY), 4)})
+    everything = list(range(len(tuning)))
+    best, runners = pick(everything)
     info = {"grid": len(grid), "tuning_queries": len(tuning), "chosen": _fusion_dict(best),
-            "tuning": score_fusion(gathered, best, id_to_label), "folds": fold_scores,
+            "tuning": [score_fusion(g, best, i2l) for g, i2l in per_store], "folds": fold_scores,
             "runners_up": [_fusion_dict(fu) | {"objective": round(o, 4)} for o, fu in runners]}
     return best, info
 
@@ -356,31 +363,42 @@ def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
 
 
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
-             modes: Sequence[str] = MODES, distractors: int = 0, half: str = "all", cv: bool = False,
-             seed: int = SPLIT_SEED) -> tuple[EvalSet, dict[str, ModeReport], dict[str, Any]]:
-    """Load the set (among ``distractors``) into a temporary store and evaluate the ``half`` of its
-    queries; with ``cv``, first choose the fusion on the tuning half. Returns (set, reports, run info)."""
+             modes: Sequence[str] = MODES, distractors: Sequence[int] = (0,), half: str = "all", cv: bool = False,
+             seed: int = SPLIT_SEED) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
+    """Load the set into one temporary store per entry of ``distractors`` (that many generated
+    memories first) and evaluate the ``half`` of its queries in each. With ``cv``, first choose
+    one fusion on the tuning half over all the stores, then report the held-out half.
+    Returns (reports, run info) per store."""
     full = load_eval_set(path)
     eval_set = half_of(full, "heldout" if cv else half, seed)
-    info: dict[str, Any] = {}
+    out = []
     with tempfile.TemporaryDirectory(prefix="eval-quality-") as tmp:
-        api = open_store(Path(tmp) / "store", embedder)
+        stores: list[tuple[UnifiedMemoryAPI, dict[str, str]]] = []
+        infos: list[dict[str, Any]] = []
         try:
-            started = time.perf_counter()
-            label_to_id = load_into(api, full, build_index, distractors)
-            load_s = time.perf_counter() - started
+            for n in distractors:
+                api = open_store(Path(tmp) / f"store-{n}", embedder)
+                stores.append((api, {}))
+                started = time.perf_counter()
+                stores[-1] = (api, load_into(api, full, build_index, n))
+                infos.append({"embedder": api.semantic.embedder.name if api.semantic is not None else embedder,
+                              "memories": len(full.memories), "distractors": n, "queries": len(eval_set.queries),
+                              "half": "heldout" if cv else half, "split_seed": seed,
+                              "load_seconds": round(time.perf_counter() - started, 3), "vector_index": build_index})
+            cv_info = None
             if cv:
-                fusion, info["cv"] = choose_fusion(api, split(full.queries, seed)[0], label_to_id)
-                api.recaller.fusion = fusion
-            info["fusion"] = _fusion_dict(api.recaller.fusion)
-            reports = evaluate(api, eval_set, label_to_id, modes)
-            name = api.semantic.embedder.name if api.semantic is not None else embedder
+                fusion, cv_info = choose_fusion(stores, split(full.queries, seed)[0], seed=seed)
+                for api, _ in stores:
+                    api.recaller.fusion = fusion
+            for (api, label_to_id), info in zip(stores, infos, strict=True):
+                info["fusion"] = _fusion_dict(api.recaller.fusion)
+                if cv_info is not None:
+                    info["cv"] = cv_info
+                out.append((evaluate(api, eval_set, label_to_id, modes), info))
         finally:
-            api.close()
-    info = {"embedder": name, "memories": len(full.memories), "distractors": distractors,
-            "queries": len(eval_set.queries), "half": "heldout" if cv else half, "split_seed": seed,
-            "load_seconds": round(load_s, 3), "vector_index": build_index, **info}
-    return eval_set, reports, info
+            for api, _ in stores:
+                api.close()
+    return out
 
 
 def summary(reports: dict[str, ModeReport], info: dict[str, Any]) -> dict[str, Any]:
@@ -405,9 +423,9 @@ def format_table(data: dict[str, Any]) -> str:
              f"fusion: {data['fusion']}", ""]
     if "cv" in data:
         cv = data["cv"]
-        lines[-1:-1] = [f"chosen on {cv['tuning_queries']} tuning queries from {cv['grid']} settings; tuning "
-                        f"figures {cv['tuning']}", "fold checks: " + "; ".join(
-                            f"{f['fusion']} -> R@5 {f['recall@5']:.3f} MRR {f['mrr']:.3f}" for f in cv["folds"])]
+        lines[-1:-1] = [f"chosen on {cv['tuning_queries']} tuning queries from {cv['grid']} settings",
+                        "fold checks (R@5 + MRR on the unseen fold, chosen vs semantic only): " + "; ".join(
+                            f"{f['objective_unseen']:.3f} vs {f['objective_semantic_only']:.3f}" for f in cv["folds"])]
     head = f"{'mode':<9} {'subset':<11} {'n':>3} {'recall@5':>9} {'recall@10':>10} {'MRR':>7} {'mean ms':>8}"
     lines += [head, "-" * len(head)]
     for mode, subsets in data["modes"].items():
@@ -434,7 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="wordllama", help="embedder spec (wordllama, hashing, ...)")
     parser.add_argument("--set", default=str(EVAL_SET), help="evaluation set JSON (eval/eval_set_v2.json: 440 queries)")
-    parser.add_argument("--distractors", type=int, default=0, help="generated memories loaded before the set")
+    parser.add_argument("--distractors", type=int, nargs="+", default=[0],
+                        help="generated memories loaded before the set; several sizes: one store each")
     parser.add_argument("--half", choices=("all", "tuning", "heldout"), default="all",
                         help="evaluate one half of the queries (split by --seed)")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the tuning / held-out split")
@@ -446,13 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--misses", action="store_true", help="also list the queries each mode misses")
     args = parser.parse_args(argv)
-    _, reports, info = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
-                                args.half, args.cv, args.seed)
-    data = summary(reports, info)
+    runs = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
+                    args.half, args.cv, args.seed)
     if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(format_table(data))
+        print(json.dumps([summary(reports, info) for reports, info in runs], indent=2))
+        return 0
+    for reports, info in runs:
+        print(format_table(summary(reports, info)) + "\n")
         if args.misses:
             print(format_misses(reports))
     return 0
