@@ -19,8 +19,8 @@ so one word in most of a million rows costs tens of milliseconds. So:
 Stop words (function words, question words, "please", "look", ...) are left
 out of every expression (:func:`meaningful`): they occur in most rows, so as
 OR terms they only let rows that share "where do i" with the query into the
-ranking. A query made only of stop words ("the", "how do i") keeps them all,
-since there is nothing better to search for.
+ranking. A query made only of stop words ("the", "how do i"), or whose other
+words occur nowhere, searches the stop words, since there is nothing better.
 """
 
 from __future__ import annotations
@@ -110,10 +110,16 @@ class TextSearcher:
         self._lock = threading.Lock()
 
     def plan(self, conn: sqlite3.Connection, words: Sequence[str], filters: str) -> TextPlan | None:
-        """The plan for ``words`` (stop words dropped) under FTS ``filters``; None if no word occurs."""
-        words = meaningful(words)
-        counts = {w: self.count(conn, w) for w in words}
-        present = sorted((w for w in words if counts[w] > 0), key=lambda w: counts[w])
+        """The plan for ``words`` under FTS ``filters``; None if no word occurs.
+
+        Stop words are dropped, unless none of the other words occurs at all."""
+        counts: dict[str, int] = {}
+        present: list[str] = []
+        for candidates in (meaningful(words), list(words)):
+            counts = {w: self.count(conn, w) for w in candidates}
+            present = sorted((w for w in candidates if counts[w] > 0), key=lambda w: counts[w])
+            if present:
+                break
         if not present:
             return None
         rare: list[str] = []
