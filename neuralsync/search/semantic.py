@@ -128,7 +128,7 @@ class SemanticIndex:
 
     def announce(self, url: str) -> None:
         """Offer this process's embedder to the store's other processes (see ``embed.remote``)."""
-        from .embed.remote import write_server_info
+        from ..discovery import write_server_info
 
         write_server_info(self.home, url, self.local_embedder.name, self.local_embedder.dims)
         self._announced = True
@@ -482,7 +482,7 @@ class SemanticIndex:
     def close(self) -> None:
         """Stop background work, withdraw a server announcement, release the mapped file."""
         if self._announced:
-            from .embed.remote import remove_server_info
+            from ..discovery import remove_server_info
 
             remove_server_info(self.home)
             self._announced = False
