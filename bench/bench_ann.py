@@ -57,10 +57,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     args = parser.parse_args()
     home = args.out / f"ann-store-{args.embedder.replace(':', '-')}-{args.memories}"
-    fresh = not (home / "memory.db").exists()
+    built = home / "built"  # written once the store is complete: an interrupted build starts over
+    if not built.exists() and home.exists():
+        import shutil
+
+        shutil.rmtree(home)
     with UnifiedMemoryAPI(MemoryConfig(base_path=home, embedder=args.embedder)) as api:
-        if fresh:
+        if not built.exists():
             build(api, args.memories)
+            built.touch()
         semantic = api.semantic
         assert semantic is not None
         rows = api.storage.conn.execute("SELECT mem, vec FROM embeddings").fetchall()
