@@ -4,6 +4,7 @@ the SSE feed carrying another process's write, and a clean stop with a stream op
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,3 +119,32 @@ def test_processes_of_a_store_embed_through_its_running_server(server: Server) -
     done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, check=False)
     answer = json.loads(done.stdout)
     assert answer["found"] and answer["model_loaded_here"] and "MiniLM" in answer["embedder"]
+
+
+def test_cli_recall_asks_the_running_server_and_falls_back_to_the_store(server: Server) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NS_")}
+    env["NEURALSYNC_HOME"] = str(server.home)
+    cli = [sys.executable, "-m", "neuralsync.cli"]
+    httpx.post(f"{server.url}/v1/memories", json={"content": "the staging cluster is rebuilt every Monday"},
+               headers=server.auth, timeout=10).raise_for_status()
+
+    def recalls_served() -> int:
+        stats = httpx.get(f"{server.url}/v1/stats", headers=server.auth, timeout=10).json()
+        return int(stats["performance_stats"]["operations"].get("recall", {}).get("count", 0))
+
+    before = recalls_served()
+    done = subprocess.run([*cli, "--json", "recall", "when is staging rebuilt"], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert json.loads(done.stdout)[0]["content"] == "the staging cluster is rebuilt every Monday"
+    assert recalls_served() == before + 1  # answered by the server, not by a store opened here
+    local = subprocess.run([*cli, "--json", "recall", "--local", "when is staging rebuilt"], env=env,
+                           capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(local.stdout)[0]["content"] == json.loads(done.stdout)[0]["content"]
+    assert recalls_served() == before + 1
+    bad = subprocess.run([*cli, "recall", "-k", "0", "x"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "top_k" in bad.stderr  # refused by the server as the facade refuses it
+
+    stop(server.process)
+    fallback = subprocess.run([*cli, "--json", "recall", "when is staging rebuilt"], env=env, capture_output=True,
+                              text=True, timeout=120, check=True)
+    assert json.loads(fallback.stdout)[0]["content"] == "the staging cluster is rebuilt every Monday"

@@ -27,6 +27,7 @@ from .services import add_service_commands
 from .sync import add_sync_commands
 
 if TYPE_CHECKING:
+    from ..model import Memory
     from ..unified_memory_api import UnifiedMemoryAPI
 
 PROG = "neuralsync"
@@ -108,6 +109,9 @@ def _add_read_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--kind", action="append", help="repeatable")
     cmd.add_argument("--since", help=TIME_HELP)
     cmd.add_argument("--until", help=TIME_HELP)
+    cmd.add_argument("--local", action="store_true",
+                     help="search the store in this process even when a server runs on it")
+    cmd.set_defaults(standalone=recall_standalone)
 
     cmd = add("get", cmd_get, "show one memory")
     cmd.add_argument("id")
@@ -224,12 +228,35 @@ def cmd_get(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     return 0
 
 
+def recall_standalone(args: argparse.Namespace) -> int:
+    """Recall through the store's running server when there is one (nothing to load), else locally."""
+    from ..config import MemoryConfig
+    from .remote import recall_via_server
+
+    config = MemoryConfig.from_env(args.home)
+    request = _recall_request(args)
+    hits = None if args.local else recall_via_server(config.home, request)
+    if hits is None:
+        from ..unified_memory_api import UnifiedMemoryAPI
+
+        with UnifiedMemoryAPI(config) as api:
+            hits = api.recall(**request)
+    return _show_hits(hits, args.json)
+
+
 def cmd_recall(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
-    """Search; readable output is one block per hit, best first."""
-    hits = api.recall(" ".join(args.query), scope=args.scope, top_k=args.top_k, tags=_tags(args.tag) or None,
-                      kinds=args.kind, since=_time(args.since, "--since"), until=_time(args.until, "--until"),
-                      tag_match="all" if args.all_tags else "any")
-    if args.json:
+    """Search the store in this process; readable output is one block per hit, best first."""
+    return _show_hits(api.recall(**_recall_request(args)), args.json)
+
+
+def _recall_request(args: argparse.Namespace) -> dict[str, Any]:
+    return {"query": " ".join(args.query), "scope": args.scope, "top_k": args.top_k,
+            "tags": _tags(args.tag) or None, "kinds": args.kind, "since": _time(args.since, "--since"),
+            "until": _time(args.until, "--until"), "tag_match": "all" if args.all_tags else "any"}
+
+
+def _show_hits(hits: list[Memory], as_json: bool) -> int:
+    if as_json:
         emit_json([m.to_dict() for m in hits])
         return 0
     if not hits:

@@ -55,6 +55,7 @@ INDEX_FILE = "vectors.usearch"
 # Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
 # recall@10 0.85; M=32 (build ~2x slower) with ef 192 gives ~0.96 at ~1 ms.
 ANN_SETTINGS: dict[str, Any] = {"connectivity": 32, "expansion_add": 128, "expansion_search": 192}
+ANN_POOL = 4                     # the index is asked for this many times the candidates, ranked exactly after
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -127,7 +128,7 @@ class SemanticIndex:
 
     def announce(self, url: str) -> None:
         """Offer this process's embedder to the store's other processes (see ``embed.remote``)."""
-        from .embed.remote import write_server_info
+        from ..discovery import write_server_info
 
         write_server_info(self.home, url, self.local_embedder.name, self.local_embedder.dims)
         self._announced = True
@@ -261,7 +262,8 @@ class SemanticIndex:
                 keys, matrix = self._delta_matrix(len(vector))
                 stale = self._delta  # membership tests only: safe while another thread adds
             try:
-                ann_hits = ann.search(vector, want, exclude=stale.__contains__) if ann is not None else []
+                ann_hits = (ann.search(vector, want * ANN_POOL, exclude=stale.__contains__)
+                            if ann is not None else [])
                 break
             except ReadOnlyIndexError:  # the file was replaced and this view closed: take the new one
                 with self._lock:
@@ -269,7 +271,27 @@ class SemanticIndex:
         else:
             ann_hits = []
         delta_hits = exact_search(matrix, keys, vector, want) if len(keys) else []
-        return merge_results(ann_hits, delta_hits, want)
+        return merge_results(self._rescored(vector, ann_hits), delta_hits, want)
+
+    def _rescored(self, vector: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
+        """The index's hits scored exactly against the stored float32 vectors.
+
+        The graph search is approximate twice over: it may miss a neighbour, and
+        it ranks what it finds by f16 copies. Asking it for a wider pool
+        (``ANN_POOL`` times what is wanted) and ranking that pool exactly keeps
+        the true neighbours that were found but ranked too low."""
+        from .vector import Hit
+
+        if not hits:
+            return []
+        keys = [h.key for h in hits]
+        rows = self.storage.conn.execute(
+            f"SELECT mem, vec FROM embeddings WHERE mem IN ({','.join('?' * len(keys))}) AND embedder = ?",
+            [*keys, self.embedder.name]).fetchall()
+        if not rows:
+            return []
+        sims = from_blobs([blob for _, blob in rows], len(vector)) @ vector
+        return [Hit(int(mem), float(sim)) for (mem, _), sim in zip(rows, sims, strict=True)]
 
     def _fetch(self, hits: Sequence[Hit], filters: Filters, now: int) -> list[tuple[Memory, float]]:
         if not hits:
@@ -460,7 +482,7 @@ class SemanticIndex:
     def close(self) -> None:
         """Stop background work, withdraw a server announcement, release the mapped file."""
         if self._announced:
-            from .embed.remote import remove_server_info
+            from ..discovery import remove_server_info
 
             remove_server_info(self.home)
             self._announced = False

@@ -2,10 +2,9 @@
 
 Every agent session starts its own MCP server, and every CLI call is a fresh
 process; loading the model in each costs a third of a second and a hundred
-megabytes. A running server announces itself in ``<home>/server.json`` (its
-pid, loopback URL and embedder name; the bearer token stays in its own 0600
-file); other processes on the same home embed through its ``POST /v1/embed``
-instead of loading the model. When the server is gone, refuses or answers
+megabytes. A running server announces itself (see :mod:`neuralsync.discovery`);
+other processes on the same home embed through its ``POST /v1/embed`` instead
+of loading the model. When the server is gone, refuses or answers
 badly, the caller falls back to its own local model (and tries the server
 again after a pause), so embedding never fails because of the server.
 """
@@ -16,82 +15,25 @@ import base64
 import http.client
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from ...discovery import ServerInfo, read_server_info, server_token
 from ...errors import EmbeddingUnavailable
 from .base import Embedder, as_text_list, empty
 
 log = logging.getLogger(__name__)
 
-SERVER_INFO_FILE = "server.json"
-TOKEN_FILE = "server.token"
 TIMEOUT_S = 5.0
 RETRY_AFTER_S = 30.0  # after a failure, the local model serves this long before the server is tried again
 MAX_REQUEST_CHARS = 200_000  # texts per request stay well under the server's 1 MiB body limit
 MAX_REQUEST_TEXTS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class ServerInfo:
-    """What a running server says about itself in ``server.json``."""
-
-    pid: int
-    url: str
-    embedder: str
-    dims: int
-
-
-def write_server_info(home: Path, url: str, embedder: str, dims: int) -> Path:
-    """Announce this process as the store's server (mode 0600, replaced atomically)."""
-    path = home / SERVER_INFO_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump({"pid": os.getpid(), "url": url, "embedder": embedder, "dims": dims}, out)
-    os.replace(tmp, path)
-    return path
-
-
-def remove_server_info(home: Path) -> None:
-    """Withdraw the announcement, if it is still this process's."""
-    path = home / SERVER_INFO_FILE
-    found = read_server_info(home, include_self=True)
-    if found is not None and found.pid == os.getpid():
-        path.unlink(missing_ok=True)
-
-
-def read_server_info(home: Path, include_self: bool = False) -> ServerInfo | None:
-    """The live server of this store (its pid exists, on loopback), or None."""
-    try:
-        data = json.loads((home / SERVER_INFO_FILE).read_text(encoding="utf-8"))
-        info = ServerInfo(int(data["pid"]), str(data["url"]), str(data["embedder"]), int(data["dims"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if info.pid == os.getpid() and not include_self:
-        return None  # the server itself embeds locally
-    host = urlsplit(info.url).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1") or not _alive(info.pid):
-        return None
-    return info
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 class ServerEmbedder:
@@ -172,12 +114,5 @@ def server_embedder(home: Path, spec_name: str, local: Callable[[], Embedder]) -
     info = read_server_info(home)
     if info is None or info.embedder != spec_name:
         return None
-    token = os.environ.get("NS_TOKEN") or _read_token(home)
+    token = server_token(home)
     return None if not token else ServerEmbedder(info, token, local)
-
-
-def _read_token(home: Path) -> str | None:
-    try:
-        return (home / TOKEN_FILE).read_text(encoding="ascii").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
