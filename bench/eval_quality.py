@@ -276,7 +276,7 @@ def evaluate(api: UnifiedMemoryAPI, eval_set: EvalSet, label_to_id: dict[str, st
 # ---------------------------------------------------------------- choosing the fusion
 SEMANTIC_ONLY = Fusion(w_sem=1.0, w_text=0.0, w_cover=0.0, floor=0.0, relative_floor=0.0)
 W_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
-GATE_GRID = (0.0, 0.5, 0.75)
+GATE_GRID = (0.0, 0.5, 0.75, 0.9, 1.0)
 FLOOR_GRID = ((0.0, 0.0), (0.05, 0.0), (0.1, 0.0), (0.0, 0.3), (0.05, 0.3), (0.1, 0.3), (0.0, 0.5), (0.1, 0.5))
 
 

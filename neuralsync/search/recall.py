@@ -269,7 +269,7 @@ def fuse(candidates: Sequence[Candidate], fusion: Fusion, top_k: int, now: int) 
         return []
     sem = _scaled([c.sim for c in kept], fusion.norm, fusion.rrf_k, [True] * len(kept)) if fusion.w_sem else None
     text = _scaled([c.bm25 for c in kept], fusion.norm, fusion.rrf_k, [c.bm25 > 0 for c in kept])
-    words_count = max(c.cover for c in kept) >= fusion.text_gate
+    words_count = max(c.cover for c in kept) >= fusion.text_gate - 1e-9
     scored = []
     for i, c in enumerate(kept):
         relevance = fusion.w_text * text[i] + fusion.w_cover * c.cover if words_count else 0.0
