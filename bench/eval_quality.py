@@ -125,6 +125,9 @@ class ModeReport:
     results: list[QueryResult] = field(default_factory=list)
 
     def subset(self, kind: str | None) -> list[QueryResult]:
+        """Results of one query type, or ``scoped`` / ``unscoped`` queries (None: all)."""
+        if kind in ("scoped", "unscoped"):
+            return [r for r in self.results if (r.query.scope is not None) == (kind == "scoped")]
         return [r for r in self.results if kind is None or r.query.type == kind]
 
     def metrics(self, kind: str | None = None) -> dict[str, float]:
@@ -405,8 +408,8 @@ def summary(reports: dict[str, ModeReport], info: dict[str, Any]) -> dict[str, A
     """JSON-ready figures: per mode, overall and per query type, plus every query's ranks."""
     out: dict[str, Any] = {**info, "modes": {}}
     for mode, report in reports.items():
-        out["modes"][mode] = {"all": report.metrics(), "paraphrase": report.metrics("paraphrase"),
-                              "keyword": report.metrics("keyword")}
+        out["modes"][mode] = {subset: report.metrics(None if subset == "all" else subset)
+                              for subset in ("all", "paraphrase", "keyword", "scoped", "unscoped")}
     first = next(iter(reports.values()))
     out["per_query"] = [
         {"query": r.query.text, "type": r.query.type, "scope": r.query.scope, "answers": list(r.query.answers),
