@@ -41,7 +41,7 @@ class Replication:
         self.log = oplog
         self.storage = oplog.storage
         self.registry = PeerRegistry(oplog.storage, oplog.author)
-        self.verifier = RequestVerifier(oplog.author)
+        self.verifier = RequestVerifier(oplog.author, oplog.storage)
         self._server = SyncServer(oplog, self.registry)
         self._client = SyncClient(oplog, self.registry)
         self._replica = Replica(oplog)

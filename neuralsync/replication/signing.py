@@ -4,7 +4,9 @@ Every sync request is signed by the caller's replica key over the target's
 key, the time, a nonce and the SHA-256 of the body; the answer is signed by the
 target over the request's nonce and the answer's hash. So both ends know whom
 they talk to, a request cannot be replayed (nonce, ±5 minute window) or sent to
-another replica, and a body cannot be altered on the way. The bearer token is
+another replica, and a body cannot be altered on the way. Nonces are kept in
+the store (``sync_nonces``) for the whole window, so a restart of the server,
+or a second server on the same store, does not forget them. The bearer token is
 not involved: it is for local tools, and a peer never needs it. (TLS is still
 wanted on an untrusted network: signatures give authenticity, not secrecy.)
 """
@@ -13,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import nacl.exceptions
 import nacl.signing
 
 from ..errors import SyncRejected
+from ..store.storage import Storage
 from ..utils import now_ms
 from .peers import Peer, PeerRegistry
 
@@ -67,24 +68,24 @@ def verify_reply(peer_key: bytes, nonce_hex: str, body: bytes, signature_hex: st
 class RequestVerifier:
     """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature.
 
-    Nonces are remembered per peer for the whole time window; a peer that sends more requests than
-    that in one window is told to retry later (429) rather than have older nonces forgotten, so a
-    captured request cannot be replayed while its time is still accepted (until a restart).
+    Nonces are remembered per peer, in the store, for twice the time window (a request stamped up
+    to 5 minutes ahead stays acceptable that long); a peer that sends more requests than
+    ``max_nonces_per_peer`` in that time is told to retry later (429) rather than have older nonces
+    forgotten, so a captured request cannot be replayed while its time is still accepted.
     """
 
-    def __init__(self, own_key: bytes, max_nonces_per_peer: int = 20_000) -> None:
+    def __init__(self, own_key: bytes, storage: Storage, max_nonces_per_peer: int = 20_000) -> None:
         self.own_key = own_key
-        self._nonces: dict[bytes, OrderedDict[bytes, int]] = {}
+        self.storage = storage
         self._max_nonces = max_nonces_per_peer
-        self._lock = threading.Lock()
 
     def precheck(self, headers: Mapping[str, str], registry: PeerRegistry) -> Peer:
         """What can be checked before the body is read (headers, peer, time, nonce), or
         :class:`SyncRejected`: a stranger is refused without the server reading 16 MiB from it."""
         peer, _, _, nonce, _ = self._headers(headers, registry)
-        with self._lock:
-            if nonce in self._nonces.get(peer.key, ()):
-                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+        if self.storage.conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
+                                     (peer.key, nonce)).fetchone() is not None:
+            raise SyncRejected("replayed sync request (nonce already used)", status=401)
         return peer
 
     def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
@@ -119,15 +120,14 @@ class RequestVerifier:
         return peer, client_key, at_ms, nonce, signature
 
     def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
-        with self._lock:
-            seen = self._nonces.setdefault(peer_key, OrderedDict())
-            while seen and next(iter(seen.values())) < now - 2 * MAX_CLOCK_SKEW_MS:
-                seen.popitem(last=False)
-            if nonce in seen:
+        """Record the nonce (committed before the request is answered), or refuse the request."""
+        with self.storage.write() as conn:
+            conn.execute("DELETE FROM sync_nonces WHERE at < ?", (now - 2 * MAX_CLOCK_SKEW_MS,))
+            if conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
+                            (peer_key, nonce)).fetchone() is not None:
                 raise SyncRejected("replayed sync request (nonce already used)", status=401)
-            if len(seen) >= self._max_nonces:
+            (count,) = conn.execute("SELECT count(*) FROM sync_nonces WHERE peer = ?", (peer_key,)).fetchone()
+            if count >= self._max_nonces:
                 raise SyncRejected("too many sync requests from this peer in the last 10 minutes; retry later",
                                    status=429)
-            seen[nonce] = now
-
-
+            conn.execute("INSERT INTO sync_nonces(peer, nonce, at) VALUES (?, ?, ?)", (peer_key, nonce, now))
