@@ -460,8 +460,9 @@ class UnifiedMemoryAPI:
         """Sync with every peer every ``seconds`` on a background thread, until close."""
         self.replication.start_interval(seconds)
 
-    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
-        """(status, reason) to refuse a peer's sync request on its headers, before its body is read; or None."""
+    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str, str] | None:
+        """(status, reason, header at fault) to refuse a peer's sync request on its headers, before its
+        body is read; or None."""
         return self.replication.precheck(headers)
 
     def serve_sync(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:

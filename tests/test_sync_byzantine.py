@@ -604,6 +604,8 @@ def test_malformed_messages_are_refused_naming_the_field(net: Net) -> None:
         status, answer = net.send("a", bad)
         assert status == 400, label
         assert named in answer["error"]["message"], (label, answer)
+        field = {"version": "v", "object": "body"}.get(named, named)
+        assert answer["error"]["field"] == field, (label, answer)  # every 4xx names the field (issue 13)
     assert snapshot(net["a"]) == before  # not even the valid op of the message was applied
     assert refusals(net["a"]).get("bad message") == len(MALFORMED)
     body = b"{not json"

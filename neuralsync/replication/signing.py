@@ -85,7 +85,7 @@ class RequestVerifier:
         peer, _, _, nonce, _ = self._headers(headers, registry)
         if self.storage.conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
                                      (peer.key, nonce)).fetchone() is not None:
-            raise SyncRejected("replayed sync request (nonce already used)", status=401)
+            raise _refused("replayed sync request (nonce already used)", NONCE_HEADER)
         return peer
 
     def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
@@ -95,28 +95,25 @@ class RequestVerifier:
             nacl.signing.VerifyKey(client_key).verify(
                 _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-            raise SyncRejected("bad request signature", status=401) from None
+            raise _refused("bad request signature", SIGNATURE_HEADER) from None
         self._use_nonce(peer.key, nonce, now_ms())
         return peer
 
     @staticmethod
     def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, bytes, int, bytes, bytes]:
-        try:
-            client_key = bytes.fromhex(headers.get(KEY_HEADER, ""))
-            at_ms = int(headers.get(TIME_HEADER, ""))
-            nonce = bytes.fromhex(headers.get(NONCE_HEADER, ""))
-            signature = bytes.fromhex(headers.get(SIGNATURE_HEADER, ""))
-        except ValueError:
-            raise SyncRejected("sync requests need signed X-Neuralsync-Key/-Time/-Nonce/-Signature headers",
-                               status=401) from None
-        if len(client_key) != 32 or len(nonce) != 16:
-            raise SyncRejected("malformed sync authentication headers", status=401)
+        client_key = _hex_header(headers, KEY_HEADER, 32)
+        time_text = headers.get(TIME_HEADER, "")
+        if not time_text.isdigit() or len(time_text) > 16:
+            raise _refused("sync requests need a signed X-Neuralsync-Time header (epoch milliseconds)", TIME_HEADER)
+        at_ms = int(time_text)
+        nonce = _hex_header(headers, NONCE_HEADER, 16)
+        signature = _hex_header(headers, SIGNATURE_HEADER, 64)
         peer = registry.by_key(client_key)
         if peer is None:
-            raise SyncRejected("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
-                               status=403)
+            raise _refused("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
+                           KEY_HEADER, status=403)
         if abs(now_ms() - at_ms) > MAX_CLOCK_SKEW_MS:
-            raise SyncRejected("request time is more than 5 minutes from this replica's clock", status=401)
+            raise _refused("request time is more than 5 minutes from this replica's clock", TIME_HEADER)
         return peer, client_key, at_ms, nonce, signature
 
     def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
@@ -125,9 +122,29 @@ class RequestVerifier:
             conn.execute("DELETE FROM sync_nonces WHERE at < ?", (now - 2 * MAX_CLOCK_SKEW_MS,))
             if conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
                             (peer_key, nonce)).fetchone() is not None:
-                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+                raise _refused("replayed sync request (nonce already used)", NONCE_HEADER)
             (count,) = conn.execute("SELECT count(*) FROM sync_nonces WHERE peer = ?", (peer_key,)).fetchone()
             if count >= self._max_nonces:
-                raise SyncRejected("too many sync requests from this peer in the last 10 minutes; retry later",
-                                   status=429)
+                raise _refused("too many sync requests from this peer in the last 10 minutes; retry later",
+                               KEY_HEADER, status=429)
             conn.execute("INSERT INTO sync_nonces(peer, nonce, at) VALUES (?, ?, ?)", (peer_key, nonce, now))
+
+
+def _refused(message: str, header: str, status: int = 401) -> SyncRejected:
+    """A refusal naming the header at fault, spelled as HTTP writes it (``X-Neuralsync-Nonce``)."""
+    return SyncRejected(message, status=status, field=_spelled(header))
+
+
+def _spelled(header: str) -> str:
+    return "-".join(part.capitalize() for part in header.split("-"))
+
+
+def _hex_header(headers: Mapping[str, str], name: str, size: int) -> bytes:
+    """A header holding ``size`` bytes in hex, or a 401 naming it."""
+    try:
+        value = bytes.fromhex(headers.get(name, ""))
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise _refused(f"sync requests need a signed {_spelled(name)} header ({size} bytes in hex)", name)
+    return value
