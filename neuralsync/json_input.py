@@ -22,17 +22,23 @@ from .errors import InvalidInput
 MAX_JSON_DEPTH = 32
 
 
-def parse_json(raw: str | bytes, field: str = "body", max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse one JSON input, or raise :class:`InvalidInput` naming ``field`` (or the path inside it)."""
+def parse_json(raw: str | bytes, field: str = "body", max_depth: int = MAX_JSON_DEPTH, *,
+               one_field: bool = False) -> Any:
+    """Parse one JSON input, or raise :class:`InvalidInput` naming ``field`` (or the path inside it).
+
+    ``one_field``: the input is the value of one field (``--metadata``), so paths inside it start with
+    ``field``; otherwise its top-level keys are fields of their own (a request body, an import line).
+    """
     try:
-        value = json.loads(raw, parse_constant=_NotJSON)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # RFC 8259: UTF-8, nothing guessed
+        value = json.loads(text, parse_constant=_NotJSON)
     except RecursionError:
         raise InvalidInput(field, f"nested deeper than {max_depth} levels") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(field, "is not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(field, f"is not UTF-8 text (byte {exc.start + 1})") from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(field, f"is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    check_json(value, field, max_depth)
+    check_json(value, field, max_depth, one_field=one_field)
     return value
 
 
@@ -43,10 +49,11 @@ class _NotJSON:
         self.name = name
 
 
-def check_json(value: Any, field: str = "body", max_depth: int = MAX_JSON_DEPTH) -> None:
+def check_json(value: Any, field: str = "body", max_depth: int = MAX_JSON_DEPTH, *, one_field: bool = False) -> None:
     """Raise :class:`InvalidInput` if ``value`` (parsed JSON) nests deeper than ``max_depth`` or holds
     text that is not valid Unicode; the error names the path to the first offending item (a key of
-    the top-level object is named alone: the body's ``query`` is the field ``query``)."""
+    the top-level object is named alone, the body's ``query`` is the field ``query``, unless
+    ``one_field``)."""
     stack: list[tuple[Any, int, str]] = [(value, 0, field)]
     while stack:
         item, depth, path = stack.pop()
@@ -59,7 +66,7 @@ def check_json(value: Any, field: str = "body", max_depth: int = MAX_JSON_DEPTH)
         elif isinstance(item, dict):
             for key, child in item.items():
                 _check_text(key, path)
-                stack.append((child, depth + 1, key if depth == 0 else f"{path}.{key}"))
+                stack.append((child, depth + 1, key if depth == 0 and not one_field else f"{path}.{key}"))
         elif isinstance(item, list):
             stack.extend((child, depth + 1, f"{path}[{index}]") for index, child in enumerate(item))
 
