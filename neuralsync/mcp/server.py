@@ -404,7 +404,10 @@ def run_http(config: MemoryConfig, host: str = "127.0.0.1", port: int = 8374, to
     try:
         app = http_app(build_server(pool.get, aliases=aliases), host, token)
         # log_config=None: uvicorn's default config sends access logs to stdout.
-        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+        from ..server.run import http_protocol  # the same uvicorn as `neuralsync serve`, quirk fixed
+
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                    http=http_protocol())
     finally:
         pool.close()
 
