@@ -262,28 +262,30 @@ def test_body_over_the_limit_is_413(make_client: MakeClient, api: UnifiedMemoryA
 
 
 STRING_BAD: list[Any] = [5, ["x"], {"a": 1}, "\ud800", "\udfff tail", "a\ud83d"]
-LABEL_BAD = [*STRING_BAD, "", "a\u0000b", "x" * 10_000]
+LABEL_BAD = [*STRING_BAD, "", "a\u0000b", "x" * 10_000, "evil\u202etxt.exe", "a\u2066b", "a\x85b"]
 UNIT_BAD: list[Any] = ["x", [1], 2, -1, True, float("inf")]
 INT_BAD: list[Any] = ["x", -1, 10**30, 1.5, [1]]
-TAGS_BAD: list[Any] = [5, [1], ["\ud800"], ["a\u0000b"], [f"t{i}" for i in range(1000)]]
+TAGS_BAD: list[Any] = [5, [1], ["\ud800"], ["a\u0000b"], [f"t{i}" for i in range(1000)], ["a\u202eb"]]
+CONTENT_BAD: list[Any] = [*STRING_BAD, "", None, "\u0000", "a\u0000b", " \n\u200b "]
+QUERY_BAD: list[Any] = [*STRING_BAD, "word " * 60_000]  # under the 1 MiB body limit, over the query bound
 META_BAD: list[Any] = [[], "x", {"k": "\ud800"}, {"k": float("nan")}, {"d": [[[[[[[[[[1]]]]]]]]]]}]
 MEMORY_FIELDS = {"scope": LABEL_BAD, "kind": LABEL_BAD, "tool": LABEL_BAD, "tags": TAGS_BAD,
                  "confidence": UNIT_BAD}
 # route -> (valid base body, {field: values that must be refused})
 FUZZ: dict[tuple[str, str], tuple[dict[str, Any], dict[str, list[Any]]]] = {
-    ("POST", "/v1/memories"): ({"content": "x"}, {"content": [*STRING_BAD, "", None], **MEMORY_FIELDS,
+    ("POST", "/v1/memories"): ({"content": "x"}, {"content": CONTENT_BAD, **MEMORY_FIELDS,
                                                   "priority": UNIT_BAD, "ttl_ms": [*INT_BAD, 0],
                                                   "metadata": META_BAD, "source": LABEL_BAD, "extra": [1]}),
-    ("PATCH", "/v1/memories/{id}"): ({}, {"content": [*STRING_BAD, "", None], **MEMORY_FIELDS,
+    ("PATCH", "/v1/memories/{id}"): ({}, {"content": CONTENT_BAD, **MEMORY_FIELDS,
                                          "priority": UNIT_BAD, "metadata": META_BAD, "id": ["x"]}),
-    ("POST", "/v1/recall"): ({}, {"query": STRING_BAD, "scope": LABEL_BAD, "top_k": [*INT_BAD, 0],
+    ("POST", "/v1/recall"): ({}, {"query": QUERY_BAD, "scope": LABEL_BAD, "top_k": [*INT_BAD, 0],
                                   "tags": TAGS_BAD, "tag_match": ["x", 5], "kinds": [5, [1]],
                                   "since": ["not a time", True, -1], "tool": LABEL_BAD}),
     ("PUT", "/v1/persona"): ({"text": "x"}, {"text": [*STRING_BAD, None]}),
-    ("POST", "/remember"): ({"text": "x"}, {"text": [*STRING_BAD, "", None], **MEMORY_FIELDS,
+    ("POST", "/remember"): ({"text": "x"}, {"text": CONTENT_BAD, **MEMORY_FIELDS,
                                             "benefit": ["x", [1], float("inf")], "ttl_ms": INT_BAD,
-                                            "meta": META_BAD, "source": LABEL_BAD[:-3]}),
-    ("POST", "/recall"): ({}, {"query": STRING_BAD, "top_k": [*INT_BAD, 0], "scope": LABEL_BAD, "tool": LABEL_BAD}),
+                                            "meta": META_BAD, "source": STRING_BAD}),
+    ("POST", "/recall"): ({}, {"query": QUERY_BAD, "top_k": [*INT_BAD, 0], "scope": LABEL_BAD, "tool": LABEL_BAD}),
     ("POST", "/persona"): ({"text": "x"}, {"text": [*STRING_BAD, None]}),
     ("POST", "/sync/pull"): ({}, {"since": ["x", -1, [1], 1.5], "limit": [0, 10**9, "x"]}),
     # Ops that are objects but not valid ops are refused one by one (see test_server_compat); a body

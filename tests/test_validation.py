@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from neuralsync.errors import InvalidInput
+from neuralsync.errors import ConfigError, InvalidInput
 from neuralsync.json_input import MAX_JSON_DEPTH, parse_json
+from neuralsync.model import MAX_CONTENT_CHARS
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import new_id
 
@@ -278,3 +279,18 @@ def test_a_json_input_within_the_bound_parses_and_one_field_paths_start_with_it(
     with pytest.raises(InvalidInput) as refused:
         parse_json('{"a": "\\udfff"}', "metadata", one_field=True)
     assert refused.value.field == "metadata.a"
+
+
+def test_a_query_over_the_bound_is_refused_before_any_work(limited: UnifiedMemoryAPI) -> None:
+    """A 60,000-word query cost seconds of CPU (issue 13); it is refused, naming the field."""
+    for mode in ("text", "semantic", "hybrid"):
+        with pytest.raises(InvalidInput, match="characters; the limit is") as refused:
+            limited.recall("word " * 60_000, mode=mode)
+        assert refused.value.field == "query"
+    limited.recall("x" * limited.config.max_query_chars)  # at the bound: searched
+
+
+def test_the_local_content_limit_cannot_exceed_what_every_replica_accepts(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="max_content_chars"):
+        MemoryConfig(base_path=str(tmp_path), max_content_chars=MAX_CONTENT_CHARS + 1)
+    assert MemoryConfig(base_path=str(tmp_path)).max_content_chars == MAX_CONTENT_CHARS

@@ -104,7 +104,7 @@ class Bloom:
         except (ValueError, binascii.Error):
             raise SyncRejected("have.bloom is not valid base64", field="have.bloom") from None
         hashes = data.get("hashes")
-        if not 8 <= len(salt) <= 64 or not isinstance(hashes, int) or not 1 <= hashes <= 16 or len(bits) < 8:
+        if not 8 <= len(salt) <= 64 or type(hashes) is not int or not 1 <= hashes <= 16 or len(bits) < 8:
             raise SyncRejected("have.bloom needs an 8-64 byte salt, 1-16 hashes and at least 64 bits",
                                 field="have.bloom")
         return cls(salt, bits, hashes)
@@ -140,9 +140,9 @@ class Message:
         """Parse and bound a message; :class:`SyncRejected` names what is wrong."""
         if not isinstance(data, dict):
             raise SyncRejected("a sync message must be a JSON object", field="body")
-        if data.get("v") != PROTOCOL_VERSION:
-            raise SyncRejected(f"unsupported sync protocol version {data.get('v')!r} (this replica speaks 1)",
-                               field="v")
+        version = data.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 equal 1 in Python
+            raise SyncRejected(f"unsupported sync protocol version {version!r} (this replica speaks 1)", field="v")
         have = data.get("have") or {}
         if not isinstance(have, dict):
             raise SyncRejected("have must be an object", field="have")
