@@ -11,7 +11,11 @@ servers), the CLI (a process per write, on B's store) and an MCP stdio server
 (on A's store). Readers recall in every mode through the library (B's store)
 and over HTTP. A faulty but trusted peer floods both servers' ``/v1/sync``.
 Every ``--kill-every`` seconds server A is SIGKILLed and restarted; B runs
-throughout, so its memory (RSS) is the leak probe.
+throughout, so its memory (RSS) is the leak probe. For the last
+``--quiet-tail`` share of the run (default 20 %) the writers rest while
+readers, sync and the faulty peer go on: caches and the vector index grow
+with the data, a leak does not need it, so B's growth in that tail is the
+figure to watch.
 
 At the end, after the writers stop and the replicas sync until nothing moves:
 every acknowledged write is on both replicas with the content last
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -52,7 +57,7 @@ from soak_actors import (
     Reader,
     Stats,
     kill_hard,
-    rss_mb,
+    memory_mb,
 )
 
 from neuralsync.errors import NotFound
@@ -73,7 +78,7 @@ class Replica:
         self.log: IO[bytes] = (log_dir / f"serve-{name}.log").open("ab")
         self.process: subprocess.Popen[bytes] | None = None
         self.key = self.token = ""
-        self.rss: list[tuple[float, int, float]] = []  # (seconds since start, pid, MB)
+        self.rss: list[tuple[float, int, dict[str, float]]] = []  # (seconds since start, pid, memory_mb)
         self.starts: list[float] = []
 
     def cli(self, *argv: str) -> str:
@@ -101,7 +106,7 @@ class Replica:
         raise SystemExit(f"server {self.name} did not start in {START_TIMEOUT_S} s")
 
     def sample(self, since: float) -> None:
-        if self.process is not None and (mb := rss_mb(self.process.pid)) is not None:
+        if self.process is not None and (mb := memory_mb(self.process.pid)) is not None:
             self.rss.append((round(time.monotonic() - since, 1), self.process.pid, mb))
 
     def stop(self) -> None:
@@ -186,18 +191,136 @@ def _count(values: Any) -> dict[str, int]:
     return counts
 
 
-def rss_figures(replica: Replica, warm_from: float) -> dict[str, Any]:
-    """RSS of the longest-lived process of ``replica``: at start, after warm-up, at the end, and peak."""
+def rss_figures(replica: Replica, warm_from: float, tail_from: float) -> dict[str, Any]:
+    """Memory of the longest-lived process of ``replica``: RSS and its heap (anon) and mapped-file parts
+    at start, after warm-up, when the writers stopped (the quiet tail) and at the end; the store's size
+    and the samples themselves. Growth in the tail, with reads, sync and the faulty peer going on but
+    no data added, is the leak probe: caches and the vector index grow with the data, a leak does not
+    need it."""
     if not replica.rss:
         return {}
-    by_pid: dict[int, list[tuple[float, float]]] = {}
+    by_pid: dict[int, list[tuple[float, dict[str, float]]]] = {}
     for at, pid, mb in replica.rss:
         by_pid.setdefault(pid, []).append((at, mb))
     series = max(by_pid.values(), key=len)
-    warm = [mb for at, mb in series if at >= warm_from] or [series[-1][1]]
-    return {"start_mb": series[0][1], "after_warm_up_mb": warm[0], "end_mb": series[-1][1],
-            "peak_mb": max(mb for _, mb in series), "growth_after_warm_up_mb": round(series[-1][1] - warm[0], 1),
-            "samples": len(series), "processes": len(by_pid)}
+
+    def at(moment: float) -> dict[str, float]:
+        return next((mb for when, mb in series if when >= moment), series[-1][1])
+
+    first, warm, tail, last = series[0][1], at(warm_from), at(tail_from), series[-1][1]
+    figures: dict[str, Any] = {"processes": len(by_pid), "samples": len(series)}
+    for part in ("rss", "anon", "file"):
+        figures[part] = {"start_mb": first.get(part), "after_warm_up_mb": warm.get(part),
+                         "writers_stopped_mb": tail.get(part), "end_mb": last.get(part),
+                         "peak_mb": max(mb.get(part, 0.0) for _, mb in series),
+                         "growth_after_warm_up_mb": round(last.get(part, 0.0) - warm.get(part, 0.0), 1),
+                         "growth_in_quiet_tail_mb": round(last.get(part, 0.0) - tail.get(part, 0.0), 1)}
+    figures["store_mb"] = round(sum(f.stat().st_size for f in replica.home.glob("memory.db*")) / 2**20, 1)
+    figures["series"] = [(when, mb.get("rss"), mb.get("anon")) for when, mb in series]  # (s, RSS MB, anon MB)
+    return figures
+
+
+class Soak:
+    """One run: the replicas, the actors, the loop that kills and samples, and the final account."""
+
+    def __init__(self, args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
+        self.args, self.root, self.env = args, root, env
+        self.a, self.b, faulty_key = prepare(root, env, args)
+        self.a.start()
+        self.b.start()
+        self.stats, self.ledger, self.source = Stats(), Ledger(), ContentSource(args.seed)
+        self.stop_writers, self.stop_all = threading.Event(), threading.Event()
+        self.api_a = UnifiedMemoryAPI(MemoryConfig(base_path=self.a.home), tool="soak-api")
+        self.api_b = UnifiedMemoryAPI(MemoryConfig(base_path=self.b.home), tool="soak-reader")
+        self.mcp_log = (root / "mcp.log").open("ab")
+        self.writers, self.others = self._actors(faulty_key)
+        self.kills, self.compaction, self.begun = 0, "off", 0.0
+
+    def _actors(self, faulty_key: nacl.signing.SigningKey) -> tuple[list[Any], list[Any]]:
+        args, a, b = self.args, self.a, self.b
+        urls = lambda: [(a.url, a.token), (b.url, b.token)]  # noqa: E731
+        servers = lambda: [(a.url, bytes.fromhex(a.key)), (b.url, bytes.fromhex(b.key))]  # noqa: E731
+        writing = {"stop": self.stop_writers, "stats": self.stats, "seed": args.seed}
+        always = {**writing, "stop": self.stop_all}
+        return [
+            ApiWriter(self.api_a, self.source, self.ledger, rate=args.api_rate, **writing),
+            HttpWriter(urls, self.source, self.ledger, rate=args.http_rate, **writing),
+            CliWriter(b.home, self.source, self.ledger, self.env, rate=args.cli_rate, **writing),
+            McpWriter(a.home, self.source, self.ledger, self.env, self.mcp_log, rate=args.mcp_rate, **writing),
+        ], [
+            Reader(self.api_b, urls, self.source, rate=args.read_rate, **always),
+            FaultyPeer(faulty_key, servers, self.ledger, rate=args.faulty_rate, **always),
+        ]
+
+    def drive(self) -> None:
+        """Start every actor; kill A, compact, sample and report progress until the time is up."""
+        args, self.begun = self.args, time.monotonic()
+        writers_until = self.begun + args.duration * (1 - args.quiet_tail)
+        due = {"kill": self.begun + (args.kill_every or 1e18), "compact": self.begun + (args.compact_every or 1e18),
+               "rss": self.begun, "log": self.begun + 15}
+        try:
+            for actor in self.writers + self.others:
+                actor.start()
+            while (now := time.monotonic()) < self.begun + args.duration:
+                if now >= writers_until and not self.stop_writers.is_set():
+                    log(f"  {now - self.begun:5.0f} s  writers stop; readers, sync and the faulty peer go on")
+                    self.stop_writers.set()
+                self._tick(now, due)
+                time.sleep(0.1)
+        finally:
+            self.stop_writers.set()
+            self.stop_all.set()
+            for actor in self.writers + self.others:
+                actor.join(timeout=60)
+
+    def _tick(self, now: float, due: dict[str, float]) -> None:
+        if now >= due["rss"]:
+            for replica in (self.a, self.b):
+                replica.sample(self.begun)
+            due["rss"] = now + RSS_EVERY_S
+        if now >= due["kill"] and not self.stop_writers.is_set():
+            assert self.a.process is not None
+            kill_hard(self.a.process)
+            self.kills += 1
+            self.a.start()
+            due["kill"] = time.monotonic() + self.args.kill_every
+        if now >= due["compact"]:
+            self.compaction = compaction_hook(self.api_a, self.stats)
+            due["compact"] = now + self.args.compact_every
+        if now >= due["log"]:
+            rss = self.b.rss[-1][2]["rss"] if self.b.rss else "?"
+            log(f"  {now - self.begun:5.0f} s  acknowledged {len(self.ledger.expected):6d}  kills {self.kills}"
+                f"  errors {sum(self.stats.errors.values())}  RSS B {rss} MB")
+            due["log"] = now + 15
+
+    def account(self, stamp: str) -> dict[str, Any]:
+        """Sync until nothing moves, check everything, and gather the figures."""
+        elapsed = time.monotonic() - self.begun
+        log("load stopped; syncing until nothing moves ...")
+        rounds = converge(self.api_a, self.api_b)
+        outcome = check(self.ledger, {"a": self.api_a, "b": self.api_b})
+        tail_from = self.args.duration * (1 - self.args.quiet_tail)
+        report = {
+            "when": stamp, "machine": machine(), "load_average_end": load_average(),
+            "settings": {k: v for k, v in vars(self.args).items() if k != "out"},
+            "seconds": round(elapsed, 1), "kills_of_a": self.kills, "restart_seconds_a": self.a.starts[1:],
+            "compaction": self.compaction, "sync_rounds_to_converge": rounds,
+            **self.stats.report(elapsed),
+            "rss": {"b (never killed)": rss_figures(self.b, elapsed * WARM_UP_FRACTION, tail_from),
+                    "a (killed and restarted)": rss_figures(self.a, 0, tail_from)},
+            "checks": outcome,
+        }
+        five_xx = {kind: n for kind, n in self.stats.errors.items() if "5xx" in kind or kind.startswith("faulty.5")}
+        report["ok"] = (outcome["lost_or_wrong"] == 0 and outcome["digests_equal"] and rounds > 0
+                        and all(outcome["doctor_ok"].values()) and not five_xx)
+        return report
+
+    def close(self) -> None:
+        self.api_a.close()
+        self.api_b.close()
+        self.mcp_log.close()
+        for replica in (self.a, self.b):
+            replica.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,80 +331,16 @@ def run(args: argparse.Namespace) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("NS_TOKEN", "NS_HOST", "NS_PORT", "NS_ENDPOINT",
                                                             "NEURALSYNC_HOME")}
     env["PYTHONUNBUFFERED"] = "1"
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     log(f"soak: {args.duration:.0f} s, homes and logs in {root}")
-    a, b, faulty_key = prepare(root, env, args)
-    a.start()
-    b.start()
-    stats, ledger, stop = Stats(), Ledger(), threading.Event()
-    source = ContentSource(args.seed)
-    api_a = UnifiedMemoryAPI(MemoryConfig(base_path=a.home), tool="soak-api")
-    api_b = UnifiedMemoryAPI(MemoryConfig(base_path=b.home), tool="soak-reader")
-    mcp_log = (root / "mcp.log").open("ab")
-    urls = lambda: [(a.url, a.token), (b.url, b.token)]  # noqa: E731
-    servers = lambda: [(a.url, bytes.fromhex(a.key)), (b.url, bytes.fromhex(b.key))]  # noqa: E731
-    common = {"stop": stop, "stats": stats, "seed": args.seed}
-    actors = [
-        ApiWriter(api_a, source, ledger, rate=args.api_rate, **common),
-        HttpWriter(urls, source, ledger, rate=args.http_rate, **common),
-        CliWriter(b.home, source, ledger, env, rate=args.cli_rate, **common),
-        McpWriter(a.home, source, ledger, env, mcp_log, rate=args.mcp_rate, **common),
-        Reader(api_b, urls, source, rate=args.read_rate, **common),
-        FaultyPeer(faulty_key, servers, ledger, rate=args.faulty_rate, **common),
-    ]
-    begun = time.monotonic()
-    kills, compaction = 0, "off"
+    soak = Soak(args, root, env)
     try:
-        for actor in actors:
-            actor.start()
-        next_kill, next_compact, next_rss, next_log = (begun + args.kill_every, begun + (args.compact_every or 1e18),
-                                                       begun, begun + 15)
-        while (now := time.monotonic()) < begun + args.duration:
-            if now >= next_rss:
-                for replica in (a, b):
-                    replica.sample(begun)
-                next_rss = now + RSS_EVERY_S
-            if args.kill_every and now >= next_kill:
-                assert a.process is not None
-                kill_hard(a.process)
-                kills += 1
-                a.start()
-                next_kill = time.monotonic() + args.kill_every
-            if now >= next_compact:
-                compaction = compaction_hook(api_a, stats)
-                next_compact = now + args.compact_every
-            if now >= next_log:
-                log(f"  {now - begun:5.0f} s  acknowledged {len(ledger.expected):6d}  kills {kills}"
-                    f"  errors {sum(stats.errors.values())}  RSS B {b.rss[-1][2] if b.rss else '?'} MB")
-                next_log = now + 15
-            time.sleep(0.1)
+        soak.drive()
+        for replica in (soak.a, soak.b):
+            replica.sample(soak.begun)
+        report = soak.account(stamp)
     finally:
-        stop.set()
-        for actor in actors:
-            actor.join(timeout=60)
-    elapsed = time.monotonic() - begun
-    for replica in (a, b):
-        replica.sample(begun)
-    log("writers stopped; syncing until nothing moves ...")
-    rounds = converge(api_a, api_b)
-    outcome = check(ledger, {"a": api_a, "b": api_b})
-    report = {
-        "when": stamp, "machine": machine(), "load_average_end": load_average(),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "seconds": round(elapsed, 1), "kills_of_a": kills, "restart_seconds_a": a.starts[1:],
-        "compaction": compaction, "sync_rounds_to_converge": rounds,
-        **stats.report(elapsed),
-        "rss": {"b (never killed)": rss_figures(b, elapsed * WARM_UP_FRACTION),
-                "a (killed and restarted)": rss_figures(a, 0)},
-        "checks": outcome,
-    }
-    five_xx = {kind: n for kind, n in stats.errors.items() if "5xx" in kind or kind.startswith("faulty.5")}
-    report["ok"] = (outcome["lost_or_wrong"] == 0 and outcome["digests_equal"] and all(outcome["doctor_ok"].values())
-                    and rounds > 0 and not five_xx)
-    api_a.close()
-    api_b.close()
-    mcp_log.close()
-    for replica in (a, b):
-        replica.stop()
+        soak.close()
     path = out / f"soak-{stamp}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_summary(report, path)
@@ -300,7 +359,9 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
     log(f"errors: {report['errors'] or 'none'}")
     log(f"faulty peer, refused as expected: {sum(report['expected_refusals'].values())} requests")
     for name, figures in report["rss"].items():
-        log(f"RSS {name}: {figures}")
+        log(f"memory of server {name}, MB (store {figures.get('store_mb')} MB):")
+        for part in ("rss", "anon", "file"):
+            log(f"  {part:<5} {figures.get(part)}")
     log(f"acknowledged writes {checks['acknowledged_writes']} {checks['acknowledged_by_writer']}, lost or wrong "
         f"{checks['lost_or_wrong']}, digests equal {checks['digests_equal']}, doctor {checks['doctor_ok']}")
     log(f"{'OK' if report['ok'] else 'FAILED'}; figures in {path}")
@@ -318,6 +379,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mcp-rate", type=float, default=4.0, help="MCP tool calls per second")
     p.add_argument("--read-rate", type=float, default=10.0, help="recalls per second")
     p.add_argument("--faulty-rate", type=float, default=5.0, help="faulty sync requests per second")
+    p.add_argument("--quiet-tail", type=float, default=0.2,
+                   help="share of the run at the end with no writes (reads, sync, faulty peer go on): the leak probe")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="where the JSON goes")
     p.add_argument("--keep", action="store_true", help="keep the homes and logs even when every check passed")

@@ -397,16 +397,21 @@ class FaultyPeer(Actor):
 
 
 # ---------------------------------------------------------------- processes
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process (Linux /proc), or None if it is gone."""
+def memory_mb(pid: int) -> dict[str, float] | None:
+    """Resident memory of a process (Linux /proc) in MB: ``rss``, and its ``anon`` (heap: Python
+    objects, SQLite page caches) and ``file`` (mapped files: the database's mmap window) parts;
+    None if the process is gone."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+    found: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
+                name = fields.get(line.split(":", 1)[0] + ":")
+                if name is not None:
+                    found[name] = round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
-    return None
+    return found if "rss" in found else None
 
 
 def kill_hard(process: subprocess.Popen[bytes]) -> None:
