@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
+from .model import MAX_CONTENT_CHARS
 
 DEFAULT_HOME = "~/.neuralsync2/memory"
 HOME_ENV = "NEURALSYNC_HOME"
@@ -30,11 +31,13 @@ class MemoryConfig:
     cache_size_mb: int = 128
     durability: str = "normal"
     busy_timeout_ms: int = 10_000
-    max_content_chars: int = 100_000
+    max_content_chars: int = MAX_CONTENT_CHARS  # this store's writes; at most the protocol's limit
     max_tags: int = 64
     max_tag_chars: int = 128
     max_metadata_bytes: int = 64 * 1024
     max_top_k: int = 1000
+    # Recall work bound: a longer query is refused (a 60,000-word query cost seconds of CPU).
+    max_query_chars: int = 10_000
     redact_secrets: bool = True
     extra_secret_patterns: tuple[str, ...] = ()
     tool: str | None = None
@@ -72,10 +75,13 @@ class MemoryConfig:
         if self.durability not in DURABILITY_LEVELS:
             raise ConfigError(f"durability must be one of {DURABILITY_LEVELS}, not {self.durability!r}")
         for name in ("pool_size_mb", "cache_size_mb", "busy_timeout_ms", "max_content_chars",
-                     "max_top_k", "text_match_budget"):
+                     "max_top_k", "text_match_budget", "max_query_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.max_content_chars > MAX_CONTENT_CHARS:
+            raise ConfigError(f"max_content_chars can lower the protocol's content limit ({MAX_CONTENT_CHARS}), "
+                              f"not raise it: peers would refuse longer content; not {self.max_content_chars}")
         if not isinstance(self.sync_interval_s, (int, float)) or not 0 <= self.sync_interval_s <= 86_400:
             raise ConfigError(f"sync_interval_s must be from 0 (off) to 86400 seconds, not {self.sync_interval_s!r}")
         if self.target_response_time_ms <= 0:

@@ -23,10 +23,11 @@ class InvalidInput(NeuralSyncError, ValueError):
 
 
 class NotFound(NeuralSyncError, KeyError):
-    """The requested memory (or other object) does not exist or is gone."""
+    """The requested memory (or other object) does not exist or is gone; ``field`` names the key asked by."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, field: str = "id") -> None:
         self.what = what
+        self.field = field
         super().__init__(what)
 
     def __str__(self) -> str:  # KeyError would repr() the argument
@@ -50,11 +51,12 @@ class InvalidOp(IntegrityError):
 
 
 class SyncRejected(NeuralSyncError):
-    """A peer's sync message was refused by rule (reason in the message)."""
+    """A peer's sync message was refused by rule (reason in the message; ``field`` names the part)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, field: str = "body") -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
 
 
 class SyncUnavailable(NeuralSyncError):

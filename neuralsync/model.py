@@ -21,6 +21,10 @@ SCALAR_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 UPDATABLE_FIELDS: frozenset[str] = frozenset(SCALAR_FIELDS) - {"created_at", "session"}
+# The content limit of the protocol: every replica refuses an op whose content (or persona text) is
+# longer, whoever wrote it. A store may set a lower limit for its own writes (``max_content_chars``),
+# never a higher one: an op it could write, its peers would refuse.
+MAX_CONTENT_CHARS = 100_000
 
 
 class Memory(NamedTuple):

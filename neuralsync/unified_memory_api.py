@@ -334,11 +334,7 @@ class UnifiedMemoryAPI:
 
     def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
                 until: object, tag_match: str, tool: object, mode: str) -> list[Memory]:
-        if not isinstance(query, str):
-            raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
-        # A query is searched, never stored: invalid code points (lone surrogates)
-        # are dropped rather than refused, so any string is a valid query.
-        query = query.encode("utf-8", "replace").decode("utf-8")
+        query = v.query(query, self.config.max_query_chars)
         if mode not in MODES:
             raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
         filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
@@ -460,8 +456,9 @@ class UnifiedMemoryAPI:
         """Sync with every peer every ``seconds`` on a background thread, until close."""
         self.replication.start_interval(seconds)
 
-    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
-        """(status, reason) to refuse a peer's sync request on its headers, before its body is read; or None."""
+    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str, str] | None:
+        """(status, reason, header at fault) to refuse a peer's sync request on its headers, before its
+        body is read; or None."""
         return self.replication.precheck(headers)
 
     def serve_sync(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:

@@ -19,7 +19,14 @@ from .errors import InvalidInput
 from .redact import Redactor
 from .utils import derived_id, is_valid_id
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What a label (scope, tool, source, tag, session) may not hold, here and in every replica's op check:
+# C0 and C1 controls, the bidirectional marks, overrides and isolates that make a label display as
+# something it is not ("evil\u202etxt.exe"), and invisible separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+# Content must hold something to read: a character that is not whitespace, a control or an
+# invisible format character.
+_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                      r"\u2066-\u206f\ufeff]")
 _KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_SCOPE_CHARS = 128
 MAX_TOOL_CHARS = 64
@@ -34,16 +41,49 @@ def memory_id(value: object, field: str = "id") -> str:
     return value  # type: ignore[return-value]
 
 
+def label_fault(value: str) -> str | None:
+    """Why ``value`` cannot be a label, or None (the rule local checks and op checks share)."""
+    if _CONTROL.search(value):
+        return "must not contain control, bidirectional-override or invisible characters"
+    return None
+
+
+def content_fault(value: str) -> str | None:
+    """Why ``value`` cannot be content, or None (the rule local checks and op checks share)."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if not _VISIBLE.search(value):
+        return "must contain visible text, not only whitespace or control characters"
+    return None
+
+
 def text(value: object, field: str, max_chars: int) -> str:
-    """Non-empty, valid-unicode text of at most ``max_chars`` characters."""
+    """Content: valid-unicode text of at most ``max_chars`` characters, with something to read."""
     if not isinstance(value, str):
         raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
     if not value.strip():
         raise InvalidInput(field, "must not be empty")
     if len(value) > max_chars:
         raise InvalidInput(field, f"is {len(value)} characters; the limit is {max_chars}")
+    fault = content_fault(value)
+    if fault is not None:
+        raise InvalidInput(field, fault)
     check_unicode(value, field)
     return value
+
+
+def query(value: object, max_chars: int) -> str:
+    """Search text of at most ``max_chars`` characters (empty: no text condition).
+
+    A query is searched, never stored: invalid code points (lone surrogates)
+    are dropped rather than refused. Its length is bounded because recall's
+    work (tokens, embedding) grows with it.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput("query", f"must be a string, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise InvalidInput("query", f"is {len(value)} characters; the limit is {max_chars}")
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def label(value: object, field: str, max_chars: int, optional: bool = False) -> str | None:
@@ -55,8 +95,9 @@ def label(value: object, field: str, max_chars: int, optional: bool = False) -> 
     value = value.strip()
     if not value or len(value) > max_chars:
         raise InvalidInput(field, f"must be 1 to {max_chars} characters")
-    if _CONTROL.search(value):
-        raise InvalidInput(field, "must not contain control characters")
+    fault = label_fault(value)
+    if fault is not None:
+        raise InvalidInput(field, fault)
     check_unicode(value, field)
     return value
 
@@ -215,7 +256,7 @@ class FieldChecks:
         self.redactor = Redactor(config.redact_secrets, config.extra_secret_patterns)
         cfg = config
         self.checks: dict[str, Callable[[Any], Any]] = {
-            "content": lambda x: self.redactor.redact(text(x, "content", cfg.max_content_chars)),
+            "content": self._content,
             "scope": lambda x: label(x, "scope", MAX_SCOPE_CHARS),
             "priority": lambda x: unit(x, "priority"),
             "confidence": lambda x: unit(x, "confidence"),
@@ -276,6 +317,13 @@ class FieldChecks:
         """Validated tags with secrets redacted (a key pasted as a tag is still a key)."""
         checked = tags(value, self.config.max_tags, self.config.max_tag_chars)
         return tuple(sorted({self.redactor.redact(tag) for tag in checked}))
+
+    def _content(self, value: object) -> str:
+        limit = self.config.max_content_chars
+        redacted = self.redactor.redact(text(value, "content", limit))
+        if len(redacted) > limit:  # a secret's placeholder can be longer than the secret
+            raise InvalidInput("content", f"is {len(redacted)} characters with secrets redacted; the limit is {limit}")
+        return redacted
 
     def _redact_optional(self, value: str | None) -> str | None:
         return None if value is None else self.redactor.redact(value)

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neuralsync.errors import ConfigError, InvalidOp
-from neuralsync.model import Op
+from neuralsync.model import MAX_CONTENT_CHARS, Op
 from neuralsync.oplog import codec as crdt
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
@@ -146,6 +146,9 @@ def _op(key: nacl.signing.SigningKey, preds: tuple[bytes, ...] = ()) -> Op:
     return crdt.make_op(key, "create", "0" * 32, fields, 1 << 40, preds)
 
 
+CREATE = {"content": "x", "scope": "g", "kind": "f", "priority": 0.5, "confidence": 0.5}
+
+
 @pytest.mark.parametrize(("kind", "record_id", "fields", "reason"), [
     ("create", "0" * 32, {"content": "x"}, "lacks"),
     ("create", "0" * 32, {"content": "", "scope": "g", "kind": "f", "priority": 0.5, "confidence": 0.5}, "content"),
@@ -154,6 +157,16 @@ def _op(key: nacl.signing.SigningKey, preds: tuple[bytes, ...] = ()) -> Op:
     ("update", "not-an-id", {"content": "x"}, "record id"),
     ("tag_remove", "0" * 32, {"tag": "a", "removes": [b"short"]}, "32-byte"),
     ("persona", "persona", {"text": 5}, "persona"),
+    # One content rule for local and remote writes (issue 13): the protocol limit, text to read.
+    ("create", "0" * 32, {**CREATE, "content": "x" * (MAX_CONTENT_CHARS + 1)}, "content"),
+    ("create", "0" * 32, {**CREATE, "content": "\x00"}, "content"),
+    ("update", "0" * 32, {"content": "a\x00b"}, "content"),
+    ("update", "0" * 32, {"content": " \n\u200b\t"}, "content"),
+    ("update", "0" * 32, {"scope": "a\u202eb"}, "scope"),
+    ("update", "0" * 32, {"tool": "a\x85b"}, "tool"),
+    ("tag_add", "0" * 32, {"tag": "\u2066x"}, "tag"),
+    ("update", "0" * 32, {"tags": ["ok", "a\u202eb"]}, "tags"),
+    ("persona", "persona", {"text": "x" * (MAX_CONTENT_CHARS + 1)}, "persona"),
 ])
 def test_ops_with_invalid_fields_are_rejected_by_rule(key: nacl.signing.SigningKey, kind: str, record_id: str,
                                                       fields: dict[str, object], reason: str) -> None:

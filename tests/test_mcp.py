@@ -196,6 +196,74 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
     assert by_id[4]["result"]["isError"] is True and not by_id[3]["result"].get("isError")
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def _raw_stdio(home: Path, messages: list[dict[str, Any] | str], errlog: Path) -> dict[Any, dict[str, Any]]:
+    """Send raw JSON-RPC lines (a str is sent as it is) to a stdio server, each request answered before
+    the next is sent; the answers by id. A request the server never answers fails on the watchdog."""
+    with errlog.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "neuralsync.mcp.server", "--home", str(home)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=REPO,
+                                env={**os.environ, **_env()})
+    watchdog = threading.Timer(TIMEOUT, proc.kill)
+    watchdog.start()
+    answers: dict[Any, dict[str, Any]] = {}
+    try:
+        assert proc.stdin and proc.stdout
+        for message in messages:
+            line = message if isinstance(message, str) else json.dumps(message)
+            proc.stdin.write((line + "\n").encode())
+            proc.stdin.flush()
+            if isinstance(message, str) or "id" in message:
+                reply = json.loads(proc.stdout.readline())
+                answers[reply.get("id")] = reply
+        proc.communicate(timeout=TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return answers
+
+
+@pytest.mark.slow
+def test_stdio_answers_a_deeply_nested_call_with_an_error_and_keeps_serving(tmp_path: Path) -> None:
+    """Nested past the SDK parser's limit, a call used to get no answer at all (issue 13)."""
+    def call(ident: int, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": ident, "method": "tools/call",
+                "params": {"name": "remember", "arguments": arguments}}
+
+    deep = json.dumps(call(4, {"content": "x"})).replace('{"content": "x"}', '{"a": ' * 5000 + "1" + "}" * 5000)
+    answers = _raw_stdio(tmp_path / "store", [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        call(2, {"content": "deep", "metadata": _nested(200)}),
+        call(3, {"content": "deep", "extra": _nested(40)}),
+        deep,
+        call(5, {"content": "still serving"}),
+    ], tmp_path / "stderr.log")
+    for ident in (2, 3, 4):
+        assert "nested deeper than 32 levels" in answers[ident]["error"]["message"], answers[ident]
+    assert not answers[5]["result"].get("isError")
+    assert "nested deeper than 32 levels" in (tmp_path / "stderr.log").read_text()
+
+
+def test_a_deeply_nested_call_is_refused_in_process(api: UnifiedMemoryAPI) -> None:
+    async def flow(client: Any) -> Any:
+        with pytest.raises(Exception, match="nested deeper than 32 levels"):
+            await client.call_tool("remember", {"content": "deep", "extra": _nested(40)})
+        return await client.call_tool("remember", {"content": "shallow"})
+
+    assert not _local(api, flow).is_error
+    assert api.reads.counts()["memories"] == 1
+
+
 # ------------------------------------------------------------------ streamable HTTP subprocess
 def _free_port() -> int:
     with socket.socket() as sock:

@@ -517,6 +517,62 @@ def test_a_write_without_its_create_among_its_ancestors_is_rejected(trio: list[O
         assert memory is not None and memory.content == "original" and memory.tags == ()
 
 
+# ------------------------------------------------------------------ creates of an existing id
+FORGED = {"content": "forged", "scope": "stolen", "kind": "forged", "priority": 1.0, "confidence": 1.0,
+          "tool": "forger", "source": "forger", "session": "forged-session", "metadata": {"forged": True},
+          "created_at": 1, "expires_at": 2}
+
+
+def _provenance(memory: Any) -> tuple[Any, ...]:
+    return (memory.content, memory.scope, memory.kind, memory.priority, memory.confidence, memory.tool,
+            memory.source, memory.session, memory.metadata, memory.created_at, memory.expires_at)
+
+
+def test_a_create_that_saw_the_memory_cannot_rewrite_what_its_first_create_set(
+        trio: list[OpLog], faulty: nacl.signing.SigningKey) -> None:
+    rid = new_id()
+    c = create(key(), rid, session="honest-session", tool="claude", tags=["t"])
+    # Built on the memory's heads like any local write, stamped later: it saw the create.
+    forged = craft(faulty, "create", rid, {**FORGED, "tags": ["extra"]}, T0 + 10, [c])
+    converge(trio, arrangements([c, forged]))
+    for store in trio:
+        memory = state(store).get(rid)
+        assert memory is not None
+        assert _provenance(memory) == ("original", "global", "fact", 0.5, 0.8, "claude", None,
+                                       "honest-session", {}, CREATED, None)
+        assert memory.tags == ("extra", "t")  # its tags are adds, like any tag_add
+        assert [row[:2] for row in conflicts(store, rid, "session")] == [(c.id, forged.id)]
+
+
+def test_of_concurrent_creates_the_first_sets_the_fields_in_any_order(trio: list[OpLog],
+                                                                     faulty: nacl.signing.SigningKey) -> None:
+    rid = new_id()
+    c = create(key(), rid, session="honest-session")
+    rival = craft(faulty, "create", rid, FORGED, T0 + 10)  # concurrent (no preds), stamped later
+    u = craft(key(), "update", rid, {"priority": 0.25}, T0 + 5, [c])
+    converge(trio, [[[c], [rival], [u]], [[rival], [c, u]], [[u, rival, c]]])
+    for store in trio:
+        memory = state(store).get(rid)
+        assert memory is not None
+        assert (memory.session, memory.created_at, memory.content, memory.tool) == (
+            "honest-session", CREATED, "original", None)
+        assert memory.priority == 0.25  # an update wins over every create, the first included
+
+
+def test_an_earlier_concurrent_create_takes_the_create_fields_but_not_what_updates_wrote(
+        trio: list[OpLog], faulty: nacl.signing.SigningKey) -> None:
+    rid = new_id()
+    c = create(key(), rid, session="second")
+    u = craft(key(), "update", rid, {"content": "edited"}, T0 + 5, [c])
+    earlier = create(faulty, rid, hlc=T0 - 10, session="first", created_at=CREATED - 10, kind="note")
+    converge(trio, [[[c, u], [earlier]], [[earlier], [c], [u]], [[u, c, earlier]]])
+    for store in trio:
+        memory = state(store).get(rid)
+        assert memory is not None
+        assert (memory.session, memory.created_at, memory.kind, memory.content) == (
+            "first", CREATED - 10, "note", "edited")
+
+
 # ------------------------------------------------------------------ delete: update wins
 @pytest.mark.parametrize("write", ["update", "tag_add", "tag_remove"])
 def test_a_delete_keeps_a_memory_with_a_write_it_had_not_seen_in_either_arrival_order(
@@ -720,22 +776,22 @@ def test_the_same_record_imported_with_tags_on_two_replicas_converges(make_api: 
 def test_two_creates_of_one_id_converge_when_the_winner_omits_created_at(trio: list[OpLog]) -> None:
     rid = new_id()
     fields = {k: v for k, v in BASE.items() if k != "created_at"}
-    later = craft(key(), "create", rid, fields, T0 + 10)  # no created_at: hlc_ms(T0 + 10) on first create
-    earlier = create(key(), rid, hlc=T0, created_at=5)
-    for store, plan in zip(trio, [[[later], [earlier]], [[earlier], [later]], [[earlier, later]]], strict=True):
+    first = craft(key(), "create", rid, fields, T0)  # no created_at: hlc_ms(T0) on first create
+    later = create(key(), rid, hlc=T0 + 10, created_at=5)
+    for store, plan in zip(trio, [[[later], [first]], [[first], [later]], [[first, later]]], strict=True):
         deliver(store, plan)
-    # The later create wins every field it carries; created_at should be its hlc_ms(T0 + 10) everywhere.
-    assert [state(store).get(rid).created_at for store in trio] == [hlc_ms(later.hlc)] * 3  # type: ignore[union-attr]
+    # The first create sets every field it carries; created_at should be its hlc_ms(T0) everywhere.
+    assert [state(store).get(rid).created_at for store in trio] == [hlc_ms(first.hlc)] * 3  # type: ignore[union-attr]
     assert len({digest(store) for store in trio}) == 1
 
 
 def test_two_creates_of_one_id_converge_when_the_winner_has_null_metadata(trio: list[OpLog]) -> None:
     rid = new_id()
-    later = create(key(), rid, hlc=T0 + 10, metadata=None)
-    earlier = create(key(), rid, hlc=T0, metadata={"x": 1})
-    for store, plan in zip(trio, [[[later], [earlier]], [[earlier], [later]], [[earlier, later]]], strict=True):
+    first = create(key(), rid, hlc=T0, metadata=None)
+    later = create(key(), rid, hlc=T0 + 10, metadata={"x": 1})
+    for store, plan in zip(trio, [[[later], [first]], [[first], [later]], [[first, later]]], strict=True):
         deliver(store, plan)
-    # First applied: '{}' (read back as {}); applied second and winning: 'null' (read back as None).
+    # Applied first: 'null' stored as '{}'; applied second and winning: the same '{}'.
     assert len({repr(state(store).get(rid).metadata) for store in trio}) == 1  # type: ignore[union-attr]
     assert len({digest(store) for store in trio}) == 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -46,6 +47,37 @@ def test_ns2_contract_over_a_real_socket(server: Server) -> None:
         assert client.post("/remember", content=b"{broken", headers={"Content-Type": "application/json"}
                            ).status_code == 400
         assert client.get("/health").status_code == 200
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    """Send raw bytes to the server; everything it answers until it closes (or 5 s pass)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+def test_a_malformed_chunked_body_is_a_400_without_a_traceback(server: Server) -> None:
+    """uvicorn answers 400 itself; the app's own answer (401, or a route's) must not then raise
+    LocalProtocolError into the log as 'Exception in ASGI application' (issue 13)."""
+    bad_body = b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n"
+    auth = f"Authorization: Bearer {server.token}\r\n".encode()
+    for path, headers in (("/remember", b""), ("/remember", auth), ("/v1/sync", b""), ("/health", b"")):
+        request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode() + headers
+        assert _raw(server.url, request + bad_body).startswith(b"HTTP/1.1 400 "), path
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    time.sleep(0.3)  # let the app's tasks for those requests finish
+    stop(server.process)
+    assert server.process.stderr is not None
+    log = server.process.stderr.read().decode()
+    assert "Invalid HTTP request received" in log
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log
 
 
 WRITER = textwrap.dedent("""

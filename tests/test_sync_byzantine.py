@@ -574,6 +574,10 @@ def test_junk_need_requests_are_answered_bounded_and_counted(net: Net) -> None:
 MALFORMED: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
     ("wrong version", lambda m: {**m, "v": 2}, "version"),
     ("no version", lambda m: {k: v for k, v in m.items() if k != "v"}, "version"),
+    ("version true", lambda m: {**m, "v": True}, "version"),  # == 1 in Python, not in the protocol
+    ("version 1.0", lambda m: {**m, "v": 1.0}, "version"),
+    ("bloom hashes true", lambda m: {**m, "have": {"last_sync": [], "bloom": {
+        "salt": b64(bytes(8)), "bits": b64(bytes(8)), "hashes": True}}}, "have.bloom"),
     ("not an object", lambda m: [m], "object"),
     ("heads not hex", lambda m: {**m, "heads": ["zz" * 32]}, "heads"),
     ("heads too short", lambda m: {**m, "heads": ["ab"]}, "heads"),
@@ -604,6 +608,8 @@ def test_malformed_messages_are_refused_naming_the_field(net: Net) -> None:
         status, answer = net.send("a", bad)
         assert status == 400, label
         assert named in answer["error"]["message"], (label, answer)
+        field = {"version": "v", "object": "body"}.get(named, named)
+        assert answer["error"]["field"] == field, (label, answer)  # every 4xx names the field (issue 13)
     assert snapshot(net["a"]) == before  # not even the valid op of the message was applied
     assert refusals(net["a"]).get("bad message") == len(MALFORMED)
     body = b"{not json"

@@ -242,6 +242,32 @@ def test_a_replayed_request_is_401_the_second_time(live: Live) -> None:
     assert "replay" in again.json()["error"]["message"]
 
 
+def test_a_request_replayed_after_a_restart_is_401(tmp_path: Path) -> None:
+    """Nonces outlive the process: a captured request, still inside its time window, is refused by
+    the next server on the same store (issue 13) - before its body is read, and when it is."""
+    config = MemoryConfig(base_path=str(tmp_path / "holder"), embedder="none")
+    me = nacl.signing.SigningKey.generate()
+    holder = UnifiedMemoryAPI(config)
+    body = empty_request()
+    try:
+        holder.add_peer("me", "http://127.0.0.1:9", me.verify_key.encode().hex())
+        headers = sign_request(me, holder.log.author, body)
+        assert holder.check_sync_request(headers) is None
+        assert holder.serve_sync(headers, body)[0] == 200
+    finally:
+        holder.close()
+    restarted = UnifiedMemoryAPI(config)
+    try:
+        refused = restarted.check_sync_request(headers)
+        assert refused is not None and refused[0] == 401 and "replay" in refused[1]
+        status, answer, _ = restarted.serve_sync(headers, body)
+        assert status == 401 and "replay" in json.loads(answer)["error"]["message"]
+        fresh = sign_request(me, restarted.log.author, body)
+        assert restarted.serve_sync(fresh, body)[0] == 200
+    finally:
+        restarted.close()
+
+
 def test_nonces_are_kept_for_the_window_and_a_flooding_peer_is_told_to_wait(tmp_path: Path) -> None:
     """A peer's nonces are never forgotten early to make room: past the bound it gets 429, and its
     first request still cannot be replayed. Other peers are not affected."""
@@ -251,7 +277,7 @@ def test_nonces_are_kept_for_the_window_and_a_flooding_peer_is_told_to_wait(tmp_
         registry = holder.replication.registry
         registry.add("me", "http://127.0.0.1:9", me.verify_key.encode().hex())
         registry.add("other", "http://127.0.0.1:9", other.verify_key.encode().hex())
-        verifier = peers.RequestVerifier(holder.log.author, max_nonces_per_peer=3)
+        verifier = peers.RequestVerifier(holder.log.author, holder.storage, max_nonces_per_peer=3)
         body = b"{}"
         first = sign_request(me, holder.log.author, body)
         for headers in (first, *(sign_request(me, holder.log.author, body) for _ in range(2))):

@@ -17,6 +17,7 @@ from neuralsync.cli.progress import Progress
 from neuralsync.cli.transfer import export_jsonl, export_record, import_jsonl
 from neuralsync.errors import NotFound
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+from neuralsync.validation import content_fault
 
 # Fields an import must reproduce exactly. updated_at is covered by its own test below.
 KEPT = ("id", "content", "scope", "kind", "tags", "priority", "confidence", "tool", "source", "session",
@@ -107,7 +108,9 @@ def test_import_keeps_a_missing_tool_missing(open_store: OpenStore) -> None:
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(contents=st.lists(st.text(min_size=1, max_size=40).filter(str.strip), min_size=1, max_size=5),
+# Any content remember accepts (some text to read, no NUL: validation.content_fault).
+@given(contents=st.lists(st.text(min_size=1, max_size=40).filter(lambda t: t.strip() and content_fault(t) is None),
+                         min_size=1, max_size=5),
        tags=st.lists(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True), max_size=3))
 def test_round_trip_property(contents: list[str], tags: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from neuralsync.errors import InvalidInput
+from neuralsync.errors import ConfigError, InvalidInput
+from neuralsync.json_input import MAX_JSON_DEPTH, parse_json
+from neuralsync.model import MAX_CONTENT_CHARS
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 from neuralsync.utils import new_id
 
@@ -249,3 +253,44 @@ def test_an_update_that_expires_the_memory_is_kept_and_returned(api: UnifiedMemo
     updated = api.update(memory_id, expires_at=int(time.time() * 1000) - 1000)
     assert updated.expires_at is not None
     assert api.recall("expire") == [] and api.reads.counts()["ops"] == 2
+
+
+# ------------------------------------------------------------------ JSON inputs (json_input)
+@pytest.mark.parametrize(("raw", "field", "message"), [
+    (b'{"query": 5, "a": ' + b"[" * 40 + b"]" * 40 + b"}", "a" + "[0]" * 31, "nested deeper than 32 levels"),
+    (b"[" * 100_000, "body", "nested deeper than 32 levels"),
+    (b'{"tags": ["ok", "\\ud800"]}', "tags[1]", "lone surrogate"),
+    (b'{"metadata": {"x": NaN}}', "metadata.x", "NaN is not JSON"),
+    (b'{"x": -Infinity}', "x", "-Infinity is not JSON"),
+    (b"{bad", "body", "is not JSON"),
+    (b"\xff\xfe{}", "body", "UTF-8"),
+])
+def test_a_json_input_is_refused_naming_the_field(raw: bytes, field: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)) as refused:
+        parse_json(raw)
+    assert refused.value.field == field
+
+
+def test_a_json_input_within_the_bound_parses_and_one_field_paths_start_with_it() -> None:
+    nested: object = 1
+    for _ in range(MAX_JSON_DEPTH):
+        nested = [nested]
+    assert parse_json(json.dumps({"a": nested})[6:-1]) == nested
+    with pytest.raises(InvalidInput) as refused:
+        parse_json('{"a": "\\udfff"}', "metadata", one_field=True)
+    assert refused.value.field == "metadata.a"
+
+
+def test_a_query_over_the_bound_is_refused_before_any_work(limited: UnifiedMemoryAPI) -> None:
+    """A 60,000-word query cost seconds of CPU (issue 13); it is refused, naming the field."""
+    for mode in ("text", "semantic", "hybrid"):
+        with pytest.raises(InvalidInput, match="characters; the limit is") as refused:
+            limited.recall("word " * 60_000, mode=mode)
+        assert refused.value.field == "query"
+    limited.recall("x" * limited.config.max_query_chars)  # at the bound: searched
+
+
+def test_the_local_content_limit_cannot_exceed_what_every_replica_accepts(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="max_content_chars"):
+        MemoryConfig(base_path=str(tmp_path), max_content_chars=MAX_CONTENT_CHARS + 1)
+    assert MemoryConfig(base_path=str(tmp_path)).max_content_chars == MAX_CONTENT_CHARS

@@ -11,7 +11,6 @@ without loading sqlite3 or nacl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
+from ..json_input import parse_json
 from .output import emit_json, human_bytes, labels, latency_table, one_line, rows, show_memory, when, width
 from .services import add_service_commands
 from .sync import add_sync_commands
@@ -421,10 +421,7 @@ def _tags(values: list[str] | None) -> list[str]:
 def _metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput("metadata", f"not valid JSON: {exc}") from None
+    value = parse_json(text, "metadata", one_field=True)
     if not isinstance(value, dict):
         raise InvalidInput("metadata", f"must be a JSON object, not {type(value).__name__}")
     return value

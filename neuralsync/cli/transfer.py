@@ -20,6 +20,7 @@ from itertools import islice
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidInput
+from ..json_input import parse_json
 
 if TYPE_CHECKING:  # the facade pulls in sqlite3 and nacl; keep this module light to import
     from ..model import Memory
@@ -166,12 +167,9 @@ def _import_line(api: UnifiedMemoryAPI, line_no: int, raw: bytes | str, report: 
     if not text.strip():
         return "blank"
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        report.reject(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})")
-        return "rejected"
-    except RecursionError:
-        report.reject(line_no, "invalid JSON: nested too deeply")
+        record = parse_json(text, "record")
+    except InvalidInput as exc:
+        report.reject(line_no, f"invalid JSON: {exc}")
         return "rejected"
     return _import_record(api, line_no, record, report)
 

@@ -5,7 +5,9 @@ Gemini CLI spawn); ``--http`` serves streamable HTTP on 127.0.0.1. Like the CLI
 this is a thin adapter: parse arguments, make one facade call, map package errors
 to MCP tool errors (``isError`` results naming the field), so the server keeps
 serving. Nothing but protocol reaches stdout: logs go to stderr, and while stdio
-serves, the SDK points fd 1 at stderr so stray writes miss the wire.
+serves, the SDK points fd 1 at stderr so stray writes miss the wire. Every
+message is checked first (``guard``: JSON, depth, size), and a refused one is
+answered with a JSON-RPC error.
 
 Primary tools come first; the peers' tool names (mcp-memory-service, mem0) are
 thin compatibility aliases, listed with an "alias" title, or left out with
@@ -32,6 +34,7 @@ from ..config import MemoryConfig
 from ..errors import NeuralSyncError, StoreBusy
 from ..model import Memory
 from ..unified_memory_api import UnifiedMemoryAPI
+from .guard import DepthGuard, screen_stdin
 
 try:
     from mcp.server.mcpserver import Context, MCPServer
@@ -339,7 +342,7 @@ def build_server(api: UnifiedMemoryAPI | Callable[[str], UnifiedMemoryAPI], *, a
     api_for = (lambda _name: api) if isinstance(api, UnifiedMemoryAPI) else api
     tools = MemoryTools(api_for)
     server: MCPServer = MCPServer("neuralsync", version=__version__, instructions=INSTRUCTIONS,
-                                  log_level="WARNING")
+                                  log_level="WARNING", middleware=[DepthGuard()])
     hints = {name: (title, hint) for name, title, hint in PRIMARY}
     for name, (title, hint) in hints.items():
         server.add_tool(getattr(tools, name), name=name, title=title,
@@ -358,7 +361,8 @@ def run_stdio(config: MemoryConfig, *, aliases: bool = True) -> None:
     """Serve MCP over stdin/stdout until the client closes stdin."""
     pool = ApiPool(config)
     try:
-        build_server(pool.get, aliases=aliases).run("stdio")
+        with screen_stdin():
+            build_server(pool.get, aliases=aliases).run("stdio")
     finally:
         pool.close()
 
@@ -400,7 +404,10 @@ def run_http(config: MemoryConfig, host: str = "127.0.0.1", port: int = 8374, to
     try:
         app = http_app(build_server(pool.get, aliases=aliases), host, token)
         # log_config=None: uvicorn's default config sends access logs to stdout.
-        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+        from ..server.run import http_protocol  # the same uvicorn as `neuralsync serve`, quirk fixed
+
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                    http=http_protocol())
     finally:
         pool.close()
 

@@ -13,16 +13,24 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidOp
+from ..model import MAX_CONTENT_CHARS
 from ..utils import is_valid_id
+from ..validation import content_fault, label_fault
 
-MAX_TEXT = 1_000_000
 MAX_LABEL = 512
 MAX_TAGS = 256
 MAX_REMOVES = 4096
 
 
 def _text(limit: int, optional: bool = False) -> Callable[[Any], bool]:
-    return lambda v: (v is None and optional) or (isinstance(v, str) and 0 < len(v) <= limit)
+    """A label: the same characters the local checks allow (``validation.label_fault``)."""
+    return lambda v: (v is None and optional) or (isinstance(v, str) and 0 < len(v) <= limit
+                                                  and label_fault(v) is None)
+
+
+def _content(v: Any) -> bool:
+    """Content: the protocol's limit and the local checks' rule (``validation.content_fault``)."""
+    return isinstance(v, str) and 0 < len(v) <= MAX_CONTENT_CHARS and content_fault(v) is None
 
 
 def _unit(v: Any) -> bool:
@@ -53,7 +61,7 @@ def _metadata(v: Any) -> bool:
 
 
 SCALAR_RULES: dict[str, Callable[[Any], bool]] = {
-    "content": _text(MAX_TEXT),
+    "content": _content,
     "scope": _text(MAX_LABEL),
     "kind": _text(MAX_LABEL),
     "priority": _unit,
@@ -73,8 +81,11 @@ CREATE_REQUIRED = ("content", "scope", "kind", "priority", "confidence")
 def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
     """Raise :class:`InvalidOp` unless ``fields`` are valid for an op of ``kind``."""
     if kind == "persona":
-        if not isinstance(fields.get("text"), str) or not _text(MAX_LABEL)(fields.get("key", "persona")):
-            raise InvalidOp("persona op needs a text string (and a key of at most 512 characters)")
+        text = fields.get("text")
+        if (not isinstance(text, str) or len(text) > MAX_CONTENT_CHARS
+                or not _text(MAX_LABEL)(fields.get("key", "persona"))):
+            raise InvalidOp(f"persona op needs a text string of at most {MAX_CONTENT_CHARS} characters "
+                            "(and a key of at most 512)")
         return
     if not is_valid_id(record_id):
         raise InvalidOp("memory ops need a 32-hex record id")

@@ -27,6 +27,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from ..store.storage import Storage
+from . import codec
+
 EFF_CAP = 1 << 62  # stamped clocks are clamped here for ordering, so eff stays in 64 bits
 
 _NODE = "SELECT seq, eff, coalesce(floor, seq) FROM ops WHERE id = ?"
@@ -118,3 +121,30 @@ def below(conn: sqlite3.Connection, start: Iterable[Node]) -> tuple[int, set[int
         if current.floor < current.seq:
             stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
     return floor, {seq for seq in extra if seq > floor}
+
+
+def backfill_graph(storage: Storage) -> None:
+    """Give ops logged before schema 5 their effective clock and floor (idempotent, resumable).
+
+    Those ops were accepted under the earlier rule that a clock exceeds its
+    predecessors', so their effective clock is their clock; floors are
+    recomputed by replaying the heads in log order.
+    """
+    if storage.conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
+        return
+    with storage.write() as conn:
+        heads: set[bytes] = set()
+        nodes: dict[bytes, Node] = {}
+        rows = conn.execute("SELECT seq, id, hlc, body FROM ops ORDER BY seq").fetchall()
+        for seq, oid, hlc, body in rows:
+            pred_ids = codec.decode(body)["preds"]
+            preds = [nodes[p] for p in pred_ids if p in nodes]
+            heads.difference_update(pred_ids)
+            floor = floor_of(preds, not heads, seq)
+            eff = effective_clock(hlc, preds)
+            heads.add(oid)
+            nodes[oid] = Node(seq, eff, seq if floor is None else floor)
+            conn.execute("UPDATE ops SET eff = ?, floor = ? WHERE seq = ?", (eff, floor, seq))
+            if floor is not None:
+                conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)",
+                                 [(seq, p.seq) for p in preds])

@@ -31,9 +31,9 @@ from ..utils import now_ms
 from . import codec
 from .clock import HybridClock
 from .fields import check_fields
-from .graph import Node, is_ancestor, node
+from .graph import Node, backfill_graph, is_ancestor, node
 from .identity import load_or_create_key
-from .materialize import apply_op, backfill_graph
+from .materialize import apply_op
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,10 @@ is a pure function of the set of ops applied, whatever their order:
 - delete: removes what it observed. A memory is gone when every write to it
   (create, update, tag add or remove) is an ancestor of some delete; a write
   the deletes had not seen keeps it, or brings it back whole (update-wins);
-- persona: like a scalar field.
+- persona: like a scalar field;
+- creates of one id (the same import on two replicas, or a forgery): the first
+  create, the smallest ``(effective clock, author, op id)``, sets the create-time
+  fields; any other only adds its tags (``_recreate``).
 
 Validity that needs the op's ancestors (``check_op``) is decided from the op
 and its ancestors only, so every correct replica accepts or rejects alike.
@@ -29,7 +32,6 @@ from typing import Any, NamedTuple
 from ..errors import InvalidOp
 from ..model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
 from ..store.reads import TAG_SEP
-from ..store.storage import Storage
 from ..utils import now_ms
 from . import codec
 from .clock import hlc_ms
@@ -153,47 +155,10 @@ def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
                      "update wins: a write the delete had not seen restores the memory")
 
 
-def backfill_graph(storage: Storage) -> None:
-    """Give ops logged before schema 5 their effective clock and floor (idempotent, resumable).
-
-    Those ops were accepted under the earlier rule that a clock exceeds its
-    predecessors', so their effective clock is their clock; floors are
-    recomputed by replaying the heads in log order.
-    """
-    if storage.conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
-        return
-    with storage.write() as conn:
-        heads: set[bytes] = set()
-        nodes: dict[bytes, Node] = {}
-        rows = conn.execute("SELECT seq, id, hlc, body FROM ops ORDER BY seq").fetchall()
-        for seq, oid, hlc, body in rows:
-            pred_ids = codec.decode(body)["preds"]
-            preds = [nodes[p] for p in pred_ids if p in nodes]
-            heads.difference_update(pred_ids)
-            floor = floor_of(preds, not heads, seq)
-            eff = effective_clock(hlc, preds)
-            heads.add(oid)
-            nodes[oid] = Node(seq, eff, seq if floor is None else floor)
-            conn.execute("UPDATE ops SET eff = ?, floor = ? WHERE seq = ?", (eff, floor, seq))
-            if floor is not None:
-                conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)",
-                                 [(seq, p.seq) for p in preds])
-
-
 # ------------------------------------------------------------------ handlers
 def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     if conn.execute("SELECT 1 FROM memories WHERE id = ?", (op.record_id,)).fetchone() is not None:
-        # A second create for a known id (the same import on two replicas): it
-        # writes every create-time field (defaults for those it omits) by
-        # last-writer-wins, and its tags are adds, so the result is the same
-        # whichever create arrived first.
-        # created_at is what the create would have set alone (its clock's time when absent).
-        fields = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS},
-                  "created_at": op.fields.get("created_at", hlc_ms(op.hlc))}
-        updated_ms = _create_updated_ms(op)
-        _write_fields(conn, op, ctx, fields, frozenset(SCALAR_FIELDS), updated_ms)
-        for tag in op.fields.get("tags", ()):
-            _add_tag(conn, op, tag, updated_ms)
+        _recreate(conn, op, ctx)
         return
     f = op.fields
     tags = sorted(set(f.get("tags", ())))
@@ -216,6 +181,68 @@ def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
                  (mem, content, TAG_SEP.join(tags), f["scope"]))
 
 
+def _recreate(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """A create of an id that already has one (the same import on two replicas, or a forgery).
+
+    The rule (issue 13): a memory's create-time fields are those of its
+    *first* create, the smallest ``(effective clock, author, op id)``; a
+    later create only adds its tags. Effective clocks grow along every causal
+    path, so a create that saw the memory never comes first: whoever has read
+    a memory cannot rewrite its provenance (``session``, ``created_at``) or
+    any field its first create set. A minimum over the set of creates does
+    not depend on arrival order, so replicas converge. Fields an update wrote
+    keep the update's value (an update is later than some create, hence than
+    the first). Disagreeing values are kept in ``conflicts``.
+    """
+    first = _first_create(conn, op.record_id, op.id)
+    mine = (op, _create_values(op))
+    theirs = (first[1], _create_values(first[1])) if first is not None else mine
+    wins = first is None or ctx.clock < first[0]
+    winner, loser = (mine, theirs) if wins else (theirs, mine)
+    (clocks,) = conn.execute("SELECT clocks FROM memories WHERE id = ?", (op.record_id,)).fetchone()
+    updated = set(json.loads(clocks)) if clocks else set()
+    fields: dict[str, Any] = {}
+    for name in SCALAR_FIELDS:
+        if ctx.audit and _differs(winner[1][name], loser[1][name]):
+            _record_conflict(conn, op.record_id, name, (winner[0].id, winner[0].author, winner[1][name]),
+                             (loser[0].id, loser[0].author, loser[1][name]),
+                             "creates of one id: the first (smallest clock, author, op id) sets the fields")
+        if wins and name not in updated:
+            fields[name] = mine[1][name]
+    updated_ms = _create_updated_ms(op)
+    _set_fields(conn, op.record_id, fields, updated_ms)
+    for tag in op.fields.get("tags", ()):
+        _add_tag(conn, op, tag, updated_ms)
+
+
+def _create_values(op: Op) -> dict[str, Any]:
+    """Every scalar field a create sets: defaults for those it omits, its clock's time for created_at."""
+    values = {**CREATE_DEFAULTS, **{k: v for k, v in op.fields.items() if k in SCALAR_FIELDS},
+              "created_at": op.fields.get("created_at", hlc_ms(op.hlc))}
+    values["metadata"] = values["metadata"] or {}  # stored as '{}' either way
+    return values
+
+
+def _differs(a: Any, b: Any) -> bool:
+    return dump_metadata({"v": a}) != dump_metadata({"v": b})
+
+
+def _set_fields(conn: sqlite3.Connection, record_id: str, fields: dict[str, Any], updated_ms: int) -> None:
+    """Write ``fields`` to the memory's row (keeping content hash and FTS in step); raise updated_at."""
+    row = conn.execute("SELECT rowid, content, tags, scope, updated_at FROM memories WHERE id = ?",
+                       (record_id,)).fetchone()
+    mem, old_content, tag_text, old_scope, updated_at = row
+    changes = {name: dump_metadata(value or {}) if name == "metadata" else value for name, value in fields.items()}
+    if "content" in changes:
+        changes["content_hash"] = content_hash(changes["content"])
+    changes["updated_at"] = max(updated_at, updated_ms)
+    assignments = ", ".join(f"{name} = ?" for name in changes)
+    conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
+    new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
+    if (new_content, new_scope) != (old_content, old_scope):
+        _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
+
+
 def _create_updated_ms(op: Op) -> int:
     """What a create contributes to ``updated_at`` (a max over ops, so order does not matter)."""
     created = op.fields.get("created_at", hlc_ms(op.hlc))
@@ -229,13 +256,13 @@ def _update(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
 def _write_fields(conn: sqlite3.Connection, op: Op, ctx: Applied, fields: dict[str, Any],
                   allowed: frozenset[str], updated_ms: int) -> None:
     """Last-writer-wins per field: ``op`` sets each allowed field whose current clock is older."""
-    row = conn.execute("SELECT rowid, content, tags, scope, clocks, updated_at FROM memories WHERE id = ?",
-                       (op.record_id,)).fetchone()
+    row = conn.execute("SELECT rowid, clocks FROM memories WHERE id = ?", (op.record_id,)).fetchone()
     if row is None:
         return
-    mem, old_content, tag_text, old_scope, clocks_text, updated_at = row
+    mem, clocks_text = row
     clocks: dict[str, str] = json.loads(clocks_text) if clocks_text else {}
-    base = _first_create_clock(conn, op.record_id, op.id)
+    first = _first_create(conn, op.record_id, op.id)
+    base = first[0] if first is not None else b""
     changes: dict[str, Any] = {}
     for field, value in fields.items():
         if field not in allowed:
@@ -245,17 +272,11 @@ def _write_fields(conn: sqlite3.Connection, op: Op, ctx: Applied, fields: dict[s
         if ctx.audit and not ctx.complete and current and _concurrent(conn, current, ctx.node):
             _record_field_conflict(conn, op, ctx, mem, field, value, current, wins)
         if wins:
-            changes[field] = dump_metadata(value or {}) if field == "metadata" else value
+            changes[field] = value
             clocks[field] = ctx.clock.hex()
-    if "content" in changes:
-        changes["content_hash"] = content_hash(changes["content"])
-    changes["clocks"] = json.dumps(clocks, sort_keys=True) if clocks else None
-    changes["updated_at"] = max(updated_at, updated_ms)
-    assignments = ", ".join(f"{name} = ?" for name in changes)
-    conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
-    new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
-    if (new_content, new_scope) != (old_content, old_scope):
-        _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
+    conn.execute("UPDATE memories SET clocks = ? WHERE rowid = ?",
+                 (json.dumps(clocks, sort_keys=True) if clocks else None, mem))
+    _set_fields(conn, op.record_id, changes, updated_ms)
 
 
 def _concurrent(conn: sqlite3.Connection, clock: bytes, here: Node) -> bool:
@@ -290,14 +311,15 @@ def _record_conflict(conn: sqlite3.Connection, record_id: str, field: str, winne
          json.dumps(loser[2], ensure_ascii=False), winner[1], loser[1], resolution, now_ms()))
 
 
-def _first_create_clock(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> bytes:
-    """Clock of the create whose values the row was first built from: the base of every
-    field no later op has written yet."""
-    row = conn.execute("SELECT eff, author, id FROM ops WHERE record_id = ? AND kind = 'create' AND id != ?"
-                       " ORDER BY seq LIMIT 1", (record_id, exclude)).fetchone()
+def _first_create(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> tuple[bytes, Op] | None:
+    """(clock, op) of the memory's first create other than ``exclude``: the smallest (effective clock,
+    author, op id), whose values every field no update has written holds."""
+    row = conn.execute("SELECT eff, author, id, body, sig FROM ops WHERE record_id = ? AND kind = 'create'"
+                       " AND id != ? ORDER BY eff, author, id LIMIT 1", (record_id, exclude)).fetchone()
     if row is None:
-        return b""
-    return int(row[0]).to_bytes(8, "big") + row[1] + row[2]
+        return None
+    first = codec.parse_op(row[3], row[4], verify=False)
+    return int(row[0]).to_bytes(8, "big") + row[1] + row[2], first
 
 
 def _tag_add(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:

@@ -110,7 +110,7 @@ class PeerRegistry:
         """Stop trusting a peer. Ops already received from it stay: they are valid by rule."""
         with self.storage.write() as conn:
             if conn.execute("DELETE FROM peers WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"no peer named {name!r}")
+                raise NotFound(f"no peer named {name!r}", field="name")
 
     def all(self) -> list[Peer]:
         """Every trusted peer, by name."""
@@ -120,7 +120,7 @@ class PeerRegistry:
         """The peer with this name."""
         row = self.storage.conn.execute(f"SELECT {_COLUMNS} FROM peers WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise NotFound(f"no peer named {name!r} (see 'neuralsync peer list')")
+            raise NotFound(f"no peer named {name!r} (see 'neuralsync peer list')", field="name")
         return _row_to_peer(row)
 
     def by_key(self, key: bytes) -> Peer | None:

@@ -39,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import NeuralSyncError, SyncRejected, SyncUnavailable
+from ..errors import InvalidInput, NeuralSyncError, SyncRejected, SyncUnavailable
+from ..json_input import parse_json
 from ..model import Op
 from ..oplog import codec
 from ..oplog.graph import node
@@ -171,9 +172,9 @@ class SyncClient:
             report.bytes_sent += len(body)
             report.bytes_received += len(answer_body)
             try:
-                parsed = json.loads(answer_body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise SyncRejected("the peer's answer is not JSON") from None
+                parsed = parse_json(answer_body, "answer")
+            except InvalidInput as exc:
+                raise SyncRejected(f"the peer's answer is not JSON we accept: {exc}", field=exc.field) from None
             answer = Message.from_wire(parsed)
             their_heads = answer.heads
             report.received += len(answer.ops)

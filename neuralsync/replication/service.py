@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidInput, InvalidOp, SyncRejected
+from ..json_input import parse_json
 from ..oplog import codec
 from ..oplog.log import OpLog
 from ..utils import Periodic
@@ -41,7 +42,7 @@ class Replication:
         self.log = oplog
         self.storage = oplog.storage
         self.registry = PeerRegistry(oplog.storage, oplog.author)
-        self.verifier = RequestVerifier(oplog.author)
+        self.verifier = RequestVerifier(oplog.author, oplog.storage)
         self._server = SyncServer(oplog, self.registry)
         self._client = SyncClient(oplog, self.registry)
         self._replica = Replica(oplog)
@@ -96,12 +97,13 @@ class Replication:
             self._interval = None
 
     # ------------------------------------------------------------ server side
-    def precheck(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
-        """Refuse a sync request on its headers alone (status, reason), or None to read its body."""
+    def precheck(self, headers: Mapping[str, str]) -> tuple[int, str, str] | None:
+        """Refuse a sync request on its headers alone (status, reason, header at fault), or None to read
+        its body."""
         try:
             self.verifier.precheck({k.lower(): v for k, v in headers.items()}, self.registry)
         except SyncRejected as exc:
-            return exc.status, str(exc)
+            return exc.status, str(exc), exc.field
         return None
 
     def serve(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -110,17 +112,17 @@ class Replication:
         try:
             peer = self.verifier.verify(lowered, body, self.registry)
         except SyncRejected as exc:
-            return exc.status, _error(str(exc)), {}
+            return exc.status, _error(str(exc), exc.field), {}
         try:
-            request = json.loads(body)
+            request = parse_json(body)
             answer = json.dumps(self._server.handle(peer, request), separators=(",", ":")).encode()
             status = 200
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            self._replica.log_event(peer.name, "bad message", "the sync request is not JSON")
-            status, answer = 400, _error("the sync request is not JSON")
+        except InvalidInput as exc:
+            self._replica.log_event(peer.name, "bad message", f"the sync request is not JSON we accept: {exc}")
+            status, answer = 400, _error(f"the sync request is not JSON we accept: {exc}", exc.field)
         except SyncRejected as exc:
             self._replica.log_event(peer.name, "bad message", str(exc))
-            status, answer = exc.status, _error(str(exc))
+            status, answer = exc.status, _error(str(exc), exc.field)
         return status, answer, {SIGNATURE_HEADER: sign_reply(self.log.key, lowered[NONCE_HEADER], answer)}
 
     # ------------------------------------------------------------ legacy routes (bearer token)
@@ -192,6 +194,6 @@ class Replication:
         }
 
 
-def _error(message: str) -> bytes:
-    return json.dumps({"error": {"type": "sync_rejected", "field": None, "message": message},
+def _error(message: str, field: str) -> bytes:
+    return json.dumps({"error": {"type": "sync_rejected", "field": field, "message": message},
                        "detail": message}).encode()

@@ -4,7 +4,9 @@ Every sync request is signed by the caller's replica key over the target's
 key, the time, a nonce and the SHA-256 of the body; the answer is signed by the
 target over the request's nonce and the answer's hash. So both ends know whom
 they talk to, a request cannot be replayed (nonce, ±5 minute window) or sent to
-another replica, and a body cannot be altered on the way. The bearer token is
+another replica, and a body cannot be altered on the way. Nonces are kept in
+the store (``sync_nonces``) for the whole window, so a restart of the server,
+or a second server on the same store, does not forget them. The bearer token is
 not involved: it is for local tools, and a peer never needs it. (TLS is still
 wanted on an untrusted network: signatures give authenticity, not secrecy.)
 """
@@ -13,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import nacl.exceptions
 import nacl.signing
 
 from ..errors import SyncRejected
+from ..store.storage import Storage
 from ..utils import now_ms
 from .peers import Peer, PeerRegistry
 
@@ -67,24 +68,24 @@ def verify_reply(peer_key: bytes, nonce_hex: str, body: bytes, signature_hex: st
 class RequestVerifier:
     """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature.
 
-    Nonces are remembered per peer for the whole time window; a peer that sends more requests than
-    that in one window is told to retry later (429) rather than have older nonces forgotten, so a
-    captured request cannot be replayed while its time is still accepted (until a restart).
+    Nonces are remembered per peer, in the store, for twice the time window (a request stamped up
+    to 5 minutes ahead stays acceptable that long); a peer that sends more requests than
+    ``max_nonces_per_peer`` in that time is told to retry later (429) rather than have older nonces
+    forgotten, so a captured request cannot be replayed while its time is still accepted.
     """
 
-    def __init__(self, own_key: bytes, max_nonces_per_peer: int = 20_000) -> None:
+    def __init__(self, own_key: bytes, storage: Storage, max_nonces_per_peer: int = 20_000) -> None:
         self.own_key = own_key
-        self._nonces: dict[bytes, OrderedDict[bytes, int]] = {}
+        self.storage = storage
         self._max_nonces = max_nonces_per_peer
-        self._lock = threading.Lock()
 
     def precheck(self, headers: Mapping[str, str], registry: PeerRegistry) -> Peer:
         """What can be checked before the body is read (headers, peer, time, nonce), or
         :class:`SyncRejected`: a stranger is refused without the server reading 16 MiB from it."""
         peer, _, _, nonce, _ = self._headers(headers, registry)
-        with self._lock:
-            if nonce in self._nonces.get(peer.key, ()):
-                raise SyncRejected("replayed sync request (nonce already used)", status=401)
+        if self.storage.conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
+                                     (peer.key, nonce)).fetchone() is not None:
+            raise _refused("replayed sync request (nonce already used)", NONCE_HEADER)
         return peer
 
     def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
@@ -94,40 +95,56 @@ class RequestVerifier:
             nacl.signing.VerifyKey(client_key).verify(
                 _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-            raise SyncRejected("bad request signature", status=401) from None
+            raise _refused("bad request signature", SIGNATURE_HEADER) from None
         self._use_nonce(peer.key, nonce, now_ms())
         return peer
 
     @staticmethod
     def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, bytes, int, bytes, bytes]:
-        try:
-            client_key = bytes.fromhex(headers.get(KEY_HEADER, ""))
-            at_ms = int(headers.get(TIME_HEADER, ""))
-            nonce = bytes.fromhex(headers.get(NONCE_HEADER, ""))
-            signature = bytes.fromhex(headers.get(SIGNATURE_HEADER, ""))
-        except ValueError:
-            raise SyncRejected("sync requests need signed X-Neuralsync-Key/-Time/-Nonce/-Signature headers",
-                               status=401) from None
-        if len(client_key) != 32 or len(nonce) != 16:
-            raise SyncRejected("malformed sync authentication headers", status=401)
+        client_key = _hex_header(headers, KEY_HEADER, 32)
+        time_text = headers.get(TIME_HEADER, "")
+        if not time_text.isdigit() or len(time_text) > 16:
+            raise _refused("sync requests need a signed X-Neuralsync-Time header (epoch milliseconds)", TIME_HEADER)
+        at_ms = int(time_text)
+        nonce = _hex_header(headers, NONCE_HEADER, 16)
+        signature = _hex_header(headers, SIGNATURE_HEADER, 64)
         peer = registry.by_key(client_key)
         if peer is None:
-            raise SyncRejected("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
-                               status=403)
+            raise _refused("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
+                           KEY_HEADER, status=403)
         if abs(now_ms() - at_ms) > MAX_CLOCK_SKEW_MS:
-            raise SyncRejected("request time is more than 5 minutes from this replica's clock", status=401)
+            raise _refused("request time is more than 5 minutes from this replica's clock", TIME_HEADER)
         return peer, client_key, at_ms, nonce, signature
 
     def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
-        with self._lock:
-            seen = self._nonces.setdefault(peer_key, OrderedDict())
-            while seen and next(iter(seen.values())) < now - 2 * MAX_CLOCK_SKEW_MS:
-                seen.popitem(last=False)
-            if nonce in seen:
-                raise SyncRejected("replayed sync request (nonce already used)", status=401)
-            if len(seen) >= self._max_nonces:
-                raise SyncRejected("too many sync requests from this peer in the last 10 minutes; retry later",
-                                   status=429)
-            seen[nonce] = now
+        """Record the nonce (committed before the request is answered), or refuse the request."""
+        with self.storage.write() as conn:
+            conn.execute("DELETE FROM sync_nonces WHERE at < ?", (now - 2 * MAX_CLOCK_SKEW_MS,))
+            if conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
+                            (peer_key, nonce)).fetchone() is not None:
+                raise _refused("replayed sync request (nonce already used)", NONCE_HEADER)
+            (count,) = conn.execute("SELECT count(*) FROM sync_nonces WHERE peer = ?", (peer_key,)).fetchone()
+            if count >= self._max_nonces:
+                raise _refused("too many sync requests from this peer in the last 10 minutes; retry later",
+                               KEY_HEADER, status=429)
+            conn.execute("INSERT INTO sync_nonces(peer, nonce, at) VALUES (?, ?, ?)", (peer_key, nonce, now))
 
 
+def _refused(message: str, header: str, status: int = 401) -> SyncRejected:
+    """A refusal naming the header at fault, spelled as HTTP writes it (``X-Neuralsync-Nonce``)."""
+    return SyncRejected(message, status=status, field=_spelled(header))
+
+
+def _spelled(header: str) -> str:
+    return "-".join(part.capitalize() for part in header.split("-"))
+
+
+def _hex_header(headers: Mapping[str, str], name: str, size: int) -> bytes:
+    """A header holding ``size`` bytes in hex, or a 401 naming it."""
+    try:
+        value = bytes.fromhex(headers.get(name, ""))
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise _refused(f"sync requests need a signed {_spelled(name)} header ({size} bytes in hex)", name)
+    return value

@@ -94,18 +94,19 @@ class Bloom:
     def from_wire(cls, data: object) -> Bloom:
         """Parse a peer's filter, bounded."""
         if not isinstance(data, dict):
-            raise SyncRejected("have.bloom must be an object")
+            raise SyncRejected("have.bloom must be an object", field="have.bloom")
         try:
             salt = base64.b64decode(str(data.get("salt", "")), validate=True)
             raw_bits = str(data.get("bits", ""))
             if len(raw_bits) > MAX_BLOOM_BITS // 6 + 8:
-                raise SyncRejected("have.bloom is too large")
+                raise SyncRejected("have.bloom is too large", field="have.bloom")
             bits = bytearray(base64.b64decode(raw_bits, validate=True))
         except (ValueError, binascii.Error):
-            raise SyncRejected("have.bloom is not valid base64") from None
+            raise SyncRejected("have.bloom is not valid base64", field="have.bloom") from None
         hashes = data.get("hashes")
-        if not 8 <= len(salt) <= 64 or not isinstance(hashes, int) or not 1 <= hashes <= 16 or len(bits) < 8:
-            raise SyncRejected("have.bloom needs an 8-64 byte salt, 1-16 hashes and at least 64 bits")
+        if not 8 <= len(salt) <= 64 or type(hashes) is not int or not 1 <= hashes <= 16 or len(bits) < 8:
+            raise SyncRejected("have.bloom needs an 8-64 byte salt, 1-16 hashes and at least 64 bits",
+                                field="have.bloom")
         return cls(salt, bits, hashes)
 
 
@@ -138,12 +139,13 @@ class Message:
     def from_wire(cls, data: object) -> Message:
         """Parse and bound a message; :class:`SyncRejected` names what is wrong."""
         if not isinstance(data, dict):
-            raise SyncRejected("a sync message must be a JSON object")
-        if data.get("v") != PROTOCOL_VERSION:
-            raise SyncRejected(f"unsupported sync protocol version {data.get('v')!r} (this replica speaks 1)")
+            raise SyncRejected("a sync message must be a JSON object", field="body")
+        version = data.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 equal 1 in Python
+            raise SyncRejected(f"unsupported sync protocol version {version!r} (this replica speaks 1)", field="v")
         have = data.get("have") or {}
         if not isinstance(have, dict):
-            raise SyncRejected("have must be an object")
+            raise SyncRejected("have must be an object", field="have")
         message = cls(
             heads=_ids(data.get("heads", []), "heads", MAX_HEADS),
             need=_ids(data.get("need", []), "need", MAX_NEED),
@@ -153,32 +155,32 @@ class Message:
         )
         ops = data.get("ops", [])
         if not isinstance(ops, list) or len(ops) > MAX_OPS_PER_MESSAGE:
-            raise SyncRejected(f"ops must be a list of at most {MAX_OPS_PER_MESSAGE}")
+            raise SyncRejected(f"ops must be a list of at most {MAX_OPS_PER_MESSAGE}", field="ops")
         for index, pair in enumerate(ops):
             if (not isinstance(pair, list) or len(pair) != 2
                     or not all(isinstance(x, str) for x in pair)):
-                raise SyncRejected(f"ops[{index}] must be [body, signature] in base64")
+                raise SyncRejected(f"ops[{index}] must be [body, signature] in base64", field=f"ops[{index}]")
             if len(pair[0]) > codec.MAX_OP_BYTES * 4 // 3 + 4:
                 message.oversized += 1
                 continue
             try:
                 message.ops.append((base64.b64decode(pair[0], validate=True), base64.b64decode(pair[1], validate=True)))
             except (ValueError, binascii.Error):
-                raise SyncRejected(f"ops[{index}] is not valid base64") from None
+                raise SyncRejected(f"ops[{index}] is not valid base64", field=f"ops[{index}]") from None
         return message
 
 
 def _ids(value: object, name: str, limit: int) -> list[bytes]:
     if not isinstance(value, list) or len(value) > limit:
-        raise SyncRejected(f"{name} must be a list of at most {limit} op ids")
+        raise SyncRejected(f"{name} must be a list of at most {limit} op ids", field=name)
     out = []
     for item in value:
         if not isinstance(item, str) or len(item) != 64:
-            raise SyncRejected(f"{name} holds something that is not a 64-hex-digit op id")
+            raise SyncRejected(f"{name} holds something that is not a 64-hex-digit op id", field=name)
         try:
             out.append(bytes.fromhex(item))
         except ValueError:
-            raise SyncRejected(f"{name} holds something that is not a 64-hex-digit op id") from None
+            raise SyncRejected(f"{name} holds something that is not a 64-hex-digit op id", field=name) from None
     return out
 
 

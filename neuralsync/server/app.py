@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -73,12 +73,12 @@ class ServerApp(Gate):
         self.fastapi = fastapi_app
         self.state = state
 
-    def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
+    def signed_refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         try:
             return self.state.api.check_sync_request(headers)
         except NeuralSyncError as exc:  # e.g. the store is busy or closing: the peer retries later
-            return 503, f"cannot check the request now: {exc}"
+            return 503, f"cannot check the request now: {exc}", "store"
 
 
 def _fastapi_app(state: ServerState) -> FastAPI:
@@ -134,7 +134,7 @@ async def _invalid_input(_: Request, exc: InvalidInput) -> SafeJSONResponse:
 
 
 async def _not_found(_: Request, exc: NotFound) -> SafeJSONResponse:
-    return error_response(404, "not_found", str(exc))
+    return error_response(404, "not_found", str(exc), exc.field)
 
 
 async def _busy(_: Request, exc: StoreBusy) -> SafeJSONResponse:
@@ -142,7 +142,7 @@ async def _busy(_: Request, exc: StoreBusy) -> SafeJSONResponse:
 
 
 async def _invalid_op(_: Request, exc: NeuralSyncError) -> SafeJSONResponse:
-    return error_response(400, "invalid_op", str(exc))
+    return error_response(400, "invalid_op", str(exc), getattr(exc, "field", "body"))
 
 
 async def _internal(request: Request, exc: Exception) -> SafeJSONResponse:
@@ -157,16 +157,30 @@ async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONRespon
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return error_response(400, "bad_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error')}")
-    where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    return error_response(422, "invalid_input", str(first.get("msg", "invalid input")), ".".join(where) or None)
+        return error_response(400, "bad_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error')}",
+                              "body")
+    return error_response(422, "invalid_input", str(first.get("msg", "invalid input")), _field(first.get("loc", ())))
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """The field a validation error is about: its location minus the leading part (body, query, path,
+    header), so a body field called ``query`` is still named; the part itself when nothing follows."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+# The part of a request a framework-level refusal is about.
+_HTTP_FIELDS = {400: "body", 404: "path", 405: "method", 413: "body", 415: "Content-Type"}
 
 
 async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
     kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, kinds.get(exc.status_code, "http_error"), detail,
-                          headers=dict(exc.headers or {}))
+    field = getattr(exc, "field", None) or _HTTP_FIELDS.get(exc.status_code, "request")
+    return error_response(exc.status_code, getattr(exc, "kind", None) or kinds.get(exc.status_code, "http_error"),
+                          detail, field, headers=dict(exc.headers or {}))
 
 
 class Guard:

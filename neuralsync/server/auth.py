@@ -125,10 +125,10 @@ def error_body(status: int, kind: str, message: str, field: str | None = None) -
     return json.dumps(doc, ensure_ascii=True).encode("ascii")
 
 
-async def send_error(send: Send, status: int, kind: str, message: str,
+async def send_error(send: Send, status: int, kind: str, message: str, field: str | None = None,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Answer a request with an error document from plain ASGI."""
-    body = error_body(status, kind, message)
+    body = error_body(status, kind, message, field)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -155,30 +155,30 @@ class Gate:
         if scope["path"] in SIGNED_PATHS:
             signed_refusal = self.signed_refusal(scope)
             if signed_refusal is not None:
-                await send_error(send, signed_refusal[0], "unauthorized" if signed_refusal[0] in (401, 403)
-                                 else "busy", signed_refusal[1])
+                status, message, field = signed_refusal
+                await send_error(send, status, "unauthorized" if status in (401, 403) else "busy", message, field)
                 return
         elif scope["path"] not in OPEN_PATHS:
             refusal = self._refusal(_header(scope, b"authorization"))
             if refusal is not None:
                 status, kind, message = refusal
-                await send_error(send, status, kind, message,
+                await send_error(send, status, kind, message, "Authorization",
                                  [(b"www-authenticate", b'Bearer realm="neuralsync"')])
                 return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes")
+            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes", "body")
             return
         try:
             body = await self._read_body(receive, limit)
         except BodyTooLarge:
-            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes")
+            await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes", "body")
             return
         await self.app(scope, _replay(body, receive), send)
 
-    def signed_refusal(self, scope: Scope) -> tuple[int, str] | None:
-        """(status, reason) to refuse a signed request on its headers, before its body is read; None
-        to read it. The plain gate knows no peers; the server's app asks its replica."""
+    def signed_refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        """(status, reason, header at fault) to refuse a signed request on its headers, before its body
+        is read; None to read it. The plain gate knows no peers; the server's app asks its replica."""
         return None
 
     def _refusal(self, header: str | None) -> tuple[int, str, str] | None:

@@ -11,10 +11,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from ..errors import InvalidInput
+from ..json_input import parse_json
 from ..unified_memory_api import UnifiedMemoryAPI
 
 
@@ -28,49 +30,29 @@ class SafeJSONResponse(JSONResponse):
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-class StrictJSONRequest(Request):
-    """Request bodies must be JSON as RFC 8259 means it: no NaN/Infinity, no lone surrogates.
+class BadBody(HTTPException):
+    """A request body refused before any route sees it (400), naming the field at fault."""
 
-    Python's parser accepts both; refusing them here, once, keeps them out of
-    every route (a lone surrogate cannot be stored or encoded as UTF-8).
-    """
+    kind = "bad_json"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(status_code=400, detail=message)
+        self.field = field
+
+
+class StrictJSONRequest(Request):
+    """Request bodies must be JSON as RFC 8259 means it, nested at most ``MAX_JSON_DEPTH`` levels
+    (``json_input``: no NaN/Infinity, no lone surrogates). Refusing them here, once, keeps them out of
+    every route."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             raw = await self.body()
             try:
-                value = json.loads(raw, parse_constant=_refuse_constant)
-            except RecursionError:
-                raise json.JSONDecodeError("nested too deeply", "", 0) from None
-            _check_strings(value)
-            self._json = value
+                self._json = parse_json(raw)
+            except InvalidInput as exc:
+                raise BadBody(exc.field, str(exc)) from None
         return self._json
-
-
-def _refuse_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not JSON", "", 0)
-
-
-def _check_strings(value: Any) -> None:
-    """Walk the parsed body (iteratively: it may be deep) and refuse text that is not valid Unicode."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            texts: Any = (item,)
-        elif isinstance(item, dict):
-            texts = item.keys()
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-            continue
-        else:
-            continue
-        for text in texts:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise json.JSONDecodeError("a string contains a lone surrogate", "", 0) from None
 
 
 class StrictJSONRoute(APIRoute):

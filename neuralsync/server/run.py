@@ -59,7 +59,7 @@ def serve(config: MemoryConfig | None = None, host: str | None = None, port: int
     _announce(config, bind_host, bind_port, token)
     server_config = uvicorn.Config(app, host=bind_host, port=bind_port, log_level=log_level, lifespan="on",
                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
-                                   proxy_headers=False)
+                                   proxy_headers=False, http=http_protocol())
     local_url = _local_url(bind_host, bind_port)
     if local_url is not None:  # the store's other processes embed through this server (one model per machine)
         app.state.api.announce_server(local_url)  # withdrawn when the app closes its facade at shutdown
@@ -73,6 +73,24 @@ def _local_url(host: str, port: int) -> str | None:
     if host in ("0.0.0.0", "::", "") or is_loopback(host):
         return f"http://127.0.0.1:{port}" if ":" not in host or host == "::" else f"http://[::1]:{port}"
     return None
+
+
+def http_protocol() -> type[Any]:
+    """uvicorn's h11 protocol minus one quirk (issue 13): when the body of a request already handed to
+    the app turns out malformed (bad chunking), uvicorn answers 400 and closes, but does not tell the
+    app; the app's own answer (the gate's 401, a route's) then raises ``LocalProtocolError``, logged
+    as "Exception in ASGI application". Marking the request disconnected, as a client that left,
+    makes the app's later sends no-ops and its reads ``http.disconnect``."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            super().send_400_response(msg)
+            if self.cycle is not None:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+
+    return H11
 
 
 def _announce(config: MemoryConfig, host: str, port: int, token: str | None) -> None:

@@ -4,6 +4,10 @@ of the materialised state from the log into a scratch database.
 The state digest covers what replicas must agree on (memories, tags,
 tombstones, persona, heads) and nothing local (rowids, access statistics,
 apply order), so two replicas holding the same ops report the same digest.
+It includes the create-time fields (``session``, ``created_at``): the
+materialiser takes them from a memory's first create whatever the arrival
+order, so a replica where a later create of the id had rewritten them would
+differ both from its peers and from its own rebuild.
 """
 
 from __future__ import annotations

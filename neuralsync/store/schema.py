@@ -210,10 +210,21 @@ def _m005_replication(conn: sqlite3.Connection) -> None:
     """)
 
 
+
+def _m006_sync_nonces(conn: sqlite3.Connection) -> None:
+    # Nonces of accepted sync requests, kept for the request window so a
+    # captured request cannot be replayed after a restart (issue 13).
+    _run(conn, """
+    CREATE TABLE sync_nonces(peer BLOB NOT NULL, nonce BLOB NOT NULL, at INTEGER NOT NULL,
+                             PRIMARY KEY(peer, nonce)) WITHOUT ROWID;
+    CREATE INDEX sync_nonces_at ON sync_nonces(at)
+    """)
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
     (3, "embeddings, embedding queue, vector removals", _m003_embeddings),
     (4, "drop the unused content-hash index", _m004_drop_hash_index),
     (5, "hash-graph clocks and floors, conflicts, peers, sync log", _m005_replication),
+    (6, "nonces of accepted sync requests", _m006_sync_nonces),
 ]
