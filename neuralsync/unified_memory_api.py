@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from . import validation as v
@@ -41,6 +42,7 @@ __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
 
 log = logging.getLogger(__name__)
 
+TOOL_MATCHES = ("exact", "or-unset")
 UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
                               "ttl_ms", "confidence", "source", "expires_at"})
 AUTO_OPTIMIZE_EVERY = 10_000
@@ -309,17 +311,23 @@ class UnifiedMemoryAPI:
     def recall(self, query: str = "", scope: str | None = None, top_k: int = 10,
                tags: list[str] | tuple[str, ...] | str | None = None, kinds: list[str] | str | None = None,
                since: Any = None, until: Any = None, tag_match: str = "any",
-               tool: str | None = None, mode: str = "hybrid") -> list[Memory]:
+               tool: str | None = None, mode: str = "hybrid", *, tool_match: str = "exact",
+               fill_recent: bool = False) -> list[Memory]:
         """The best ``top_k`` memories for ``query`` (BM25 with priority/recency/confidence).
 
         Query text is always literal. An empty query returns the most relevant
         recent memories. ``scope=None`` searches every scope; ``tags`` match
         any (or ``tag_match="all"``); ``since``/``until`` bound creation time;
-        ``tool`` keeps only memories written by that tool. ``mode`` is
+        ``tool`` keeps only memories written by that tool (``tool_match="or-unset"``:
+        and those written without one, NeuralSync2's rule). ``mode`` is
         ``"hybrid"`` (BM25 and meaning, fused), ``"text"`` or ``"semantic"``.
+        ``fill_recent``: when the search finds fewer than ``top_k``, the most
+        recently updated memories passing the filters fill the rest (NeuralSync2's
+        recall; they come after the hits, without a score).
         """
         with self.monitor.measure("recall"):
-            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, mode)
+            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, mode,
+                                tool_match=tool_match, fill_recent=fill_recent)
 
     def semantic_search(self, query: str, top_k: int = 10, scope: str | None = None,
                         tags: list[str] | tuple[str, ...] | str | None = None, since: Any = None,
@@ -330,7 +338,8 @@ class UnifiedMemoryAPI:
             return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, "semantic")
 
     def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
-                until: object, tag_match: str, tool: object, mode: str) -> list[Memory]:
+                until: object, tag_match: str, tool: object, mode: str, *, tool_match: str = "exact",
+                fill_recent: bool = False) -> list[Memory]:
         if not isinstance(query, str):
             raise InvalidInput("query", f"must be a string, not {type(query).__name__}")
         # A query is searched, never stored: invalid code points (lone surrogates)
@@ -338,11 +347,24 @@ class UnifiedMemoryAPI:
         query = query.encode("utf-8", "replace").decode("utf-8")
         if mode not in MODES:
             raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
+        if tool_match not in TOOL_MATCHES:
+            raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
         filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
+        if tool_match == "or-unset":
+            filters = replace(filters, tool_or_unset=True)
         k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
-        results = self.recaller.recall(query, filters, k, mode)  # type: ignore[arg-type]
+        assert k is not None  # not optional
+        results = self.recaller.recall(query, filters, k, mode)
+        if fill_recent and len(results) < k:
+            results += self._recent_fill(filters, k, {m.id for m in results})
         self.access.record([m.id for m in results])
         return results
+
+    def _recent_fill(self, filters: Filters, k: int, taken: set[str]) -> list[Memory]:
+        """Up to ``k - len(taken)`` memories passing ``filters``, last updated first, not in ``taken``."""
+        where, args = filters.sql(now_ms())
+        fresh = [m for m in self.reads.recently_updated(where, args, k) if m.id not in taken]
+        return fresh[:k - len(taken)]
 
     def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
                  tag_match: str, tool: object = None) -> Filters:
