@@ -55,10 +55,13 @@ class UnifiedMemoryAPI:
     threads; every process may open its own instance on the same store.
     ``register_session=False`` opens the store without recording this process
     as a session (for commands that only list sessions or print the identity).
+    ``tool`` names this process's session and, unless ``stamp_tool=False``, is
+    the tool of its writes that name none (a server is not a tool: its clients'
+    writes carry only the tool they state).
     """
 
     def __init__(self, config: MemoryConfig | None = None, *, tool: str | None = None,
-                 register_session: bool = True) -> None:
+                 register_session: bool = True, stamp_tool: bool = True) -> None:
         self.config = config or MemoryConfig.from_env()
         self.log = OpLog.open(self.config)
         self.storage = self.log.storage
@@ -74,6 +77,7 @@ class UnifiedMemoryAPI:
         self.access = AccessRecorder(self.storage)
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
+        self._write_tool = self.tool if stamp_tool else None
         self.registry = SessionRegistry(self.storage, self.config.session_timeout_ms)
         self._registered = register_session
         if register_session:
@@ -137,7 +141,7 @@ class UnifiedMemoryAPI:
             return memory
 
     def _remember(self, args: dict[str, Any], read_back: bool = False) -> tuple[str, Memory | None]:
-        values = {**args, "tool": args["tool"] if args["tool"] is not None else self.tool}
+        values = {**args, "tool": args["tool"] if args["tool"] is not None else self._write_tool}
         fields = self.checks.create(values, session=self.session_id, now=now_ms())
         record_id = new_id()
         then = (lambda: self.reads.get(record_id, include_expired=True)) if read_back else None

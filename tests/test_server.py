@@ -111,6 +111,15 @@ def test_app_from_config_uses_file_token_and_registers_server_session(tmp_path: 
         assert any(s["tool"] == "http-server" and s["pid"] == os.getpid() for s in sessions)
 
 
+def test_the_servers_writes_carry_only_the_tool_their_client_names(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a write without a tool was stamped "http-server" (or the server's own $TOOL_NAME)."""
+    monkeypatch.setenv("TOOL_NAME", "claude-code")
+    with TestClient(create_app(MemoryConfig(base_path=str(tmp_path / "own")), TOKEN), headers=AUTH) as own:
+        assert own.post("/v1/memories", json={"content": "no tool named"}).json()["tool"] is None
+        assert own.post("/v1/memories", json={"content": "named", "tool": "codex"}).json()["tool"] == "codex"
+
+
 # ------------------------------------------------------------------ v1
 def test_v1_crud(client: TestClient) -> None:
     made = client.post("/v1/memories", headers={"X-Tool-Name": "codex"},

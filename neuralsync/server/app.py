@@ -47,8 +47,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
                keepalive_s: float = 15.0) -> ServerApp:
     """The ASGI application (gate and guard around FastAPI).
 
-    Given a config, the app opens its own facade (tool ``http-server``, with a
-    session heartbeat) and closes it at shutdown; given a facade, the caller
+    Given a config, the app opens its own facade (session ``http-server``, with a
+    heartbeat; writes that name no tool stay without one) and closes it at shutdown; given a facade, the caller
     keeps owning it. ``token`` defaults to ``$NS_TOKEN``, else the token file.
     """
     if isinstance(api_or_config, UnifiedMemoryAPI):
@@ -57,7 +57,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
     else:
         config = api_or_config or MemoryConfig.from_env()
         required = resolve_token(config, token)  # before opening the store: a bad token leaks nothing
-        api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL), True
+        # The session is the server's; a write carries only the tool its client names (issue 12).
+        api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL, stamp_tool=False), True
         api.start_background_maintenance()
         if config.sync_interval_s:
             api.start_interval_sync(config.sync_interval_s)
