@@ -22,6 +22,7 @@ from . import validation as v
 from .config import MemoryConfig
 from .errors import InvalidInput, NeuralSyncError, NotFound
 from .model import Change, Memory
+from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .replication.protocol import SyncReport
 from .replication.service import Replication, TransportFactory
@@ -219,9 +220,10 @@ class UnifiedMemoryAPI:
         return "" if found is None else found[0]
 
     def get_persona_info(self) -> dict[str, Any] | None:
-        """The persona with the clock that set it (``text``, ``hlc``), or None if never set."""
+        """The persona with the clock that set it (``text``, ``hlc``, ``set_at`` in epoch ms), or None
+        if never set."""
         found = self.reads.persona()
-        return None if found is None else {"text": found[0], "hlc": found[1]}
+        return None if found is None else {"text": found[0], "hlc": found[1], "set_at": hlc_ms(found[1])}
 
     def _commit(self, intents: list[Intent], embed: tuple[str, str] | None = None,
                 then: Callable[[], Any] | None = None) -> Any:
