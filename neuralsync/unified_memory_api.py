@@ -21,7 +21,7 @@ from typing import Any
 from . import validation as v
 from .config import MemoryConfig
 from .errors import InvalidInput, NeuralSyncError, NotFound
-from .model import Change, Memory
+from .model import Change, LoggedOp, Memory
 from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .replication.protocol import SyncReport
@@ -474,14 +474,23 @@ class UnifiedMemoryAPI:
         with self.monitor.measure("serve_sync"):
             return self.replication.serve(headers, body)
 
-    def receive_pushed(self, ops: Sequence[object]) -> dict[str, Any]:
-        """Apply signed ops in JSON form (the legacy push); each bad op is refused on its own."""
-        with self.monitor.measure("receive_pushed"):
-            return self.replication.receive_pushed(ops)
+    def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
+        """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
+        wall-clock time and its memory as it is now (expired included)."""
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise InvalidInput("seq", "must be a non-negative integer")
+        ops = self.log.ops_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+        now: dict[str, Memory | None] = {}
+        for _, op in ops:
+            if op.kind != "persona" and op.record_id not in now:
+                now[op.record_id] = self.reads.get(op.record_id, include_expired=True)
+        return [LoggedOp(pos, op, hlc_ms(op.hlc), now.get(op.record_id) if op.kind != "persona" else None)
+                for pos, op in ops]
 
-    def pull_ops(self, since: int, limit: int) -> dict[str, Any]:
-        """Signed ops in JSON form after local position ``since`` (the legacy pull), byte-bounded."""
-        return self.replication.pull(since, limit)
+    def latest_seqs(self, record_ids: Sequence[str]) -> dict[str, int]:
+        """The local sequence number of the newest op on each record (a memory id, or ``"persona"``);
+        absent when no op here touched it."""
+        return self.reads.latest_seqs([v.label(i, "record_ids", 64) or "" for i in record_ids])
 
     def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Losing values of concurrent writes (record, field, both values and authors, resolution)."""

@@ -154,11 +154,13 @@ async def _internal(request: Request, exc: Exception) -> SafeJSONResponse:
     return error_response(500, "internal", "internal server error (details are in the server log)")
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+async def _validation(request: Request, exc: RequestValidationError) -> SafeJSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return error_response(400, "bad_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error')}")
+        status = 422 if request.url.path in compat.LEGACY_PATHS else 400  # NeuralSync2's clients got 422
+        reason = first.get("ctx", {}).get("error")
+        return error_response(status, "bad_json", f"request body is not valid JSON: {reason}")
     where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     return error_response(422, "invalid_input", str(first.get("msg", "invalid input")), ".".join(where) or None)
 
