@@ -278,3 +278,20 @@ def test_an_unopenable_store_spools_locally_until_it_opens(tmp_path: Path) -> No
     assert "[M1] (note, global, conf=0.8) Keep me, whatever happens." in fixed.stdout  # recalled in the same run
     [stored] = memories(home, "whatever happens")
     assert stored.kind == "note"
+
+
+def test_after_one_failure_the_runs_captures_go_straight_to_the_spool(tmp_path: Path) -> None:
+    twice = ("import sys; sys.stdin.read(); print('@remember: first capture'); print('@remember: second capture')")
+    done = nswrap(["--", sys.executable, "-c", twice], tmp_path / "home", NS_ENDPOINT="http://127.0.0.1:9",
+                  NS_TOKEN="t")
+    assert [line for line in done.stderr.splitlines() if "capture" in line][0].startswith(
+        "nswrap: 2 capture(s) not stored now")
+    assert _spool(tmp_path / "home").read_text().count("capture") == 2
+
+
+def test_a_capture_that_cannot_even_be_spooled_is_named_as_lost(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = nswrap(["--", sys.executable, "-c", CAPTURING], blocker / "home", NS_ENDPOINT="http://127.0.0.1:9",
+                  NS_TOKEN="t")
+    assert done.returncode == 0 and "1 capture(s) LOST" in done.stderr and "Keep me" in done.stderr

@@ -2,9 +2,11 @@
 
 A capture the memory cannot take now (the server is down, refuses the token,
 the store is busy) is spooled: one JSON line in ``<home>/nswrap-spool.jsonl``
-(mode 0600), sent first by the next wrapped run. A capture the memory judges
-invalid is not retried (it never would pass) but reported. Either way the user
-sees one line saying what happened, never a silent loss.
+(mode 0600), sent first by the next wrapped run. After one such failure the
+rest of the run's captures go straight to the spool, so a hanging server costs
+one timeout, not one per capture. A capture the memory judges invalid is not
+retried (it never would pass) but reported. Either way the user sees one line
+saying what happened, never a silent loss.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ class Captures:
         self.memory, self.spool, self.prog = memory, spool, prog
         self.spooled = 0
         self.invalid: list[str] = []
+        self.lost: list[str] = []
         self.reason = "no memory available"
+        self.failed = memory is None
 
     def send_spooled(self) -> None:
         """Store what earlier runs spooled (before this run recalls, so it sees them); one line if any."""
@@ -141,7 +145,7 @@ class Captures:
 
     def keep(self, item: RememberLine) -> bool:
         """Store one capture now, else spool it; True when stored."""
-        if self.memory is not None:
+        if self.memory is not None and not self.failed:
             try:
                 self.memory.remember(item)
                 return True
@@ -149,9 +153,12 @@ class Captures:
                 self.invalid.append(f"{item.text[:40]!r}: {exc}")
                 return False
             except Exception as exc:  # noqa: BLE001 - whatever failed, the capture must survive it
-                self.reason = str(exc) or type(exc).__name__
-        self.spool.add(item)
-        self.spooled += 1
+                self.reason, self.failed = str(exc) or type(exc).__name__, True
+        try:
+            self.spool.add(item)
+            self.spooled += 1
+        except OSError as exc:  # the last resort failed too: say exactly what was lost
+            self.lost.append(f"{item.text[:60]!r} ({exc.strerror or exc})")
         return False
 
     def report(self) -> None:
@@ -161,6 +168,9 @@ class Captures:
                       " sent by the next run")
         if self.invalid:
             self._say(f"{len(self.invalid)} capture(s) refused as invalid, not stored: {'; '.join(self.invalid)}")
+        if self.lost:
+            self._say(f"{len(self.lost)} capture(s) LOST: not stored ({self.reason}) and not spooled to"
+                      f" {self.spool.path}: {'; '.join(self.lost)}")
 
     def _say(self, message: str) -> None:
         print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
