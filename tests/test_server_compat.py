@@ -101,6 +101,11 @@ def test_remember_answers_neuralsync2s_item(client: TestClient, api: UnifiedMemo
     assert recalled == {**item, "updated_at": recalled["updated_at"]}
 
 
+def test_empty_tags_are_dropped_not_refused(client: TestClient) -> None:
+    """NeuralSync2's nswrap sends `tag=` as an empty tag, and swallows any error: refusing it loses the capture."""
+    assert remember(client, "with an empty tag", tags=["", " a ", "b"])["tags"] == '["a", "b"]'
+
+
 def test_a_write_without_a_tool_stays_without_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12: the server is not a tool; it stamped 'http-server' (or its own $TOOL_NAME) on such writes."""
     monkeypatch.setenv("TOOL_NAME", "claude-code")

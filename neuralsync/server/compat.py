@@ -25,6 +25,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..integrations import ns2_wire
+from ..integrations.neuralsync2 import clean_tags
 from ..validation import MAX_SEQ
 from .common import StrictJSONRoute, api_of
 
@@ -124,7 +125,7 @@ def remember(request: Request, body: MemoryIn, x_tool_name: str | None = Header(
     api = api_of(request)
     tool = body.tool if body.tool is not None else x_tool_name
     memory = api.remember_memory(
-        body.text, scope=body.scope, tags=body.tags, kind=body.kind, tool=tool or None,
+        body.text, scope=body.scope, tags=clean_tags(body.tags), kind=body.kind, tool=tool or None,
         metadata=ns2_wire.remember_metadata(body.meta, body.tags, body.benefit, body.consistency),
         ttl_ms=body.ttl_ms or None,  # NeuralSync2 read 0 as "no expiry"
         confidence=body.confidence, source=body.source or ns2_wire.DEFAULT_SOURCE)
