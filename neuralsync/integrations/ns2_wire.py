@@ -219,24 +219,29 @@ def render_op(logged: LoggedOp) -> dict[str, Any] | None:
     """One of our ops as NeuralSync2's: a create as ``add`` (the memory as created), an edit as
     ``update`` (the memory as it is now), a delete, a persona; None when it has no equivalent."""
     op, author = logged.op, logged.op.author.hex()
-    head = {"lamport": logged.seq, "site_id": author, "clock_ts": logged.at}
     if op.kind == "persona":
         if op.fields.get("key", "persona") != "persona":
             return None
-        return {"op": PERSONA_OP, **head, "payload": {"text": op.fields.get("text", "")}}
+        return _ns2_op(PERSONA_OP, None, logged.seq, author, logged.at, {"text": op.fields.get("text", "")})
     if op.kind == "delete":
-        return {"op": "delete", "id": dashed(op.record_id), **head, "payload": {}}
+        return _ns2_op("delete", dashed(op.record_id), logged.seq, author, logged.at, {})
     if op.kind == "create":
         item = ns2_item(_created(logged), author, logged.seq)
-        return {"op": "add", "id": item["id"], "lamport": item["lamport"], "site_id": item["site_id"],
-                "clock_ts": logged.at, "payload": item}
+        return _ns2_op("add", item["id"], item["lamport"], item["site_id"], logged.at, item)
     if logged.memory is None:
         return None
     # A later edit must win over the version NeuralSync2 holds: Lamport's rule, max(seen) + 1.
     seen = _provenance(logged.memory).get("lamport")
     lamport = max(logged.seq, seen + 1) if isinstance(seen, int) else logged.seq
     item = ns2_item(logged.memory, author, lamport, own_version=False)
-    return {"op": "update", "id": item["id"], **head, "lamport": lamport, "payload": item}
+    return _ns2_op("update", item["id"], lamport, author, logged.at, item)
+
+
+def _ns2_op(kind: str, item_id: str | None, lamport: int, site_id: str, clock_ts: int,
+            payload: dict[str, Any]) -> dict[str, Any]:
+    """An op as NeuralSync2 logs it (a ``persona_set`` has no id)."""
+    head: dict[str, Any] = {"op": kind} if item_id is None else {"op": kind, "id": item_id}
+    return {**head, "lamport": lamport, "site_id": site_id, "clock_ts": clock_ts, "payload": payload}
 
 
 def _created(logged: LoggedOp) -> Memory:
