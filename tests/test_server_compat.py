@@ -50,11 +50,15 @@ def compact(ns2_id: str) -> str:
 
 
 # ------------------------------------------------------------------ health, persona, status codes
-def test_health_and_auth(api: UnifiedMemoryAPI) -> None:
+def test_health_and_auth(api: UnifiedMemoryAPI, caplog: pytest.LogCaptureFixture) -> None:
     bare = TestClient(create_app(api, TOKEN))
     assert bare.get("/health").json() == {"ok": True, "site_id": api.log.site_id}
     assert bare.post("/recall", json={"query": ""}).status_code == 401
+    assert bare.post("/remember", json={"text": "x"}).status_code == 401
     assert bare.post("/recall", json={"query": ""}, headers={"Authorization": "Bearer nope"}).status_code == 403
+    # NeuralSync2's nswrap hides the 401: the server's log says it, once.
+    told = [r.getMessage() for r in caplog.records if "without a token" in r.getMessage()]
+    assert len(told) == 1 and "/recall" in told[0] and "neuralsync migrate" in told[0]
 
 
 def test_persona_get_and_set_as_neuralsync2(client: TestClient, api: UnifiedMemoryAPI) -> None:
