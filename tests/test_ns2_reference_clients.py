@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,7 +46,7 @@ class Setup:
         return client_env(self.bin, int(self.server.url.rsplit(":", 1)[1]), self.server.token, self.user_home,
                           **extra)
 
-    def v1(self, method: str, path: str, body: object = None) -> object:
+    def v1(self, method: str, path: str, body: object = None) -> Any:
         response = httpx.request(method, self.server.url + path, json=body, headers=self.server.auth, timeout=30)
         assert response.status_code < 300, response.text
         return response.json()
@@ -75,7 +76,7 @@ def test_a_capture_in_claude_ns_is_in_the_next_session_of_every_wrapper(setup: S
     assert "claude ran" in first.stdout and CAPTURE in first.stdout
 
     [stored] = [m for m in setup.v1("POST", "/v1/recall", {"query": "minimal elegant", "mode": "text"})["items"]
-                if m["content"] == "Loves minimal elegant code."]  # type: ignore[index]
+                if m["content"] == "Loves minimal elegant code."]
     assert (stored["kind"], stored["scope"], stored["tool"], stored["source"]) == ("note", "global", None, "nswrap")
 
     for wrapper, tool in (("claude-ns", "claude"), ("codex-ns", "codex"), ("gemini-ns", "gemini")):
@@ -106,7 +107,7 @@ def test_the_wrappers_fixed_query_gets_memories_where_text_search_finds_few(setu
 
 def test_every_nsctl_command_works(setup: Setup) -> None:
     health = json.loads(nsctl(setup, "health").stdout)
-    assert health["ok"] is True and health["site_id"] == setup.v1("GET", "/v1/health")["site_id"]  # type: ignore[index]
+    assert health["ok"] is True and health["site_id"] == setup.v1("GET", "/v1/health")["site_id"]
     assert nsctl(setup, "persona", "set", "--text", "Prefers small diffs.").stdout.strip() == "OK"
     assert nsctl(setup, "persona", "get").stdout.strip() == "Prefers small diffs."
 
@@ -158,3 +159,19 @@ def test_migrate_gives_neuralsync2s_clients_the_token(setup: Setup, tmp_path: Pa
     assert shell.returncode == 0 and '"text": "Said through a new shell"' in shell.stdout, shell.stderr
     tokenless = run(["nsctl", "persona", "get"], env)  # the same client without the token is refused
     assert tokenless.returncode != 0 or tokenless.stdout.strip() == ""
+
+
+def test_its_smoke_script_works_against_neuralsync_serve(setup: Setup) -> None:
+    """The steps of its tests/smoke.sh (persona set with --text: the script itself lacks it)."""
+    nsctl(setup, "health")
+    nsctl(setup, "persona", "set", "--text", "Direct, concise senior engineer persona.")
+    nsctl(setup, "remember", "--text", "User prefers remote/hybrid roles until ankle fully heals.", "--kind", "fact",
+          "--scope", "global", "--confidence", "0.9")
+    recalled = nsctl(setup, "recall", "ankle surgery", "-k", "3").stdout
+    assert "(fact, global, conf=0.9) User prefers remote/hybrid roles until ankle fully heals." in recalled
+    piped = run(["nswrap", "--", "cat"], setup.env(),
+                stdin='@remember: kind=note scope=global "Smoke-tested minimal elegant code."\n')
+    assert piped.returncode == 0, piped.stderr
+    found = setup.v1("POST", "/v1/recall", {"query": "Smoke-tested", "mode": "text"})["items"]
+    assert [(m["content"], m["kind"], m["tool"]) for m in found] == [("Smoke-tested minimal elegant code.", "note",
+                                                                      None)]
