@@ -88,6 +88,7 @@ class PushIn(_Lax):
     ops: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_PUSH_OPS)
 
 
+# The routes whose errors take NeuralSync2's status codes (server.app maps a malformed body to 422 here).
 LEGACY_PATHS = frozenset({"/health", "/persona", "/remember", "/recall", "/sync/pull", "/sync/push"})
 
 
