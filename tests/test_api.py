@@ -393,6 +393,7 @@ def test_tool_match_or_unset_keeps_memories_without_a_tool(api: UnifiedMemoryAPI
 def test_fill_recent_tops_up_with_the_latest_updated_under_the_filters(api: UnifiedMemoryAPI) -> None:
     ids = [api.remember(f"item {word}", scope=scope) for word, scope in
            (("zulu", "a"), ("yankee", "b"), ("xray", "a"), ("whiskey", "a"))]
+    time.sleep(0.005)  # updated_at has millisecond resolution
     api.update(ids[0], confidence=0.5)  # the latest update
     hits = api.recall("yankee", top_k=3, mode="text", fill_recent=True)
     assert [m.id for m in hits] == [ids[1], ids[0], ids[3]]

@@ -157,6 +157,7 @@ def test_a_memory_without_a_tool_matches_every_tool(client: TestClient) -> None:
 def test_recall_fills_top_k_with_the_most_recently_updated(client: TestClient) -> None:
     made = [remember(client, f"note {word}", scope="a" if i % 2 else "b")
             for i, word in enumerate(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"])]
+    time.sleep(0.005)  # updated_at has millisecond resolution
     client.patch(f"/v1/memories/{compact(made[0]['id'])}", json={"confidence": 0.5})  # now the latest update
     texts = [i["text"] for i in recall(client, query="charlie", top_k=4, use_embedding=False)]
     assert texts == ["note charlie", "note alpha", "note foxtrot", "note echo"]
