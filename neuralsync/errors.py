@@ -63,6 +63,10 @@ class SyncUnavailable(NeuralSyncError):
     """A peer could not be reached or did not answer in time."""
 
 
+class ServerUnavailable(NeuralSyncError):
+    """The memory server could not be reached, or refused the request (its token); retry later."""
+
+
 class DependencyMissing(NeuralSyncError):
     """An optional part (MCP SDK, HTTP server) is not installed; the message names the pip line."""
 

@@ -86,3 +86,14 @@ class Change:
     record_id: str
     hlc: int
     author: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOp:
+    """An op of the local log as an export sees it: its local position, its wall-clock time (epoch
+    ms, from its clock) and the memory it concerns as it is now (None: persona op, or forgotten)."""
+
+    seq: int
+    op: Op
+    at: int
+    memory: Memory | None

@@ -15,12 +15,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from . import validation as v
 from .config import MemoryConfig
 from .errors import InvalidInput, NeuralSyncError, NotFound
-from .model import Change, Memory
+from .model import Change, LoggedOp, Memory
+from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .replication.protocol import SyncReport
 from .replication.service import Replication, TransportFactory
@@ -41,6 +43,7 @@ __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
 
 log = logging.getLogger(__name__)
 
+TOOL_MATCHES = ("exact", "or-unset")
 UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "tool", "metadata",
                               "ttl_ms", "confidence", "source", "expires_at"})
 AUTO_OPTIMIZE_EVERY = 10_000
@@ -54,10 +57,13 @@ class UnifiedMemoryAPI:
     threads; every process may open its own instance on the same store.
     ``register_session=False`` opens the store without recording this process
     as a session (for commands that only list sessions or print the identity).
+    ``tool`` names this process's session and, unless ``stamp_tool=False``, is
+    the tool of its writes that name none (a server is not a tool: its clients'
+    writes carry only the tool they state).
     """
 
     def __init__(self, config: MemoryConfig | None = None, *, tool: str | None = None,
-                 register_session: bool = True) -> None:
+                 register_session: bool = True, stamp_tool: bool = True) -> None:
         self.config = config or MemoryConfig.from_env()
         self.log = OpLog.open(self.config)
         self.storage = self.log.storage
@@ -73,6 +79,7 @@ class UnifiedMemoryAPI:
         self.access = AccessRecorder(self.storage)
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
+        self._write_tool = self.tool if stamp_tool else None
         self.registry = SessionRegistry(self.storage, self.config.session_timeout_ms)
         self._registered = register_session
         if register_session:
@@ -136,7 +143,7 @@ class UnifiedMemoryAPI:
             return memory
 
     def _remember(self, args: dict[str, Any], read_back: bool = False) -> tuple[str, Memory | None]:
-        values = {**args, "tool": args["tool"] if args["tool"] is not None else self.tool}
+        values = {**args, "tool": args["tool"] if args["tool"] is not None else self._write_tool}
         fields = self.checks.create(values, session=self.session_id, now=now_ms())
         record_id = new_id()
         then = (lambda: self.reads.get(record_id, include_expired=True)) if read_back else None
@@ -214,9 +221,10 @@ class UnifiedMemoryAPI:
         return "" if found is None else found[0]
 
     def get_persona_info(self) -> dict[str, Any] | None:
-        """The persona with the clock that set it (``text``, ``hlc``), or None if never set."""
+        """The persona with the clock that set it (``text``, ``hlc``, ``set_at`` in epoch ms), or None
+        if never set."""
         found = self.reads.persona()
-        return None if found is None else {"text": found[0], "hlc": found[1]}
+        return None if found is None else {"text": found[0], "hlc": found[1], "set_at": hlc_ms(found[1])}
 
     def _commit(self, intents: list[Intent], embed: tuple[str, str] | None = None,
                 then: Callable[[], Any] | None = None) -> Any:
@@ -312,17 +320,23 @@ class UnifiedMemoryAPI:
     def recall(self, query: str = "", scope: str | None = None, top_k: int = 10,
                tags: list[str] | tuple[str, ...] | str | None = None, kinds: list[str] | str | None = None,
                since: Any = None, until: Any = None, tag_match: str = "any",
-               tool: str | None = None, mode: str = "hybrid") -> list[Memory]:
+               tool: str | None = None, mode: str = "hybrid", *, tool_match: str = "exact",
+               fill_recent: bool = False) -> list[Memory]:
         """The best ``top_k`` memories for ``query`` (BM25 with priority/recency/confidence).
 
         Query text is always literal. An empty query returns the most relevant
         recent memories. ``scope=None`` searches every scope; ``tags`` match
         any (or ``tag_match="all"``); ``since``/``until`` bound creation time;
-        ``tool`` keeps only memories written by that tool. ``mode`` is
+        ``tool`` keeps only memories written by that tool (``tool_match="or-unset"``:
+        and those written without one, NeuralSync2's rule). ``mode`` is
         ``"hybrid"`` (BM25 and meaning, fused), ``"text"`` or ``"semantic"``.
+        ``fill_recent``: when the search finds fewer than ``top_k``, the most
+        recently updated memories passing the filters fill the rest (NeuralSync2's
+        recall; they come after the hits, without a score).
         """
         with self.monitor.measure("recall"):
-            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, mode)
+            return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, mode,
+                                tool_match=tool_match, fill_recent=fill_recent)
 
     def semantic_search(self, query: str, top_k: int = 10, scope: str | None = None,
                         tags: list[str] | tuple[str, ...] | str | None = None, since: Any = None,
@@ -333,15 +347,29 @@ class UnifiedMemoryAPI:
             return self._search(query, scope, top_k, tags, kinds, since, until, tag_match, tool, "semantic")
 
     def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
-                until: object, tag_match: str, tool: object, mode: str) -> list[Memory]:
+                until: object, tag_match: str, tool: object, mode: str, *, tool_match: str = "exact",
+                fill_recent: bool = False) -> list[Memory]:
         query = v.query(query, self.config.max_query_chars)
         if mode not in MODES:
             raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
+        if tool_match not in TOOL_MATCHES:
+            raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
         filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
+        if tool_match == "or-unset":
+            filters = replace(filters, tool_or_unset=True)
         k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
-        results = self.recaller.recall(query, filters, k, mode)  # type: ignore[arg-type]
+        assert k is not None  # not optional
+        results = self.recaller.recall(query, filters, k, mode)
+        if fill_recent and len(results) < k:
+            results += self._recent_fill(filters, k, {m.id for m in results})
         self.access.record([m.id for m in results])
         return results
+
+    def _recent_fill(self, filters: Filters, k: int, taken: set[str]) -> list[Memory]:
+        """Up to ``k - len(taken)`` memories passing ``filters``, last updated first, not in ``taken``."""
+        where, args = filters.sql(now_ms())
+        fresh = [m for m in self.reads.recently_updated(where, args, k) if m.id not in taken]
+        return fresh[:k - len(taken)]
 
     def _filters(self, scope: object, tags: object, kinds: object, since: object, until: object,
                  tag_match: str, tool: object = None) -> Filters:
@@ -466,14 +494,23 @@ class UnifiedMemoryAPI:
         with self.monitor.measure("serve_sync"):
             return self.replication.serve(headers, body)
 
-    def receive_pushed(self, ops: Sequence[object]) -> dict[str, Any]:
-        """Apply signed ops in JSON form (the legacy push); each bad op is refused on its own."""
-        with self.monitor.measure("receive_pushed"):
-            return self.replication.receive_pushed(ops)
+    def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
+        """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
+        wall-clock time and its memory as it is now (expired included)."""
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise InvalidInput("seq", "must be a non-negative integer")
+        ops = self.log.ops_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+        now: dict[str, Memory | None] = {}
+        for _, op in ops:
+            if op.kind != "persona" and op.record_id not in now:
+                now[op.record_id] = self.reads.get(op.record_id, include_expired=True)
+        return [LoggedOp(pos, op, hlc_ms(op.hlc), now.get(op.record_id) if op.kind != "persona" else None)
+                for pos, op in ops]
 
-    def pull_ops(self, since: int, limit: int) -> dict[str, Any]:
-        """Signed ops in JSON form after local position ``since`` (the legacy pull), byte-bounded."""
-        return self.replication.pull(since, limit)
+    def latest_seqs(self, record_ids: Sequence[str]) -> dict[str, int]:
+        """The local sequence number of the newest op on each record (a memory id, or ``"persona"``);
+        absent when no op here touched it."""
+        return self.reads.latest_seqs([v.label(i, "record_ids", 64) or "" for i in record_ids])
 
     def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Losing values of concurrent writes (record, field, both values and authors, resolution)."""

@@ -375,3 +375,29 @@ def test_seed_example_from_the_issue_runs(tmp_path: Path) -> None:
     assert stats["memories"] == 201
     assert "complex_operation" in stats["performance_stats"]["operations"]
     assert avg > 0
+
+
+# ------------------------------------------------------------------ issue 12: NeuralSync2's recall rules
+@pytest.mark.parametrize("mode", ["hybrid", "text", "semantic"])
+def test_tool_match_or_unset_keeps_memories_without_a_tool(api: UnifiedMemoryAPI, mode: str) -> None:
+    untooled = api.remember("deploy notes shared by every tool")
+    mine = api.remember("deploy notes from codex", tool="codex")
+    api.remember("deploy notes from gemini", tool="gemini")
+    strict = {m.id for m in api.recall("deploy notes", tool="codex", mode=mode)}
+    loose = {m.id for m in api.recall("deploy notes", tool="codex", mode=mode, tool_match="or-unset")}
+    assert strict == {mine} and loose == {mine, untooled}
+    with pytest.raises(InvalidInput, match="tool_match"):
+        api.recall("deploy", tool_match="fuzzy")
+
+
+def test_fill_recent_tops_up_with_the_latest_updated_under_the_filters(api: UnifiedMemoryAPI) -> None:
+    ids = [api.remember(f"item {word}", scope=scope) for word, scope in
+           (("zulu", "a"), ("yankee", "b"), ("xray", "a"), ("whiskey", "a"))]
+    time.sleep(0.005)  # updated_at has millisecond resolution
+    api.update(ids[0], confidence=0.5)  # the latest update
+    hits = api.recall("yankee", top_k=3, mode="text", fill_recent=True)
+    assert [m.id for m in hits] == [ids[1], ids[0], ids[3]]
+    assert hits[0].score is not None and hits[1].score is None  # fill carries no score
+    assert [m.id for m in api.recall("yankee", top_k=3, mode="text")] == [ids[1]]  # off by default
+    assert [m.id for m in api.recall("yankee", scope="a", top_k=5, mode="text", fill_recent=True)] == [
+        ids[0], ids[3], ids[2]]

@@ -111,6 +111,15 @@ def test_app_from_config_uses_file_token_and_registers_server_session(tmp_path: 
         assert any(s["tool"] == "http-server" and s["pid"] == os.getpid() for s in sessions)
 
 
+def test_the_servers_writes_carry_only_the_tool_their_client_names(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a write without a tool was stamped "http-server" (or the server's own $TOOL_NAME)."""
+    monkeypatch.setenv("TOOL_NAME", "claude-code")
+    with TestClient(create_app(MemoryConfig(base_path=str(tmp_path / "own")), TOKEN), headers=AUTH) as own:
+        assert own.post("/v1/memories", json={"content": "no tool named"}).json()["tool"] is None
+        assert own.post("/v1/memories", json={"content": "named", "tool": "codex"}).json()["tool"] == "codex"
+
+
 # ------------------------------------------------------------------ v1
 def test_v1_crud(client: TestClient) -> None:
     made = client.post("/v1/memories", headers={"X-Tool-Name": "codex"},
@@ -269,6 +278,7 @@ TAGS_BAD: list[Any] = [5, [1], ["\ud800"], ["a\u0000b"], [f"t{i}" for i in range
 CONTENT_BAD: list[Any] = [*STRING_BAD, "", None, "\u0000", "a\u0000b", " \n\u200b "]
 QUERY_BAD: list[Any] = [*STRING_BAD, "word " * 60_000]  # under the 1 MiB body limit, over the query bound
 META_BAD: list[Any] = [[], "x", {"k": "\ud800"}, {"k": float("nan")}, {"d": [[[[[[[[[[1]]]]]]]]]]}]
+NS2_TOOL_BAD = [value for value in LABEL_BAD if value != ""]
 MEMORY_FIELDS = {"scope": LABEL_BAD, "kind": LABEL_BAD, "tool": LABEL_BAD, "tags": TAGS_BAD,
                  "confidence": UNIT_BAD}
 # route -> (valid base body, {field: values that must be refused})
@@ -282,13 +292,15 @@ FUZZ: dict[tuple[str, str], tuple[dict[str, Any], dict[str, list[Any]]]] = {
                                   "tags": TAGS_BAD, "tag_match": ["x", 5], "kinds": [5, [1]],
                                   "since": ["not a time", True, -1], "tool": LABEL_BAD}),
     ("PUT", "/v1/persona"): ({"text": "x"}, {"text": [*STRING_BAD, None]}),
-    ("POST", "/remember"): ({"text": "x"}, {"text": CONTENT_BAD, **MEMORY_FIELDS,
+    # NeuralSync2 read an empty tool as no tool, and top_k 0 as "nothing": both answer 200 there and here.
+    ("POST", "/remember"): ({"text": "x"}, {"text": CONTENT_BAD, **MEMORY_FIELDS, "tool": NS2_TOOL_BAD,
                                             "benefit": ["x", [1], float("inf")], "ttl_ms": INT_BAD,
                                             "meta": META_BAD, "source": STRING_BAD}),
-    ("POST", "/recall"): ({}, {"query": QUERY_BAD, "top_k": [*INT_BAD, 0], "scope": LABEL_BAD, "tool": LABEL_BAD}),
+    ("POST", "/recall"): ({"query": ""}, {"query": [*QUERY_BAD, None], "top_k": INT_BAD, "scope": LABEL_BAD,
+                                          "tool": NS2_TOOL_BAD}),
     ("POST", "/persona"): ({"text": "x"}, {"text": [*STRING_BAD, None]}),
     ("POST", "/sync/pull"): ({}, {"since": ["x", -1, [1], 1.5], "limit": [0, 10**9, "x"]}),
-    # Ops that are objects but not valid ops are refused one by one (see test_server_compat); a body
+    # Objects that are not valid NeuralSync2 ops are refused one by one (see test_server_compat); a body
     # that is not a list of objects is refused whole.
     ("POST", "/sync/push"): ({"ops": []}, {"ops": ["nope", [1], None, [[]], "x" * 10]}),
 }
@@ -334,7 +346,7 @@ def test_fuzzed_input_is_4xx_and_writes_nothing(client: TestClient, api: Unified
 def test_unicode_round_trips(client: TestClient) -> None:
     text = "naïve café — 東京 🚀 \u200d"
     item = client.post("/remember", json={"text": text, "tags": ["日本"]}).json()
-    assert client.get(f"/v1/memories/{item['id']}").json()["content"] == text
+    assert client.get(f"/v1/memories/{item['id'].replace('-', '')}").json()["content"] == text  # NS2 ids are dashed
     assert client.post("/recall", json={"query": "東京"}).json()["items"][0]["text"] == text
 
 

@@ -44,8 +44,9 @@ def test_ns2_contract_over_a_real_socket(server: Server) -> None:
         client.post("/persona", json={"text": "Be brief."})
         answer = client.post("/recall", json={"query": "elegant"}).json()
         assert answer["preamble"] == "Persona: Be brief.\n\n[M1] (note, global, conf=0.8) Loves minimal elegant code.\n"
-        assert client.post("/remember", content=b"{broken", headers={"Content-Type": "application/json"}
-                           ).status_code == 400
+        broken = {"content": b"{broken", "headers": {"Content-Type": "application/json"}}
+        assert client.post("/remember", **broken).status_code == 422  # NeuralSync2's (FastAPI's) answer
+        assert client.post("/v1/memories", **broken).status_code == 400
         assert client.get("/health").status_code == 200
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -158,10 +159,11 @@ def test_format_preamble() -> None:
 
 class _Recorder(BaseHTTPRequestHandler):
     seen: list[tuple[str, str | None, Any]] = []
+    remember_status = 200  # what /remember answers
 
-    def _answer(self, body: Any) -> None:
+    def _answer(self, body: Any, status: int = 200) -> None:
         data = json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -176,6 +178,9 @@ class _Recorder(BaseHTTPRequestHandler):
         self.seen.append((self.path, self.headers.get("Authorization"), body))
         if self.path == "/recall":
             self._answer({"items": [{"kind": "fact", "scope": "global", "confidence": 0.7, "text": "remote"}]})
+        elif self.remember_status != 200:
+            self._answer({"error": {"type": "x", "field": "kind", "message": "refused here"}, "detail": "refused"},
+                         self.remember_status)
         else:
             self._answer({"id": "x", **body})
 
@@ -189,6 +194,7 @@ def server() -> Iterator[str]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     _Recorder.seen = []
+    _Recorder.remember_status = 200
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
@@ -217,3 +223,75 @@ def test_unreachable_server_still_runs_the_child(tmp_path: Path) -> None:
                   NS_ENDPOINT="http://127.0.0.1:9", NS_TOKEN="t")
     assert (done.returncode, done.stdout) == (0, "ok:x")
     assert "no recalled context" in done.stderr
+
+
+# ------------------------------------------------------------------ issue 12: no capture is lost
+CAPTURING = "import sys; sys.stdin.read(); print('@remember: kind=note Keep me, whatever happens.')"
+
+
+def _spool(home: Path) -> Path:
+    return home / "nswrap-spool.jsonl"
+
+
+def test_a_capture_the_server_cannot_take_is_spooled_then_sent_by_the_next_run(server: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    down = nswrap(["--tool", "codex", "--", sys.executable, "-c", CAPTURING], home,
+                  NS_ENDPOINT="http://127.0.0.1:9", NS_TOKEN="t")
+    assert down.returncode == 0 and "@remember:" in down.stdout
+    [said] = [line for line in down.stderr.splitlines() if "capture" in line]
+    assert said.startswith("nswrap: 1 capture(s) not stored now") and "unreachable" in said
+    assert str(_spool(home)) in said and stat.S_IMODE(_spool(home).stat().st_mode) == 0o600
+
+    up = nswrap(["--tool", "codex", "--", sys.executable, "-c", "import sys; sys.stdin.read()"], home,
+                NS_ENDPOINT=server, NS_TOKEN="t")
+    assert up.returncode == 0 and "stored 1 capture(s) spooled by an earlier run" in up.stderr
+    sent = [body for path, _, body in _Recorder.seen if path == "/remember"]
+    assert [(b["text"], b["kind"], b["tool"]) for b in sent] == [("Keep me, whatever happens.", "note", "codex")]
+    assert [path for path, _, _ in _Recorder.seen][:2] == ["/remember", "/persona"]  # sent before the recall
+    assert not _spool(home).exists()
+
+
+def test_a_refused_token_spools_and_says_how_to_fix_it(server: str, tmp_path: Path) -> None:
+    _Recorder.remember_status = 401
+    done = nswrap(["--", sys.executable, "-c", CAPTURING], tmp_path / "home", NS_ENDPOINT=server, NS_TOKEN="wrong")
+    assert "answered 401" in done.stderr and "NS_TOKEN" in done.stderr
+    assert "Keep me" in _spool(tmp_path / "home").read_text()
+
+
+def test_a_capture_the_server_judges_invalid_is_reported_not_retried(server: str, tmp_path: Path) -> None:
+    _Recorder.remember_status = 422
+    done = nswrap(["--", sys.executable, "-c", CAPTURING], tmp_path / "home", NS_ENDPOINT=server, NS_TOKEN="t")
+    assert "1 capture(s) refused as invalid, not stored" in done.stderr and "kind: refused here" in done.stderr
+    assert not _spool(tmp_path / "home").exists()
+
+
+def test_an_unopenable_store_spools_locally_until_it_opens(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    home.mkdir()
+    (home / "memory.db").write_bytes(b"this is not a database" * 100)
+    broken = nswrap(["--", sys.executable, "-c", CAPTURING], home)
+    assert broken.returncode == 0 and "memory unavailable" in broken.stderr
+    assert "1 capture(s) not stored" in broken.stderr
+    (home / "memory.db").unlink()
+    fixed = nswrap(["--", sys.executable, "-c", "import sys; print(sys.stdin.read())"], home)
+    assert "stored 1 capture(s) spooled by an earlier run" in fixed.stderr
+    assert "[M1] (note, global, conf=0.8) Keep me, whatever happens." in fixed.stdout  # recalled in the same run
+    [stored] = memories(home, "whatever happens")
+    assert stored.kind == "note"
+
+
+def test_after_one_failure_the_runs_captures_go_straight_to_the_spool(tmp_path: Path) -> None:
+    twice = ("import sys; sys.stdin.read(); print('@remember: first capture'); print('@remember: second capture')")
+    done = nswrap(["--", sys.executable, "-c", twice], tmp_path / "home", NS_ENDPOINT="http://127.0.0.1:9",
+                  NS_TOKEN="t")
+    assert [line for line in done.stderr.splitlines() if "capture" in line][0].startswith(
+        "nswrap: 2 capture(s) not stored now")
+    assert _spool(tmp_path / "home").read_text().count("capture") == 2
+
+
+def test_a_capture_that_cannot_even_be_spooled_is_named_as_lost(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = nswrap(["--", sys.executable, "-c", CAPTURING], blocker / "home", NS_ENDPOINT="http://127.0.0.1:9",
+                  NS_TOKEN="t")
+    assert done.returncode == 0 and "1 capture(s) LOST" in done.stderr and "Keep me" in done.stderr

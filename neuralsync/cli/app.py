@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
 from ..json_input import parse_json
+from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, latency_table, one_line, rows, show_memory, when, width
 from .services import add_service_commands
 from .sync import add_sync_commands
@@ -134,6 +135,7 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                                     " (safe to repeat: known ids are skipped)")
     cmd.add_argument("file", metavar="PATH", help="a JSONL file, '-' for stdin, or a NeuralSync2 home"
                                                  " (directory with memory.db and oplog.jsonl) or its memory.db")
+    add_migrate_command(add, cmd_migrate)
     add("optimize", cmd_optimize, "run maintenance and show its effect")
 
 
@@ -363,8 +365,12 @@ def cmd_import(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     from .transfer import import_jsonl
 
     home = None if args.file == "-" else locate(args.file)
+    persona = None
     if home is not None:
-        report = _import_neuralsync2(api, home)
+        from .migrate import import_neuralsync2, print_token_hint
+
+        report, persona = import_neuralsync2(api, home)
+        print_token_hint()
     elif args.file == "-":
         report = import_jsonl(api, getattr(sys.stdin, "buffer", sys.stdin))
     else:
@@ -376,26 +382,19 @@ def cmd_import(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     if report.rejected > len(report.rejections):
         print(f"{PROG}: ... and {report.rejected - len(report.rejections)} more rejected lines", file=sys.stderr)
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"persona": persona} if persona else {})})
     else:
-        print(report.summary)
+        print(report.summary + (f"; persona {persona}" if persona else ""))
     if not report.ok:
         print(f"{PROG}: error: {report.rejected} line(s) rejected; {report.summary}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
-def _import_neuralsync2(api: UnifiedMemoryAPI, home: Any) -> Any:
-    """Items (and op-log-only items) and the persona of a NeuralSync2 home."""
-    from ..integrations.neuralsync2 import read_persona, records
-    from .progress import Progress
-    from .transfer import import_records
+def cmd_migrate(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
+    """Import a NeuralSync2 home and give its clients the token (see :mod:`.migrate`)."""
+    from .migrate import cmd_migrate as migrate
 
-    with Progress("importing NeuralSync2", unit="items") as bar:
-        report = import_records(api, records(home), progress=bar)
-    persona = read_persona(home)
-    if persona and not api.get_persona():
-        api.set_persona(persona)
-    return report
+    return migrate(api, args)
 
 
 def cmd_optimize(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ child's stderr passes straight through and its exit code is returned.
 
 The store is opened directly through the facade, so no server is needed; when
 ``NS_ENDPOINT`` or ``NS_TOKEN`` is set, the NeuralSync2 HTTP routes are used
-instead. Memory trouble never stops the child: it becomes a warning on stderr.
+instead. Memory trouble never stops the child, and never loses a capture: what
+cannot be stored now is spooled and sent by the next run (see :mod:`.capture`),
+and one line on stderr says so.
 """
 
 from __future__ import annotations
@@ -15,25 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ..config import MemoryConfig
+from ..errors import InvalidInput, ServerUnavailable
+from .capture import MARKER, Captures, RememberLine, Spool, parse_remember
+
+__all__ = ["Recalled", "RememberLine", "parse_remember", "format_preamble", "run", "nswrap_main",
+           "claude_ns_main", "codex_ns_main", "gemini_ns_main"]
+
 PROG = "nswrap"
-MARKER = "@remember:"
 DEFAULT_TOP_K = 3
 MAX_QUERY_CHARS = 2000  # recall needs the gist, not a whole piped file
 HTTP_TIMEOUT_S = 10.0
 NOT_FOUND_EXIT = 127
-_OPTION = re.compile(r"(kind|scope|tool|confidence|tag)=(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +53,6 @@ class Recalled:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class RememberLine:
-    """A parsed ``@remember:`` line; ``None`` fields take the store's defaults."""
-
-    text: str
-    kind: str | None = None
-    scope: str | None = None
-    tool: str | None = None
-    confidence: float | None = None
-    tags: tuple[str, ...] = field(default_factory=tuple)
-
-
 class MemoryClient(Protocol):
     """What the wrapper needs from a memory: read the context, store captured lines."""
 
@@ -67,50 +62,7 @@ class MemoryClient(Protocol):
     def close(self) -> None: ...
 
 
-# ================================================================ parsing and formatting
-def parse_remember(line: str) -> RememberLine | None:
-    """Parse ``@remember: [kind=K] [scope=S] [tool=T] [confidence=C] [tag=X]... TEXT``.
-
-    Returns None when the line is not a directive; raises ValueError when it is
-    malformed (empty text, a confidence that is not a number in 0..1).
-    """
-    stripped = line.strip()
-    if not stripped.startswith(MARKER):
-        return None
-    rest, options, tags = stripped[len(MARKER):].strip(), {}, []
-    while (m := _OPTION.match(rest)) is not None:
-        value = _unquote(m.group(2))
-        if m.group(1) == "tag":
-            tags.append(value)
-        else:
-            options[m.group(1)] = value
-        rest = rest[m.end():]
-    text = _unquote(rest.strip())
-    if not text:
-        raise ValueError("no text to remember")
-    confidence = None
-    if "confidence" in options:
-        try:
-            confidence = float(options["confidence"])
-        except ValueError:
-            raise ValueError(f"confidence must be a number, not {options['confidence']!r}") from None
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
-    return RememberLine(text, options.get("kind"), options.get("scope"), options.get("tool"), confidence,
-                        tuple(t for t in tags if t))
-
-
-def _unquote(text: str) -> str:
-    """Strip shell-style quotes; text with unbalanced quotes (``don't``) is kept as written."""
-    if not text or text[0] not in "\"'":
-        return text
-    try:
-        parts = shlex.split(text)
-    except ValueError:  # unbalanced: drop only the opening quote
-        return text[1:].strip()
-    return parts[0] if len(parts) == 1 else text
-
-
+# ================================================================ formatting
 def format_preamble(persona: str, items: Sequence[Recalled]) -> str:
     """NeuralSync2's preamble: ``Persona: ...`` and a blank line, then ``[M1] (kind, scope, conf=c) text``."""
     lines = [f"Persona: {persona}", ""] if persona else []
@@ -123,7 +75,7 @@ class LocalMemory:
     """The store on this machine, opened through the facade (``$NEURALSYNC_HOME``)."""
 
     def __init__(self, tool: str | None) -> None:
-        from ..unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+        from ..unified_memory_api import UnifiedMemoryAPI
 
         self.api = UnifiedMemoryAPI(MemoryConfig.from_env(), tool=tool)
         self.tool = tool
@@ -132,7 +84,9 @@ class LocalMemory:
         return self.api.get_persona()
 
     def recall(self, query: str, top_k: int) -> list[Recalled]:
-        return [Recalled(m.kind, m.scope, m.confidence, m.content) for m in self.api.recall(query, top_k=top_k)]
+        # Filled with the latest memories when few match, as the server's /recall does in HTTP mode.
+        found = self.api.recall(query, top_k=top_k, fill_recent=True)
+        return [Recalled(m.kind, m.scope, m.confidence, m.content) for m in found]
 
     def remember(self, item: RememberLine) -> None:
         self.api.remember(item.text, kind=item.kind or "fact", scope=item.scope or "global",
@@ -157,8 +111,17 @@ class HttpMemory:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.endpoint + path, data=data, headers=headers)
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return json.loads(response.read().decode("utf-8") or "null")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                return json.loads(response.read().decode("utf-8") or "null")
+        except urllib.error.HTTPError as exc:
+            field, reason = _refusal(exc)
+            if exc.code in (400, 413, 422):  # the request itself is wrong: sending it again cannot help
+                raise InvalidInput(field or "capture", reason) from None
+            hint = " (set NS_TOKEN: see 'neuralsync token')" if exc.code in (401, 403) else ""
+            raise ServerUnavailable(f"{self.endpoint} answered {exc.code}: {reason}{hint}") from None
+        except (OSError, ValueError) as exc:  # refused, timed out, reset, or not JSON
+            raise ServerUnavailable(f"{self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
 
     def persona(self) -> str:
         answer = self._call("/persona")
@@ -178,6 +141,18 @@ class HttpMemory:
 
     def close(self) -> None:
         pass
+
+
+def _refusal(exc: urllib.error.HTTPError) -> tuple[str | None, str]:
+    """(field, message) of a server's error answer, as far as it says."""
+    try:
+        doc = json.loads(exc.read(65536) or b"null")
+    except (OSError, ValueError):
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        return error.get("field"), str(error.get("message") or exc.reason)
+    return None, str(doc.get("detail") if isinstance(doc, dict) and doc.get("detail") else exc.reason)
 
 
 def open_memory(tool: str | None) -> MemoryClient:
@@ -219,19 +194,15 @@ def _feed(pipe: IO[bytes], data: bytes) -> None:
         pass
 
 
-def _capture(memory: MemoryClient | None, line: bytes) -> None:
+def _capture(captures: Captures, line: bytes) -> None:
     text = line.decode("utf-8", errors="replace")
     try:
         item = parse_remember(text)
     except ValueError as exc:
         _warn(f"ignored {text.strip()[:80]!r}: {exc}")
         return
-    if item is None or memory is None:
-        return
-    try:
-        memory.remember(item)
-    except Exception as exc:  # noqa: BLE001 - a lost memory must not stop the stream
-        _warn(f"could not remember {item.text[:60]!r}: {exc}")
+    if item is not None:
+        captures.keep(item)
 
 
 class _Sink(Protocol):
@@ -239,7 +210,7 @@ class _Sink(Protocol):
     def flush(self) -> object: ...
 
 
-def _stream(stdout: IO[bytes], memory: MemoryClient | None, out: _Sink | None) -> None:
+def _stream(stdout: IO[bytes], captures: Captures, out: _Sink | None) -> None:
     """Copy the child's stdout as it arrives (partial lines too); capture complete lines."""
     pending, sink = b"", out
     while chunk := os.read(stdout.fileno(), 65536):
@@ -252,9 +223,9 @@ def _stream(stdout: IO[bytes], memory: MemoryClient | None, out: _Sink | None) -
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            _capture(memory, line)
+            _capture(captures, line)
     if pending:
-        _capture(memory, pending)
+        _capture(captures, pending)
 
 
 def run(command: Sequence[str], tool: str | None, *, top_k: int = DEFAULT_TOP_K, prog: str = PROG) -> int:
@@ -267,7 +238,9 @@ def run(command: Sequence[str], tool: str | None, *, top_k: int = DEFAULT_TOP_K,
     piped = _piped_stdin()
     query = (piped.decode("utf-8", errors="replace").strip() or " ".join(command[1:]))[:MAX_QUERY_CHARS]
     memory = _open(tool)
+    captures = Captures(memory, Spool(Path(MemoryConfig.from_env().home)), prog)
     try:
+        captures.send_spooled()  # before recall, so this run already sees them
         preamble = _preamble(memory, query, top_k)
         separator = "\n" if preamble and piped else ""
         data = (preamble + separator).encode("utf-8") + piped
@@ -278,10 +251,11 @@ def run(command: Sequence[str], tool: str | None, *, top_k: int = DEFAULT_TOP_K,
         except OSError as exc:  # found on PATH but not runnable (permissions, bad interpreter line)
             print(f"{prog}: error: cannot run {binary}: {exc.strerror or exc}", file=sys.stderr)
             return 126
-        return _supervise(proc, data, memory)
+        return _supervise(proc, data, captures)
     except KeyboardInterrupt:  # before the child started (e.g. during recall)
         return 130
     finally:
+        captures.report()
         if memory is not None:
             memory.close()
 
@@ -290,11 +264,11 @@ def _open(tool: str | None) -> MemoryClient | None:
     try:
         return open_memory(tool)
     except Exception as exc:  # noqa: BLE001 - an unopenable store must not stop the wrapped tool
-        _warn(f"memory unavailable, running without it ({exc})")
+        _warn(f"memory unavailable, running without it ({exc}); captures are spooled")
         return None
 
 
-def _supervise(proc: subprocess.Popen[bytes], stdin_data: bytes, memory: MemoryClient | None) -> int:
+def _supervise(proc: subprocess.Popen[bytes], stdin_data: bytes, captures: Captures) -> int:
     """Feed stdin, stream stdout, wait. With nothing to inject, stdin was left to the child (interactive use)."""
     feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin_data), daemon=True)
     if proc.stdin is not None:
@@ -305,7 +279,7 @@ def _supervise(proc: subprocess.Popen[bytes], stdin_data: bytes, memory: MemoryC
     try:
         assert proc.stdout is not None
         out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-        _stream(proc.stdout, memory, out or _TextOut(sys.stdout))
+        _stream(proc.stdout, captures, out or _TextOut(sys.stdout))
         proc.stdout.close()
         code = proc.wait()
     finally:

@@ -4,7 +4,7 @@ Received ops are delivered as one closed batch through :meth:`OpLog.apply_remote
 <neuralsync.oplog.log.OpLog.apply_remote>` (each after its predecessors; ops
 whose predecessors are still unknown wait in a bounded buffer). Every refusal
 is logged with the peer and the reason, and counted. This is the one receive
-path: ``/v1/sync`` and the legacy ``/sync/push`` both end here.
+path for signed ops: peer sync on ``/v1/sync`` ends here.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Ties :mod:`.peers` (who may talk to us), :mod:`.signing` (how each request
 proves it) and :mod:`.protocol` (the rounds) to one store's op log:
 ``sync_with`` reaches peers over HTTP, ``serve`` answers a signed request,
-``start_interval`` keeps replicas in step from a server, ``receive_pushed`` and
-``pull`` serve the token-authenticated legacy routes, and ``conflicts`` /
-``stats`` read the merge audit trail and the refusal counters.
+``start_interval`` keeps replicas in step from a server, and ``conflicts`` /
+``stats`` read the merge audit trail and the refusal counters. Replicas meet
+only here (``/v1/sync``): the legacy ``/sync/*`` routes speak NeuralSync2's ops,
+which become local ops through the facade (issue 12).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import InvalidInput, InvalidOp, SyncRejected
+from ..errors import InvalidInput, SyncRejected
 from ..json_input import parse_json
-from ..oplog import codec
 from ..oplog.log import OpLog
 from ..utils import Periodic
 from .peers import Peer, PeerRegistry
@@ -26,12 +26,10 @@ from .protocol import SyncClient, SyncReport, SyncServer, Transport
 from .replica import Replica
 from .signing import NONCE_HEADER, SIGNATURE_HEADER, RequestVerifier, sign_reply
 from .transport import HttpTransport
-from .wire import OP_BYTE_BUDGET, Budget
 
 log = logging.getLogger(__name__)
 
 MAX_CONFLICTS_LISTED = 1000
-PUSH_SOURCE = "sync-push"  # the peer name refusals of the legacy push route are logged under
 TransportFactory = Callable[[Peer], Transport]
 
 
@@ -124,40 +122,6 @@ class Replication:
             self._replica.log_event(peer.name, "bad message", str(exc))
             status, answer = exc.status, _error(str(exc), exc.field)
         return status, answer, {SIGNATURE_HEADER: sign_reply(self.log.key, lowered[NONCE_HEADER], answer)}
-
-    # ------------------------------------------------------------ legacy routes (bearer token)
-    def receive_pushed(self, entries: Sequence[object]) -> dict[str, Any]:
-        """Apply ops pushed in JSON form (bare, or wrapped as ``{"pos", "op"}`` as a pull answers them)
-        through the same receive path as peer sync: each bad op is refused and logged on its own,
-        the others are applied."""
-        raw: list[tuple[bytes, bytes]] = []
-        refused: list[dict[str, Any]] = []
-        for index, entry in enumerate(entries):
-            wire = entry.get("op") if isinstance(entry, dict) and isinstance(entry.get("op"), dict) else entry
-            try:
-                body, sig, _ = codec.wire_parts(wire)
-            except InvalidOp as exc:
-                claimed = wire.get("id") if isinstance(wire, dict) and isinstance(wire.get("id"), str) else None
-                refused.append({"index": index, "id": claimed, "reason": str(exc)})
-                self._replica.log_rejection(PUSH_SOURCE, "invalid op", str(exc), "-")
-                continue
-            raw.append((body, sig))
-        outcome = self._replica.receive(raw, [], PUSH_SOURCE)
-        refused += [{"index": None, "id": oid, "reason": reason} for oid, reason in outcome.refused]
-        return {"applied": outcome.applied, "duplicates": outcome.duplicates,
-                "missing": sorted(op.id.hex() for op in outcome.waiting), "rejected": refused}
-
-    def pull(self, since: int, limit: int) -> dict[str, Any]:
-        """A page of the log after local position ``since``, within the message byte budget."""
-        cursor = since
-        ops: list[dict[str, Any]] = []
-        room = Budget(limit, OP_BYTE_BUDGET)
-        for pos, op in self.log.ops_since(since, limit):
-            if not room.take(len(op.body) + len(op.sig)):
-                break  # the rest comes with the next pull from the returned cursor
-            ops.append({"pos": pos, "op": codec.op_to_wire(op)})
-            cursor = pos
-        return {"cursor": cursor, "ops": ops}
 
     # ------------------------------------------------------------ audit
     def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

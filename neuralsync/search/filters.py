@@ -18,6 +18,8 @@ class Filters:
     since: int | None = None
     until: int | None = None
     tool: str | None = None
+    # NeuralSync2's rule (its legacy routes): a memory stored without a tool matches every tool.
+    tool_or_unset: bool = False
 
     @property
     def restrictive(self) -> bool:
@@ -32,7 +34,7 @@ class Filters:
             where.append("m.scope = ?")
             args.append(self.scope)
         if self.tool is not None:
-            where.append("m.tool = ?")
+            where.append("(m.tool = ? OR m.tool IS NULL)" if self.tool_or_unset else "m.tool = ?")
             args.append(self.tool)
         if self.kinds:
             where.append(f"m.kind IN ({','.join('?' * len(self.kinds))})")

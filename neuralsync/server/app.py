@@ -47,8 +47,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
                keepalive_s: float = 15.0) -> ServerApp:
     """The ASGI application (gate and guard around FastAPI).
 
-    Given a config, the app opens its own facade (tool ``http-server``, with a
-    session heartbeat) and closes it at shutdown; given a facade, the caller
+    Given a config, the app opens its own facade (session ``http-server``, with a
+    heartbeat; writes that name no tool stay without one) and closes it at shutdown; given a facade, the caller
     keeps owning it. ``token`` defaults to ``$NS_TOKEN``, else the token file.
     """
     if isinstance(api_or_config, UnifiedMemoryAPI):
@@ -57,7 +57,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
     else:
         config = api_or_config or MemoryConfig.from_env()
         required = resolve_token(config, token)  # before opening the store: a bad token leaks nothing
-        api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL), True
+        # The session is the server's; a write carries only the tool its client names (issue 12).
+        api, owns = UnifiedMemoryAPI(config, tool=SERVER_TOOL, stamp_tool=False), True
         api.start_background_maintenance()
         if config.sync_interval_s:
             api.start_interval_sync(config.sync_interval_s)
@@ -153,12 +154,13 @@ async def _internal(request: Request, exc: Exception) -> SafeJSONResponse:
     return error_response(500, "internal", "internal server error (details are in the server log)")
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+async def _validation(request: Request, exc: RequestValidationError) -> SafeJSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return error_response(400, "bad_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error')}",
-                              "body")
+        status = 422 if request.url.path in compat.LEGACY_PATHS else 400  # NeuralSync2's clients got 422
+        reason = first.get("ctx", {}).get("error")
+        return error_response(status, "bad_json", f"request body is not valid JSON: {reason}", "body")
     return error_response(422, "invalid_input", str(first.get("msg", "invalid input")), _field(first.get("loc", ())))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit
 
 from ..config import MemoryConfig
 from ..errors import ConfigError
+
+log = logging.getLogger("neuralsync.server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8373
@@ -146,6 +149,7 @@ class Gate:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self._told_tokenless = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,6 +164,8 @@ class Gate:
                 return
         elif scope["path"] not in OPEN_PATHS:
             refusal = self._refusal(_header(scope, b"authorization"))
+            if refusal is not None and refusal[0] == 401 and not self._told_tokenless:
+                self._tell_tokenless(scope["path"])
             if refusal is not None:
                 status, kind, message = refusal
                 await send_error(send, status, kind, message, "Authorization",
@@ -180,6 +186,13 @@ class Gate:
         """(status, reason, header at fault) to refuse a signed request on its headers, before its body
         is read; None to read it. The plain gate knows no peers; the server's app asks its replica."""
         return None
+
+    def _tell_tokenless(self, path: str) -> None:
+        """Once per server: NeuralSync2's clients send no token unless $NS_TOKEN is set, and its nswrap
+        hides the 401, so their captures would be lost where nobody looks (issue 12)."""
+        self._told_tokenless = True
+        log.warning("refused %s without a token; NeuralSync2's clients (nsctl, nswrap, *-ns) send one only"
+                    " from $NS_TOKEN: run 'neuralsync migrate', or export NS_TOKEN=\"$(neuralsync token)\"", path)
 
     def _refusal(self, header: str | None) -> tuple[int, str, str] | None:
         if header is None:

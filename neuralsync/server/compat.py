@@ -1,15 +1,20 @@
-"""NeuralSync2's routes, unchanged for its users' scripts and wrappers.
+"""NeuralSync2's routes, as its server has them, for its users' clients, scripts and wrappers (issue 12).
 
-Field names follow NeuralSync2 (``text``, ``meta``, ``benefit``...) and are
-mapped onto the facade here: ``text`` is ``content``; ``benefit`` and
-``consistency`` live in ``metadata`` beside the keys of ``meta`` (and are
-taken back out when an item is answered). Models ignore unknown fields, as
-NeuralSync2's did, but take JSON types strictly (``true`` is not a
-confidence); the facade validates every value. A client's tool is the body's
-``tool``, else the ``X-Tool-Name`` header, else the server's own.
+Field names and answers follow NeuralSync2 (``text``, ``meta``, ``benefit``...;
+items in :func:`~neuralsync.integrations.ns2_wire.ns2_item`'s shape). Its rules
+are kept: a memory stored without a tool matches every ``tool`` filter, a recall
+that finds fewer than ``top_k`` is filled with the most recently updated
+memories, a write that names no tool stays without one, a malformed body is 422.
+Models ignore unknown fields, as NeuralSync2's did, but take JSON types strictly
+(``true`` is not a confidence); the facade validates every value. A client's
+tool is the body's ``tool``, else the ``X-Tool-Name`` header.
 
-The preamble is NeuralSync2's byte for byte: items numbered from 1, every
-line ending in a newline, confidence printed as Python prints a float.
+The preamble is NeuralSync2's byte for byte: items numbered from 1, every line
+ending in a newline, confidence printed as Python prints a float.
+
+``/sync/pull`` and ``/sync/push`` speak NeuralSync2's ops, so a NeuralSync2
+server and this one can exchange ops during a migration; replicas of this
+project sync on the signed ``/v1/sync``.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..model import Memory
+from ..integrations import ns2_wire
+from ..integrations.neuralsync2 import clean_tags
 from ..validation import MAX_SEQ
 from .common import StrictJSONRoute, api_of
 
 router = APIRouter(tags=["neuralsync2"], route_class=StrictJSONRoute)
 
-NS2_KEYS = ("benefit", "consistency")
-DEFAULT_SOURCE = "api"  # what NeuralSync2 recorded when a client gave no source
 PULL_LIMIT = 1000
 MAX_PULL_LIMIT = 5000
 MAX_PUSH_OPS = 10_000
+MAX_RECALL_TOP_K = 1 << 31  # refused beyond (NeuralSync2 failed there); answered up to the store's max_top_k
 
 
 class _Lax(BaseModel):
@@ -53,11 +58,11 @@ class MemoryIn(_Lax):
 
 
 class RecallIn(_Lax):
-    """NeuralSync2's RecallIn; ``scope="any"`` searches every scope, ``tool=None`` every tool;
-    ``use_embedding=false`` searches text only (BM25), true fuses text and meaning."""
+    """NeuralSync2's RecallIn (``query`` required, may be empty); ``scope="any"`` searches every scope,
+    ``tool=None`` every tool; ``use_embedding=false`` searches text only (BM25), true fuses text and meaning."""
 
-    query: str = ""
-    top_k: int = 8
+    query: str
+    top_k: int = Field(default=8, ge=0, le=MAX_RECALL_TOP_K)
     scope: str = "any"
     tool: str | None = None
     use_embedding: bool = True
@@ -70,33 +75,21 @@ class PersonaIn(_Lax):
 
 
 class PullIn(_Lax):
-    """A page of the op log after local position ``since``."""
+    """Ops from position ``since`` on (inclusive, as NeuralSync2's byte offset); ``limit`` is ours."""
 
     since: int | None = Field(default=0, ge=0, le=MAX_SEQ)
     limit: int = Field(default=PULL_LIMIT, ge=1, le=MAX_PULL_LIMIT)
 
 
 class PushIn(_Lax):
-    """Ops in wire form, bare or wrapped as ``{"pos", "op"}`` (a pull's answer can be pushed as is).
+    """NeuralSync2's ops, wrapped as ``{"pos", "op"}`` (a pull's answer can be pushed as is) or bare.
     Each op is checked on its own: bad ones are refused and listed, the others applied."""
 
-    ops: list[dict[str, Any]] = Field(max_length=MAX_PUSH_OPS)
+    ops: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_PUSH_OPS)
 
 
-# ------------------------------------------------------------------ shapes
-def ns2_item(memory: Memory) -> dict[str, Any]:
-    """A memory in NeuralSync2's item shape (no vector), plus our extra fields."""
-    meta = dict(memory.metadata)
-    extras = {key: meta.pop(key, None) for key in NS2_KEYS}
-    ttl = None if memory.expires_at is None else max(0, memory.expires_at - memory.created_at)
-    item = {"id": memory.id, "kind": memory.kind, "text": memory.content, "scope": memory.scope,
-            "tool": memory.tool, "tags": list(memory.tags), "confidence": memory.confidence, **extras,
-            "created_at": memory.created_at, "updated_at": memory.updated_at, "ttl_ms": ttl,
-            "expires_at": memory.expires_at, "tombstone": 0, "source": memory.source, "meta": meta,
-            "priority": memory.priority}
-    if memory.score is not None:
-        item["score"] = memory.score
-    return item
+# The routes whose errors take NeuralSync2's status codes (server.app maps a malformed body to 422 here).
+LEGACY_PATHS = frozenset({"/health", "/persona", "/remember", "/recall", "/sync/pull", "/sync/push"})
 
 
 def preamble(persona: str, items: list[dict[str, Any]]) -> str:
@@ -105,13 +98,6 @@ def preamble(persona: str, items: list[dict[str, Any]]) -> str:
     for i, item in enumerate(items, 1):
         text += f"[M{i}] ({item['kind']}, {item['scope']}, conf={item['confidence']}) {item['text']}\n"
     return text
-
-
-def _metadata(body: MemoryIn) -> dict[str, Any] | None:
-    extras = {key: getattr(body, key) for key in NS2_KEYS if getattr(body, key) is not None}
-    if body.meta is None and not extras:
-        return None
-    return {**(body.meta or {}), **extras}
 
 
 # ------------------------------------------------------------------ routes
@@ -123,10 +109,10 @@ def health(request: Request) -> dict[str, Any]:
 @router.get("/persona", summary="The shared persona")
 def persona_get(request: Request) -> dict[str, Any]:
     api = api_of(request)
-    found = api.get_persona_info()  # NeuralSync2 also answers the clock that set it
-    if found is None or not found["text"]:
+    found = api.get_persona_info()
+    if found is None:
         return {"text": ""}
-    return {"text": found["text"], "site_id": api.identity(), "lamport": found["hlc"]}
+    return {"text": found["text"], "site_id": api.identity(), "lamport": api.latest_seqs(["persona"]).get("persona", 0)}
 
 
 @router.post("/persona", summary="Set the shared persona")
@@ -135,30 +121,36 @@ def persona_set(request: Request, body: PersonaIn) -> dict[str, Any]:
     return {"ok": True}
 
 
-@router.post("/remember", summary="Remember (NeuralSync2 MemoryIn)")
+@router.post("/remember", summary="Remember (NeuralSync2 MemoryIn); answers the stored item")
 def remember(request: Request, body: MemoryIn, x_tool_name: str | None = Header(default=None)) -> dict[str, Any]:
     api = api_of(request)
-    fields: dict[str, Any] = {"content": body.text, "scope": body.scope, "tags": body.tags, "kind": body.kind,
-              "tool": body.tool if body.tool is not None else x_tool_name, "metadata": _metadata(body),
-              "ttl_ms": body.ttl_ms or None,  # NeuralSync2 read 0 as "no expiry"
-              "confidence": body.confidence, "source": body.source or DEFAULT_SOURCE}
-    return ns2_item(api.remember_memory(**fields))
+    tool = body.tool if body.tool is not None else x_tool_name
+    memory = api.remember_memory(
+        body.text, scope=body.scope, tags=clean_tags(body.tags), kind=body.kind, tool=tool or None,
+        metadata=ns2_wire.remember_metadata(body.meta, body.tags, body.benefit, body.consistency),
+        ttl_ms=body.ttl_ms or None,  # NeuralSync2 read 0 as "no expiry"
+        confidence=body.confidence, source=body.source or ns2_wire.DEFAULT_SOURCE)
+    return ns2_wire.items_of(api, [memory])[0]
 
 
 @router.post("/recall", summary="Recall with a context preamble (NeuralSync2 RecallIn)")
 def recall(request: Request, body: RecallIn) -> dict[str, Any]:
     api = api_of(request)
-    scope = None if body.scope == "any" else body.scope
-    mode = "hybrid" if body.use_embedding else "text"
-    items = [ns2_item(m) for m in api.recall(body.query, scope=scope, top_k=body.top_k, tool=body.tool, mode=mode)]
+    items: list[dict[str, Any]] = []
+    if body.top_k > 0:  # NeuralSync2 answers nothing for top_k 0; a top_k over our limit gets the limit
+        memories = api.recall(body.query, scope=None if body.scope == "any" else body.scope,
+                              top_k=min(body.top_k, api.config.max_top_k), tool=body.tool or None,
+                              mode="hybrid" if body.use_embedding else "text", tool_match="or-unset",
+                              fill_recent=True)
+        items = ns2_wire.items_of(api, memories)
     return {"items": items, "preamble": preamble(api.get_persona(), items)}
 
 
-@router.post("/sync/pull", summary="Ops after a log position")
+@router.post("/sync/pull", summary="NeuralSync2 ops from a log position (inclusive)")
 def sync_pull(request: Request, body: PullIn) -> dict[str, Any]:
-    return api_of(request).pull_ops(body.since or 0, body.limit)
+    return ns2_wire.pull(api_of(request), body.since or 0, body.limit)
 
 
-@router.post("/sync/push", summary="Apply signed ops from a peer")
+@router.post("/sync/push", summary="Apply NeuralSync2 ops as local ops")
 def sync_push(request: Request, body: PushIn) -> dict[str, Any]:
-    return api_of(request).receive_pushed(body.ops)
+    return ns2_wire.apply_ops(api_of(request), body.ops).to_dict()

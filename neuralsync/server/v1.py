@@ -30,7 +30,7 @@ class _Body(BaseModel):
 
 
 class MemoryCreate(_Body):
-    """A new memory; ``tool`` defaults to the ``X-Tool-Name`` header, else the server's tool."""
+    """A new memory; ``tool`` defaults to the ``X-Tool-Name`` header, else none."""
 
     content: str
     scope: str = "global"
@@ -99,7 +99,7 @@ def memory_json(memory: Memory) -> dict[str, Any]:
 
 
 def client_tool(body_tool: str | None, header_tool: str | None) -> str | None:
-    """The writing tool: the body's, else the ``X-Tool-Name`` header's, else None (the server's)."""
+    """The writing tool: the body's, else the ``X-Tool-Name`` header's, else None."""
     return body_tool if body_tool is not None else header_tool
 
 

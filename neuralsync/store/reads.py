@@ -110,6 +110,23 @@ class Reader:
             yield from (row_to_memory(r) for r in rows)
             last = rows[-1][0]
 
+    def recently_updated(self, where: str, args: Sequence[object], limit: int) -> list[Memory]:
+        """Memories passing ``where`` (SQL on ``memories m``, e.g. ``Filters.sql``), last updated first."""
+        with self.storage.read() as conn:
+            rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE {where}"
+                                " ORDER BY m.updated_at DESC, m.rowid DESC LIMIT ?", (*args, limit)).fetchall()
+        return [row_to_memory(r) for r in rows]
+
+    def latest_seqs(self, record_ids: Sequence[str]) -> dict[str, int]:
+        """The local sequence number of the newest op on each record (absent: no op here)."""
+        if not record_ids:
+            return {}
+        marks = ",".join("?" * len(record_ids))
+        rows = self.storage.conn.execute(
+            f"SELECT record_id, max(seq) FROM ops WHERE record_id IN ({marks}) GROUP BY record_id",
+            tuple(record_ids)).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     def persona(self, key: str = "persona") -> tuple[str, int] | None:
         """The persona text and the hlc that set it, or None."""
         row = self.storage.conn.execute("SELECT value, clock FROM kv WHERE key = ?", (key,)).fetchone()
