@@ -36,7 +36,11 @@ MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 TOKENIZER = Path(__file__).with_name("data") / "all-MiniLM-L6-v2.tokenizer.json"
 MAX_TOKENS = 256
 DIMS = 384
-BATCH_TOKENS = 8192  # padded tokens per inference call: bounds memory and padding waste
+# Padded tokens per inference call. Attention holds batch x 12 heads x length^2 floats, and
+# onnxruntime's arena keeps the largest buffers it ever made: 8192 tokens per call took a
+# server to 1.2 GB under write load; 1024 keeps a process with the model near 350 MB and
+# embeds as fast (measured on 2,400 memories, bench notes in bench/README-semantic.md).
+BATCH_TOKENS = 1024
 
 _lock = threading.Lock()
 _loaded: dict[int, tuple[Any, Any]] = {}  # threads -> (session, tokenizer), one per process
@@ -69,6 +73,7 @@ def _load(threads: int) -> tuple[Any, Any]:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.enable_cpu_mem_arena = False  # return activations after each call; the arena keeps its peak
             options.log_severity_level = 3  # warnings only: nothing on an MCP server's stdout/stderr chatter
             try:
                 session = ort.InferenceSession(str(_verified_model()), options, providers=["CPUExecutionProvider"])
