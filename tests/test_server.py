@@ -175,6 +175,8 @@ def test_refusals_before_routing_name_the_field(api: UnifiedMemoryAPI) -> None:
     big = bare.post("/remember", headers=AUTH, content=b"{" + b" " * 100 + b"}")
     assert big.status_code == 413 and big.json()["error"]["field"] == "body"
     bad_json = bare.post("/remember", headers={**AUTH, "Content-Type": "application/json"}, content=b"{bad")
+    assert bad_json.status_code == 422 and bad_json.json()["error"]["field"] == "body"  # NeuralSync2's status
+    bad_json = bare.post("/v1/memories", headers={**AUTH, "Content-Type": "application/json"}, content=b"{bad")
     assert bad_json.status_code == 400 and bad_json.json()["error"]["field"] == "body"
     unsigned = bare.post("/v1/sync", content=b"{}")
     assert unsigned.status_code == 401 and unsigned.json()["error"]["field"] == "X-Neuralsync-Key"

@@ -34,7 +34,7 @@ from ..errors import (
 from ..unified_memory_api import UnifiedMemoryAPI
 from . import compat, feed, v1
 from .auth import DEFAULT_MAX_BODY_BYTES, Gate, Receive, Scope, Send, resolve_token, send_error
-from .common import SafeJSONResponse, ServerState, api_of, error_response
+from .common import BadBody, SafeJSONResponse, ServerState, api_of, error_response
 
 log = logging.getLogger("neuralsync.server")
 
@@ -177,11 +177,14 @@ def _field(loc: Sequence[Any]) -> str:
 _HTTP_FIELDS = {400: "body", 404: "path", 405: "method", 413: "body", 415: "Content-Type"}
 
 
-async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+async def _http(request: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
     kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     field = getattr(exc, "field", None) or _HTTP_FIELDS.get(exc.status_code, "request")
-    return error_response(exc.status_code, getattr(exc, "kind", None) or kinds.get(exc.status_code, "http_error"),
+    status = exc.status_code
+    if isinstance(exc, BadBody) and request.url.path in compat.LEGACY_PATHS:
+        status = 422  # NeuralSync2's clients got 422 for a body that is not JSON
+    return error_response(status, getattr(exc, "kind", None) or kinds.get(exc.status_code, "http_error"),
                           detail, field, headers=dict(exc.headers or {}))
 
 
