@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .utils import pid_alive
+
 SERVER_INFO_FILE = "server.json"
 TOKEN_FILE = "server.token"
 TOKEN_ENV = "NS_TOKEN"
@@ -59,7 +61,7 @@ def read_server_info(home: Path, include_self: bool = False) -> ServerInfo | Non
     if info.pid == os.getpid() and not include_self:
         return None  # the server itself works locally
     host = urlsplit(info.url).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1") or not _alive(info.pid):
+    if host not in ("127.0.0.1", "localhost", "::1") or not pid_alive(info.pid):
         return None
     return info
 
@@ -72,15 +74,3 @@ def server_token(home: Path) -> str | None:
         return (home / TOKEN_FILE).read_text(encoding="ascii").strip() or None
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN", "Periodic", "read_only_uri"]
+__all__ = ["now_ms", "new_id", "is_valid_id", "ID_PATTERN", "Periodic", "read_only_uri", "pid_alive"]
 
 # Ids are UUIDv7-shaped hex strings without dashes: 48-bit ms timestamp, then
 # randomness. Lexicographic order is creation order, which keeps the primary
@@ -79,6 +79,19 @@ def derived_id(at_ms: int, key: bytes) -> str:
 def read_only_uri(path: str | os.PathLike[str]) -> str:
     """A ``file:`` URI opening an SQLite file read-only; percent-escaped, so '?', '#' or '%' in a path are safe."""
     return Path(path).resolve().as_uri() + "?mode=ro"
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def is_valid_id(value: object) -> bool:

@@ -13,24 +13,11 @@ import sqlite3
 from typing import Any
 
 from ..store.storage import Storage
-from ..utils import Periodic, now_ms
+from ..utils import Periodic, now_ms, pid_alive
 
 DEFAULT_SESSION_TIMEOUT_MS = 3_600_000
 ENDED_RETENTION_MS = 7 * 86_400_000
 HEARTBEAT_S = 30.0
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 class SessionRegistry:
