@@ -81,6 +81,7 @@ def test_opening_a_pre_graph_store_backfills_clocks_floors_and_edges(tmp_path: P
     with raw:
         raw.execute("UPDATE ops SET eff = NULL, floor = NULL")
         raw.execute("DELETE FROM op_preds")
+        raw.execute("DELETE FROM meta WHERE key = 'graph_backfilled'")  # a store from before schema 5 has none
     raw.close()
     reopened = _api(tmp_path / "a")
     try:

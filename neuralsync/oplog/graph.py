@@ -128,9 +128,16 @@ def backfill_graph(storage: Storage) -> None:
 
     Those ops were accepted under the earlier rule that a clock exceeds its
     predecessors', so their effective clock is their clock; floors are
-    recomputed by replaying the heads in log order.
+    recomputed by replaying the heads in log order. Every op logged since has its
+    effective clock, so once done (a flag in ``meta``) the log is not scanned again:
+    that scan was most of the cost of opening a large store.
     """
-    if storage.conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
+    conn = storage.conn
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'graph_backfilled'").fetchone() is not None:
+        return
+    if conn.execute("SELECT 1 FROM ops WHERE eff IS NULL LIMIT 1").fetchone() is None:
+        with storage.write() as wconn:
+            wconn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('graph_backfilled', '1')")
         return
     with storage.write() as conn:
         heads: set[bytes] = set()
@@ -148,3 +155,4 @@ def backfill_graph(storage: Storage) -> None:
             if floor is not None:
                 conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)",
                                  [(seq, p.seq) for p in preds])
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('graph_backfilled', '1')")

@@ -25,7 +25,6 @@ from .peers import Peer, PeerRegistry
 from .protocol import SyncClient, SyncReport, SyncServer, Transport
 from .replica import Replica
 from .signing import NONCE_HEADER, SIGNATURE_HEADER, RequestVerifier, sign_reply
-from .transport import HttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Replication:
         peers = [self.registry.get(name)] if name is not None else self.registry.all()
         reports = []
         for peer in peers:
-            channel = transport(peer) if transport else HttpTransport(self.log.key, peer, timeout)
+            channel = transport(peer) if transport else _http(self.log.key, peer, timeout)
             with self._lock:
                 reports.append(self._client.sync(peer, channel))
         return reports
@@ -161,3 +160,10 @@ class Replication:
 def _error(message: str, field: str) -> bytes:
     return json.dumps({"error": {"type": "sync_rejected", "field": field, "message": message},
                        "detail": message}).encode()
+
+
+def _http(key: Any, peer: Peer, timeout: float) -> Transport:
+    """The HTTP transport, imported when a sync starts (opening a store need not load http.client)."""
+    from .transport import HttpTransport
+
+    return HttpTransport(key, peer, timeout)
