@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from ..discovery import read_server_info, server_token
 from ..errors import InvalidInput
+from ..json_input import parse_json
 from ..model import Memory
 
 TIMEOUT_S = 10.0
@@ -41,8 +42,8 @@ def recall_via_server(home: Path, request: dict[str, Any]) -> list[Memory] | Non
     finally:
         conn.close()
     try:
-        answer = json.loads(body)
-    except ValueError:
+        answer = parse_json(body)  # one rule for JSON read from a socket, bounded
+    except ValueError:  # InvalidInput is one
         return None
     if status == 422 and isinstance(answer, dict) and isinstance(answer.get("error"), dict):
         error = answer["error"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...discovery import ServerInfo, read_server_info, server_token
 from ...errors import EmbeddingUnavailable
+from ...json_input import parse_json
 from .base import Embedder, as_text_list, empty
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ServerEmbedder:
             conn.close()
         if response.status != 200:
             raise EmbeddingUnavailable(f"the server answered {response.status}")
-        answer: dict[str, Any] = json.loads(body)
+        answer: dict[str, Any] = parse_json(body)  # one rule for JSON read from a socket, bounded
         if answer.get("embedder") != self.name or answer.get("dims") != self.dims:
             raise EmbeddingUnavailable(f"the server now embeds with {answer.get('embedder')!r}, not {self.name!r}")
         matrix = np.frombuffer(base64.b64decode(answer["vectors"]), dtype="<f4")
