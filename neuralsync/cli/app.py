@@ -167,10 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "standalone", None):  # servers open the store themselves; recall may not open it at all
+        return int(args.standalone(args))
     from ..unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
-    if getattr(args, "standalone", None):  # servers open the store themselves
-        return int(args.standalone(args))
     with UnifiedMemoryAPI(MemoryConfig.from_env(args.home)) as api:
         handler: Handler = args.handler
         return handler(api, args)
