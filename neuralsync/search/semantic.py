@@ -99,32 +99,29 @@ class SemanticIndex:
 
     # ------------------------------------------------------------ embedding
     @property
-    def embedder(self) -> Embedder:
-        """The configured embedder: through this store's running server when there is one (one model per
-        machine), else loaded here on first use. A process that found no server looks again now and then."""
+    def local_embedder(self) -> Embedder:
+        """This process's own embedder, built on first use (a server embeds with it for the others)."""
         with self._lock:
             if self._local_embedder is None:
                 from .embed import get_embedder
 
                 self._local_embedder = get_embedder(self.spec)
+            return self._local_embedder
+
+    @property
+    def embedder(self) -> Embedder:
+        """The configured embedder: through this store's running server when there is one (one model per
+        machine), else this process's own. A process that found no server looks again now and then."""
+        local = self.local_embedder
+        with self._lock:
             now = time.monotonic()
-            if self.via_server and (self._embedder is None or self._embedder is self._local_embedder) \
+            if self.via_server and (self._embedder is None or self._embedder is local) \
                     and now - self._server_checked >= SERVER_RECHECK_S:
                 from .embed.remote import server_embedder
 
                 self._server_checked = now
-                local = self._local_embedder
-                self._embedder = server_embedder(self.home, local.name, lambda: local) or self._embedder
-            if self._embedder is None:
-                self._embedder = self._local_embedder
-            return self._embedder
-
-    @property
-    def local_embedder(self) -> Embedder:
-        """This process's own embedder (a server embeds with it for the others)."""
-        self.embedder  # noqa: B018 - builds the local one
-        assert self._local_embedder is not None
-        return self._local_embedder
+                self._embedder = server_embedder(self.home, local.name, lambda: local)
+            return self._embedder or local
 
     def announce(self, url: str) -> None:
         """Offer this process's embedder to the store's other processes (see ``embed.remote``)."""
