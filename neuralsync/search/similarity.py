@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import NamedTuple
 
 __all__ = [
@@ -201,6 +202,7 @@ def _identifier(token: str) -> bool:
     return False
 
 
+@lru_cache(maxsize=4096)  # a new memory is compared with a handful of candidates: analysed once
 def _analyse(text: str) -> _Facts:
     plain = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
     raw: set[str] = set()
