@@ -10,7 +10,7 @@ every text with the default embedder (MiniLM, offline) and compares two rules:
 - ``cosine+lexical``: :func:`neuralsync.search.similarity.near_duplicate`
   (the same, unless ``lexical_conflict`` finds a reason the texts differ).
 
-The pairs are split in two halves by a hash of the pair, stratified by type.
+The pairs are split in two halves by a hash of the pair (stable as pairs are added).
 Each rule's threshold is chosen on the tuning half by maximising F0.5
 (precision weighted twice recall: merging two different facts loses one of
 them, missing a duplicate only leaves a redundant memory), ties to the higher
@@ -72,14 +72,11 @@ def _key(pair: Pair) -> str:
 
 
 def split(pairs: Sequence[Pair]) -> tuple[list[int], list[int]]:
-    """Indices of the tuning and held-out halves: within each type, pairs sorted by hash, alternately."""
-    tune: list[int] = []
-    held: list[int] = []
-    for kind in sorted({p.type for p in pairs}):
-        ordered = sorted((i for i, p in enumerate(pairs) if p.type == kind), key=lambda i: _key(pairs[i]))
-        for rank, index in enumerate(ordered):
-            (tune if rank % 2 == 0 else held).append(index)
-    return sorted(tune), sorted(held)
+    """Indices of the tuning and held-out halves, by one bit of a hash of the pair: a pair's half never
+    changes when pairs are added, so the held-out half stays unseen."""
+    tune = [i for i, p in enumerate(pairs) if int(_key(p)[:8], 16) % 2 == 0]
+    held = [i for i, p in enumerate(pairs) if int(_key(p)[:8], 16) % 2 == 1]
+    return tune, held
 
 
 def cosines(pairs: Sequence[Pair], embedder_spec: str = "minilm") -> list[float]:
