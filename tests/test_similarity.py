@@ -110,6 +110,7 @@ def test_near_duplicate_decisions_and_reasons() -> None:
     low = near_duplicate(*paraphrase, cosine=0.5)
     assert not low.duplicate and low.reason.startswith("below threshold")
     assert near_duplicate(*paraphrase, cosine=0.85, threshold=0.9).duplicate is False
+    assert near_duplicate(*paraphrase, cosine=float("nan")).duplicate is False
     assert 0.5 < DEFAULT_NEAR_THRESHOLD < 1.0
 
 

@@ -203,7 +203,7 @@ def _identifier(token: str) -> bool:
     return False
 
 
-@lru_cache(maxsize=4096)  # a new memory is compared with a handful of candidates: analysed once
+@lru_cache(maxsize=512)  # a new memory is compared with a handful of candidates: analysed once
 def _analyse(text: str) -> _Facts:
     plain = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
     raw: set[str] = set()
@@ -285,7 +285,7 @@ def near_duplicate(a: str, b: str, cosine: float, threshold: float = DEFAULT_NEA
     """Whether ``a`` and ``b`` (whose embeddings have ``cosine`` similarity) are one fact to merge."""
     if normalise(a) == normalise(b):
         return Decision(True, "same normalised text")
-    if cosine < threshold:
+    if not cosine >= threshold:  # also refuses a NaN cosine
         return Decision(False, f"below threshold (cosine {cosine:.2f} < {threshold:.2f})")
     conflict = lexical_conflict(a, b)
     if conflict:
