@@ -25,6 +25,8 @@ UPDATABLE_FIELDS: frozenset[str] = frozenset(SCALAR_FIELDS) - {"created_at", "se
 # longer, whoever wrote it. A store may set a lower limit for its own writes (``max_content_chars``),
 # never a higher one: an op it could write, its peers would refuse.
 MAX_CONTENT_CHARS = 100_000
+# How a duplicate is merged into the memory it repeats (the merger; ``manual`` keeps both for a person).
+MERGE_STRATEGIES: tuple[str, ...] = ("semantic_merge", "last_writer_wins", "content_merge", "manual")
 
 
 class Memory(NamedTuple):
@@ -97,3 +99,29 @@ class LoggedOp:
     op: Op
     at: int
     memory: Memory | None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What a ``remember`` did: the memory as stored, and whether it was merged into one it repeats.
+
+    ``merged``: the new text was a duplicate, so ``memory`` is the memory it was merged into
+    (``merge_id``: the merge op, hex, for ``neuralsync merges show/undo``; ``rule``: why).
+    """
+
+    memory: Memory
+    merged: bool = False
+    merge_id: str | None = None
+    strategy: str | None = None
+    rule: str | None = None
+    candidate_of: str | None = None  # the ``manual`` strategy: kept, and paired with this memory
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the memory's fields, then what the merger did."""
+        merger: dict[str, Any] = {"merged": self.merged}
+        if self.merged:
+            merger.update(merged_into=self.memory.id, merge_id=self.merge_id, strategy=self.strategy,
+                          rule=self.rule)
+        if self.candidate_of is not None:
+            merger.update(duplicate_of=self.candidate_of, strategy="manual", rule=self.rule)
+        return {**self.memory.to_dict(), **merger}

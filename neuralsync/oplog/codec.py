@@ -31,7 +31,7 @@ from .clock import HLC_MAX
 from .fields import check_fields
 
 FORMAT_VERSION = 1
-OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona"})
+OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge"})
 MAX_OP_BYTES = 1 << 20  # one op, encoded
 MAX_PREDS = 64
 MAX_DEPTH = 8

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidOp
-from ..model import MAX_CONTENT_CHARS
+from ..model import MAX_CONTENT_CHARS, MERGE_STRATEGIES
 from ..utils import is_valid_id
 from ..validation import content_fault, label_fault
 
@@ -106,3 +106,34 @@ def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
                                      or any(not isinstance(r, bytes) or len(r) != 32 for r in removes)
                                      or len(set(removes)) != len(removes)):
             raise InvalidOp(f"tag_remove op needs a list of at most {MAX_REMOVES} distinct 32-byte add-op ids")
+    elif kind == "merge":
+        _check_merge(record_id, fields)
+    elif kind == "unmerge" and not _op_id(fields.get("merge")):
+        raise InvalidOp("unmerge op needs the 32-byte id of the merge it undoes")
+
+
+def _op_id(v: Any) -> bool:
+    return isinstance(v, bytes) and len(v) == 32
+
+
+def _check_merge(record_id: str, fields: dict[str, Any]) -> None:
+    """A merge of memory ``record_id`` into ``into``: the strategy, the rule, what it replaced, what it kept."""
+    into = fields.get("into")
+    if not isinstance(into, str) or not is_valid_id(into) or into == record_id:
+        raise InvalidOp("merge op needs 'into': the 32-hex id of another memory")
+    if fields.get("strategy") not in MERGE_STRATEGIES or fields["strategy"] == "manual":
+        raise InvalidOp(f"merge op has an invalid 'strategy' (one of {', '.join(MERGE_STRATEGIES[:3])})")
+    if not _text(MAX_LABEL)(fields.get("rule")) or not isinstance(fields.get("absorbed"), bool):
+        raise InvalidOp("merge op needs a 'rule' label and an 'absorbed' flag")
+    merged, before = fields.get("merged"), fields.get("before", {})
+    if not isinstance(merged, dict) or any(name not in merged for name in CREATE_REQUIRED):
+        raise InvalidOp("merge op needs 'merged': the merged memory's fields")
+    for name, values in (("merged", merged), ("before", before)):
+        if not isinstance(values, dict) or any(
+                not rule(values[field]) for field, rule in SCALAR_RULES.items() if field in values):
+            raise InvalidOp(f"merge op has an invalid {name!r}")
+    update_op, tag_ops = fields.get("update_op"), fields.get("tag_ops", [])
+    if update_op is not None and not _op_id(update_op):
+        raise InvalidOp("merge op's 'update_op' must be a 32-byte op id")
+    if not isinstance(tag_ops, list) or len(tag_ops) > MAX_TAGS or not all(_op_id(t) for t in tag_ops):
+        raise InvalidOp(f"merge op's 'tag_ops' must be at most {MAX_TAGS} 32-byte op ids")

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from ..errors import InvalidOp
 from ..model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
 from ..store.reads import TAG_SEP
+from ..textnorm import norm_hash
 from ..utils import now_ms
 from . import codec
 from .clock import hlc_ms
@@ -39,8 +40,9 @@ from .graph import Node, ancestors_among, below, effective_clock, floor_of, is_a
 
 CREATE_DEFAULTS: dict[str, Any] = {"tool": None, "source": None, "session": None, "metadata": {},
                                    "expires_at": None}
-MEMORY_WRITES = ("create", "update", "tag_add", "tag_remove")
-NEEDS_CREATE = frozenset({"update", "tag_add", "tag_remove", "delete"})
+MEMORY_WRITES = ("create", "update", "tag_add", "tag_remove", "unmerge")
+REMOVALS = ("delete", "merge")  # ops that take a memory away (a merge: into the memory it repeats)
+NEEDS_CREATE = frozenset({"update", "tag_add", "tag_remove", "delete", "unmerge"})
 DELETED_FIELD = "_deleted"  # the conflicts row of a delete that met a write it had not seen
 
 
@@ -70,6 +72,11 @@ def dump_metadata(value: dict[str, Any]) -> str:
 
 def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """Raise :class:`InvalidOp` unless ``op`` is valid given its (stored) ancestors."""
+    if op.kind == "merge":
+        _check_merge(conn, op, preds)
+        return
+    if op.kind == "unmerge":
+        _check_unmerge(conn, op, preds)
     if op.kind not in NEEDS_CREATE:
         return
     # Every ancestry question about this op is answered by one walk of its ancestors.
@@ -85,6 +92,24 @@ def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
             raise InvalidOp("tag_remove names an add that is not among its ancestors")
         if row[2] != op.record_id or not _adds_tag(row[1], row[3], op.fields["tag"]):
             raise InvalidOp("tag_remove names an op that does not add this tag to this memory")
+
+
+def _check_merge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """A merge names memories it has seen: the survivor's create (and the merged one's, unless the
+    merge absorbed a write that never became a memory of its own) are among its ancestors."""
+    records = [op.fields["into"]] + ([] if op.fields["absorbed"] else [op.record_id])
+    for record in records:
+        creates = [seq for (seq,) in conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'",
+                                                  (record,))]
+        if not ancestors_among(conn, creates, preds):
+            raise InvalidOp("merge of a memory whose create is not among its ancestors")
+
+
+def _check_unmerge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """An unmerge undoes a merge of this memory that is among its ancestors."""
+    row = conn.execute("SELECT seq, kind, record_id FROM ops WHERE id = ?", (op.fields["merge"],)).fetchone()
+    if row is None or row[1] != "merge" or row[2] != op.record_id or not ancestors_among(conn, [row[0]], preds):
+        raise InvalidOp("unmerge names no merge of this memory among its ancestors")
 
 
 def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
@@ -134,6 +159,8 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
     if op.kind in MEMORY_WRITES and conn.execute(
             "SELECT 1 FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone() is not None:
         _resurrect(conn, op, ctx)
+        if op.kind == "unmerge":
+            _unmerge(conn, op, ctx)
     else:
         _HANDLERS[op.kind](conn, op, ctx)
     return here
@@ -149,6 +176,8 @@ def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     for seq, eff, floor, body, sig in rows:
         past = codec.parse_op(body, sig, verify=False)
         _HANDLERS[past.kind](conn, past, Applied(Node(seq, eff, floor), clock_of(past, eff), True, audit=False))
+    if op.kind == "unmerge":
+        return  # undoing a merge is asked for, not a conflict
     author = conn.execute("SELECT author FROM ops WHERE id = ?", (gone,)).fetchone()
     _record_conflict(conn, op.record_id, DELETED_FIELD, (op.id, op.author, "restored"),
                      (gone, author[0] if author else b"", "deleted"),
@@ -166,12 +195,12 @@ def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     created = f.get("created_at", hlc_ms(op.hlc))
     cursor = conn.execute(
         "INSERT INTO memories(id, content, tags, scope, kind, tool, source, session, priority,"
-        " confidence, metadata, created_at, updated_at, expires_at, content_hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " confidence, metadata, created_at, updated_at, expires_at, content_hash, norm_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (op.record_id, content, TAG_SEP.join(tags), f["scope"], f["kind"], f.get("tool"),
          f.get("source"), f.get("session"), f["priority"], f["confidence"],
          dump_metadata(f.get("metadata") or {}), created, _create_updated_ms(op),
-         f.get("expires_at"), content_hash(content)),
+         f.get("expires_at"), content_hash(content), norm_hash(content)),
     )
     mem = cursor.lastrowid
     if tags:
@@ -235,6 +264,7 @@ def _set_fields(conn: sqlite3.Connection, record_id: str, fields: dict[str, Any]
     changes = {name: dump_metadata(value or {}) if name == "metadata" else value for name, value in fields.items()}
     if "content" in changes:
         changes["content_hash"] = content_hash(changes["content"])
+        changes["norm_hash"] = norm_hash(changes["content"])
     changes["updated_at"] = max(updated_at, updated_ms)
     assignments = ", ".join(f"{name} = ?" for name in changes)
     conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
@@ -358,9 +388,10 @@ def _delete(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     if row is not None and not ctx.complete:
         survivor = _unobserved_write(conn, op.record_id)
         if survivor is not None:
+            what = "merged" if op.kind == "merge" else "deleted"
             _record_conflict(conn, op.record_id, DELETED_FIELD, (survivor[0], survivor[1], "kept"),
-                             (op.id, op.author, "deleted"),
-                             "update wins: a concurrent write the delete had not seen keeps the memory")
+                             (op.id, op.author, what),
+                             f"update wins: a concurrent write the {op.kind} had not seen keeps the memory")
             return
     conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
     if row is None:
@@ -377,11 +408,32 @@ def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, 
     """(id, author) of a write to the memory that no delete of it has among its ancestors, if any."""
     ops = conn.execute("SELECT seq, eff, coalesce(floor, seq), kind, id, author FROM ops WHERE record_id = ?"
                        " ORDER BY seq", (record_id,)).fetchall()
-    floor, extra = below(conn, [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind == "delete"])
+    floor, extra = below(conn, [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind in REMOVALS])
     for seq, _, _, kind, oid, author in ops:
         if kind in MEMORY_WRITES and seq > floor and seq not in extra:
             return oid, author
     return None
+
+
+def _merge(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """A duplicate merged into the memory it repeats: the merged memory goes the way a delete takes it
+    (a write the merge had not seen keeps it); the survivor's new values travel in their own update and
+    tag ops. The audit row keeps both sides (``merges``, local and derived)."""
+    f = op.fields
+    merged = f["merged"]
+    conn.execute(
+        "INSERT OR IGNORE INTO merges(seq, op, author, at, into_id, merged_id, strategy, rule, absorbed, tool,"
+        " source, session, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (ctx.node.seq, op.id, op.author, hlc_ms(op.hlc), f["into"], op.record_id, f["strategy"], f["rule"],
+         int(f["absorbed"]), merged.get("tool"), merged.get("source"), merged.get("session"),
+         json.dumps({"merged": merged, "before": f.get("before", {})}, ensure_ascii=False, sort_keys=True)))
+    if not f["absorbed"]:
+        _delete(conn, op, ctx)
+
+
+def _unmerge(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """A merge undone: the merged memory is back (``_resurrect`` rebuilt it from its own writes)."""
+    conn.execute("UPDATE merges SET undone_by = coalesce(undone_by, ?) WHERE op = ?", (op.id, op.fields["merge"]))
 
 
 def _persona(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
@@ -416,4 +468,6 @@ _HANDLERS = {
     "tag_remove": _tag_remove,
     "delete": _delete,
     "persona": _persona,
+    "merge": _merge,
+    "unmerge": _unmerge,
 }

@@ -29,6 +29,8 @@ import unicodedata
 from functools import lru_cache
 from typing import NamedTuple
 
+from ..textnorm import normalise
+
 __all__ = [
     "DEFAULT_NEAR_THRESHOLD",
     "Decision",
@@ -170,17 +172,11 @@ class Decision(NamedTuple):
     reason: str
 
 
-def normalise(text: str) -> str:
-    """The exact-duplicate key: NFKC, casefolded, whitespace collapsed, without surrounding
-    whitespace and trailing sentence punctuation. Equal keys (in one scope) are one memory."""
-    key = _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-    return key.rstrip(_TRAILING + " ")
-
-
 class _Facts(NamedTuple):
     words: frozenset[str]
     negations: int
     numbers: frozenset[str]
+    number_order: tuple[str, ...]
     identifiers: frozenset[str]
     raw_tokens: frozenset[str]
     choices: dict[int, frozenset[str]]
@@ -217,7 +213,8 @@ def _analyse(text: str) -> _Facts:
             identifiers.add(token.casefold())
     lowered = plain.casefold()
     words = _WORD.findall(lowered)
-    numbers = {_canonical_number(n) for n in _NUMBER.findall(lowered)}
+    order = tuple(_canonical_number(n) for n in _NUMBER.findall(lowered))
+    numbers = set(order)
     numbers.update(_NUMBER_WORDS[w] for w in words if w in _NUMBER_WORDS)
     negations = sum(w in _NEGATIONS or w.endswith("n't") for w in _PHRASE_WORD.findall(lowered))
     choices: dict[int, set[str]] = {}
@@ -225,7 +222,7 @@ def _analyse(text: str) -> _Facts:
         group = _GROUP_OF.get(token)
         if group is not None:
             choices.setdefault(group, set()).add(_ALIASES.get(token, token))
-    return _Facts(frozenset(words), negations, frozenset(numbers), frozenset(identifiers), frozenset(raw),
+    return _Facts(frozenset(words), negations, frozenset(numbers), order, frozenset(identifiers), frozenset(raw),
                   {g: frozenset(m) for g, m in choices.items()})
 
 
@@ -266,6 +263,9 @@ def lexical_conflict(a: str, b: str) -> str | None:
     numbers = _substituted(fa.numbers, fb.numbers)
     if numbers:
         return f"numbers differ ({numbers[0]} vs {numbers[1]})"
+    shared = fa.numbers & fb.numbers
+    if [n for n in fa.number_order if n in shared] != [n for n in fb.number_order if n in shared]:
+        return "numbers in another order"
     only_a = {t for t in fa.identifiers if t not in fb.raw_tokens}
     only_b = {t for t in fb.identifiers if t not in fa.raw_tokens}
     if only_a and only_b:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from ..textnorm import norm_hash
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 
 
@@ -220,6 +222,43 @@ def _m006_sync_nonces(conn: sqlite3.Connection) -> None:
     CREATE INDEX sync_nonces_at ON sync_nonces(at)
     """)
 
+def _m007_merger(conn: sqlite3.Connection) -> None:
+    # norm_hash: the hash of the content's normal form (``textnorm``), indexed per scope, so finding an
+    # exact duplicate is one index probe. merges: the audit trail of merge ops (derived from the log,
+    # local). merge_candidates: pairs the ``manual`` strategy left for a person (local).
+    _run(conn, """
+    ALTER TABLE memories ADD COLUMN norm_hash TEXT;
+    CREATE TABLE merges(
+        seq INTEGER PRIMARY KEY,
+        op BLOB NOT NULL UNIQUE,
+        author BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        into_id TEXT NOT NULL,
+        merged_id TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        absorbed INTEGER NOT NULL,
+        tool TEXT,
+        source TEXT,
+        session TEXT,
+        body TEXT NOT NULL,
+        undone_by BLOB
+    );
+    CREATE INDEX merges_into ON merges(into_id);
+    CREATE INDEX merges_merged ON merges(merged_id);
+    CREATE TABLE merge_candidates(
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY(a, b)
+    ) WITHOUT ROWID
+    """)
+    rows = conn.execute("SELECT rowid, content FROM memories").fetchall()
+    conn.executemany("UPDATE memories SET norm_hash = ? WHERE rowid = ?", [(norm_hash(c), r) for r, c in rows])
+    conn.execute("CREATE INDEX memories_dup ON memories(scope, norm_hash)")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -227,4 +266,5 @@ MIGRATIONS: list[Migration] = [
     (4, "drop the unused content-hash index", _m004_drop_hash_index),
     (5, "hash-graph clocks and floors, conflicts, peers, sync log", _m005_replication),
     (6, "nonces of accepted sync requests", _m006_sync_nonces),
+    (7, "merger: content normal-form hash, merge audit trail, manual candidates", _m007_merger),
 ]
