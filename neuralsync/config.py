@@ -7,10 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .model import MAX_CONTENT_CHARS
+from .model import MAX_CONTENT_CHARS, MERGE_STRATEGIES
 
 DEFAULT_HOME = "~/.neuralsync2/memory"
 HOME_ENV = "NEURALSYNC_HOME"
+MERGE_ENV = "NEURALSYNC_MERGE"  # the store's merge strategy for this process (e.g. off)
 DURABILITY_LEVELS = ("normal", "full")
 
 
@@ -69,6 +70,13 @@ class MemoryConfig:
     semantic_relative_floor: float = 0.0
     # Replication: a server syncs with every trusted peer this often (0: only on demand).
     sync_interval_s: float = 0.0
+    # The merger: duplicates in a scope are merged on write (exact) and after embedding (near, at or
+    # above the cosine threshold, measured in bench/eval_dedupe.py) by the scope's strategy, else the
+    # store's; ``dedupe=False`` turns it off (a call may still ask for a strategy).
+    dedupe: bool = True
+    merge_strategy: str = "semantic_merge"
+    scope_merge_strategies: dict[str, str] = field(default_factory=dict)
+    near_duplicate_threshold: float = 0.80
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +92,12 @@ class MemoryConfig:
                               f"not raise it: peers would refuse longer content; not {self.max_content_chars}")
         if not isinstance(self.sync_interval_s, (int, float)) or not 0 <= self.sync_interval_s <= 86_400:
             raise ConfigError(f"sync_interval_s must be from 0 (off) to 86400 seconds, not {self.sync_interval_s!r}")
+        scoped = [(f"scope_merge_strategies[{k!r}]", v) for k, v in self.scope_merge_strategies.items()]
+        for where, strategy in [("merge_strategy", self.merge_strategy), *scoped]:
+            if strategy not in (*MERGE_STRATEGIES, "off"):
+                raise ConfigError(f"{where} must be one of {(*MERGE_STRATEGIES, 'off')}, not {strategy!r}")
+        if not isinstance(self.near_duplicate_threshold, (int, float)) or not 0 < self.near_duplicate_threshold <= 1:
+            raise ConfigError(f"near_duplicate_threshold must be in (0, 1], not {self.near_duplicate_threshold!r}")
         if self.target_response_time_ms <= 0:
             raise ConfigError("target_response_time_ms must be positive")
 
@@ -106,4 +120,6 @@ class MemoryConfig:
     def from_env(cls, base_path: str | os.PathLike[str] | None = None, **overrides: object) -> MemoryConfig:
         """Config for entry points: ``base_path`` argument, else ``$NEURALSYNC_HOME``, else the default."""
         path = base_path or os.environ.get(HOME_ENV) or DEFAULT_HOME
+        if os.environ.get(MERGE_ENV) and "merge_strategy" not in overrides:
+            overrides["merge_strategy"] = os.environ[MERGE_ENV]
         return replace(cls(base_path=path), **overrides)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import Any
 from . import validation as v
 from .config import MemoryConfig
 from .errors import InvalidInput, NeuralSyncError, NotFound
-from .model import Change, LoggedOp, Memory
+from .model import Change, LoggedOp, Memory, Remembered
 from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .replication.protocol import SyncReport
@@ -31,13 +31,14 @@ from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
 from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize
+from .services.merger import OFF, Merger, choose_strategy
 from .services.monitor import PerformanceMonitor, process_resources
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
 from .store.access import AccessRecorder
 from .store.reads import Reader
-from .utils import new_id, now_ms
+from .utils import Periodic, new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
 
@@ -48,6 +49,20 @@ UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "t
                               "ttl_ms", "confidence", "source", "expires_at"})
 AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
+MERGE_SCAN_INTERVAL_S = 5.0
+MERGING = ("semantic_merge", "last_writer_wins", "content_merge")
+
+
+class _Outcome:
+    """What ``_create_or_merge`` did (mutable while the transaction runs)."""
+
+    __slots__ = ("memory_id", "memory", "done", "candidate_of")
+
+    def __init__(self, memory_id: str) -> None:
+        self.memory_id = memory_id
+        self.memory: Memory | None = None
+        self.done: Any = None  # MergeDone
+        self.candidate_of: str | None = None
 
 
 class UnifiedMemoryAPI:
@@ -86,6 +101,8 @@ class UnifiedMemoryAPI:
             self.registry.register(self.session_id, self.tool)
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
+        self.merger = Merger(self.log, self.reads, self.config, self.semantic)
+        self._merge_scans: Periodic | None = None
         self._ops_since_optimize = 0
         self._closed = False
 
@@ -101,6 +118,8 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
+        if self._merge_scans is not None:
+            self._merge_scans.stop()
         self.replication.stop()
         self.access.close()
         if self.semantic is not None:
@@ -122,32 +141,71 @@ class UnifiedMemoryAPI:
     def remember(self, content: str, scope: str = "global", priority: float = 0.5,
                  tags: list[str] | tuple[str, ...] | str | None = None, kind: str = "fact",
                  tool: str | None = None, metadata: dict[str, Any] | None = None,
-                 ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None) -> str:
-        """Store a memory and return its id. Secrets in ``content`` are redacted first."""
+                 ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None,
+                 merge: str | None = None) -> str:
+        """Store a memory and return its id. Secrets in ``content`` are redacted first.
+
+        A duplicate of a live memory in the scope (the same text, normalised) is merged into it by
+        ``merge`` (a strategy, or ``"off"``; default: the scope's, else the store's) and that memory's id
+        is returned; :meth:`remember_outcome` also says whether it merged.
+        """
         with self.monitor.measure("remember"):
             args = dict(content=content, scope=scope, priority=priority, tags=tags, kind=kind, tool=tool,
                         metadata=metadata, ttl_ms=ttl_ms, confidence=confidence, source=source)
-            return self._remember(args)[0]
+            return self._remember(args, merge=merge).memory_id
 
     def remember_memory(self, content: str, scope: str = "global", priority: float = 0.5,
                         tags: list[str] | tuple[str, ...] | str | None = None, kind: str = "fact",
                         tool: str | None = None, metadata: dict[str, Any] | None = None,
-                        ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None) -> Memory:
+                        ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None,
+                        merge: str | None = None) -> Memory:
         """Like :meth:`remember`, returning the memory as stored (secrets redacted), read back in the
         same transaction: also when a short ``ttl_ms`` has expired it by the time the caller looks."""
+        return self.remember_outcome(content, scope, priority, tags, kind, tool, metadata, ttl_ms, confidence,
+                                     source, merge=merge).memory
+
+    def remember_outcome(self, content: str, scope: str = "global", priority: float = 0.5,
+                         tags: list[str] | tuple[str, ...] | str | None = None, kind: str = "fact",
+                         tool: str | None = None, metadata: dict[str, Any] | None = None,
+                         ttl_ms: int | None = None, confidence: float = 0.8, source: str | None = None,
+                         merge: str | None = None) -> Remembered:
+        """Like :meth:`remember_memory`, and says whether the write was merged into a memory it repeats
+        (then ``memory`` is that memory, and ``merge_id`` the merge, for ``undo_merge``)."""
         with self.monitor.measure("remember"):
             args = dict(content=content, scope=scope, priority=priority, tags=tags, kind=kind, tool=tool,
                         metadata=metadata, ttl_ms=ttl_ms, confidence=confidence, source=source)
-            memory = self._remember(args, read_back=True)[1]
-            assert memory is not None  # read inside the transaction that created it
-            return memory
+            outcome = self._remember(args, merge=merge, read_back=True)
+            assert outcome.memory is not None  # read inside the transaction that wrote it
+            done = outcome.done
+            if done is None:
+                return Remembered(outcome.memory, candidate_of=outcome.candidate_of)
+            return Remembered(outcome.memory, merged=True, merge_id=done.merge_id, strategy=done.strategy,
+                              rule=done.rule)
 
-    def _remember(self, args: dict[str, Any], read_back: bool = False) -> tuple[str, Memory | None]:
+    def _remember(self, args: dict[str, Any], merge: object = None, read_back: bool = False) -> _Outcome:
         values = {**args, "tool": args["tool"] if args["tool"] is not None else self._write_tool}
         fields = self.checks.create(values, session=self.session_id, now=now_ms())
-        record_id = new_id()
-        then = (lambda: self.reads.get(record_id, include_expired=True)) if read_back else None
-        return record_id, self._commit([("create", record_id, fields)], (record_id, fields["content"]), then)
+        strategy = choose_strategy(self.config, fields["scope"], merge)
+        return self._create_or_merge(new_id(), fields, strategy, read_back)
+
+    def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
+        """Create the memory, or merge it into the live memory of its scope it repeats (one transaction)."""
+        outcome = _Outcome(record_id)
+        with self.storage.write(savepoint=False) as conn:
+            twin = None if strategy == OFF else self.merger.find_exact(conn, fields["scope"], fields["content"])
+            if twin is not None and strategy == "manual":
+                self.merger.pair_for_person(conn, twin.id, record_id, "exact duplicate (same normalised text)")
+                outcome.candidate_of = twin.id
+            elif twin is not None:
+                outcome.done = self.merger.absorb(conn, twin, record_id, fields, strategy)
+                outcome.memory_id = twin.id
+            then = (lambda: self.reads.get(outcome.memory_id, include_expired=True)) if read_back else None
+            if outcome.done is None:
+                outcome.memory = self._commit([("create", record_id, fields)], (record_id, fields["content"]), then)
+                return outcome
+            outcome.memory = then() if then is not None else None
+        self._after_commit(1)
+        return outcome
 
     def import_memory(self, record: dict[str, Any]) -> bool:
         """Store an exported memory under its own id and creation time.
@@ -157,13 +215,20 @@ class UnifiedMemoryAPI:
         """
         with self.monitor.measure("import_memory"):
             record_id, fields = self.checks.imported(record, session=self.session_id, now=now_ms())
+            strategy = choose_strategy(self.config, fields["scope"])
             # No savepoint: import runs inside large batches, where savepoints make
             # FTS5 flush per record; this block raises nothing after validation.
             with self.storage.write(savepoint=False):
-                if self.reads.known(record_id):
+                if self.reads.known(record_id) or self._absorbed(record_id):
                     return False
-                self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
+                self._create_or_merge(record_id, fields, strategy, read_back=False)
             return True
+
+    def _absorbed(self, record_id: str) -> bool:
+        """True if a write of this id was merged into another memory without becoming one (an import
+        of it again is the same write)."""
+        row = self.storage.conn.execute("SELECT 1 FROM merges WHERE merged_id = ?", (record_id,)).fetchone()
+        return row is not None
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
         """Change fields of a memory (content, scope, priority, tags, kind, tool, metadata,
@@ -391,6 +456,9 @@ class UnifiedMemoryAPI:
         self.registry.start_heartbeat(self.session_id)
         if self.semantic is not None:
             self.semantic.start_background_refresh()
+        if self.config.dedupe and self._merge_scans is None:
+            self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, lambda: self._scan_quietly(True))
+            self._merge_scans.start()
 
     def embed_pending(self, progress: Any = None) -> int:
         """Embed memories that arrived without a vector (other writers, sync, changed content)."""
@@ -457,6 +525,83 @@ class UnifiedMemoryAPI:
         """The newest change-feed sequence number."""
         return self.feed.last_seq()
 
+    # ------------------------------------------------------------ the merger
+    def merge_memories(self, into_id: str, merged_id: str, strategy: str | None = None) -> dict[str, Any]:
+        """Merge memory ``merged_id`` into ``into_id`` by ``strategy`` (default: the scope's, else the
+        store's; ``manual`` is not a way to merge). Returns the merge as the audit trail shows it."""
+        into, other = v.memory_id(into_id, "into_id"), v.memory_id(merged_id, "merged_id")
+        if strategy is not None and strategy not in MERGING:
+            raise InvalidInput("strategy", f"must be one of {', '.join(MERGING)} (manual keeps both)")
+        if into == other:
+            raise InvalidInput("merged_id", "is the memory it would be merged into")
+        with self.monitor.measure("merge"), self.storage.write() as conn:
+            survivor, merged = self.reads.get(into), self.reads.get(other)
+            if survivor is None:
+                raise NotFound(into)
+            if merged is None:
+                raise NotFound(other)
+            chosen = choose_strategy(self.config, survivor.scope)
+            chosen = strategy or (chosen if chosen not in (OFF, "manual") else "semantic_merge")
+            done = self.merger.merge_pair(conn, survivor, merged, chosen, "asked for")
+            result = self.merger.find_merge(conn, done.merge_id)
+        self._after_commit(1)
+        return result
+
+    def undo_merge(self, merge_id: str) -> dict[str, Any]:
+        """Undo a merge (by its id, or a unique prefix of 8+ hex characters): both memories back as they
+        were, as ops every replica applies. Returns the merge as the audit trail now shows it."""
+        with self.monitor.measure("undo_merge"), self.storage.write() as conn:
+            result = self.merger.undo(conn, merge_id)
+        self._after_commit(1)
+        return result
+
+    def merges(self, limit: int = 100, memory_id: str | None = None) -> list[dict[str, Any]]:
+        """Merges, newest first: who merged what into what, when, by which rule, both values."""
+        record = None if memory_id is None else v.memory_id(memory_id)
+        return self.merger.list_merges(v.positive_int(limit, "limit", optional=False) or 100, record)
+
+    def merge_info(self, merge_id: str) -> dict[str, Any]:
+        """One merge from the audit trail (by id or a unique prefix of 8+ hex characters)."""
+        return self.merger.find_merge(self.storage.conn, merge_id)
+
+    def merge_candidates(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Duplicate pairs the ``manual`` strategy kept for a person to decide (merge or leave)."""
+        return self.merger.candidates(v.positive_int(limit, "limit", optional=False) or 100)
+
+    def provenance(self, memory_id: str) -> list[dict[str, Any]]:
+        """Who wrote what a memory holds: each (tool, source) with its number of writes, first and last
+        time, across every memory merged into it."""
+        return self.merger.provenance(self._require(v.memory_id(memory_id)).id)
+
+    def audit_trail(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Merges and sync conflicts in one list, newest first (``type`` says which)."""
+        k = v.positive_int(limit, "limit", optional=False) or 100
+        rows = self.merger.list_merges(k) + [{"type": "conflict", **c} for c in self.conflicts(None, k)]
+        return sorted(rows, key=lambda r: -int(r.get("at") or 0))[:k]
+
+    def scan_duplicates(self, near: bool = True, threshold: float | None = None) -> dict[str, Any]:
+        """Merge duplicates other paths brought (peers' ops) and, with ``near``, paraphrases among the
+        memories embedded since the last scan (pending vectors are computed first)."""
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0 < threshold <= 1):
+            raise InvalidInput("threshold", "must be a number in (0, 1]")
+        with self.monitor.measure("scan_duplicates"):
+            exact = self.merger.scan_arrived(self.storage.write)
+            near_done = []
+            if near and self.semantic is not None:
+                self.embed_pending()
+                near_done = self.merger.scan_near(self.storage.write, threshold=threshold)
+        if exact or near_done:
+            self._after_commit(len(exact) + len(near_done))
+        return {"exact": len(exact), "near": len(near_done),
+                "merges": [d.merge_id for d in (*exact, *near_done)]}
+
+    def _scan_quietly(self, near: bool) -> None:
+        try:
+            self.scan_duplicates(near=near)
+        except NeuralSyncError as exc:  # a busy store: the next scan catches up
+            log.debug("duplicate scan skipped: %s", exc)
+
     # ------------------------------------------------------------ replication
     def identity(self) -> str:
         """This replica's public key (hex): give it to peers for ``neuralsync peer add``."""
@@ -478,7 +623,9 @@ class UnifiedMemoryAPI:
              timeout: float = 30.0) -> list[SyncReport]:
         """Sync with one peer or all of them; each report says what moved (a failure is reported, not raised)."""
         with self.monitor.measure("sync"):
-            return self.replication.sync_with(peer, transport, timeout)
+            reports = self.replication.sync_with(peer, transport, timeout)
+        self._scan_quietly(near=False)
+        return reports
 
     def start_interval_sync(self, seconds: float) -> None:
         """Sync with every peer every ``seconds`` on a background thread, until close."""
@@ -492,7 +639,9 @@ class UnifiedMemoryAPI:
     def serve_sync(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:
         """Answer one signed sync request from a peer: (status, JSON body, headers)."""
         with self.monitor.measure("serve_sync"):
-            return self.replication.serve(headers, body)
+            answer = self.replication.serve(headers, body)
+        self._scan_quietly(near=False)
+        return answer
 
     def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
         """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
