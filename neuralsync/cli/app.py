@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
 from ..json_input import parse_json
+from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, latency_table, one_line, rows, show_memory, when, width
 from .services import add_service_commands
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin_commands(add)
     add_service_commands(add)
     add_sync_commands(add)
+    add_merge_commands(add)
     return parser
 
 
@@ -85,6 +87,8 @@ def _add_write_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--source")
     cmd.add_argument("--ttl-ms", type=int, help="forget automatically after this many milliseconds")
     cmd.add_argument("--metadata", help="a JSON object")
+    cmd.add_argument("--merge", metavar="STRATEGY", help="if it repeats a memory of the scope: " + STRATEGY_HELP
+                     + " (default: the store's)")
 
     cmd = add("update", cmd_update, "change fields of a memory")
     cmd.add_argument("id")
@@ -191,13 +195,11 @@ def _fail(message: str, code: int) -> int:
 def cmd_remember(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Store a memory; prints the id (``--json``: the stored memory)."""
     content = sys.stdin.read().rstrip("\n") if args.text == ["-"] else " ".join(args.text)
-    memory = api.remember_memory(content, scope=args.scope, priority=args.priority, tags=_tags(args.tag) or None,
-                                 kind=args.kind, tool=args.tool, metadata=_metadata(args.metadata),
-                                 ttl_ms=args.ttl_ms, confidence=args.confidence, source=args.source)
-    if args.json:
-        emit_json(memory.to_dict())
-    else:
-        print(memory.id)
+    outcome = api.remember_outcome(content, scope=args.scope, priority=args.priority, tags=_tags(args.tag) or None,
+                                   kind=args.kind, tool=args.tool, metadata=_metadata(args.metadata),
+                                   ttl_ms=args.ttl_ms, confidence=args.confidence, source=args.source,
+                                   merge=args.merge)
+    report_remembered(outcome, args.json)
     return 0
 
 

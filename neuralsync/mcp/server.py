@@ -208,11 +208,15 @@ class MemoryTools:
                  metadata: Metadata = None, ttl_seconds: Ttl = None) -> CallToolResult:
         """Store a durable fact, preference, decision or instruction in the shared memory, for this
         and future sessions and for the user's other AI tools. Write one self-contained statement per
-        call. Secrets are redacted. Returns the new memory's id."""
+        call. Secrets are redacted. Returns the memory's id (a repeat of a stored fact merges into it)."""
         with _tool_errors():
-            memory_id = self._api(ctx).remember(content, scope=scope, priority=priority, tags=tags, kind=kind,
-                                                metadata=metadata, ttl_ms=_ttl_ms(ttl_seconds),
-                                                confidence=confidence)
+            outcome = self._api(ctx).remember_outcome(content, scope=scope, priority=priority, tags=tags, kind=kind,
+                                                      metadata=metadata, ttl_ms=_ttl_ms(ttl_seconds),
+                                                      confidence=confidence)
+        memory_id = outcome.memory.id
+        if outcome.merged:
+            return _result(f"Already remembered as {memory_id} (scope {scope}); merged into it.",
+                           {"id": memory_id, "scope": scope, "merged": True})
         return _result(f"Remembered as {memory_id} (scope {scope}).", {"id": memory_id, "scope": scope})
 
     def recall(self, ctx: Context, query: Query = "", scope: Scope = None, tags: Tags = None,

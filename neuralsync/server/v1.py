@@ -42,6 +42,22 @@ class MemoryCreate(_Body):
     ttl_ms: int | None = None
     confidence: float = 0.8
     source: str | None = None
+    merge: str | None = None
+
+
+class MergeCreate(_Body):
+    """Merge memory ``merged`` into memory ``into`` (``strategy``: default the scope's, else the store's)."""
+
+    into: str
+    merged: str
+    strategy: str | None = None
+
+
+class MergeScan(_Body):
+    """Find and merge duplicates now: peers' writes, and paraphrases unless ``near`` is false."""
+
+    near: bool = True
+    threshold: float | None = None
 
 
 class MemoryUpdate(_Body):
@@ -111,13 +127,53 @@ def health(request: Request) -> dict[str, Any]:
     return {"ok": True, "site_id": api.identity(), "version": request.app.version}
 
 
-@router.post("/memories", status_code=201, summary="Remember")
-def create_memory(request: Request, body: MemoryCreate,
+@router.post("/memories", status_code=201, summary="Remember (a duplicate merges: 200, \"merged\": true)")
+def create_memory(request: Request, response: Response, body: MemoryCreate,
                   x_tool_name: str | None = Header(default=None)) -> dict[str, Any]:
     api = api_of(request)
     fields = body.model_dump()
     fields["tool"] = client_tool(body.tool, x_tool_name)
-    return memory_json(api.remember_memory(**fields))
+    outcome = api.remember_outcome(**fields)
+    if outcome.merged:
+        response.status_code = 200  # nothing new was created: the memory it repeats is answered
+    return outcome.to_dict()
+
+
+@router.get("/memories/{memory_id}/provenance", summary="Who wrote what a memory holds (merges included)")
+def provenance(request: Request, memory_id: str) -> dict[str, Any]:
+    return {"id": memory_id, "provenance": api_of(request).provenance(memory_id)}
+
+
+@router.get("/merges", summary="Merges, newest first (conflicts=true: sync conflicts too)")
+def merges(request: Request, memory_id: str | None = None, conflicts: bool = False,
+           limit: int = Query(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
+    api = api_of(request)
+    return {"merges": api.audit_trail(limit) if conflicts else api.merges(limit, memory_id)}
+
+
+@router.post("/merges", status_code=201, summary="Merge one memory into another")
+def merge(request: Request, body: MergeCreate) -> dict[str, Any]:
+    return api_of(request).merge_memories(body.into, body.merged, body.strategy)
+
+
+@router.get("/merges/pending", summary="Duplicate pairs the manual strategy kept for a person")
+def merges_pending(request: Request, limit: int = Query(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
+    return {"pending": api_of(request).merge_candidates(limit)}
+
+
+@router.post("/merges/scan", summary="Find and merge duplicates now")
+def merges_scan(request: Request, body: MergeScan) -> dict[str, Any]:
+    return api_of(request).scan_duplicates(body.near, body.threshold)
+
+
+@router.get("/merges/{merge_id}", summary="One merge: who, when, both values, the rule, the op ids")
+def merge_info(request: Request, merge_id: str) -> dict[str, Any]:
+    return api_of(request).merge_info(merge_id)
+
+
+@router.post("/merges/{merge_id}/undo", summary="Undo a merge: both memories back, on every replica")
+def merge_undo(request: Request, merge_id: str) -> dict[str, Any]:
+    return api_of(request).undo_merge(merge_id)
 
 
 @router.get("/memories/{memory_id}", summary="Get one memory")
