@@ -31,7 +31,9 @@ TIMEOUT_S = 60
 
 def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path}
+    # These tests count every write; templated notes ("writer 1 note 3") would merge as near duplicates
+    # (the merger has its own tests), so the processes here keep every write.
+    return {**os.environ, "PYTHONPATH": path, "NEURALSYNC_MERGE": "off"}
 
 
 def _cli(home: Path, *args: str) -> Any:
@@ -133,7 +135,7 @@ def test_cli_mcp_and_http_see_each_others_writes_and_changes(tmp_path: Path) -> 
 WRITER = """
 import sys
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
-with UnifiedMemoryAPI(MemoryConfig(base_path=sys.argv[1]), tool=f"writer-{sys.argv[2]}") as api:
+with UnifiedMemoryAPI(MemoryConfig.from_env(sys.argv[1]), tool=f"writer-{sys.argv[2]}") as api:
     for i in range(int(sys.argv[3])):
         api.remember(f"writer {sys.argv[2]} note {i} about shared memory")
 """

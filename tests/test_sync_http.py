@@ -45,6 +45,7 @@ pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 60.0
 ENV = {k: v for k, v in os.environ.items() if k not in ("NS_TOKEN", "NS_HOST", "NS_PORT", "NS_ENDPOINT")}
+ENV["NEURALSYNC_MERGE"] = "off"  # the tests count every write; templated notes would merge (see test_merger)
 
 
 # ------------------------------------------------------------------ helpers
