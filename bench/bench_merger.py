@@ -23,6 +23,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,11 @@ def measure(store_dir: Path, corpus: Corpus, size: int, count: int, seed: int) -
         timings: dict[str, list[int]] = {"new_detect": [], "new_off": [], "repeat_merged": []}
         merged = 0
         for i in range(count):
-            for name, call in (("new_detect", lambda: api.remember(**fresh[40 + 2 * i])),
-                               ("new_off", lambda: api.remember(**fresh[41 + 2 * i], merge="off")),
-                               ("repeat_merged", lambda: api.remember_outcome(**repeats[20 + i]))):
+            calls: tuple[tuple[str, Callable[[], object]], ...] = (
+                ("new_detect", lambda i=i: api.remember(**fresh[40 + 2 * i])),  # type: ignore[misc]
+                ("new_off", lambda i=i: api.remember(**fresh[41 + 2 * i], merge="off")),  # type: ignore[misc]
+                ("repeat_merged", lambda i=i: api.remember_outcome(**repeats[20 + i])))  # type: ignore[misc]
+            for name, call in calls:
                 start = time.perf_counter_ns()
                 result = call()
                 timings[name].append(time.perf_counter_ns() - start)
