@@ -579,12 +579,16 @@ class UnifiedMemoryAPI:
         rows = self.merger.list_merges(k) + [{"type": "conflict", **c} for c in self.conflicts(None, k)]
         return sorted(rows, key=lambda r: -int(r.get("at") or 0))[:k]
 
-    def scan_duplicates(self, near: bool = True, threshold: float | None = None) -> dict[str, Any]:
+    def scan_duplicates(self, near: bool = True, threshold: float | None = None,
+                        everything: bool = False) -> dict[str, Any]:
         """Merge duplicates other paths brought (peers' ops) and, with ``near``, paraphrases among the
-        memories embedded since the last scan (pending vectors are computed first)."""
+        memories embedded since the last scan (pending vectors are computed first). ``everything``:
+        look at every memory again (those stored before the merger existed, or with ``merge="off"``)."""
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or not 0 < threshold <= 1):
             raise InvalidInput("threshold", "must be a number in (0, 1]")
+        if everything:
+            self.merger.rewind(self.storage.write)
         with self.monitor.measure("scan_duplicates"):
             exact = self.merger.scan_arrived(self.storage.write)
             near_done = []

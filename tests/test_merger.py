@@ -258,3 +258,13 @@ def test_paraphrases_merge_after_embedding_and_contradictions_do_not(make_api: M
     merge = api.merges()[0]
     assert (merge["into"], merge["merged"]) == (a, b) and merge["rule"].startswith("near duplicate")
     assert api.scan_duplicates()["near"] == 0  # nothing new since the last scan
+
+
+def test_a_full_scan_merges_what_was_written_with_merging_off(make_api: MakeApi) -> None:
+    api = make_api(embedder="none")
+    kept = api.remember(FACT, tool="one")
+    api.remember(FACT.upper(), tool="two", merge="off")
+    assert api.scan_duplicates(near=False)["exact"] == 0  # a local write with merging off stays apart
+    assert api.scan_duplicates(near=False, everything=True)["exact"] == 1
+    assert [m.id for m in api.range_recall()] == [kept]
+    assert {p["tool"] for p in api.provenance(kept)} == {"one", "two"}

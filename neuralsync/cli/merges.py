@@ -50,6 +50,8 @@ def add_merge_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sub = actions.add_parser("scan", help="find and merge duplicates now (peers' writes; paraphrases)")
     sub.add_argument("--no-near", action="store_true", help="exact duplicates only (no embedding)")
     sub.add_argument("--threshold", type=float, help="cosine similarity for paraphrases (default: the store's)")
+    sub.add_argument("--all", dest="everything", action="store_true",
+                     help="every memory again (those stored before the merger, or with --merge off)")
     sub.set_defaults(handler=cmd_merges_scan)
     for parser in actions.choices.values():
         parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -127,7 +129,7 @@ def cmd_merges_pending(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 
 def cmd_merges_scan(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Find and merge duplicates now."""
-    result = api.scan_duplicates(near=not args.no_near, threshold=args.threshold)
+    result = api.scan_duplicates(near=not args.no_near, threshold=args.threshold, everything=args.everything)
     if args.json:
         emit_json(result)
     else:

@@ -58,6 +58,7 @@ class MergeScan(_Body):
 
     near: bool = True
     threshold: float | None = None
+    everything: bool = False
 
 
 class MemoryUpdate(_Body):
@@ -163,7 +164,7 @@ def merges_pending(request: Request, limit: int = Query(DEFAULT_LIST_LIMIT, ge=1
 
 @router.post("/merges/scan", summary="Find and merge duplicates now")
 def merges_scan(request: Request, body: MergeScan) -> dict[str, Any]:
-    return api_of(request).scan_duplicates(body.near, body.threshold)
+    return api_of(request).scan_duplicates(body.near, body.threshold, body.everything)
 
 
 @router.get("/merges/{merge_id}", summary="One merge: who, when, both values, the rule, the op ids")

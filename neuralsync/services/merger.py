@@ -204,8 +204,16 @@ class Merger:
         return self.find_merge(conn, row["merge_id"])
 
     # ------------------------------------------------------------ scans (other paths' duplicates)
+    def rewind(self, write: Callable[[], Any]) -> None:
+        """Make the next scans look at every memory, this replica's own writes included."""
+        with write() as conn:
+            for key in ("merge_scan_seq", "near_scan_seq"):
+                self._set_meta(conn, key, 0)
+            self._set_meta(conn, "merge_scan_own", 1)
+
     def scan_arrived(self, write: Callable[[], Any], limit: int = SCAN_BATCH) -> list[MergeDone]:
-        """Merge exact duplicates among creates that came from elsewhere (peers) since the last scan.
+        """Merge exact duplicates among creates that came from elsewhere (peers) since the last scan
+        (after :meth:`rewind`: among every create).
 
         ``write`` opens a write transaction (the facade's). Writes made here were checked when made.
         """
@@ -213,8 +221,11 @@ class Merger:
         while True:
             with write() as conn:
                 start = int(self._meta(conn, "merge_scan_seq") or 0)
+                skip = b"" if self._meta(conn, "merge_scan_own") == "1" else self.oplog.author
                 rows = conn.execute("SELECT seq, record_id FROM ops WHERE seq > ? AND kind = 'create' AND author != ?"
-                                    " ORDER BY seq LIMIT ?", (start, self.oplog.author, limit)).fetchall()
+                                    " ORDER BY seq LIMIT ?", (start, skip, limit)).fetchall()
+                if not rows:
+                    conn.execute("DELETE FROM meta WHERE key = 'merge_scan_own'")
                 if not rows:
                     return done
                 for _, record_id in rows:

@@ -257,6 +257,11 @@ def _m007_merger(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT rowid, content FROM memories").fetchall()
     conn.executemany("UPDATE memories SET norm_hash = ? WHERE rowid = ?", [(norm_hash(c), r) for r, c in rows])
     conn.execute("CREATE INDEX memories_dup ON memories(scope, norm_hash)")
+    # The scans start from now: memories stored before the merger existed are merged only when asked
+    # (``neuralsync merges scan --all``), never behind the user's back on upgrade.
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) SELECT 'merge_scan_seq', coalesce(max(seq), 0) FROM ops")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) SELECT 'near_scan_seq', coalesce(max(seq), 0)"
+                 " FROM embeddings")
 
 
 MIGRATIONS: list[Migration] = [
