@@ -268,3 +268,46 @@ def test_a_full_scan_merges_what_was_written_with_merging_off(make_api: MakeApi)
     assert api.scan_duplicates(near=False, everything=True)["exact"] == 1
     assert [m.id for m in api.range_recall()] == [kept]
     assert {p["tool"] for p in api.provenance(kept)} == {"one", "two"}
+
+
+def test_http_says_merged_and_offers_the_audit_trail(make_api: MakeApi) -> None:
+    from starlette.testclient import TestClient
+
+    from neuralsync.server import create_app
+
+    api = make_api(embedder="none")
+    token = "k" * 32
+    with TestClient(create_app(api, token), headers={"Authorization": f"Bearer {token}"}) as client:
+        first = client.post("/v1/memories", json={"content": FACT})
+        again = client.post("/v1/memories", json={"content": FACT + ".", "tags": ["x"]})
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json()["merged"] is True and again.json()["merged_into"] == first.json()["id"]
+        listed = client.get("/v1/merges").json()["merges"]
+        assert [m["merge_id"] for m in listed] == [again.json()["merge_id"]]
+        assert client.get(f"/v1/merges/{listed[0]['merge_id'][:10]}").json()["rule"].startswith("exact")
+        bad = client.post("/v1/memories", json={"content": "x", "merge": "smash"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "merge"
+        assert client.post("/v1/merges/" + "ab" * 32 + "/undo").status_code == 404
+        undone = client.post(f"/v1/merges/{listed[0]['merge_id']}/undo")
+        assert undone.status_code == 200 and undone.json()["state"] == "undone"
+        assert api.counts()["memories"] == 2
+        sources = client.get(f"/v1/memories/{first.json()['id']}/provenance").json()["provenance"]
+        assert len(sources) == 1
+
+
+def test_cli_remember_says_it_merged_and_merges_undo_restores(tmp_path: Path) -> None:
+    env = {**os.environ, "NEURALSYNC_HOME": str(tmp_path / "cli-store")}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "neuralsync.cli", *argv], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    first = cli("remember", FACT)
+    again = cli("remember", FACT.lower())
+    assert first.returncode == again.returncode == 0
+    assert first.stdout == again.stdout and "merged into an existing memory" in again.stderr
+    merge_id = again.stderr.rsplit("undo ", 1)[1].strip()
+    assert cli("merges", "undo", merge_id).returncode == 0
+    assert len(cli("list", "--json").stdout.strip().splitlines()) >= 2
+    wrong = cli("remember", "y", "--merge", "smash")
+    assert wrong.returncode == 2 and "merge" in wrong.stderr
