@@ -127,6 +127,7 @@ class Merger:
         self.reads = reads
         self.config = config
         self.semantic = semantic
+        self._seen = 0  # ops up to here hold no create from elsewhere (this process looked)
 
     # ------------------------------------------------------------ finding
     def find_exact(self, conn: sqlite3.Connection, scope: str, content: str,
@@ -209,6 +210,7 @@ class Merger:
         with write() as conn:
             for key in ("merge_scan_seq", "near_scan_seq"):
                 self._set_meta(conn, key, 0)
+            self._seen = 0
             self._set_meta(conn, "merge_scan_own", 1)
 
     def scan_arrived(self, write: Callable[[], Any], limit: int = SCAN_BATCH) -> list[MergeDone]:
@@ -218,6 +220,8 @@ class Merger:
         ``write`` opens a write transaction (the facade's). Writes made here were checked when made.
         """
         done: list[MergeDone] = []
+        if not self._arrivals_waiting():
+            return done  # the common case after a sync that brought no creates: no write lock taken
         while True:
             with write() as conn:
                 start = int(self._meta(conn, "merge_scan_seq") or 0)
@@ -231,6 +235,19 @@ class Merger:
                 for _, record_id in rows:
                     done += self._merge_group(conn, record_id)
                 self._set_meta(conn, "merge_scan_seq", rows[-1][0])
+
+    def _arrivals_waiting(self) -> bool:
+        """True if a create from elsewhere arrived after the scan cursor (read-only; what this process
+        found empty is not read again)."""
+        conn = self.reads.storage.conn
+        top = conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0]
+        start = max(int(self._meta(conn, "merge_scan_seq") or 0), self._seen)
+        skip = b"" if self._meta(conn, "merge_scan_own") == "1" else self.oplog.author
+        waiting = conn.execute("SELECT 1 FROM ops WHERE seq > ? AND seq <= ? AND kind = 'create' AND author != ?"
+                               " LIMIT 1", (start, top, skip)).fetchone() is not None
+        if not waiting:
+            self._seen = top
+        return waiting
 
     def _merge_group(self, conn: sqlite3.Connection, record_id: str) -> list[MergeDone]:
         memory = self.reads.get(record_id)
