@@ -14,9 +14,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from . import validation as v
 from .config import MemoryConfig
@@ -37,6 +37,7 @@ from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
 from .store.access import AccessRecorder
 from .store.reads import Reader
+from .store.writequeue import WriteQueue
 from .utils import new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
@@ -48,6 +49,7 @@ UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "t
                               "ttl_ms", "confidence", "source", "expires_at"})
 AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
+T = TypeVar("T")
 
 
 class UnifiedMemoryAPI:
@@ -87,6 +89,7 @@ class UnifiedMemoryAPI:
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
         self._ops_since_optimize = 0
+        self._queue: WriteQueue | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -101,6 +104,8 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
+        if self._queue is not None:  # first: every write already submitted commits or gets its error
+            self._queue.close()
         self.replication.stop()
         self.access.close()
         if self.semantic is not None:
@@ -157,13 +162,16 @@ class UnifiedMemoryAPI:
         """
         with self.monitor.measure("import_memory"):
             record_id, fields = self.checks.imported(record, session=self.session_id, now=now_ms())
-            # No savepoint: import runs inside large batches, where savepoints make
-            # FTS5 flush per record; this block raises nothing after validation.
-            with self.storage.write(savepoint=False):
+
+            def unit(_conn: sqlite3.Connection) -> bool:
                 if self.reads.known(record_id):
                     return False
                 self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
-            return True
+                return True
+
+            # No savepoint: import runs inside large batches, where savepoints make
+            # FTS5 flush per record; this block raises nothing after validation.
+            return self._write(unit, savepoint=False)
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
         """Change fields of a memory (content, scope, priority, tags, kind, tool, metadata,
@@ -177,15 +185,18 @@ class UnifiedMemoryAPI:
                 raise InvalidInput("fields", "nothing to update")
             scalars = self.checks.update(fields, now_ms())
             new_tags = self.checks.tags(fields["tags"]) if "tags" in fields else None
-            with self.storage.write():
+
+            def unit(_conn: sqlite3.Connection) -> Memory | None:
                 current = self._require(record_id)
                 intents = [("update", record_id, scalars)] if scalars else []
                 if new_tags is not None:
                     intents += self._tag_intents(current, new_tags)
                 changed = "content" in scalars and scalars["content"] != current.content
                 # Read back in the transaction: an update may itself expire the memory.
-                updated = self._commit(intents, (record_id, scalars["content"]) if changed else None,
-                                       lambda: self.reads.get(record_id, include_expired=True))
+                return self._commit(intents, (record_id, scalars["content"]) if changed else None,
+                                    lambda: self.reads.get(record_id, include_expired=True))
+
+            updated = self._write(unit)
             if updated is None:
                 raise NotFound(record_id)
             return updated
@@ -202,10 +213,13 @@ class UnifiedMemoryAPI:
         """Delete a memory. Raises :class:`NotFound` if there is no such live memory."""
         with self.monitor.measure("forget"):
             record_id = v.memory_id(memory_id)
-            with self.storage.write():
+
+            def unit(_conn: sqlite3.Connection) -> None:
                 if not self.reads.exists(record_id):
                     raise NotFound(record_id)
                 self._commit([("delete", record_id, {})])
+
+            self._write(unit)
             return True
 
     def set_persona(self, text: str) -> None:
@@ -242,13 +256,42 @@ class UnifiedMemoryAPI:
             pending.append(embed)
             embed = None
         vector = self._embed_now(embed) if embed is not None and self.config.embed_on_write else None
-        with self.storage.write(savepoint=False) as conn:
+
+        def unit(conn: sqlite3.Connection) -> Any:
             self.log.append(conn, intents)
             if vector is not None and embed is not None and self.semantic is not None:
                 self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])
-            result = then() if then is not None else None
+            return then() if then is not None else None
+
+        result = self._write(unit, savepoint=False)
         self._after_commit(len(intents))
         return result
+
+    def start_write_queue(self) -> None:
+        """Group commit for long-running processes (servers): from now on, writes arriving together
+        commit in one transaction on a writer thread, each caller getting its own result or error.
+
+        Off by default: a one-shot command or a single-threaded program has nothing to group.
+        Stopped by :meth:`close` after every write already submitted has committed or failed."""
+        if self._queue is None and not self._closed:
+            self._queue = WriteQueue(self.storage)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
+        """Run ``fn(conn)`` inside a write transaction and return its result (or raise its error).
+
+        With the write queue on and no write transaction open on this thread, ``fn`` runs on
+        the writer thread in its own savepoint of a group transaction and this returns after
+        that transaction commits. Otherwise it runs inline in ``self.storage.write(savepoint)``:
+        joining the enclosing transaction when there is one (``batch_operations``, or ``fn``
+        itself calling ``_write``), else its own. Either way ``fn`` is all-or-nothing, reads
+        inside it see its writes, and it must not wait on other threads' writes. Post-commit
+        work (``_after_commit``) is the caller's, after this returns.
+        """
+        queue = self._queue
+        if queue is None or self.storage.in_write or queue.owns_thread():
+            with self.storage.write(savepoint=savepoint) as conn:
+                return fn(conn)
+        return queue.submit(fn)
 
     def _after_commit(self, count: int) -> None:
         if self.semantic is not None:
@@ -283,8 +326,11 @@ class UnifiedMemoryAPI:
         outer = getattr(self._batch, "pending", None) is None
         if outer:
             self._batch.pending = []
+        queue = self._queue
+        # With the write queue on, a batch is one unit of it: its turn, then its own transaction here.
+        turn = queue.exclusive() if queue is not None and not self.storage.in_write else nullcontext()
         try:
-            with self.monitor.measure("batch_operations"), self.storage.write() as conn:
+            with self.monitor.measure("batch_operations"), turn, self.storage.write() as conn:
                 yield self
                 if outer:
                     self._flush_batch_vectors(conn)

@@ -49,7 +49,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
 
     Given a config, the app opens its own facade (session ``http-server``, with a
     heartbeat; writes that name no tool stay without one) and closes it at shutdown; given a facade, the caller
-    keeps owning it. ``token`` defaults to ``$NS_TOKEN``, else the token file.
+    keeps owning it. Either way the facade's write queue is turned on (concurrent writes commit
+    together). ``token`` defaults to ``$NS_TOKEN``, else the token file.
     """
     if isinstance(api_or_config, UnifiedMemoryAPI):
         api, owns = api_or_config, False
@@ -62,6 +63,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
         api.start_background_maintenance()
         if config.sync_interval_s:
             api.start_interval_sync(config.sync_interval_s)
+    # Concurrent requests' writes commit together (group commit) instead of queueing on the write lock.
+    api.start_write_queue()
     state = ServerState(api, owns, poll_interval=poll_interval, keepalive_s=keepalive_s)
     return ServerApp(_fastapi_app(state), state, required, max_body_bytes)
 

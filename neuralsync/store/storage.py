@@ -183,8 +183,9 @@ class Storage:
         local.depth = depth
         if depth and not savepoint:
             return
-        if depth == 0 and local.poisoned:
-            self._rollback(conn, 0)
+        if local.poisoned and not was_poisoned:  # a failed write inside this level: undo the level alone
+            self._rollback(conn, depth)
+            local.poisoned, local.tx_cache = was_poisoned, {}
             raise StoreError("transaction rolled back: a write inside it failed")
         try:
             conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
