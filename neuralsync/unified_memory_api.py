@@ -36,7 +36,7 @@ from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
 from .store.access import AccessRecorder
-from .store.reads import Reader
+from .store.reads import Reader, record_presence
 from .store.writequeue import WriteQueue
 from .utils import new_id, now_ms
 
@@ -50,6 +50,7 @@ UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "t
 AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
 T = TypeVar("T")
+DEFER_AT_MOST = 2000  # creates a batch holds back for one set-at-a-time write
 
 
 class UnifiedMemoryAPI:
@@ -164,7 +165,9 @@ class UnifiedMemoryAPI:
             record_id, fields = self.checks.imported(record, session=self.session_id, now=now_ms())
 
             def unit(_conn: sqlite3.Connection) -> bool:
-                if self.reads.known(record_id):
+                # Known here, or waiting among this batch's creates (looked up without writing them).
+                if (self.storage.is_deferred(self._append_deferred, record_id)
+                        or any(record_presence(self.storage.peek_conn(), record_id))):
                     return False
                 self._commit([("create", record_id, fields)], embed=(record_id, fields["content"]))
                 return True
@@ -255,9 +258,20 @@ class UnifiedMemoryAPI:
         if embed is not None and pending is not None:
             pending.append(embed)
             embed = None
+        if (pending is not None and then is None and len(intents) == 1 and intents[0][0] == "create"
+                and self.storage.in_write):
+            # A create in a batch waits to be written with the batch's next creates, set-at-a-time,
+            # before anything on this thread next touches the store (Storage.defer). Checked now, so
+            # an invalid create fails its own call.
+            self.log.check(intents)
+            if self.storage.defer(self._append_deferred, intents[0], key=intents[0][1]) >= DEFER_AT_MOST:
+                self.storage.flush_deferred()
+            self._after_commit(1)
+            return None
         vector = self._embed_now(embed) if embed is not None and self.config.embed_on_write else None
 
         def unit(conn: sqlite3.Connection) -> Any:
+            self.storage.flush_deferred()  # a batch's earlier creates first, in order
             self.log.append(conn, intents)
             if vector is not None and embed is not None and self.semantic is not None:
                 self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])
@@ -266,6 +280,9 @@ class UnifiedMemoryAPI:
         result = self._write(unit, savepoint=False)
         self._after_commit(len(intents))
         return result
+
+    def _append_deferred(self, conn: sqlite3.Connection, intents: list[Intent]) -> None:
+        self.log.append(conn, intents, checked=True)
 
     def start_write_queue(self) -> None:
         """Group commit for long-running processes (servers): from now on, writes arriving together
@@ -339,6 +356,7 @@ class UnifiedMemoryAPI:
                 self._batch.pending = None
 
     def _flush_batch_vectors(self, conn: Any) -> None:
+        self.storage.flush_deferred()  # the batch's memories, before their vectors
         items: list[tuple[str, str]] = self._batch.pending
         if not items or self.semantic is None or not self.config.embed_on_write:
             return
