@@ -37,6 +37,7 @@ from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
 from .store.access import AccessRecorder
 from .store.reads import Reader, record_presence
+from .store.storage import BUSY_RETRIES
 from .store.writequeue import WriteQueue
 from .utils import new_id, now_ms
 
@@ -291,7 +292,9 @@ class UnifiedMemoryAPI:
         Off by default: a one-shot command or a single-threaded program has nothing to group.
         Stopped by :meth:`close` after every write already submitted has committed or failed."""
         if self._queue is None and not self._closed:
-            self._queue = WriteQueue(self.storage)
+            # Wait for the writer as long as a write would wait for SQLite's lock (busy timeout, retries).
+            wait_s = max(1.0, self.config.busy_timeout_ms / 1000 * (BUSY_RETRIES + 1))
+            self._queue = WriteQueue(self.storage, wait_s=wait_s)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
         """Run ``fn(conn)`` inside a write transaction and return its result (or raise its error).

@@ -14,7 +14,7 @@ from conftest import MakeApi
 from starlette.testclient import TestClient
 
 from neuralsync.config import MemoryConfig
-from neuralsync.errors import NotFound, StoreError
+from neuralsync.errors import NotFound, StoreBusy, StoreError
 from neuralsync.server import create_app
 from neuralsync.store.storage import Storage
 from neuralsync.store.writequeue import WriteQueue
@@ -234,3 +234,38 @@ def test_server_writes_go_through_the_queue(make_api: MakeApi) -> None:
         assert [r.status_code for r in replies] == [201] * 16
         assert sorted(r.json()["content"] for r in replies) == sorted(f"c{i}" for i in range(16))
         assert api._queue.units >= 16
+
+
+def test_a_unit_the_writer_does_not_reach_in_time_is_withdrawn(storage: Storage) -> None:
+    wq = WriteQueue(storage, wait_s=0.2)
+    try:
+        release, first = _hold(wq)
+        with pytest.raises(StoreBusy):
+            wq.submit(_insert(1))  # type: ignore[arg-type]
+        with pytest.raises(StoreBusy), wq.exclusive():
+            pass  # never reached: the turn was withdrawn
+        release.set()
+        first.result(WAIT_S)
+        assert wq.submit(_insert(2)) == 20  # type: ignore[arg-type]
+        assert _values(storage) == [2]  # the withdrawn unit never ran
+    finally:
+        wq.close()
+
+
+def test_a_broken_writer_fails_its_callers_instead_of_leaving_them_waiting(
+        storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    wq = WriteQueue(storage, window_s=0)  # the waiting unit forms the next group
+    release, first = _hold(wq)
+    waiting = wq.submit_async(_insert(1))  # type: ignore[arg-type]
+
+    def broken(self: WriteQueue, group: list[object]) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(WriteQueue, "_commit", broken)
+    release.set()
+    with pytest.raises(StoreError):
+        waiting.result(WAIT_S)
+    with pytest.raises(StoreError, match="closed"):
+        wq.submit(_insert(2))  # type: ignore[arg-type]
+    wq.close()
+    assert first.done() or not first.running()

@@ -23,6 +23,9 @@ never fight over SQLite's write lock (whose busy handler sleeps).
   like any other.
 - :meth:`close` drains: every unit submitted before it commits or gets its
   error; later submits raise :class:`~neuralsync.errors.StoreError`.
+- Waiting is bounded like waiting on SQLite's lock: a unit (or a turn) the writer
+  has not started within ``wait_s`` is withdrawn and its caller gets
+  :class:`~neuralsync.errors.StoreBusy`; one already running is waited for.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import StoreError
+from ..errors import StoreBusy, StoreError
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ Unit = Callable[[sqlite3.Connection], Any]
 
 DEFAULT_MAX_GROUP = 64
 DEFAULT_WINDOW_S = 0.002
+DEFAULT_WAIT_S = 40.0
 JOIN_TIMEOUT_S = 30.0
 
 
@@ -64,6 +69,8 @@ class _Slot:
 
     granted: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    withdrawn: bool = False
 
 
 _STOP = object()
@@ -73,16 +80,19 @@ class WriteQueue:
     """Group commit over one :class:`Storage` from a dedicated writer thread."""
 
     def __init__(self, storage: Storage, *, max_group: int = DEFAULT_MAX_GROUP,
-                 window_s: float = DEFAULT_WINDOW_S, name: str = "neuralsync-writer") -> None:
-        if max_group < 1 or window_s < 0:
-            raise StoreError("a write queue needs max_group >= 1 and window_s >= 0")
+                 window_s: float = DEFAULT_WINDOW_S, wait_s: float = DEFAULT_WAIT_S,
+                 name: str = "neuralsync-writer") -> None:
+        if max_group < 1 or window_s < 0 or wait_s <= 0:
+            raise StoreError("a write queue needs max_group >= 1, window_s >= 0 and wait_s > 0")
         self.storage = storage
         self.max_group = max_group
         self.window_s = window_s
+        self.wait_s = wait_s
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit against close
         self._closed = False
         self._held: deque[Any] = deque()  # taken from the inbox, not yet run (writer thread only)
+        self._group: list[_Job] = []
         self.groups = 0  # committed groups and units: what group commit bought
         self.units = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -91,7 +101,13 @@ class WriteQueue:
     # ------------------------------------------------------------ callers
     def submit(self, unit: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``unit(conn)`` in the writer's transaction; its result once committed, or its error."""
-        return self.submit_async(unit).result()
+        future = self.submit_async(unit)
+        try:
+            return future.result(self.wait_s)
+        except FutureTimeout:
+            if future.cancel():  # not started: withdrawn, it will never run
+                raise StoreBusy(f"the store's writer did not reach this write within {self.wait_s:.0f} s") from None
+            return future.result()
 
     def submit_async(self, unit: Unit) -> Future[Any]:
         """Queue ``unit``; the future resolves after the commit of its group (or with its error)."""
@@ -112,7 +128,11 @@ class WriteQueue:
             if self._closed:
                 raise StoreError("the write queue is closed")
             self._inbox.put(slot)
-        slot.granted.wait()
+        if not slot.granted.wait(self.wait_s):
+            with slot.lock:
+                if not slot.granted.is_set():
+                    slot.withdrawn = True
+                    raise StoreBusy(f"the store's writer did not give this batch its turn within {self.wait_s:.0f} s")
         try:
             yield
         finally:
@@ -152,19 +172,30 @@ class WriteQueue:
             return None
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a writer bug must not leave callers waiting forever
+            log.error("the write queue stopped: %s: %s", type(exc).__name__, exc)
+            with self._lock:
+                self._closed = True
+            for job in self._group:
+                _fail(job, StoreError(f"the write queue stopped: {exc}"))
+            self._fail_leftovers()
+
+    def _loop(self) -> None:
         stopping = False
         while not stopping:
             item = self._next(block=True)
             group: list[_Job] = []
+            self._group = group  # what a writer failure must still answer
             while item is not None:
                 if item is _STOP:
                     stopping = True
                     break
                 if isinstance(item, _Slot):
                     self._commit(group)
-                    group = []
-                    item.granted.set()
-                    item.released.wait()
+                    group.clear()
+                    self._grant(item)
                 else:
                     group.append(item)
                     if len(group) >= self.max_group:
@@ -172,6 +203,14 @@ class WriteQueue:
                 item = self._next(block=False)
             self._commit(group)
         self._fail_leftovers()
+
+    @staticmethod
+    def _grant(slot: _Slot) -> None:
+        with slot.lock:
+            if slot.withdrawn:
+                return
+            slot.granted.set()
+        slot.released.wait()
 
     def _commit(self, group: list[_Job]) -> None:
         """Run ``group`` (and units arriving meanwhile, within the window) in one transaction."""
@@ -227,7 +266,8 @@ class WriteQueue:
             if isinstance(item, _Job):
                 _fail(item, StoreError("the write queue is closed"))
             elif isinstance(item, _Slot):
-                item.granted.set()  # its owner writes alone now; nobody else will
+                with item.lock:
+                    item.granted.set()  # its owner writes alone now; nobody else will
 
 
 def _fail(job: _Job, exc: BaseException) -> None:
