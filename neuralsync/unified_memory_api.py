@@ -303,9 +303,11 @@ class UnifiedMemoryAPI:
         the writer thread in its own savepoint of a group transaction and this returns after
         that transaction commits. Otherwise it runs inline in ``self.storage.write(savepoint)``:
         joining the enclosing transaction when there is one (``batch_operations``, or ``fn``
-        itself calling ``_write``), else its own. Either way ``fn`` is all-or-nothing, reads
-        inside it see its writes, and it must not wait on other threads' writes. Post-commit
-        work (``_after_commit``) is the caller's, after this returns.
+        itself calling ``_write``), else its own. Either way ``fn`` is all-or-nothing (inline
+        with ``savepoint=False`` a failure aborts the enclosing transaction instead), reads
+        inside it see its writes, it may run on another thread (use the connection and
+        ``self.reads``, not thread-locals), and it must not wait on other threads' writes.
+        Post-commit work (``_after_commit``) is the caller's, after this returns.
         """
         queue = self._queue
         if queue is None or self.storage.in_write or queue.owns_thread():

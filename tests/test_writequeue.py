@@ -269,3 +269,18 @@ def test_a_broken_writer_fails_its_callers_instead_of_leaving_them_waiting(
         wq.submit(_insert(2))  # type: ignore[arg-type]
     wq.close()
     assert first.done() or not first.running()
+
+
+def test_mcp_facades_write_through_their_queue(tmp_path: Path) -> None:
+    from neuralsync.mcp.server import ApiPool
+
+    pool = ApiPool(MemoryConfig(base_path=str(tmp_path / "store"), embedder="none"))
+    try:
+        api = pool.get("codex")
+        assert api._queue is not None
+        with ThreadPoolExecutor(8) as workers:
+            ids = list(workers.map(lambda i: api.remember(f"from mcp {i}"), range(16)))
+        assert len(set(ids)) == 16 and api._queue.units >= 16
+    finally:
+        pool.close()
+    assert api._queue is not None and not api._queue.running
