@@ -14,9 +14,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from . import validation as v
 from .config import MemoryConfig
@@ -37,7 +37,10 @@ from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
 from .store.access import AccessRecorder
-from .store.reads import Reader
+from .store.reads import Reader, record_presence
+from .store.storage import BUSY_RETRIES
+from .store.writequeue import WriteQueue
+from .textnorm import norm_hash
 from .utils import Periodic, new_id, now_ms
 
 __all__ = ["UnifiedMemoryAPI", "MemoryConfig", "Memory"]
@@ -51,6 +54,9 @@ AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
 MERGE_SCAN_INTERVAL_S = 5.0
 MERGING = ("semantic_merge", "last_writer_wins", "content_merge")
+T = TypeVar("T")
+DEFER_AT_MOST = 2000  # creates a batch holds back for one set-at-a-time write
+DEFERRED_TWINS = "deferred_twins"  # tx_cache key: (scope, norm_hash) of the creates a batch holds back
 
 
 class _Outcome:
@@ -104,6 +110,7 @@ class UnifiedMemoryAPI:
         self.merger = Merger(self.log, self.reads, self.config, self.semantic)
         self._merge_scans: Periodic | None = None
         self._ops_since_optimize = 0
+        self._queue: WriteQueue | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -120,6 +127,8 @@ class UnifiedMemoryAPI:
         self._closed = True
         if self._merge_scans is not None:
             self._merge_scans.stop()
+        if self._queue is not None:  # first: every write already submitted commits or gets its error
+            self._queue.close()
         self.replication.stop()
         self.access.close()
         if self.semantic is not None:
@@ -191,20 +200,29 @@ class UnifiedMemoryAPI:
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
         """Create the memory, or merge it into the live memory of its scope it repeats (one transaction)."""
         outcome = _Outcome(record_id)
-        with self.storage.write(savepoint=False) as conn:
-            twin = None if strategy == OFF else self.merger.find_exact(conn, fields["scope"], fields["content"])
+        then = (lambda: self.reads.get(outcome.memory_id, include_expired=True)) if read_back else None
+
+        def unit(conn: sqlite3.Connection) -> None:
+            twin = None
+            if strategy != OFF:
+                held = self.storage.tx_cache.get(DEFERRED_TWINS)
+                if isinstance(held, set) and (fields["scope"], norm_hash(fields["content"])) in held:
+                    self.storage.flush_deferred()  # its twin waits among this batch's creates: written first
+                twin = self.merger.find_exact(conn, fields["scope"], fields["content"])
             if twin is not None and strategy == "manual":
                 self.merger.pair_for_person(conn, twin.id, record_id, "exact duplicate (same normalised text)")
                 outcome.candidate_of = twin.id
             elif twin is not None:
+                self.storage.flush_deferred()  # the batch's earlier creates first, in order
                 outcome.done = self.merger.absorb(conn, twin, record_id, fields, strategy)
                 outcome.memory_id = twin.id
-            then = (lambda: self.reads.get(outcome.memory_id, include_expired=True)) if read_back else None
-            if outcome.done is None:
-                outcome.memory = self._commit([("create", record_id, fields)], (record_id, fields["content"]), then)
-                return outcome
-            outcome.memory = then() if then is not None else None
-        self._after_commit(1)
+                outcome.memory = then() if then is not None else None
+                return
+            outcome.memory = self._commit([("create", record_id, fields)], (record_id, fields["content"]), then)
+
+        self._write(unit, savepoint=False)
+        if outcome.done is not None:
+            self._after_commit(1)
         return outcome
 
     def import_memory(self, record: dict[str, Any]) -> bool:
@@ -216,18 +234,23 @@ class UnifiedMemoryAPI:
         with self.monitor.measure("import_memory"):
             record_id, fields = self.checks.imported(record, session=self.session_id, now=now_ms())
             strategy = choose_strategy(self.config, fields["scope"])
-            # No savepoint: import runs inside large batches, where savepoints make
-            # FTS5 flush per record; this block raises nothing after validation.
-            with self.storage.write(savepoint=False):
-                if self.reads.known(record_id) or self._absorbed(record_id):
+
+            def unit(_conn: sqlite3.Connection) -> bool:
+                # Known here, or waiting among this batch's creates (looked up without writing them).
+                if (self.storage.is_deferred(self._append_deferred, record_id)
+                        or any(record_presence(self.storage.peek_conn(), record_id)) or self._absorbed(record_id)):
                     return False
                 self._create_or_merge(record_id, fields, strategy, read_back=False)
-            return True
+                return True
+
+            # No savepoint: import runs inside large batches, where savepoints make
+            # FTS5 flush per record; this block raises nothing after validation.
+            return self._write(unit, savepoint=False)
 
     def _absorbed(self, record_id: str) -> bool:
         """True if a write of this id was merged into another memory without becoming one (an import
         of it again is the same write)."""
-        row = self.storage.conn.execute("SELECT 1 FROM merges WHERE merged_id = ?", (record_id,)).fetchone()
+        row = self.storage.peek_conn().execute("SELECT 1 FROM merges WHERE merged_id = ?", (record_id,)).fetchone()
         return row is not None
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
@@ -242,15 +265,18 @@ class UnifiedMemoryAPI:
                 raise InvalidInput("fields", "nothing to update")
             scalars = self.checks.update(fields, now_ms())
             new_tags = self.checks.tags(fields["tags"]) if "tags" in fields else None
-            with self.storage.write():
+
+            def unit(_conn: sqlite3.Connection) -> Memory | None:
                 current = self._require(record_id)
                 intents = [("update", record_id, scalars)] if scalars else []
                 if new_tags is not None:
                     intents += self._tag_intents(current, new_tags)
                 changed = "content" in scalars and scalars["content"] != current.content
                 # Read back in the transaction: an update may itself expire the memory.
-                updated = self._commit(intents, (record_id, scalars["content"]) if changed else None,
-                                       lambda: self.reads.get(record_id, include_expired=True))
+                return self._commit(intents, (record_id, scalars["content"]) if changed else None,
+                                    lambda: self.reads.get(record_id, include_expired=True))
+
+            updated = self._write(unit)
             if updated is None:
                 raise NotFound(record_id)
             return updated
@@ -267,10 +293,13 @@ class UnifiedMemoryAPI:
         """Delete a memory. Raises :class:`NotFound` if there is no such live memory."""
         with self.monitor.measure("forget"):
             record_id = v.memory_id(memory_id)
-            with self.storage.write():
+
+            def unit(_conn: sqlite3.Connection) -> None:
                 if not self.reads.exists(record_id):
                     raise NotFound(record_id)
                 self._commit([("delete", record_id, {})])
+
+            self._write(unit)
             return True
 
     def set_persona(self, text: str) -> None:
@@ -306,14 +335,65 @@ class UnifiedMemoryAPI:
         if embed is not None and pending is not None:
             pending.append(embed)
             embed = None
+        if (pending is not None and then is None and len(intents) == 1 and intents[0][0] == "create"
+                and self.storage.in_write):
+            # A create in a batch waits to be written with the batch's next creates, set-at-a-time,
+            # before anything on this thread next touches the store (Storage.defer). Checked now, so
+            # an invalid create fails its own call.
+            self.log.check(intents)
+            created = intents[0][2]
+            twins = self.storage.tx_cache.setdefault(DEFERRED_TWINS, set())
+            if isinstance(twins, set):  # what the merger's probe cannot see until it is written
+                twins.add((created["scope"], norm_hash(created["content"])))
+            if self.storage.defer(self._append_deferred, intents[0], key=intents[0][1]) >= DEFER_AT_MOST:
+                self.storage.flush_deferred()
+            self._after_commit(1)
+            return None
         vector = self._embed_now(embed) if embed is not None and self.config.embed_on_write else None
-        with self.storage.write(savepoint=False) as conn:
+
+        def unit(conn: sqlite3.Connection) -> Any:
+            self.storage.flush_deferred()  # a batch's earlier creates first, in order
             self.log.append(conn, intents)
             if vector is not None and embed is not None and self.semantic is not None:
                 self.semantic.store_vectors(conn, [(embed[0], embed[1], vector)])
-            result = then() if then is not None else None
+            return then() if then is not None else None
+
+        result = self._write(unit, savepoint=False)
         self._after_commit(len(intents))
         return result
+
+    def _append_deferred(self, conn: sqlite3.Connection, intents: list[Intent]) -> None:
+        self.log.append(conn, intents, checked=True)
+
+    def start_write_queue(self) -> None:
+        """Group commit for long-running processes (servers): from now on, writes arriving together
+        commit in one transaction on a writer thread, each caller getting its own result or error.
+
+        Off by default: a one-shot command or a single-threaded program has nothing to group.
+        Stopped by :meth:`close` after every write already submitted has committed or failed."""
+        if self._queue is None and not self._closed:
+            # Wait for the writer as long as a write would wait for SQLite's lock (busy timeout, retries).
+            wait_s = max(1.0, self.config.busy_timeout_ms / 1000 * (BUSY_RETRIES + 1))
+            self._queue = WriteQueue(self.storage, wait_s=wait_s)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
+        """Run ``fn(conn)`` inside a write transaction and return its result (or raise its error).
+
+        With the write queue on and no write transaction open on this thread, ``fn`` runs on
+        the writer thread in its own savepoint of a group transaction and this returns after
+        that transaction commits. Otherwise it runs inline in ``self.storage.write(savepoint)``:
+        joining the enclosing transaction when there is one (``batch_operations``, or ``fn``
+        itself calling ``_write``), else its own. Either way ``fn`` is all-or-nothing (inline
+        with ``savepoint=False`` a failure aborts the enclosing transaction instead), reads
+        inside it see its writes, it may run on another thread (use the connection and
+        ``self.reads``, not thread-locals), and it must not wait on other threads' writes.
+        Post-commit work (``_after_commit``) is the caller's, after this returns.
+        """
+        queue = self._queue
+        if queue is None or self.storage.in_write or queue.owns_thread():
+            with self.storage.write(savepoint=savepoint) as conn:
+                return fn(conn)
+        return queue.submit(fn)
 
     def _after_commit(self, count: int) -> None:
         if self.semantic is not None:
@@ -348,8 +428,11 @@ class UnifiedMemoryAPI:
         outer = getattr(self._batch, "pending", None) is None
         if outer:
             self._batch.pending = []
+        queue = self._queue
+        # With the write queue on, a batch is one unit of it: its turn, then its own transaction here.
+        turn = queue.exclusive() if queue is not None and not self.storage.in_write else nullcontext()
         try:
-            with self.monitor.measure("batch_operations"), self.storage.write() as conn:
+            with self.monitor.measure("batch_operations"), turn, self.storage.write() as conn:
                 yield self
                 if outer:
                     self._flush_batch_vectors(conn)
@@ -358,6 +441,7 @@ class UnifiedMemoryAPI:
                 self._batch.pending = None
 
     def _flush_batch_vectors(self, conn: Any) -> None:
+        self.storage.flush_deferred()  # the batch's memories, before their vectors
         items: list[tuple[str, str]] = self._batch.pending
         if not items or self.semantic is None or not self.config.embed_on_write:
             return

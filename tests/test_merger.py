@@ -311,3 +311,17 @@ def test_cli_remember_says_it_merged_and_merges_undo_restores(tmp_path: Path) ->
     assert len(cli("list", "--json").stdout.strip().splitlines()) >= 2
     wrong = cli("remember", "y", "--merge", "smash")
     assert wrong.returncode == 2 and "merge" in wrong.stderr
+
+
+def test_duplicates_inside_one_batch_merge_like_one_by_one(make_api: MakeApi, tmp_path: Path) -> None:
+    lines = [f"batch fact number {i}" for i in range(50)] + ["Batch fact number 7.", "BATCH FACT NUMBER 42"]
+    bulk = make_api(tmp_path / "bulk", embedder="none")
+    with bulk.batch_operations():
+        ids = [bulk.remember(line) for line in lines]
+    assert ids[-2:] == [ids[7], ids[42]]
+    single = make_api(tmp_path / "single", embedder="none")
+    for line in lines:
+        single.remember(line)
+    assert bulk.counts()["memories"] == single.counts()["memories"] == 50
+    assert len(bulk.merges()) == len(single.merges()) == 2
+    assert run_doctor(bulk.storage).ok

@@ -180,6 +180,7 @@ class ApiPool:
                 tool = DEFAULT_TOOL
             if tool not in self._apis:
                 api = UnifiedMemoryAPI(self._config, tool=tool)
+                api.start_write_queue()  # concurrent tool calls (HTTP transport) commit together
                 if not self._apis:  # one facade per process keeps the vector index current
                     api.start_background_maintenance()
                 self._apis[tool] = api

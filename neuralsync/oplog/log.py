@@ -31,9 +31,9 @@ from ..utils import now_ms
 from . import codec
 from .clock import HybridClock
 from .fields import check_fields
-from .graph import Node, backfill_graph, is_ancestor, node
+from .graph import Node, backfill_graph, effective_clock, is_ancestor, node
 from .identity import load_or_create_key
-from .materialize import apply_op
+from .materialize import apply_creates, apply_op
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +103,24 @@ class OpLog:
         self.storage.close()
 
     # ------------------------------------------------------------ local writes
-    def append(self, conn: sqlite3.Connection, intents: Iterable[Intent]) -> list[Op]:
-        """Sign ``intents`` as ops, in order, and apply them inside the caller's write transaction."""
+    def append(self, conn: sqlite3.Connection, intents: Iterable[Intent], *, checked: bool = False) -> list[Op]:
+        """Sign ``intents`` as ops, in order, and apply them inside the caller's write transaction
+        (``checked``: they passed :meth:`check` already). Runs of creates are written set-at-a-time."""
         if not self.storage.in_write:
             raise StoreError("OpLog.append needs an open write transaction (Storage.write)")
         intents = _split_removes(intents)
-        for kind, record_id, fields in intents:  # the rule peers apply, checked before anything is written
-            try:
-                check_fields(kind, record_id, fields)
-            except InvalidOp as exc:
-                raise InvalidInput("fields", str(exc)) from None
+        if not checked:
+            self.check(intents)
         ops: list[Op] = []
         cache = self.storage.tx_cache
-        for kind, record_id, fields in intents:
+        index = 0
+        while index < len(intents):
+            run = _create_run(intents, index)
+            if run >= BULK_MIN and self._append_creates(conn, intents[index:index + run], ops):
+                index += run
+                continue
+            kind, record_id, fields = intents[index]
+            index += 1
             cached = cache.get("heads")
             if cached is None:  # the first commit of this transaction reads them
                 ids, nodes, all_heads = _current_heads(conn, kind, record_id, fields)
@@ -133,6 +138,44 @@ class OpLog:
             else:
                 cache.pop("heads", None)
         return ops
+
+    @staticmethod
+    def check(intents: Iterable[Intent]) -> None:
+        """Raise :class:`InvalidInput` unless every intent passes the rule peers apply to its op."""
+        for kind, record_id, fields in intents:
+            try:
+                check_fields(kind, record_id, fields)
+            except InvalidOp as exc:
+                raise InvalidInput("fields", str(exc)) from None
+
+    def _append_creates(self, conn: sqlite3.Connection, intents: list[Intent], ops: list[Op]) -> bool:
+        """Sign a run of creates as a chain and apply it set-at-a-time (``materialize.apply_creates``):
+        the same ops and state as one by one. False, having written nothing, when the heads are not
+        all taken (a flood of concurrent heads) or some create is not of a new memory."""
+        cache = self.storage.tx_cache
+        cached = cache.get("heads")
+        if cached is None:
+            heads, nodes, all_heads = _current_heads(conn, *intents[0])
+        else:
+            heads, nodes, all_heads = cast(tuple[list[bytes], list[Node], bool], cached)
+        if not all_heads:
+            return False
+        made: list[Op] = []
+        effs: list[int] = []
+        preds, top = heads, max((n.eff for n in nodes), default=0)
+        for kind, record_id, fields in intents:
+            hlc = self.clock.tick(top)
+            op = codec.make_op(self.key, kind, record_id, fields, hlc, preds)
+            top = effective_clock(hlc, nodes if not made else [Node(0, top, 0)])
+            made.append(op)
+            effs.append(top)
+            preds = [op.id]
+        placed = apply_creates(conn, made, effs, heads)
+        if placed is None:
+            return False
+        ops += made
+        cache["heads"] = ([made[-1].id], [placed[-1]], True)
+        return True
 
     # ------------------------------------------------------------ remote ops
     def apply_remote(self, ops: Iterable[Op], source: str | None = None) -> ApplyResult:
@@ -248,6 +291,17 @@ def _reject(conn: sqlite3.Connection, op: Op, reason: str, source: str | None, r
         record_rejection(conn, oid, why, source)
         result.rejected.append((oid.hex(), why))
         stack.extend((child, "descends from a rejected op") for child in waiting.pop(oid, ()))
+
+
+BULK_MIN = 2  # creates in a row from which append writes them set-at-a-time
+
+
+def _create_run(intents: list[Intent], start: int) -> int:
+    """How many intents from ``start`` on are creates."""
+    end = start
+    while end < len(intents) and intents[end][0] == "create":
+        end += 1
+    return end - start
 
 
 def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]

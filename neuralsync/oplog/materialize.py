@@ -210,6 +210,67 @@ def _create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
                  (mem, content, TAG_SEP.join(tags), f["scope"]))
 
 
+def apply_creates(conn: sqlite3.Connection, ops: list[Op], effs: list[int], heads: list[bytes]) -> list[Node] | None:
+    """Set-at-a-time form of :func:`apply_op` for a chain of local creates of new memories.
+
+    ``ops[0]`` names every current head (``heads``), each later op names only the op before it,
+    ``effs`` are their effective clocks: what :meth:`OpLog.append` builds. The state left is
+    the state ``apply_op(conn, op, [previous node], check=False, all_heads=True)`` leaves for
+    each op in order, byte for byte (the same rows, seqs and rowids); only the statements are
+    fewer. Returns the ops' nodes, or None, having written nothing, when some op falls outside
+    that case (a record id stored, forgotten or repeated): then apply them one by one.
+    """
+    ids = [op.record_id for op in ops]
+    if len(set(ids)) != len(ids) or any(op.kind != "create" for op in ops):
+        return None
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start:start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        if conn.execute(f"SELECT 1 FROM memories WHERE id IN ({marks}) UNION ALL"
+                        f" SELECT 1 FROM tombstones WHERE record_id IN ({marks}) LIMIT 1",
+                        (*chunk, *chunk)).fetchone() is not None:
+            return None
+    # AUTOINCREMENT: the next key is above both the largest ever used and the largest present.
+    seq0, mem0 = (_next_key(conn, "ops", "seq"), _next_key(conn, "memories", "rowid"))
+    received = now_ms()
+    conn.executemany(
+        "INSERT INTO ops(seq, id, author, hlc, kind, record_id, body, sig, received_at, eff)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(seq0 + i, op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, received, eff)
+         for i, (op, eff) in enumerate(zip(ops, effs, strict=True))])
+    conn.executemany("DELETE FROM heads WHERE id = ?", [(h,) for h in heads])
+    conn.execute("INSERT INTO heads(id) VALUES (?)", (ops[-1].id,))
+    rows, tag_rows, fts_rows = [], [], []
+    for i, op in enumerate(ops):
+        f, mem = op.fields, mem0 + i
+        tags = sorted(set(f.get("tags", ())))
+        tag_text = TAG_SEP.join(tags)
+        content = f["content"]
+        rows.append((mem, op.record_id, content, tag_text, f["scope"], f["kind"], f.get("tool"), f.get("source"),
+                     f.get("session"), f["priority"], f["confidence"], dump_metadata(f.get("metadata") or {}),
+                     f.get("created_at", hlc_ms(op.hlc)), _create_updated_ms(op), f.get("expires_at"),
+                     content_hash(content), norm_hash(content)))
+        tag_rows += [(mem, tag, op.id) for tag in tags]
+        fts_rows.append((mem, content, tag_text, f["scope"]))
+    conn.executemany(
+        "INSERT INTO memories(rowid, id, content, tags, scope, kind, tool, source, session, priority,"
+        " confidence, metadata, created_at, updated_at, expires_at, content_hash, norm_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO tags(mem, tag, add_op) VALUES (?, ?, ?)", tag_rows)
+    conn.executemany("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)", fts_rows)
+    return [Node(seq0 + i, eff, seq0 + i) for i, eff in enumerate(effs)]
+
+
+_IN_CHUNK = 400
+
+
+def _next_key(conn: sqlite3.Connection, table: str, column: str) -> int:
+    """The key SQLite's AUTOINCREMENT would give the next row of ``table`` (a fixed table name)."""
+    (used,) = conn.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return max(int(used), int(row[0]) if row else 0) + 1
+
+
 def _recreate(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     """A create of an id that already has one (the same import on two replicas, or a forgery).
 

@@ -44,12 +44,13 @@ RETRY_AFTER_S = "1"
 
 def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, token: str | None = None, *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, poll_interval: float = 0.05,
-               keepalive_s: float = 15.0) -> ServerApp:
+               keepalive_s: float = 15.0, write_queue: bool = True) -> ServerApp:
     """The ASGI application (gate and guard around FastAPI).
 
     Given a config, the app opens its own facade (session ``http-server``, with a
     heartbeat; writes that name no tool stay without one) and closes it at shutdown; given a facade, the caller
-    keeps owning it. ``token`` defaults to ``$NS_TOKEN``, else the token file.
+    keeps owning it. Either way, unless ``write_queue=False``, the facade's write queue is turned on
+    (concurrent requests' writes commit together). ``token`` defaults to ``$NS_TOKEN``, else the token file.
     """
     if isinstance(api_or_config, UnifiedMemoryAPI):
         api, owns = api_or_config, False
@@ -62,6 +63,9 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
         api.start_background_maintenance()
         if config.sync_interval_s:
             api.start_interval_sync(config.sync_interval_s)
+    # Concurrent requests' writes commit together (group commit) instead of queueing on the write lock.
+    if write_queue:
+        api.start_write_queue()
     state = ServerState(api, owns, poll_interval=poll_interval, keepalive_s=keepalive_s)
     return ServerApp(_fastapi_app(state), state, required, max_body_bytes)
 

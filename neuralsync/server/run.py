@@ -45,8 +45,9 @@ def require_server_deps() -> None:
 
 def serve(config: MemoryConfig | None = None, host: str | None = None, port: int | None = None,
           token: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          log_level: str = "info") -> None:
-    """Run the server until interrupted (blocking). Streams end and the store closes on shutdown."""
+          log_level: str = "info", write_queue: bool = True) -> None:
+    """Run the server until interrupted (blocking). Streams end and the store closes on shutdown.
+    ``write_queue=False`` commits each request's write alone (for comparison: see bench/bench_writes.py)."""
     require_server_deps()
     import uvicorn
 
@@ -55,7 +56,7 @@ def serve(config: MemoryConfig | None = None, host: str | None = None, port: int
     config = config or MemoryConfig.from_env()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bind_host, bind_port = resolve_address(host, port)
-    app = create_app(config, token, max_body_bytes=max_body_bytes)
+    app = create_app(config, token, max_body_bytes=max_body_bytes, write_queue=write_queue)
     _announce(config, bind_host, bind_port, token)
     server_config = uvicorn.Config(app, host=bind_host, port=bind_port, log_level=log_level, lifespan="on",
                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--sync-interval", type=float, default=0.0, metavar="SECONDS",
                         help="sync with every trusted peer this often (default: 0, only on demand)")
+    parser.add_argument("--no-write-queue", action="store_true",
+                        help="commit each request's write alone instead of grouping concurrent writes "
+                             "into one transaction (slower; for comparison)")
     return parser
 
 
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = MemoryConfig.from_env(args.home, sync_interval_s=args.sync_interval)
         serve(config, args.host, args.port, max_body_bytes=args.max_body_bytes,
-              log_level=args.log_level)
+              log_level=args.log_level, write_queue=not args.no_write_queue)
     except NeuralSyncError as exc:
         print(f"neuralsync: error: {exc}", file=sys.stderr)
         return 1

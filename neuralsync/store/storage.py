@@ -10,6 +10,9 @@ Concurrency model, said out loud:
   times, then raise the typed, transient :class:`StoreBusy`. Nothing is dropped.
 - Transactions nest: the outer level is BEGIN/COMMIT, inner levels savepoints;
   any exception rolls back its level.
+- Work can be deferred within a transaction (:meth:`Storage.defer`) and done
+  set-at-a-time: before this thread next takes its connection, or at the end
+  of the level; a level that rolls back drops it.
 """
 
 from __future__ import annotations
@@ -112,7 +115,56 @@ class Storage:
         if conn is None or local.pid != os.getpid():
             conn = self._connect()
             local.conn, local.pid, local.depth, local.poisoned, local.tx_cache = conn, os.getpid(), 0, False, {}
+            local.deferred = {}
+        elif local.deferred:
+            self._run_deferred(conn)
         return conn
+
+    def peek_conn(self) -> sqlite3.Connection:
+        """This thread's connection without doing its deferred work first: only for reads that
+        account for that work themselves (:meth:`is_deferred`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid() or self._closed:
+            return self.conn
+        return conn
+
+    # ------------------------------------------------------------ deferred work
+    def defer(self, flush: Callable[[sqlite3.Connection, list[Any]], None], item: Any, key: object = None) -> int:
+        """Queue ``item`` for ``flush(conn, items)``, which runs (once for all items queued for it, in
+        order) before this thread next takes :attr:`conn`, or at the end of the current transaction
+        level; a level that rolls back drops it. Only inside :meth:`write`. ``key`` makes the item
+        visible to :meth:`is_deferred`. Returns how many items wait for ``flush``."""
+        if not self.in_write:
+            raise StoreError("deferred work needs an open write transaction (Storage.write)")
+        items, keys = self._local.deferred.setdefault(flush, ([], set()))
+        items.append(item)
+        if key is not None:
+            keys.add(key)
+        return len(items)
+
+    def is_deferred(self, flush: Callable[[sqlite3.Connection, list[Any]], None], key: object) -> bool:
+        """True if an item with ``key`` waits for ``flush`` on this thread."""
+        waiting = getattr(self._local, "deferred", {}).get(flush)
+        return waiting is not None and key in waiting[1]
+
+    def flush_deferred(self) -> None:
+        """Do this thread's deferred work now."""
+        if getattr(self._local, "deferred", None):
+            self._run_deferred(self._local.conn)
+
+    def _run_deferred(self, conn: sqlite3.Connection) -> None:
+        """Do the deferred work; if it fails half-way, the transaction cannot commit (the enclosing
+        level rolls back, as after a failed joined block)."""
+        local = self._local
+        pending, local.deferred = local.deferred, {}
+        try:
+            for flush, (items, _) in pending.items():
+                flush(conn, items)
+        except BaseException as exc:
+            local.poisoned, local.tx_cache = True, {}
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc) from exc
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -156,14 +208,15 @@ class Storage:
         undone alone, so it poisons the enclosing transaction, which then rolls
         back as a whole - a batch stays all-or-nothing even if the error is caught.
         """
-        conn = self.conn
+        # A joined block is no new level: work deferred before it stays deferred.
+        conn = self.peek_conn() if not savepoint and self.in_write else self.conn
         local = self._local
         depth = local.depth
         was_poisoned = local.poisoned
         if depth == 0:
             self._with_retry(lambda: conn.execute("BEGIN IMMEDIATE"))
             local.poisoned = was_poisoned = False
-            local.tx_cache = {}
+            local.tx_cache, local.deferred = {}, {}
         elif savepoint:
             conn.execute(f"SAVEPOINT sp{depth}")
         local.depth = depth + 1
@@ -171,7 +224,7 @@ class Storage:
             yield conn
         except BaseException as exc:
             local.depth = depth
-            local.tx_cache = {}
+            local.tx_cache, local.deferred = {}, {}
             if depth and not savepoint:
                 local.poisoned = True
             else:
@@ -183,8 +236,20 @@ class Storage:
         local.depth = depth
         if depth and not savepoint:
             return
-        if depth == 0 and local.poisoned:
-            self._rollback(conn, 0)
+        if local.deferred and not local.poisoned:
+            try:
+                self._run_deferred(conn)
+            except BaseException as exc:
+                local.tx_cache, local.deferred = {}, {}
+                self._rollback(conn, depth)
+                local.poisoned = was_poisoned
+                if isinstance(exc, sqlite3.Error):
+                    raise translate(exc) from exc
+                raise
+        local.deferred = {}
+        if local.poisoned and not was_poisoned:  # a failed write inside this level: undo the level alone
+            self._rollback(conn, depth)
+            local.poisoned, local.tx_cache = was_poisoned, {}
             raise StoreError("transaction rolled back: a write inside it failed")
         try:
             conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
