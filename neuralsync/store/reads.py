@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from ..model import Change, Memory
@@ -23,6 +24,7 @@ MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confi
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?)"
 
 _new_tuple = tuple.__new__
+_COLUMNS = tuple(itemgetter(i) for i in range(15))  # one per column of MEMORY_COLUMNS
 
 
 def row_to_memory(row: Sequence[Any], score: float | None = None) -> Memory:
@@ -38,19 +40,22 @@ def rows_to_memories(rows: Sequence[Sequence[Any]]) -> list[Memory]:
     """:class:`Memory` records of rows selected with ``MEMORY_COLUMNS`` (columns after those are ignored),
     equal to ``[row_to_memory(r) for r in rows]``.
 
-    Built a column at a time, the hot path of ``range_recall``: the rows are transposed and the
-    records assembled by ``map``/``zip`` in C, with no Python code run per row; each distinct tags
-    text is split once (the tuples are immutable, so records may share them) and the metadata texts
-    are decoded by one JSON parse (:func:`decode_metadata`).
+    Built a column at a time, the hot path of ``range_recall``: each column is read from the rows by
+    ``map`` over an ``itemgetter`` and the records are assembled by ``zip``, all in C, with no Python
+    code run per row (nor an iterator or a transposed tuple per row, which would only give the
+    garbage collector more to do: a ``Memory`` is a tuple subclass, which it never untracks). Each
+    distinct tags text is split once (the tuples are immutable, so records may share them) and the
+    metadata texts are decoded by one JSON parse (:func:`decode_metadata`).
     """
     if not rows:
         return []
-    (ids, contents, scopes, kinds, tags, priorities, confidences, tools, sources, sessions, metadata,
-     created, updated, expires, hashes, *_) = zip(*rows, strict=True)
+    (ids, contents, scopes, kinds, tags_texts, priorities, confidences, tools, sources, sessions, metadata,
+     created, updated, expires, hashes) = (map(column, rows) for column in _COLUMNS)
+    tags = list(tags_texts)
     split = {text: tuple(text.split(TAG_SEP)) if text else () for text in set(tags)}
     return list(map(_new_tuple, repeat(Memory), zip(
         ids, contents, scopes, kinds, map(split.__getitem__, tags), priorities, confidences, tools, sources,
-        sessions, decode_metadata(metadata), created, updated, expires, hashes,
+        sessions, decode_metadata(list(metadata)), created, updated, expires, hashes,
         repeat(None), repeat(0), repeat(None))))
 
 
