@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from neuralsync.model import Memory
+from neuralsync.store import reads
 from neuralsync.store.reads import MEMORY_COLUMNS, decode_metadata, range_query, row_to_memory, rows_to_memories
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 from neuralsync.utils import now_ms
@@ -153,3 +154,13 @@ def test_range_reads_one_index_in_order_without_sorting(make_api: MakeApi, desce
     plan = " | ".join(row[-1] for row in api.storage.conn.execute("EXPLAIN QUERY PLAN " + sql, args))
     assert f"USING INDEX {index}" in plan
     assert "TEMP B-TREE" not in plan
+
+
+@pytest.mark.parametrize("limit", [None, 6, 7, 14, 15, 100])
+def test_a_long_range_is_built_in_chunks_unchanged(varied: UnifiedMemoryAPI, monkeypatch: pytest.MonkeyPatch,
+                                                   limit: int | None) -> None:
+    monkeypatch.setattr(reads, "RANGE_CHUNK", 7)
+    for newest_first in (False, True):
+        got = varied.range_recall(limit=limit, newest_first=newest_first)
+        assert [m.id for m in got] == reference_ids(varied, None, None, None, limit, newest_first)
+    assert len(varied.range_recall()) == varied.counts()["memories"] > 7

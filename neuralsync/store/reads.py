@@ -22,6 +22,7 @@ TAG_SEP = "\x1f"  # the tags column's separator; a word separator for the FTS to
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
                   " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
 NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?)"
+RANGE_CHUNK = 5000  # rows turned into records at a time by Reader.range
 
 _new_tuple = tuple.__new__
 _COLUMNS = tuple(itemgetter(i) for i in range(15))  # one per column of MEMORY_COLUMNS
@@ -152,8 +153,12 @@ class Reader:
         """Live memories created in ``[start, end]``, in creation-time order (ties by rowid)."""
         sql, args = range_query(start, end, scope, limit, descending, now_ms())
         with self.storage.read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        return rows_to_memories(rows)
+            cursor = conn.execute(sql, args)
+            found = rows_to_memories(cursor.fetchmany(RANGE_CHUNK))
+            # A long range is built a chunk at a time, so its rows are never all held beside its records.
+            while len(found) % RANGE_CHUNK == 0 and (rows := cursor.fetchmany(RANGE_CHUNK)):
+                found += rows_to_memories(rows)
+        return found
 
     def iter_memories(self, batch: int = 1000) -> Iterator[Memory]:
         """Every live memory in id order, streamed in batches (export)."""
