@@ -110,6 +110,18 @@ def test_result_shape_and_peer_argument_shapes(api: UnifiedMemoryAPI) -> None:
     assert listed.structured_content["memories"][0]["content"] == "mem0-shaped note"  # newest first
 
 
+def test_remembering_a_stored_fact_again_says_it_merged(api: UnifiedMemoryAPI) -> None:
+    async def flow(client: Any) -> tuple[Any, ...]:
+        first = await client.call_tool("remember", {"content": "the VPN needs the corp profile"})
+        again = await client.call_tool("remember", {"content": "The VPN needs the corp profile."})
+        return first, again
+
+    first, again = _local(api, flow)
+    assert again.structured_content["id"] == first.structured_content["id"]
+    assert again.structured_content["merged"] is True and "merged" in again.content[0].text
+    assert api.counts()["memories"] == 1
+
+
 # ------------------------------------------------------------------ stdio subprocess
 @pytest.mark.slow
 def test_stdio_lists_tools_and_recalls_across_sessions(tmp_path: Path) -> None:
