@@ -29,6 +29,7 @@ from .replication.service import Replication, TransportFactory
 from .search.filters import Filters
 from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
+from .services.compactor import Compactor
 from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize
 from .services.merger import OFF, Merger, choose_strategy
@@ -53,6 +54,7 @@ UPDATE_ARGUMENTS = frozenset({"content", "scope", "priority", "tags", "kind", "t
 AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
 MERGE_SCAN_INTERVAL_S = 5.0
+COMPACT_INTERVAL_S = 60.0  # a long-running process compacts a slice when the store was idle this long
 MERGING = ("semantic_merge", "last_writer_wins", "content_merge")
 T = TypeVar("T")
 DEFER_AT_MOST = 2000  # creates a batch holds back for one set-at-a-time write
@@ -108,7 +110,10 @@ class UnifiedMemoryAPI:
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
         self.merger = Merger(self.log, self.reads, self.config, self.semantic)
+        self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic)
         self._merge_scans: Periodic | None = None
+        self._compactions: Periodic | None = None
+        self._idle_mark = (-1, 0.0)  # (last op seq seen, when) for the compaction scheduler
         self._ops_since_optimize = 0
         self._queue: WriteQueue | None = None
         self._closed = False
@@ -125,8 +130,9 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
-        if self._merge_scans is not None:
-            self._merge_scans.stop()
+        for periodic in (self._merge_scans, self._compactions):
+            if periodic is not None:
+                periodic.stop()
         if self._queue is not None:  # first: every write already submitted commits or gets its error
             self._queue.close()
         self.replication.stop()
@@ -543,6 +549,22 @@ class UnifiedMemoryAPI:
         if self.config.dedupe and self._merge_scans is None:
             self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, lambda: self._scan_quietly(True))
             self._merge_scans.start()
+        if self._compactions is None:
+            self._compactions = Periodic("neuralsync-compactor", COMPACT_INTERVAL_S, self._compact_when_idle)
+            self._compactions.start()
+
+    def _compact_when_idle(self) -> None:
+        """A slice of compaction when no op was written since the last look (a minute ago)."""
+        seq = self.last_seq()
+        if seq != self._idle_mark[0]:
+            self._idle_mark = (seq, now_ms())
+            return
+        try:
+            with self.monitor.measure("compact_slice"):
+                self.compactor.idle_slice()
+            self._idle_mark = (self.last_seq(), now_ms())
+        except NeuralSyncError as exc:  # busy: the next idle minute tries again
+            log.debug("idle compaction skipped: %s", exc)
 
     def embed_pending(self, progress: Any = None) -> int:
         """Embed memories that arrived without a vector (other writers, sync, changed content)."""
@@ -780,6 +802,23 @@ class UnifiedMemoryAPI:
         report["target_ms"] = float(target)
         report["met"] = report["after_ms"] <= target
         return report
+
+    def compact_analyze(self) -> dict[str, Any]:
+        """What the store holds that it need not: fragmentation, expired memories, tombstones, duplicate
+        clusters, FTS segments, WAL, vector-index lag, op-log bytes, and what each strategy would reclaim."""
+        with self.monitor.measure("compact_analyze"):
+            return self.compactor.analyze()
+
+    def compact(self, strategies: Sequence[str] | None = None, dry_run: bool = False,
+                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, fts_optimize,
+        vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run`` returns the plan only.
+        Purges and merges are ops every replica applies; the rest is local."""
+        with self.monitor.measure("compact"):
+            result = self.compactor.compact(strategies, dry_run=bool(dry_run), progress=progress)
+        if not dry_run:
+            self._after_commit(1)
+        return result
 
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the

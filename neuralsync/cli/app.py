@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..errors import InvalidInput, NeuralSyncError, NotFound, StoreBusy
 from ..json_input import parse_json
+from .compact import add_compact_command
 from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, latency_table, one_line, rows, show_memory, when, width
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_commands(add)
     add_sync_commands(add)
     add_merge_commands(add)
+    add_compact_command(add)
     return parser
 
 

@@ -246,6 +246,24 @@ def growth(request: Request, days: int = Query(30, ge=1, le=3650)) -> dict[str, 
     return api_of(request).growth(days)
 
 
+class CompactRequest(_Body):
+    """Strategies to run (default: all) and whether to return the plan only."""
+
+    strategies: list[str] | None = None
+    dry_run: bool = False
+
+
+@router.get("/compact", summary="What the store holds that it need not, and what each strategy would reclaim")
+def compact_analyze(request: Request) -> dict[str, Any]:
+    return api_of(request).compact_analyze()
+
+
+@router.post("/compact", summary="Reclaim space (dry_run: the plan only)")
+def compact(request: Request, body: CompactRequest | None = None) -> dict[str, Any]:
+    request_body = body or CompactRequest()
+    return api_of(request).compact(request_body.strategies, dry_run=request_body.dry_run)
+
+
 @router.post("/optimize", summary="Run maintenance and report latency before and after")
 def optimize(request: Request, body: OptimizeRequest | None = None) -> dict[str, Any]:
     target = body.target_response_time_ms if body is not None else None

@@ -205,10 +205,11 @@ class Merger:
         return self.find_merge(conn, row["merge_id"])
 
     # ------------------------------------------------------------ scans (other paths' duplicates)
-    def rewind(self, write: Callable[[], Any]) -> None:
-        """Make the next scans look at every memory, this replica's own writes included."""
+    def rewind(self, write: Callable[[], Any], near: bool = True) -> None:
+        """Make the next scans look at every memory, this replica's own writes included (``near``:
+        the paraphrase scan too, a vector search per memory)."""
         with write() as conn:
-            for key in ("merge_scan_seq", "near_scan_seq"):
+            for key in ("merge_scan_seq", "near_scan_seq") if near else ("merge_scan_seq",):
                 self._set_meta(conn, key, 0)
             self._seen = 0
             self._set_meta(conn, "merge_scan_own", 1)

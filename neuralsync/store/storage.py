@@ -42,10 +42,11 @@ PRAGMA_WHITELIST: dict[str, type] = {
     "mmap_size": int,
     "cache_size": int,
     "page_size": int,
+    "auto_vacuum": str,
     "wal_autocheckpoint": int,
     "journal_size_limit": int,
 }
-_IDENT_VALUES = {"wal", "normal", "full", "on", "off", "memory"}
+_IDENT_VALUES = {"wal", "normal", "full", "on", "off", "memory", "incremental"}
 BUSY_RETRIES = 3
 
 
@@ -53,6 +54,7 @@ def pragmas_for(config: MemoryConfig) -> dict[str, object]:
     """The per-connection pragmas a config asks for (journal_mode is per-file but cheap to repeat)."""
     return {
         "page_size": 4096,  # only effective before the file is created
+        "auto_vacuum": "incremental",  # likewise: the compactor frees pages a slice at a time
         "journal_mode": "wal",
         "synchronous": config.durability,
         "busy_timeout": config.busy_timeout_ms,

@@ -1,0 +1,88 @@
+"""``neuralsync compact``: what the store holds that it need not (``--analyze``), the plan
+(``--dry-run``), and compaction itself, with progress on the long steps."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .output import emit_json, human_bytes, rows
+
+if TYPE_CHECKING:
+    from ..unified_memory_api import UnifiedMemoryAPI
+
+STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "fts_optimize", "vector_rebuild", "checkpoint",
+                  "vacuum")
+
+
+def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``compact`` on the CLI's subcommand factory."""
+    cmd = add("compact", cmd_compact, "reclaim space: purge expired memories, merge duplicates, FTS merge, "
+                                      "vector index rebuild, WAL checkpoint, vacuum")
+    cmd.add_argument("--analyze", action="store_true", help="only measure what could be reclaimed")
+    cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    cmd.add_argument("--strategy", action="append", metavar="NAME",
+                     help=f"only this one (repeatable): {', '.join(STRATEGY_NAMES)}")
+
+
+def cmd_compact(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
+    """Analyze, plan or compact."""
+    if args.analyze:
+        report = api.compact_analyze()
+        if args.json:
+            emit_json(report)
+            return 0
+        rows([("database", human_bytes(report["db_bytes"])), ("WAL", human_bytes(report["wal_bytes"])),
+              ("free pages", f"{report['free_pages']:,} ({report['fragmentation']:.1%})"),
+              ("memories", f"{report['memories']:,} live, {report['expired']:,} expired, "
+                           f"{report['tombstones']:,} deleted"),
+              ("duplicates", f"{report['duplicates']:,} in {report['duplicate_clusters']:,} clusters"),
+              ("FTS segments", str(report["fts_segments"])),
+              ("vector index", f"{report['vector_index_lag']:,} rows behind, "
+                               f"{report['vectors_removed_but_indexed']:,} removed but indexed"),
+              ("op log", human_bytes(report["oplog_bytes"]))])
+        print("reclaimable (estimated):")
+        rows([(name, human_bytes(size)) for name, size in report["reclaimable_bytes"].items()])
+        return 0
+    strategies = args.strategy or None
+    if args.dry_run:
+        plan = api.compact(strategies, dry_run=True)
+        if args.json:
+            emit_json(plan)
+        else:
+            rows([(step["strategy"], human_bytes(step["reclaim_bytes"]) + _detail(step)) for step in plan["plan"]])
+        return 0
+    from .progress import Progress
+
+    bars: dict[str, Progress] = {}
+
+    def progress(step: str, done: int, total: int) -> None:
+        bar = bars.get(step)
+        if bar is None:
+            bar = bars[step] = Progress(step.replace("_", " "), total)
+        bar(done, total)
+
+    try:
+        report = api.compact(strategies, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        emit_json(report)
+        return 0
+    for step in report["steps"]:
+        shown = {k: v for k, v in step.items() if k not in ("strategy", "ms")}
+        print(f"- {step['strategy']}: {shown} ({step['ms']:.0f} ms)")
+    change = report["reclaimed_bytes"]
+    verb = f"reclaimed {human_bytes(change)}" if change >= 0 else f"grew by {human_bytes(-change)} (new ops)"
+    print(f"{verb}: {human_bytes(report['before']['total_bytes'])} -> {human_bytes(report['after']['total_bytes'])}")
+    return 0
+
+
+def _detail(step: dict[str, Any]) -> str:
+    if "memories" in step:
+        return f" ({step['memories']:,} memories)"
+    if "mode" in step:
+        return f" ({step['mode']})"
+    return ""

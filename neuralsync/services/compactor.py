@@ -1,0 +1,254 @@
+"""The compactor: what a store holds that it need not, and reclaiming it in short slices.
+
+``analyze`` measures (fragmentation, expired memories, tombstones, duplicate
+clusters, FTS segments, WAL, vector-index lag and removed-but-indexed vectors,
+op-log bytes) and estimates what each strategy would reclaim. ``compact`` runs
+the strategies asked for (all the safe ones by default), each in slices whose
+write transactions last a few milliseconds, so writers keep going.
+
+What changes what a replica shows goes through ops (expired memories are
+purged by ``delete`` ops, duplicates consolidated by the merger's ``merge``
+ops); local space reclamation (FTS merge, vector index rebuild, WAL checkpoint,
+vacuum) never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInput
+from ..oplog.log import OpLog
+from ..store.storage import Storage
+from ..utils import now_ms
+
+if TYPE_CHECKING:
+    from ..search.semantic import SemanticIndex
+    from .merger import Merger
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("purge_expired", "consolidate_duplicates", "fts_optimize", "vector_rebuild", "checkpoint",
+              "vacuum")
+# A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
+# for incremental vacuum, where "vacuum" frees pages a slice at a time).
+DEFAULT_STRATEGIES = STRATEGIES
+PURGE_SLICE = 200  # expired memories deleted per write transaction
+VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
+FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
+VECTOR_BYTES = 4  # float32
+
+
+class Compactor:
+    """Analysis and compaction of one store."""
+
+    def __init__(self, storage: Storage, oplog: OpLog, merger: Merger, semantic: SemanticIndex | None) -> None:
+        self.storage = storage
+        self.oplog = oplog
+        self.merger = merger
+        self.semantic = semantic
+
+    # ------------------------------------------------------------ analysis
+    def analyze(self) -> dict[str, Any]:
+        """What the store holds and what each strategy would reclaim (bytes, estimated)."""
+        conn = self.storage.conn
+        now = now_ms()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+        sizes = self.storage.sizes()
+        tables = table_bytes(conn)
+        live, expired = conn.execute(
+            "SELECT count(*) - count(CASE WHEN expires_at <= ? THEN 1 END), count(CASE WHEN expires_at <= ? THEN 1 END)"
+            " FROM memories", (now, now)).fetchone()
+        dup_clusters, dup_rows = conn.execute(
+            "SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM memories"
+            " WHERE norm_hash IS NOT NULL AND (expires_at IS NULL OR expires_at > ?)"
+            " GROUP BY scope, norm_hash HAVING count(*) > 1)", (now,)).fetchone()
+        rows = live + expired
+        per_row = _per_row(tables, rows)
+        dims = self._dims(conn)
+        removed = conn.execute("SELECT count(*) FROM vector_removed").fetchone()[0]
+        segments = conn.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]
+        oplog_bytes = tables.get("ops") or conn.execute(
+            "SELECT coalesce(sum(length(body) + length(sig)), 0) FROM ops").fetchone()[0]
+        reclaim = {
+            "purge_expired": int(expired * per_row),
+            "consolidate_duplicates": int(dup_rows * per_row),
+            "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
+            "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
+            "checkpoint": sizes["wal_bytes"],
+            "vacuum": free * page_size,
+        }
+        return {
+            "db_bytes": sizes["db_bytes"], "wal_bytes": sizes["wal_bytes"], "page_size": page_size,
+            "pages": pages, "free_pages": free, "fragmentation": round(free / pages, 4) if pages else 0.0,
+            "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(auto_vacuum, str(auto_vacuum)),
+            "memories": live, "expired": expired,
+            "tombstones": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
+            "duplicate_clusters": dup_clusters, "duplicates": dup_rows,
+            "fts_segments": segments,
+            "vector_index_lag": self.semantic.uncovered() if self.semantic is not None else 0,
+            "vectors_removed_but_indexed": removed,
+            "oplog_bytes": oplog_bytes, "table_bytes": tables,
+            "reclaimable_bytes": reclaim,
+            "not_yet": "op payloads of deleted memories are kept (pruning after every peer has them: planned)",
+        }
+
+    def plan(self, strategies: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The steps ``compact`` would take, each with the bytes it is estimated to reclaim."""
+        chosen = check_strategies(strategies)
+        found = self.analyze()
+        steps = []
+        for name in chosen:
+            step: dict[str, Any] = {"strategy": name, "reclaim_bytes": found["reclaimable_bytes"][name]}
+            if name == "purge_expired":
+                step["memories"] = found["expired"]
+            elif name == "consolidate_duplicates":
+                step["memories"] = found["duplicates"]
+            elif name == "vacuum":
+                step["mode"] = "incremental" if found["auto_vacuum"] == "incremental" else "full rewrite"
+            steps.append(step)
+        return steps
+
+    # ------------------------------------------------------------ compaction
+    def compact(self, strategies: Sequence[str] | None = None, dry_run: bool = False,
+                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Run ``strategies`` (default: every one) in slices; ``dry_run`` returns the plan only."""
+        chosen = check_strategies(strategies)
+        if dry_run:
+            return {"dry_run": True, "plan": self.plan(chosen)}
+        before = self.storage.sizes()
+        started = time.perf_counter()
+        done: list[dict[str, Any]] = []
+        for name in chosen:
+            step_started = time.perf_counter()
+            result = getattr(self, "_" + name)(progress)
+            done.append({"strategy": name, **result, "ms": round((time.perf_counter() - step_started) * 1000, 1)})
+        after = self.storage.sizes()
+        return {"dry_run": False, "steps": done, "before": before, "after": after,
+                "reclaimed_bytes": before["total_bytes"] - after["total_bytes"],
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    def idle_slice(self) -> dict[str, Any]:
+        """One short round for a scheduler: a slice of each cheap strategy (no full rewrite)."""
+        out: dict[str, Any] = {}
+        out["purged"] = self._purge_slice()
+        with self.storage.write() as conn:
+            conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
+        if self._incremental():
+            with self.storage.write() as conn:
+                conn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES // 4})").fetchall()
+        out["checkpointed_frames"] = self.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
+        return out
+
+    # ------------------------------------------------------------ strategies
+    def _purge_expired(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        total = self.storage.conn.execute("SELECT count(*) FROM memories WHERE expires_at <= ?",
+                                          (now_ms(),)).fetchone()[0]
+        purged = 0
+        while True:
+            n = self._purge_slice()
+            purged += n
+            if progress is not None:
+                progress("purge_expired", purged, total)
+            if n < PURGE_SLICE:
+                return {"purged": purged}
+
+    def _purge_slice(self) -> int:
+        """Delete up to ``PURGE_SLICE`` expired memories, as ``delete`` ops every replica applies."""
+        with self.storage.write() as conn:
+            ids = [r for (r,) in conn.execute("SELECT id FROM memories WHERE expires_at <= ? LIMIT ?",
+                                              (now_ms(), PURGE_SLICE))]
+            if ids:
+                self.oplog.append(conn, [("delete", record_id, {}) for record_id in ids])
+        return len(ids)
+
+    def _consolidate_duplicates(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        # Exact duplicates among every memory; paraphrases are the merger's background scan's (a vector
+        # search per memory), or `neuralsync merges scan --all`.
+        self.merger.rewind(self.storage.write, near=False)
+        done = self.merger.scan_arrived(self.storage.write)
+        return {"merged": len(done)}
+
+    def _fts_optimize(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Merge FTS segments a slice at a time until one merge changes nothing."""
+        conn = self.storage.conn
+        rounds = 0
+        while rounds < 10_000:
+            before = conn.total_changes
+            with self.storage.write() as wconn:
+                # Negative: merge segments even where fewer than 'usermerge' share a level (towards one).
+                wconn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
+            rounds += 1
+            if conn.total_changes - before <= 1:
+                break
+        return {"merge_rounds": rounds,
+                "segments": conn.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]}
+
+    def _vector_rebuild(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        if self.semantic is None:
+            return {"skipped": "semantic search is off"}
+        removed = self.storage.conn.execute("SELECT count(*) FROM vector_removed").fetchone()[0]
+        return {**self.semantic.refresh_index(full=removed > 0), "removed_keys_dropped": removed}
+
+    def _checkpoint(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        busy, frames, done = self.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return {"frames": frames, "checkpointed": done, "readers_active": bool(busy)}
+
+    def _vacuum(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        conn = self.storage.conn
+        if self._incremental():
+            freed = 0
+            while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+                with self.storage.write() as wconn:
+                    wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
+                freed += VACUUM_SLICE_PAGES
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return {"mode": "incremental"}
+        # A store made before incremental vacuum was the default: one full rewrite switches it over.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return {"mode": "full rewrite (the store now frees pages incrementally)"}
+
+    # ------------------------------------------------------------ helpers
+    def _incremental(self) -> bool:
+        return int(self.storage.conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+
+    def _dims(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT length(vec) FROM embeddings LIMIT 1").fetchone()
+        return int(row[0]) // VECTOR_BYTES if row else 0
+
+
+def check_strategies(strategies: Sequence[str] | None) -> tuple[str, ...]:
+    """The strategies to run, in the order that reclaims most (purges before the rewrite)."""
+    if strategies is None:
+        return DEFAULT_STRATEGIES
+    if isinstance(strategies, str) or not isinstance(strategies, (list, tuple)):
+        raise InvalidInput("strategies", f"must be a list of: {', '.join(STRATEGIES)}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise InvalidInput("strategies", f"unknown strategy {unknown[0]!r}; one of {', '.join(STRATEGIES)}")
+    return tuple(s for s in STRATEGIES if s in strategies)
+
+
+def table_bytes(conn: sqlite3.Connection) -> dict[str, int]:
+    """Bytes per table and index (the ``dbstat`` table, when this SQLite has it; else empty)."""
+    try:
+        return {name: int(size) for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name")}
+    except sqlite3.Error:
+        return {}
+
+
+def _per_row(tables: dict[str, int], rows: int) -> float:
+    """Bytes a memory costs outside its text: its row, indexes, FTS entry and vector, on average."""
+    if not rows or not tables:
+        return 0.0
+    derived = sum(size for name, size in tables.items()
+                  if name.startswith(("memories", "sqlite_autoindex_memories", "embeddings", "tags")))
+    return derived / rows

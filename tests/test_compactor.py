@@ -1,0 +1,91 @@
+"""The compactor: analysis, a plan that changes nothing, compaction that replicas agree on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuralsync.errors import InvalidInput
+from neuralsync.oplog import codec
+from neuralsync.services.doctor import run_doctor
+from neuralsync.unified_memory_api import UnifiedMemoryAPI
+
+MakeApi = Callable[..., UnifiedMemoryAPI]
+
+
+def _fill(api: UnifiedMemoryAPI, n: int = 300) -> None:
+    with api.batch_operations():
+        for i in range(n):
+            api.remember(f"note {i} on subject {i % 17}: " + "detail " * 20, ttl_ms=1 if i % 3 == 0 else None,
+                         tags=[f"t{i % 5}"])
+        for i in range(0, n, 10):
+            api.remember(f"NOTE {i} on subject {i % 17}: " + "detail " * 20, merge="off")
+    time.sleep(0.01)  # the ttl_ms=1 memories expire
+
+
+def _ops(api: UnifiedMemoryAPI) -> list[codec.Op]:
+    return [codec.op_from_wire(codec.op_to_wire(op)) for _, op in api.log.ops_since(0, 100_000)]
+
+
+def test_analyze_and_dry_run_measure_and_change_nothing(make_api: MakeApi, snapshot: Callable[..., Any]) -> None:
+    api = make_api(embedder="none")
+    _fill(api)
+    before = snapshot(api)
+    report = api.compact_analyze()
+    assert report["expired"] == 100 and report["memories"] == 230
+    assert report["duplicate_clusters"] == report["duplicates"] == 20  # every tenth note repeated (ttl ones too)
+    assert report["auto_vacuum"] == "incremental" and report["oplog_bytes"] > 0
+    assert report["reclaimable_bytes"]["purge_expired"] > report["reclaimable_bytes"]["consolidate_duplicates"] > 0
+    plan = api.compact(dry_run=True)["plan"]
+    assert [s["strategy"] for s in plan][:2] == ["purge_expired", "consolidate_duplicates"]
+    assert plan[0]["memories"] == 100
+    assert snapshot(api) == before
+
+
+def test_compaction_purges_expired_and_merges_duplicates_as_ops_replicas_agree(make_api: MakeApi,
+                                                                               tmp_path: Path) -> None:
+    a = make_api(tmp_path / "a", embedder="none")
+    b = make_api(tmp_path / "b", embedder="none")
+    _fill(a)
+    b.log.apply_remote(_ops(a))
+    # The copies (NOTE) of live notes merge into them; a copy whose note expired stays on its own.
+    live_before = {m.id: m.content for m in a.range_recall()
+                   if m.content.startswith("note") or int(m.content.split()[1]) % 3 == 0}
+    result = a.compact()
+    steps = {s["strategy"]: s for s in result["steps"]}
+    assert steps["purge_expired"]["purged"] == 100
+    assert steps["consolidate_duplicates"]["merged"] == 20
+    assert result["after"]["wal_bytes"] == 0
+    after = a.compact_analyze()
+    assert after["expired"] == 0 and after["duplicates"] == 0 and after["fts_segments"] <= 1
+    # Recall of the surviving memories is unchanged: the originals stay, the copies merged into them.
+    assert {m.id: m.content for m in a.range_recall()} == live_before
+    b.log.apply_remote(_ops(a))
+    ra, rb = run_doctor(a.storage), run_doctor(b.storage)
+    assert ra.ok and rb.ok and ra.digest == rb.digest
+    assert b.counts()["expired"] == 0
+
+
+def test_bad_strategies_are_refused_and_change_nothing(make_api: MakeApi, snapshot: Callable[..., Any]) -> None:
+    api = make_api(embedder="none")
+    _fill(api, 30)
+    before = snapshot(api)
+    for bad in (["purge_expired", "shred"], "vacuum", [3]):
+        with pytest.raises(InvalidInput) as err:
+            api.compact(bad)  # type: ignore[arg-type]
+        assert err.value.field == "strategies"
+    assert snapshot(api) == before
+
+
+def test_an_idle_slice_is_short_and_does_the_cheap_steps(make_api: MakeApi) -> None:
+    api = make_api(embedder="none")
+    _fill(api)
+    started = time.perf_counter()
+    done = api.compactor.idle_slice()
+    assert done["purged"] == 100  # one slice holds at most PURGE_SLICE (200)
+    assert time.perf_counter() - started < 5
+    assert api.counts()["expired"] == 0
