@@ -76,6 +76,7 @@ class Op:
     preds: tuple[bytes, ...]
     sig: bytes
     body: bytes = field(repr=False, default=b"")
+    pruned: bool = False  # a stored skeleton: the fields were pruned (the op id still verifies)
 
 
 @dataclass(frozen=True, slots=True)

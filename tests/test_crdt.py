@@ -175,10 +175,37 @@ def test_ops_with_invalid_fields_are_rejected_by_rule(key: nacl.signing.SigningK
         crdt.parse_op(op.body, op.sig)
 
 
-def test_op_id_is_sha256_of_the_body(key: nacl.signing.SigningKey) -> None:
+def test_op_id_is_sha256_of_the_header_that_commits_to_the_fields(key: nacl.signing.SigningKey) -> None:
     op = _op(key)
-    assert op.id == hashlib.sha256(op.body).digest()
+    skeleton = crdt.skeleton_of(op.body)
+    assert skeleton is not None and op.id == hashlib.sha256(skeleton).digest()
+    header = crdt.decode(skeleton)
+    assert header["fields_hash"] == hashlib.sha256(crdt.encode(crdt.decode(op.body)["fields"])).digest()
     assert crdt.decode(op.body)["fields"]["content"] == "hello"
+
+
+def test_a_skeleton_verifies_from_the_store_and_is_refused_from_a_peer(key: nacl.signing.SigningKey) -> None:
+    op = _op(key)
+    skeleton = crdt.skeleton_of(op.body)
+    assert skeleton is not None
+    kept = crdt.parse_op(skeleton, op.sig, stored=True)
+    assert (kept.id, kept.pruned, kept.fields, kept.preds) == (op.id, True, {}, op.preds)
+    with pytest.raises(InvalidOp):
+        crdt.parse_op(skeleton, op.sig)  # a peer's skeleton: its fields could not be checked
+    forged = crdt.decode(skeleton)
+    forged["fields_hash"] = bytes(32)
+    with pytest.raises(InvalidOp, match="signature"):
+        crdt.parse_op(crdt.encode(forged), op.sig, stored=True)
+
+
+def test_a_format_1_op_still_verifies(key: nacl.signing.SigningKey) -> None:
+    body = crdt.encode({"v": 1, "kind": "create", "record_id": "b" * 32, "hlc": 1 << 40,
+                        "author": bytes(key.verify_key), "preds": [], "fields": {"content": "old", "scope": "g", "kind": "fact", "priority": 0.5,
+                                                "confidence": 0.5}})
+    sig = key.sign(crdt.SIG_DOMAIN + hashlib.sha256(body).digest()).signature
+    op = crdt.parse_op(body, sig)
+    assert op.id == hashlib.sha256(body).digest() == crdt.op_id(body)
+    assert crdt.skeleton_of(body) is None  # its id needs the whole body: never pruned
 
 
 def test_a_valid_op_parses_back_identically(key: nacl.signing.SigningKey) -> None:

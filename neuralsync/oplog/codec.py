@@ -2,7 +2,11 @@
 
 Design (Kleppmann, "Making CRDTs Byzantine Fault Tolerant", PaPoC 2022):
 an op's id is SHA-256 over a typed, length-prefixed canonical encoding of
-``{v, kind, record_id, fields, hlc, author, preds}``; the author is the Ed25519
+``{v, kind, record_id, fields_hash, hlc, author, preds}`` (format 2: the fields
+enter the id through their own hash, so an op whose fields were pruned keeps a
+*skeleton* - that header - that still verifies; format 1, read still, hashed
+the whole body ``{v, kind, record_id, fields, hlc, author, preds}``). The body
+stored and sent is the full one, with the fields; the author is the Ed25519
 public key itself, so a signature can be checked from the op alone; ``preds``
 are the ids of the heads the author had seen. Validity depends only on the op
 (and, in the sync layer, its ancestors) - never on local clock or config.
@@ -30,7 +34,8 @@ from ..model import Op
 from .clock import HLC_MAX
 from .fields import check_fields
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # new ops; format 1 ops (id over the whole body) are still read and verified
+FORMATS = (1, 2)
 OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge"})
 MAX_OP_BYTES = 1 << 20  # one op, encoded
 MAX_PREDS = 64
@@ -175,22 +180,53 @@ def _decode_map(buf: bytes, pos: int, depth: int, length: int) -> tuple[dict[str
 
 
 # ---------------------------------------------------------------- ops
+FULL_KEYS = frozenset({"v", "kind", "record_id", "fields", "hlc", "author", "preds"})
+SKELETON_KEYS = frozenset({"v", "kind", "record_id", "fields_hash", "hlc", "author", "preds"})
+
+
+def _key(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    return b"s" + _LEN.pack(len(raw)) + raw
+
+
+def _op_bytes(kind: str, record_id: str, encoded_fields: bytes, hlc: int, author: bytes,
+              preds: list[bytes]) -> tuple[bytes, bytes]:
+    """(full body, skeleton) of a format-2 op, the fields encoded once. Keys in sorted order; the
+    skeleton puts ``fields_hash`` where the body has ``fields`` (the same place in the order)."""
+    head = [b"d" + _LEN.pack(7), _key("author"), encode(author)]
+    tail = b"".join([_key("hlc"), encode(hlc), _key("kind"), encode(kind), _key("preds"), encode(preds),
+                     _key("record_id"), encode(record_id), _key("v"), encode(2)])
+    body = b"".join([*head, _key("fields"), encoded_fields, tail])
+    skeleton = b"".join([*head, _key("fields_hash"), encode(hashlib.sha256(encoded_fields).digest()), tail])
+    return body, skeleton
+
+
 def op_body(kind: str, record_id: str, fields: dict[str, Any], hlc: int, author: bytes,
             preds: Iterable[bytes]) -> bytes:
-    """The canonical body whose SHA-256 is the op id. Preds are sorted: a set, not a list."""
-    return encode({
-        "v": FORMAT_VERSION,
-        "kind": kind,
-        "record_id": record_id,
-        "fields": fields,
-        "hlc": hlc,
-        "author": author,
-        "preds": sorted(preds),
-    })
+    """The canonical full body of a new op. Preds are sorted: a set, not a list."""
+    return _op_bytes(kind, record_id, encode(fields), hlc, author, sorted(preds))[0]
+
+
+def skeleton_of(body: bytes) -> bytes | None:
+    """The skeleton of a full format-2 body (what pruning keeps: it hashes to the op id), or None for
+    a format-1 op (whose id needs the whole body) or a body that is a skeleton already."""
+    data = decode(body)
+    if not isinstance(data, dict) or data.get("v") != 2 or set(data) != FULL_KEYS:
+        return None
+    return _op_bytes(data["kind"], data["record_id"], encode(data["fields"]), data["hlc"], data["author"],
+                     data["preds"])[1]
 
 
 def op_id(body: bytes) -> bytes:
-    """The 32-byte id of an op body."""
+    """The 32-byte id of an op body (full or skeleton, either format): SHA-256 of the skeleton for a
+    full format-2 body, of the body itself otherwise."""
+    if body[:1] == b"d":
+        try:
+            skeleton = skeleton_of(body)
+        except InvalidOp:
+            skeleton = None  # not an op at all: hashed as it is, refused by whoever parses it
+        if skeleton is not None:
+            return hashlib.sha256(skeleton).digest()
     return hashlib.sha256(body).digest()
 
 
@@ -199,35 +235,43 @@ def make_op(key: nacl.signing.SigningKey, kind: str, record_id: str, fields: dic
     """Build, hash and sign a new op authored by ``key``."""
     author = bytes(key.verify_key)
     pred_list = tuple(sorted(preds))
-    body = op_body(kind, record_id, fields, hlc, author, pred_list)
+    body, skeleton = _op_bytes(kind, record_id, encode(fields), hlc, author, list(pred_list))
     if len(body) > MAX_OP_BYTES:
         raise InvalidOp(f"op of {len(body)} bytes exceeds {MAX_OP_BYTES}")
-    oid = op_id(body)
+    oid = hashlib.sha256(skeleton).digest()
     sig = key.sign(SIG_DOMAIN + oid).signature
     return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body)
 
 
-def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
+def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False) -> Op:
     """Decode and fully check an op received as bytes (from the log or a peer).
 
     Checks structure, bounds and (unless ``verify`` is False, for ops read back
     from this store's own log) the signature. Checks that need the rest of the
     log (predecessors present, clock above theirs) belong to the caller.
+    ``stored``: a skeleton (an op whose fields this store pruned) is accepted,
+    as an op with no fields and ``pruned`` set; from a peer it never is: its
+    fields could not be checked.
     """
     if len(body) > MAX_OP_BYTES:
         raise InvalidOp("op too large")
     data = decode(body)
-    if not isinstance(data, dict) or set(data) != {"v", "kind", "record_id", "fields", "hlc", "author", "preds"}:
+    pruned = stored and isinstance(data, dict) and set(data) == SKELETON_KEYS and data.get("v") == 2
+    if not isinstance(data, dict) or (set(data) != FULL_KEYS and not pruned):
         raise InvalidOp("op body has the wrong set of keys")
-    if data["v"] != FORMAT_VERSION:
+    if data["v"] not in FORMATS:
         raise InvalidOp(f"unsupported op format version {data['v']!r}")
-    kind, record_id, fields = data["kind"], data["record_id"], data["fields"]
+    kind, record_id, fields = data["kind"], data["record_id"], data.get("fields")
+    if pruned and not (isinstance(data["fields_hash"], bytes) and len(data["fields_hash"]) == 32):
+        raise InvalidOp("a skeleton's fields_hash must be 32 bytes")
     hlc, author, preds = data["hlc"], data["author"], data["preds"]
     if not isinstance(kind, str) or kind not in OP_KINDS:
         raise InvalidOp(f"unknown op kind {kind!r}")
     if not isinstance(record_id, str) or not 0 < len(record_id) <= 128:
         raise InvalidOp("bad record_id")
-    if not isinstance(fields, dict):
+    if pruned:
+        fields = {}
+    elif not isinstance(fields, dict):
         raise InvalidOp("fields must be a map")
     if not isinstance(hlc, int) or isinstance(hlc, bool) or not 0 < hlc <= HLC_MAX:
         raise InvalidOp("hlc out of range")
@@ -237,11 +281,15 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True) -> Op:
             or any(not isinstance(p, bytes) or len(p) != 32 for p in preds)
             or preds != sorted(set(preds))):
         raise InvalidOp("preds must be a sorted set of at most 64 op ids")
-    check_fields(kind, record_id, fields)
-    oid = op_id(body)
+    if not pruned:
+        check_fields(kind, record_id, fields)
+    if data["v"] == 2 and not pruned:
+        oid = hashlib.sha256(_op_bytes(kind, record_id, encode(fields), hlc, author, preds)[1]).digest()
+    else:
+        oid = hashlib.sha256(body).digest()
     if verify:
         verify_signature(author, oid, sig)
-    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body)
+    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body, pruned)
 
 
 def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:
