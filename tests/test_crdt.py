@@ -199,9 +199,9 @@ def test_a_skeleton_verifies_from_the_store_and_is_refused_from_a_peer(key: nacl
 
 
 def test_a_format_1_op_still_verifies(key: nacl.signing.SigningKey) -> None:
+    fields = {"content": "old", "scope": "g", "kind": "fact", "priority": 0.5, "confidence": 0.5}
     body = crdt.encode({"v": 1, "kind": "create", "record_id": "b" * 32, "hlc": 1 << 40,
-                        "author": bytes(key.verify_key), "preds": [], "fields": {"content": "old", "scope": "g", "kind": "fact", "priority": 0.5,
-                                                "confidence": 0.5}})
+                        "author": bytes(key.verify_key), "preds": [], "fields": fields})
     sig = key.sign(crdt.SIG_DOMAIN + hashlib.sha256(body).digest()).signature
     op = crdt.parse_op(body, sig)
     assert op.id == hashlib.sha256(body).digest() == crdt.op_id(body)
