@@ -77,6 +77,8 @@ class MemoryConfig:
     merge_strategy: str = "semantic_merge"
     scope_merge_strategies: dict[str, str] = field(default_factory=dict)
     near_duplicate_threshold: float = 0.80
+    # A merge can be undone this long; after it, compaction may prune the merged memory's old ops.
+    merge_undo_days: float = 30.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +100,9 @@ class MemoryConfig:
                 raise ConfigError(f"{where} must be one of {(*MERGE_STRATEGIES, 'off')}, not {strategy!r}")
         if not isinstance(self.near_duplicate_threshold, (int, float)) or not 0 < self.near_duplicate_threshold <= 1:
             raise ConfigError(f"near_duplicate_threshold must be in (0, 1], not {self.near_duplicate_threshold!r}")
+        if isinstance(self.merge_undo_days, bool) or not isinstance(self.merge_undo_days, (int, float)) \
+                or not 0 <= self.merge_undo_days <= 36_500:
+            raise ConfigError(f"merge_undo_days must be from 0 to 36500, not {self.merge_undo_days!r}")
         if self.target_response_time_ms <= 0:
             raise ConfigError("target_response_time_ms must be positive")
 

@@ -110,7 +110,7 @@ class UnifiedMemoryAPI:
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
         self.merger = Merger(self.log, self.reads, self.config, self.semantic)
-        self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic)
+        self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic, self.config.merge_undo_days)
         self._merge_scans: Periodic | None = None
         self._compactions: Periodic | None = None
         self._idle_mark = (-1, 0.0)  # (last op seq seen, when) for the compaction scheduler
@@ -759,6 +759,7 @@ class UnifiedMemoryAPI:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise InvalidInput("seq", "must be a non-negative integer")
         ops = self.log.ops_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
+        ops = [(pos, op) for pos, op in ops if not op.pruned]  # compacted: deleted memories' old values
         now: dict[str, Memory | None] = {}
         for _, op in ops:
             if op.kind != "persona" and op.record_id not in now:
@@ -811,9 +812,10 @@ class UnifiedMemoryAPI:
 
     def compact(self, strategies: Sequence[str] | None = None, dry_run: bool = False,
                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-        """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, fts_optimize,
-        vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run`` returns the plan only.
-        Purges and merges are ops every replica applies; the rest is local."""
+        """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, prune_payloads,
+        fts_optimize, vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run`` returns the
+        plan only. Purges and merges are ops every replica applies; the rest is local (prune_payloads keeps
+        each pruned op's signed skeleton, once every known peer has the op that deleted its memory)."""
         with self.monitor.measure("compact"):
             result = self.compactor.compact(strategies, dry_run=bool(dry_run), progress=progress)
         if not dry_run:

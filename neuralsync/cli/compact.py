@@ -12,8 +12,8 @@ from .output import emit_json, human_bytes, rows
 if TYPE_CHECKING:
     from ..unified_memory_api import UnifiedMemoryAPI
 
-STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "fts_optimize", "vector_rebuild", "checkpoint",
-                  "vacuum")
+STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "prune_payloads", "fts_optimize", "vector_rebuild",
+                  "checkpoint", "vacuum")
 
 
 def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -217,6 +217,15 @@ def skeleton_of(body: bytes) -> bytes | None:
                      data["preds"])[1]
 
 
+_SKELETON_MARK = b"s" + _LEN.pack(11) + b"fields_hash"
+_MARK_AT = 1 + 4 + (1 + 4 + 6) + (1 + 4 + 32)  # after the map header and the author entry
+
+
+def is_skeleton(body: bytes) -> bool:
+    """True for a stored skeleton (an op whose fields were pruned), without decoding it."""
+    return body[_MARK_AT:_MARK_AT + len(_SKELETON_MARK)] == _SKELETON_MARK
+
+
 def op_id(body: bytes) -> bytes:
     """The 32-byte id of an op body (full or skeleton, either format): SHA-256 of the skeleton for a
     full format-2 body, of the body itself otherwise."""

@@ -278,7 +278,7 @@ class OpLog:
         """Stored ops after local sequence ``seq`` with their sequence numbers."""
         rows = self.storage.conn.execute(
             "SELECT seq, body, sig FROM ops WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
-        return [(r[0], codec.parse_op(r[1], r[2], verify=False)) for r in rows]
+        return [(r[0], codec.parse_op(r[1], r[2], verify=False, stored=True)) for r in rows]
 
 
 def _reject(conn: sqlite3.Connection, op: Op, reason: str, source: str | None, result: ApplyResult,

@@ -113,7 +113,7 @@ def _check_unmerge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
 
 
 def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
-    fields = codec.decode(body)["fields"]
+    fields = codec.decode(body).get("fields") or {}  # a pruned add adds nothing any more
     if kind == "tag_add":
         return bool(fields.get("tag") == tag)
     return kind == "create" and tag in fields.get("tags", ())
@@ -135,7 +135,8 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
     if check:
         if node(conn, op.id) is not None:
             return None
-        check_op(conn, op, preds)
+        if not op.pruned:  # a skeleton (from this store's own log: a rebuild) has no fields to check
+            check_op(conn, op, preds)
     eff = effective_clock(op.hlc, preds)
     cursor = conn.execute(
         "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at, eff)"
@@ -156,6 +157,8 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
         conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)", [(seq, p.seq) for p in preds])
     here = Node(seq, eff, seq if floor is None else floor)
     ctx = Applied(here, clock_of(op, eff), floor is None)
+    if op.pruned:
+        return here  # its fields were pruned: its memory is gone for good (compactor), only its place stays
     if op.kind in MEMORY_WRITES and conn.execute(
             "SELECT 1 FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone() is not None:
         _resurrect(conn, op, ctx)
@@ -174,7 +177,9 @@ def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
         "SELECT seq, eff, coalesce(floor, seq), body, sig FROM ops WHERE record_id = ?"
         " AND kind IN ('create', 'update', 'tag_add', 'tag_remove') ORDER BY seq", (op.record_id,)).fetchall()
     for seq, eff, floor, body, sig in rows:
-        past = codec.parse_op(body, sig, verify=False)
+        past = codec.parse_op(body, sig, verify=False, stored=True)
+        if past.pruned:
+            continue  # compacted (only after every known peer had its delete): its values are gone
         _HANDLERS[past.kind](conn, past, Applied(Node(seq, eff, floor), clock_of(past, eff), True, audit=False))
     if op.kind == "unmerge":
         return  # undoing a merge is asked for, not a conflict
@@ -409,7 +414,9 @@ def _first_create(conn: sqlite3.Connection, record_id: str, exclude: bytes) -> t
                        " AND id != ? ORDER BY eff, author, id LIMIT 1", (record_id, exclude)).fetchone()
     if row is None:
         return None
-    first = codec.parse_op(row[3], row[4], verify=False)
+    first = codec.parse_op(row[3], row[4], verify=False, stored=True)
+    if first.pruned:
+        return None
     return int(row[0]).to_bytes(8, "big") + row[1] + row[2], first
 
 
@@ -479,15 +486,14 @@ def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, 
 def _merge(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     """A duplicate merged into the memory it repeats: the merged memory goes the way a delete takes it
     (a write the merge had not seen keeps it); the survivor's new values travel in their own update and
-    tag ops. The audit row keeps both sides (``merges``, local and derived)."""
+    tag ops. The audit row (``merges``, local and derived) indexes it; both sides stay in the op."""
     f = op.fields
     merged = f["merged"]
     conn.execute(
         "INSERT OR IGNORE INTO merges(seq, op, author, at, into_id, merged_id, strategy, rule, absorbed, tool,"
         " source, session, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (ctx.node.seq, op.id, op.author, hlc_ms(op.hlc), f["into"], op.record_id, f["strategy"], f["rule"],
-         int(f["absorbed"]), merged.get("tool"), merged.get("source"), merged.get("session"),
-         json.dumps({"merged": merged, "before": f.get("before", {})}, ensure_ascii=False, sort_keys=True)))
+         int(f["absorbed"]), merged.get("tool"), merged.get("source"), merged.get("session"), ""))
     if not f["absorbed"]:
         _delete(conn, op, ctx)
 

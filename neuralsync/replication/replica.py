@@ -97,12 +97,16 @@ class Replica:
         room = Budget(MAX_OPS_PER_MESSAGE, OP_BYTE_BUDGET)
         sent: set[bytes] = set()
         unknown = 0
+        skeletons = 0
         more = False
         with self.storage.read() as conn:
             floor, extra = below(conn, self.known_nodes(conn, known))
             cursor = conn.execute("SELECT seq, id, body, sig FROM ops WHERE seq > ? ORDER BY seq", (floor,))
             for seq, oid, body, sig in cursor:
                 if seq in extra:
+                    continue
+                if codec.is_skeleton(body):
+                    skeletons += 1  # compacted: every known peer had it; a new one must get it elsewhere
                     continue
                 if bloom is not None and oid in bloom and not sent.intersection(codec.decode(body)["preds"]):
                     continue  # it has this one (or a false positive: then it asks, or a predecessor is sent)
@@ -116,6 +120,9 @@ class Replica:
                 if row is None:
                     unknown += 1  # asked for something not held here: ignored, counted as junk
                     continue
+                if codec.is_skeleton(row[1]):
+                    skeletons += 1
+                    continue
                 in_scan = row[0] > floor and row[0] not in extra and (bloom is None or oid not in bloom)
                 if oid in sent or (more and in_scan):
                     continue  # sent now, or coming in order with the rest of the scan
@@ -124,6 +131,9 @@ class Replica:
                     break
                 out.append((row[1], row[2]))
                 sent.add(oid)
+        if skeletons:
+            log.warning("%d ops the other side lacks were compacted here (their memories deleted and every known"
+                        " peer had them); it must get them from a replica that keeps them", skeletons)
         return out, more, unknown
 
     # -- what we receive

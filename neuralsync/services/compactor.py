@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
+from ..oplog import codec
+from ..oplog.clock import pack
+from ..oplog.graph import below, node
 from ..oplog.log import OpLog
 from ..store.storage import Storage
 from ..utils import now_ms
@@ -31,21 +34,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("purge_expired", "consolidate_duplicates", "fts_optimize", "vector_rebuild", "checkpoint",
-              "vacuum")
+STRATEGIES = ("purge_expired", "consolidate_duplicates", "prune_payloads", "fts_optimize", "vector_rebuild",
+              "checkpoint", "vacuum")
+PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
+PRUNE_SLICE = 500  # op bodies replaced by their skeletons per write transaction
 # A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
 # for incremental vacuum, where "vacuum" frees pages a slice at a time).
 DEFAULT_STRATEGIES = STRATEGIES
 PURGE_SLICE = 200  # expired memories deleted per write transaction
 VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
 FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
+REWRITE_WHEN_UNUSED = 0.2  # "vacuum" rewrites the file when this share of it is free space inside pages
 VECTOR_BYTES = 4  # float32
 
 
 class Compactor:
     """Analysis and compaction of one store."""
 
-    def __init__(self, storage: Storage, oplog: OpLog, merger: Merger, semantic: SemanticIndex | None) -> None:
+    def __init__(self, storage: Storage, oplog: OpLog, merger: Merger, semantic: SemanticIndex | None,
+                 merge_undo_days: float = 30.0) -> None:
+        self.merge_undo_ms = int(merge_undo_days * 86_400_000)
         self.storage = storage
         self.oplog = oplog
         self.merger = merger
@@ -62,6 +70,7 @@ class Compactor:
         auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
         sizes = self.storage.sizes()
         tables = table_bytes(conn)
+        unused = unused_bytes(conn)
         live, expired = conn.execute(
             "SELECT count(*) - count(CASE WHEN expires_at <= ? THEN 1 END), count(CASE WHEN expires_at <= ? THEN 1 END)"
             " FROM memories", (now, now)).fetchone()
@@ -80,13 +89,15 @@ class Compactor:
             "purge_expired": int(expired * per_row),
             "consolidate_duplicates": int(dup_rows * per_row),
             "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
+            "prune_payloads": self._prunable_bytes(conn),
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "checkpoint": sizes["wal_bytes"],
-            "vacuum": free * page_size,
+            "vacuum": free * page_size + unused,
         }
         return {
             "db_bytes": sizes["db_bytes"], "wal_bytes": sizes["wal_bytes"], "page_size": page_size,
             "pages": pages, "free_pages": free, "fragmentation": round(free / pages, 4) if pages else 0.0,
+            "unused_bytes_in_pages": unused,
             "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(auto_vacuum, str(auto_vacuum)),
             "memories": live, "expired": expired,
             "tombstones": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
@@ -96,7 +107,7 @@ class Compactor:
             "vectors_removed_but_indexed": removed,
             "oplog_bytes": oplog_bytes, "table_bytes": tables,
             "reclaimable_bytes": reclaim,
-            "not_yet": "op payloads of deleted memories are kept (pruning after every peer has them: planned)",
+            "stable_seq": self.stable_seq(conn),
         }
 
     def plan(self, strategies: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -202,7 +213,8 @@ class Compactor:
 
     def _vacuum(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         conn = self.storage.conn
-        if self._incremental():
+        size = self.storage.sizes()["db_bytes"]
+        if self._incremental() and unused_bytes(conn) < REWRITE_WHEN_UNUSED * size:
             freed = 0
             while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
                 with self.storage.write() as wconn:
@@ -210,11 +222,71 @@ class Compactor:
                 freed += VACUUM_SLICE_PAGES
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             return {"mode": "incremental"}
-        # A store made before incremental vacuum was the default: one full rewrite switches it over.
+        # Space freed inside pages (pruned bodies, deleted rows) or a store made before incremental vacuum
+        # was the default: one full rewrite, which holds the write lock while it runs (writers wait).
+        started = time.perf_counter()
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return {"mode": "full rewrite (the store now frees pages incrementally)"}
+        return {"mode": "full rewrite", "lock_held_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    def _prune_payloads(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Replace the bodies of deleted memories' ops by their skeletons, once every known peer has the
+        op that deleted them (causal stability: no write concurrent with the delete can come from a
+        peer any more). The skeleton keeps the op's id, signature and predecessors: the log verifies,
+        sync and the doctor work; merged memories wait for the undo window."""
+        conn = self.storage.conn
+        candidates = self._prunable(conn)
+        total, pruned, kept_format1 = len(candidates), 0, 0
+        for start in range(0, total, PRUNE_SLICE):
+            with self.storage.write() as wconn:
+                for seq in candidates[start:start + PRUNE_SLICE]:
+                    (body,) = wconn.execute("SELECT body FROM ops WHERE seq = ?", (seq,)).fetchone()
+                    skeleton = codec.skeleton_of(body)
+                    if skeleton is None:
+                        kept_format1 += 1  # a format-1 op's id needs its whole body
+                        continue
+                    wconn.execute("UPDATE ops SET body = ? WHERE seq = ?", (skeleton, seq))
+                    pruned += 1
+            if progress is not None:
+                progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
+        return {"pruned": pruned, "kept_format_1": kept_format1}
+
+    def stable_seq(self, conn: sqlite3.Connection) -> int:
+        """The largest local seq such that every op at or below it is held by every known peer (all of
+        them, with no peers; none, while a peer has never synced)."""
+        top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
+        stable = top
+        for (raw,) in conn.execute("SELECT last_sync FROM peers").fetchall():
+            raw = bytes(raw)
+            nodes = [found for found in (node(conn, raw[i:i + 32]) for i in range(0, len(raw), 32))
+                     if found is not None]
+            if not nodes:
+                return 0
+            stable = min(stable, below(conn, nodes)[0])
+        return stable
+
+    def _prunable_where(self) -> str:
+        # The op that deleted (or merged away) the memory stays whole: it is its tombstone.
+        return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
+                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.id != t.op AND o.kind IN ('create', 'update',"
+                " 'tag_add', 'tag_remove', 'merge', 'unmerge')"
+                " AND substr(o.body, 59, 11) != CAST('fields_hash' AS BLOB)"
+                " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before))")
+
+    def _undo_before(self) -> int:
+        """Merges stamped before this clock are past the undo window (their merged memory may go)."""
+        return pack(max(0, now_ms() - self.merge_undo_ms))
+
+    def _prunable(self, conn: sqlite3.Connection) -> list[int]:
+        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
+        return [seq for (seq,) in conn.execute(f"SELECT o.seq {self._prunable_where()} ORDER BY o.seq", args)]
+
+    def _prunable_bytes(self, conn: sqlite3.Connection) -> int:
+        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
+        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body)) - 180 * count(*), 0) {self._prunable_where()}",
+                               args).fetchone()
+        return max(0, int(size))
 
     # ------------------------------------------------------------ helpers
     def _incremental(self) -> bool:
@@ -243,6 +315,14 @@ def table_bytes(conn: sqlite3.Connection) -> dict[str, int]:
         return {name: int(size) for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name")}
     except sqlite3.Error:
         return {}
+
+
+def unused_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes free inside used pages (only a full rewrite returns them; 0 without ``dbstat``)."""
+    try:
+        return int(conn.execute("SELECT coalesce(sum(unused), 0) FROM dbstat").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 def _per_row(tables: dict[str, int], rows: int) -> float:

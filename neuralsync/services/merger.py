@@ -148,7 +148,8 @@ class Merger:
 
     def merge_pair(self, conn: sqlite3.Connection, survivor: Memory, merged: Memory, strategy: str,
                    rule: str) -> MergeDone:
-        """Merge the live memory ``merged`` into ``survivor``."""
+        """Merge the live memory ``merged`` into ``survivor`` (its text stays in its own ops, where undo
+        finds it: the merge op keeps the rest of its fields)."""
         return self._merge(conn, survivor, merged.id, snapshot(merged), strategy, rule, absorbed=False)
 
     def _merge(self, conn: sqlite3.Connection, survivor: Memory, record_id: str, incoming: dict[str, Any],
@@ -160,6 +161,8 @@ class Merger:
         merged = {name: incoming.get(name) for name in SNAPSHOT_FIELDS if name in incoming}
         merged["tags"] = list(incoming.get("tags") or ())
         merged["metadata"] = merged.get("metadata") or {}
+        if not absorbed:
+            merged["content"] = f"(the text of {record_id}, kept in its own ops)"[:200]
         fields = {"into": survivor.id, "strategy": strategy, "rule": rule[:512], "absorbed": absorbed,
                   "merged": merged, "before": {name: getattr(survivor, name) for name in changes},
                   "update_op": ops[0].id if changes else None,
@@ -180,9 +183,15 @@ class Merger:
         if row["undone_by"] is not None:
             raise InvalidInput("merge_id", f"merge {row['merge_id']} was already undone")
         op_row = conn.execute("SELECT body, sig FROM ops WHERE id = ?", (bytes.fromhex(row["merge_id"]),)).fetchone()
-        merge_op = codec.parse_op(op_row[0], op_row[1], verify=False)
+        merge_op = codec.parse_op(op_row[0], op_row[1], verify=False, stored=True)
+        if merge_op.pruned:
+            raise InvalidInput("merge_id", f"merge {row['merge_id']} was compacted (older than the undo window)")
         f = merge_op.fields
         into, merged_id = f["into"], merge_op.record_id
+        if any(codec.is_skeleton(body) for (body,) in conn.execute("SELECT body FROM ops WHERE record_id = ?",
+                                                                   (merged_id,))):
+            raise InvalidInput("merge_id", f"merge {row['merge_id']} was compacted (older than the undo window):"
+                                           " the merged memory's old values are gone")
         intents: list[Intent] = []
         current = conn.execute("SELECT rowid, clocks FROM memories WHERE id = ?", (into,)).fetchone()
         if current is not None:
@@ -401,8 +410,12 @@ AUDIT_COLUMNS = "op, author, at, into_id, merged_id, strategy, rule, absorbed, t
 
 def audit_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
     """One merge as the audit trail shows it: who, when, both values, the rule, the op ids, its state."""
-    op, author, at, into, merged, strategy, rule, absorbed, tool, source, session, body, undone_by = row
-    values = json.loads(body)
+    op, author, at, into, merged, strategy, rule, absorbed, tool, source, session, _, undone_by = row
+    stored = conn.execute("SELECT body, sig FROM ops WHERE id = ?", (op,)).fetchone()
+    fields = codec.parse_op(stored[0], stored[1], verify=False, stored=True).fields if stored else {}
+    values = {"merged": dict(fields.get("merged", {})), "before": fields.get("before", {})}
+    if not absorbed:  # the merged memory's text is in its own ops (until compaction prunes them)
+        values["merged"]["content"] = _merged_text(conn, merged)
     live = conn.execute("SELECT EXISTS (SELECT 1 FROM memories WHERE id = ?)", (merged,)).fetchone()[0]
     return {"type": "merge", "merge_id": op.hex(), "by": author.hex(), "at": at, "into": into, "merged": merged,
             "strategy": strategy, "rule": rule, "absorbed": bool(absorbed), "tool": tool, "source": source,
@@ -410,6 +423,16 @@ def audit_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
             "undone_by": undone_by.hex() if undone_by else None,
             "state": "undone" if undone_by else ("kept: a concurrent write it had not seen" if live and not absorbed
                                                  else "merged")}
+
+
+def _merged_text(conn: sqlite3.Connection, record_id: str) -> str | None:
+    """The merged memory's text as its last write left it (None once compaction pruned its ops)."""
+    for body, sig in conn.execute("SELECT body, sig FROM ops WHERE record_id = ? AND kind IN ('create', 'update')"
+                                  " ORDER BY eff DESC, author DESC, id DESC", (record_id,)):
+        op = codec.parse_op(body, sig, verify=False, stored=True)
+        if "content" in op.fields:
+            return str(op.fields["content"])
+    return None
 
 
 def first_create(conn: sqlite3.Connection, record_id: str) -> tuple[int, bytes, bytes]:
