@@ -30,12 +30,13 @@ from .search.filters import Filters
 from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
 from .services.doctor import DoctorReport, run_doctor
-from .services.maintenance import optimize
+from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
-from .services.monitor import PerformanceMonitor, process_resources
+from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
+from .stages import PARSE, stage
 from .store.access import AccessRecorder
 from .store.reads import Reader
 from .utils import Periodic, new_id, now_ms
@@ -83,7 +84,7 @@ class UnifiedMemoryAPI:
         self.log = OpLog.open(self.config)
         self.storage = self.log.storage
         self.reads = Reader(self.storage)
-        self.monitor = PerformanceMonitor(self.config.monitor_samples)
+        self.monitor = PerformanceMonitor(self.config.monitor_samples, self.config.target_response_time_ms)
         self.semantic = (SemanticIndex(self.storage, self.config.embedder, self.config.embed_via_server)
                          if self.config.embedder.lower() != "none" else None)
         self.recaller = Recaller(self.storage, self.semantic)
@@ -95,6 +96,8 @@ class UnifiedMemoryAPI:
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
         self._write_tool = self.tool if stamp_tool else None
+        self.figures = SharedFigures(self.config.home, self.monitor, self.session_id, self.tool)
+        self._publisher: Periodic | None = None
         self.registry = SessionRegistry(self.storage, self.config.session_timeout_ms)
         self._registered = register_session
         if register_session:
@@ -120,6 +123,9 @@ class UnifiedMemoryAPI:
         self._closed = True
         if self._merge_scans is not None:
             self._merge_scans.stop()
+        if self._publisher is not None:
+            self._publisher.stop()
+        self.figures.publish(ended=True)
         self.replication.stop()
         self.access.close()
         if self.semantic is not None:
@@ -184,8 +190,9 @@ class UnifiedMemoryAPI:
 
     def _remember(self, args: dict[str, Any], merge: object = None, read_back: bool = False) -> _Outcome:
         values = {**args, "tool": args["tool"] if args["tool"] is not None else self._write_tool}
-        fields = self.checks.create(values, session=self.session_id, now=now_ms())
-        strategy = choose_strategy(self.config, fields["scope"], merge)
+        with stage(PARSE):
+            fields = self.checks.create(values, session=self.session_id, now=now_ms())
+            strategy = choose_strategy(self.config, fields["scope"], merge)
         return self._create_or_merge(new_id(), fields, strategy, read_back)
 
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
@@ -414,15 +421,16 @@ class UnifiedMemoryAPI:
     def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
                 until: object, tag_match: str, tool: object, mode: str, *, tool_match: str = "exact",
                 fill_recent: bool = False) -> list[Memory]:
-        query = v.query(query, self.config.max_query_chars)
-        if mode not in MODES:
-            raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
-        if tool_match not in TOOL_MATCHES:
-            raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
-        filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
-        if tool_match == "or-unset":
-            filters = replace(filters, tool_or_unset=True)
-        k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
+        with stage(PARSE):
+            query = v.query(query, self.config.max_query_chars)
+            if mode not in MODES:
+                raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
+            if tool_match not in TOOL_MATCHES:
+                raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
+            filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
+            if tool_match == "or-unset":
+                filters = replace(filters, tool_or_unset=True)
+            k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
         assert k is not None  # not optional
         results = self.recaller.recall(query, filters, k, mode)
         if fill_recent and len(results) < k:
@@ -459,6 +467,9 @@ class UnifiedMemoryAPI:
         if self.config.dedupe and self._merge_scans is None:
             self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, lambda: self._scan_quietly(True))
             self._merge_scans.start()
+        if self.config.monitor_publish_s and self._publisher is None:  # what `neuralsync stats` shows of us
+            self._publisher = Periodic("neuralsync-monitor", self.config.monitor_publish_s, self.figures.publish)
+            self._publisher.start()
 
     def embed_pending(self, progress: Any = None) -> int:
         """Embed memories that arrived without a vector (other writers, sync, changed content)."""
@@ -686,16 +697,26 @@ class UnifiedMemoryAPI:
             yield
 
     def optimize_performance(self, target_response_time_ms: float | None = None) -> dict[str, Any]:
-        """Run real maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge) and report
-        what was done and the probe latency before and after."""
-        target = self.config.target_response_time_ms if target_response_time_ms is None else target_response_time_ms
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
-            raise InvalidInput("target_response_time_ms", "must be a positive number")
+        """Act on what the monitor measured against ``target_response_time_ms`` (which also becomes
+        this process's alert threshold): maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge), and
+        the page cache and vector search breadth when the stages show reads or vector search are slow.
+        Reports what was done, why, and the measured latencies before and after."""
+        target = check_target(self.config.target_response_time_ms if target_response_time_ms is None
+                              else target_response_time_ms)
         with self.monitor.measure("optimize_performance"):
-            report = optimize(self.storage, light=False)
-        report["target_ms"] = float(target)
-        report["met"] = report["after_ms"] <= target
+            report = tune(self.storage, self.semantic, self.monitor.stats(), target)
+        self.monitor.set_target(target)
         return report
+
+    def on_performance_alert(self, callback: AlertCallback) -> Callable[[], None]:
+        """Call ``callback(alert)`` from the operation's thread whenever a call of this process takes
+        longer than the target (``alert``: operation, ms, target_ms, bottleneck, stages_ms, at); returns
+        a function that unregisters it."""
+        return self.monitor.on_alert(callback)
+
+    def performance_alerts(self) -> list[dict[str, Any]]:
+        """This process's most recent slow-operation alerts, oldest first."""
+        return self.monitor.alerts()
 
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the
@@ -707,7 +728,8 @@ class UnifiedMemoryAPI:
         counts = self.reads.counts()
         sizes = self.storage.sizes()
         perf = self.monitor.stats()
-        perf["target_response_time_ms"] = self.config.target_response_time_ms
+        perf["target_response_time_ms"] = self.monitor.target_ms
+        perf["across_processes"] = self.figures.across_processes()  # this and every process that published
         return {
             **counts,
             "scopes_detail": self.reads.scope_counts(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -43,6 +44,8 @@ SUSTAINED_MIN_SAMPLES = 20
 WARN_EVERY_S = 60.0
 CHECK_EVERY_S = 5.0
 QUANTILES = (50.0, 95.0, 99.0)
+# Upper bounds (seconds) of the cumulative buckets exported for Prometheus histograms.
+BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 AlertCallback = Callable[[dict[str, Any]], None]
 
@@ -61,6 +64,19 @@ def summary(hist: HdrHistogram, count: int | None = None, sum_s: float | None = 
     avg = (sum_s * 1000.0 / n) if sum_s is not None else hist.get_mean_value() / 1000.0
     return {"count": n, "avg_ms": round(avg, 4), "p50_ms": q[50.0] / 1000.0, "p95_ms": q[95.0] / 1000.0,
             "p99_ms": q[99.0] / 1000.0, "max_ms": hist.get_max_value() / 1000.0}
+
+
+def buckets(hist: HdrHistogram) -> list[list[Any]]:
+    """Cumulative counts at the ``BUCKETS_S`` bounds, then ``"+Inf"``: ``[[le_seconds, count], ...]``."""
+    counts = [0] * (len(BUCKETS_S) + 1)
+    for item in hist.get_recorded_iterator():
+        seconds = hist.get_lowest_equivalent_value(item.value_iterated_to) / 1_000_000
+        counts[bisect_left(BUCKETS_S, seconds)] += item.count_added_in_this_iter_step
+    out, running = [], 0
+    for le, n in zip((*BUCKETS_S, "+Inf"), counts, strict=True):
+        running += n
+        out.append([le, running])
+    return out
 
 
 class OpStats:
@@ -292,8 +308,11 @@ class PerformanceMonitor:
             for name, op in sorted(self._ops.items()):
                 if op.minute != now_minute and op.cur.get_total_count():
                     op.roll(now_minute)
-                row = summary(op.merged(), op.count, op.sum_s)
+                lifetime = op.merged()
+                row = summary(lifetime, op.count, op.sum_s)
                 row["errors"] = op.errors
+                row["sum_s"] = op.sum_s
+                row["buckets"] = buckets(lifetime)
                 row["windows"] = {f"{m}m": summary(op.merged(now_minute - m + 1)) for m in WINDOWS}
                 row["stages"] = stage_rows(op.stages, op.sum_s)
                 operations[name] = row

@@ -28,7 +28,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ...utils import pid_alive
-from .core import PerformanceMonitor, new_histogram, stage_rows, summary
+from .core import PerformanceMonitor, buckets, new_histogram, stage_rows, summary
 from .resources import process_resources
 
 log = logging.getLogger("neuralsync.monitor")
@@ -182,5 +182,6 @@ def _add(into: dict[str, dict[str, Any]], name: str, hist: HdrHistogram, op: dic
 
 def _finish(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {name: {**summary(row["hist"], row["count"], row["sum_s"]), "errors": row["errors"],
-                   "processes": row["processes"], "stages": stage_rows(row["stages"], row["sum_s"])}
+                   "sum_s": row["sum_s"], "buckets": buckets(row["hist"]), "processes": row["processes"],
+                   "stages": stage_rows(row["stages"], row["sum_s"])}
             for name, row in sorted(rows.items())}
