@@ -225,10 +225,25 @@ def test_changes_page(client: TestClient) -> None:
 
 
 def test_metrics_text_format(client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     create(client)
-    text = client.get("/metrics").text
-    assert "neuralsync_memories 1" in text
-    assert 'neuralsync_operation_latency_ms{operation="remember",quantile="0.99"}' in text
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}  # the client's own parser
+    assert families["neuralsync_memories"].samples[0].value == 1
+    latency = families["neuralsync_operation_latency_seconds"]
+    assert latency.type == "histogram"
+    count = [s for s in latency.samples if s.name.endswith("_count") and s.labels == {"operation": "remember"}]
+    assert count and count[0].value == 1
+    inf = [s for s in latency.samples if s.labels.get("le") == "+Inf" and s.labels["operation"] == "remember"]
+    assert inf[0].value == 1
+    total = [s for s in latency.samples if s.name.endswith("_sum") and s.labels == {"operation": "remember"}]
+    assert 0 < total[0].value < 10  # seconds, not milliseconds
+    assert families["neuralsync_operation_latency_recent_seconds"].type == "gauge"
+    assert {"neuralsync_alerts", "neuralsync_operation_over_target", "neuralsync_operation_stage_seconds",
+            "neuralsync_tool_operation_latency_seconds", "neuralsync_processes",
+            "process_resident_memory_bytes"} <= set(families)
 
 
 # ------------------------------------------------------------------ error mapping
