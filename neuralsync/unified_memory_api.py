@@ -421,16 +421,16 @@ class UnifiedMemoryAPI:
     def _search(self, query: object, scope: object, top_k: object, tags: object, kinds: object, since: object,
                 until: object, tag_match: str, tool: object, mode: str, *, tool_match: str = "exact",
                 fill_recent: bool = False) -> list[Memory]:
+        query = v.query(query, self.config.max_query_chars)
+        if mode not in MODES:
+            raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
+        if tool_match not in TOOL_MATCHES:
+            raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
         with stage(PARSE):
-            query = v.query(query, self.config.max_query_chars)
-            if mode not in MODES:
-                raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
-            if tool_match not in TOOL_MATCHES:
-                raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
             filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
-            if tool_match == "or-unset":
-                filters = replace(filters, tool_or_unset=True)
-            k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
+        if tool_match == "or-unset":
+            filters = replace(filters, tool_or_unset=True)
+        k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
         assert k is not None  # not optional
         results = self.recaller.recall(query, filters, k, mode)
         if fill_recent and len(results) < k:
@@ -717,6 +717,11 @@ class UnifiedMemoryAPI:
     def performance_alerts(self) -> list[dict[str, Any]]:
         """This process's most recent slow-operation alerts, oldest first."""
         return self.monitor.alerts()
+
+    def performance_trend(self, operation: str, minutes: int = 1440) -> list[dict[str, Any]]:
+        """Per-minute count and p50/p95/p99/max of ``operation`` in this process (up to a day), oldest first."""
+        return self.monitor.trend(v.label(operation, "operation", 128) or "",
+                                  v.positive_int(minutes, "minutes", optional=False, maximum=1440) or 1440)
 
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the

@@ -275,3 +275,12 @@ def test_latencies_of_a_running_server_appear_in_the_cli_stats_of_another_proces
         text = subprocess.run([*cli, "stats"], env=env, capture_output=True, text=True, timeout=60,
                               check=True).stdout
         assert "http-server: 1 live" in text
+
+
+def test_the_trend_of_an_operation_through_the_facade(quick: UnifiedMemoryAPI) -> None:
+    quick.remember("a")
+    [row] = quick.performance_trend("remember")
+    assert row["count"] == 1 and row["minute"] % 60 == 0
+    with pytest.raises(InvalidInput) as caught:
+        quick.performance_trend("remember", minutes=0)
+    assert caught.value.field == "minutes"

@@ -293,7 +293,8 @@ class PerformanceMonitor:
             op = self._ops.get(name)
             if op is None:
                 return []
-            rows = [{"minute": at, **row} for at, row in list(op.trend)[-minutes:]]
+            oldest = (self._minute_now() - TREND_MINUTES) * 60  # a day, however sparse the calls
+            rows = [{"minute": at, **row} for at, row in list(op.trend)[-minutes:] if at > oldest]
             if op.cur.get_total_count():
                 rows.append({"minute": op.minute * 60, **summary(op.cur)})
         return rows[-minutes:]
