@@ -409,6 +409,24 @@ def test_sse_keepalive_and_bad_last_event_id(make_client: MakeClient) -> None:
     assert fast.get("/v1/changes/stream", params={"since": -1}).status_code == 422
 
 
+def test_sse_alert_events_are_opt_in_and_leave_the_change_cursor_alone(client: TestClient,
+                                                                        api: UnifiedMemoryAPI) -> None:
+    import time
+
+    with client.stream("GET", "/v1/changes/stream", params={"alerts": "true", "since": 0}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")
+        with api.performance_profiling("slow_call"):
+            time.sleep(0.03)
+        create(client, content="after the slow call")
+        events = _events(lines, 2)
+    alert = next(e for e in events if e["event"] == "alert")
+    assert "id" not in alert
+    body = json.loads(alert["data"])
+    assert body["operation"] == "slow_call" and body["bottleneck"] == "other" and body["ms"] >= 30
+    assert api.monitor._callbacks == []  # the stream's subscription ended with it
+
+
 # ------------------------------------------------------------------ found in review
 @pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
 def test_api_description_needs_the_token_too(api: UnifiedMemoryAPI, client: TestClient, path: str) -> None:

@@ -85,10 +85,10 @@ def alert_frame(alert: dict[str, Any]) -> bytes:
 
 async def events(state: ServerState, cursor: int, alerts: bool = False) -> AsyncIterator[bytes]:
     """Events after ``cursor`` until the client goes away (the task is cancelled) or the server stops."""
-    yield f"retry: {RETRY_MS}\n\n".encode()
     raised: deque[dict[str, Any]] = deque(maxlen=100)
     unsubscribe = state.api.on_performance_alert(raised.append) if alerts else None
     try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
         async for chunk in _events(state, cursor, raised):
             yield chunk
     finally:
