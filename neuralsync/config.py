@@ -12,6 +12,7 @@ from .model import MAX_CONTENT_CHARS, MERGE_STRATEGIES
 DEFAULT_HOME = "~/.neuralsync2/memory"
 HOME_ENV = "NEURALSYNC_HOME"
 MERGE_ENV = "NEURALSYNC_MERGE"  # the store's merge strategy for this process (e.g. off)
+MONITOR_PUBLISH_ENV = "NEURALSYNC_MONITOR_PUBLISH_S"  # seconds between monitor publications
 DURABILITY_LEVELS = ("normal", "full")
 
 
@@ -43,6 +44,9 @@ class MemoryConfig:
     extra_secret_patterns: tuple[str, ...] = ()
     tool: str | None = None
     monitor_samples: int = 4096
+    # Seconds between publications of a long-running process's monitor figures for the
+    # store's other processes (every process also publishes at close); 0: only at close.
+    monitor_publish_s: float = 10.0
     # Growth: the size the store is expected to stay under (projection only).
     quota_bytes: int = 2 * 1024**3
     session_timeout_ms: int = 3_600_000
@@ -92,6 +96,9 @@ class MemoryConfig:
         if self.max_content_chars > MAX_CONTENT_CHARS:
             raise ConfigError(f"max_content_chars can lower the protocol's content limit ({MAX_CONTENT_CHARS}), "
                               f"not raise it: peers would refuse longer content; not {self.max_content_chars}")
+        if (isinstance(self.monitor_publish_s, bool) or not isinstance(self.monitor_publish_s, (int, float))
+                or not 0 <= self.monitor_publish_s <= 3600):
+            raise ConfigError(f"monitor_publish_s must be from 0 to 3600 seconds, not {self.monitor_publish_s!r}")
         if not isinstance(self.sync_interval_s, (int, float)) or not 0 <= self.sync_interval_s <= 86_400:
             raise ConfigError(f"sync_interval_s must be from 0 (off) to 86400 seconds, not {self.sync_interval_s!r}")
         scoped = [(f"scope_merge_strategies[{k!r}]", v) for k, v in self.scope_merge_strategies.items()]
@@ -127,4 +134,9 @@ class MemoryConfig:
         path = base_path or os.environ.get(HOME_ENV) or DEFAULT_HOME
         if os.environ.get(MERGE_ENV) and "merge_strategy" not in overrides:
             overrides["merge_strategy"] = os.environ[MERGE_ENV]
+        if os.environ.get(MONITOR_PUBLISH_ENV) and "monitor_publish_s" not in overrides:
+            try:
+                overrides["monitor_publish_s"] = float(os.environ[MONITOR_PUBLISH_ENV])
+            except ValueError:
+                raise ConfigError(f"${MONITOR_PUBLISH_ENV} must be a number of seconds") from None
         return replace(cls(base_path=path), **overrides)  # type: ignore[arg-type]

@@ -31,12 +31,13 @@ from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
 from .services.compactor import Compactor
 from .services.doctor import DoctorReport, run_doctor
-from .services.maintenance import optimize
+from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
-from .services.monitor import PerformanceMonitor, process_resources
+from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
+from .stages import PARSE, stage
 from .store.access import AccessRecorder
 from .store.reads import Reader, record_presence
 from .store.storage import BUSY_RETRIES
@@ -91,7 +92,7 @@ class UnifiedMemoryAPI:
         self.log = OpLog.open(self.config)
         self.storage = self.log.storage
         self.reads = Reader(self.storage)
-        self.monitor = PerformanceMonitor(self.config.monitor_samples)
+        self.monitor = PerformanceMonitor(self.config.monitor_samples, self.config.target_response_time_ms)
         self.semantic = (SemanticIndex(self.storage, self.config.embedder, self.config.embed_via_server)
                          if self.config.embedder.lower() != "none" else None)
         self.recaller = Recaller(self.storage, self.semantic)
@@ -103,6 +104,8 @@ class UnifiedMemoryAPI:
         self.session_id = new_id()
         self.tool = tool or self.config.tool or os.environ.get("TOOL_NAME") or None
         self._write_tool = self.tool if stamp_tool else None
+        self.figures = SharedFigures(self.config.home, self.monitor, self.session_id, self.tool)
+        self._publisher: Periodic | None = None
         self.registry = SessionRegistry(self.storage, self.config.session_timeout_ms)
         self._registered = register_session
         if register_session:
@@ -130,11 +133,12 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
-        for periodic in (self._merge_scans, self._compactions):
+        for periodic in (self._merge_scans, self._compactions, self._publisher):
             if periodic is not None:
                 periodic.stop()
         if self._queue is not None:  # first: every write already submitted commits or gets its error
             self._queue.close()
+        self.figures.publish(ended=True)
         self.replication.stop()
         self.access.close()
         if self.semantic is not None:
@@ -199,8 +203,9 @@ class UnifiedMemoryAPI:
 
     def _remember(self, args: dict[str, Any], merge: object = None, read_back: bool = False) -> _Outcome:
         values = {**args, "tool": args["tool"] if args["tool"] is not None else self._write_tool}
-        fields = self.checks.create(values, session=self.session_id, now=now_ms())
-        strategy = choose_strategy(self.config, fields["scope"], merge)
+        with stage(PARSE):
+            fields = self.checks.create(values, session=self.session_id, now=now_ms())
+            strategy = choose_strategy(self.config, fields["scope"], merge)
         return self._create_or_merge(new_id(), fields, strategy, read_back)
 
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
@@ -509,7 +514,8 @@ class UnifiedMemoryAPI:
             raise InvalidInput("mode", f"must be one of {', '.join(MODES)}")
         if tool_match not in TOOL_MATCHES:
             raise InvalidInput("tool_match", f"must be one of {', '.join(TOOL_MATCHES)}")
-        filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
+        with stage(PARSE):
+            filters = self._filters(scope, tags, kinds, since, until, tag_match, tool)
         if tool_match == "or-unset":
             filters = replace(filters, tool_or_unset=True)
         k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
@@ -549,6 +555,9 @@ class UnifiedMemoryAPI:
         if self.config.dedupe and self._merge_scans is None:
             self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, lambda: self._scan_quietly(True))
             self._merge_scans.start()
+        if self.config.monitor_publish_s and self._publisher is None:  # what `neuralsync stats` shows of us
+            self._publisher = Periodic("neuralsync-monitor", self.config.monitor_publish_s, self.figures.publish)
+            self._publisher.start()
         if self._compactions is None:
             self._compactions = Periodic("neuralsync-compactor", COMPACT_INTERVAL_S, self._compact_when_idle)
             self._compactions.start()
@@ -793,15 +802,15 @@ class UnifiedMemoryAPI:
             yield
 
     def optimize_performance(self, target_response_time_ms: float | None = None) -> dict[str, Any]:
-        """Run real maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge) and report
-        what was done and the probe latency before and after."""
-        target = self.config.target_response_time_ms if target_response_time_ms is None else target_response_time_ms
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
-            raise InvalidInput("target_response_time_ms", "must be a positive number")
+        """Act on what the monitor measured against ``target_response_time_ms`` (which also becomes
+        this process's alert threshold): maintenance (ANALYZE/optimize, WAL checkpoint, FTS merge), and
+        the page cache and vector search breadth when the stages show reads or vector search are slow.
+        Reports what was done, why, and the measured latencies before and after."""
+        target = check_target(self.config.target_response_time_ms if target_response_time_ms is None
+                              else target_response_time_ms)
         with self.monitor.measure("optimize_performance"):
-            report = optimize(self.storage, light=False)
-        report["target_ms"] = float(target)
-        report["met"] = report["after_ms"] <= target
+            report = tune(self.storage, self.semantic, self.monitor.stats(), target)
+        self.monitor.set_target(target)
         return report
 
     def compact_analyze(self) -> dict[str, Any]:
@@ -822,6 +831,21 @@ class UnifiedMemoryAPI:
             self._after_commit(1)
         return result
 
+    def on_performance_alert(self, callback: AlertCallback) -> Callable[[], None]:
+        """Call ``callback(alert)`` from the operation's thread whenever a call of this process takes
+        longer than the target (``alert``: operation, ms, target_ms, bottleneck, stages_ms, at); returns
+        a function that unregisters it."""
+        return self.monitor.on_alert(callback)
+
+    def performance_alerts(self) -> list[dict[str, Any]]:
+        """This process's most recent slow-operation alerts, oldest first."""
+        return self.monitor.alerts()
+
+    def performance_trend(self, operation: str, minutes: int = 1440) -> list[dict[str, Any]]:
+        """Per-minute count and p50/p95/p99/max of ``operation`` in this process (up to a day), oldest first."""
+        return self.monitor.trend(v.label(operation, "operation", 128) or "",
+                                  v.positive_int(minutes, "minutes", optional=False, maximum=1440) or 1440)
+
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the
         state from the log compared with the stored state."""
@@ -832,7 +856,8 @@ class UnifiedMemoryAPI:
         counts = self.reads.counts()
         sizes = self.storage.sizes()
         perf = self.monitor.stats()
-        perf["target_response_time_ms"] = self.config.target_response_time_ms
+        perf["target_response_time_ms"] = self.monitor.target_ms
+        perf["across_processes"] = self.figures.across_processes()  # this and every process that published
         return {
             **counts,
             "scopes_detail": self.reads.scope_counts(),

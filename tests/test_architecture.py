@@ -17,7 +17,8 @@ import neuralsync
 PACKAGE_DIR = Path(neuralsync.__file__).parent
 ADAPTER_FRAMEWORKS = {"argparse", "click", "typer", "uvicorn", "starlette", "fastapi", "mcp"}
 BASE = {"neuralsync.errors", "neuralsync.model", "neuralsync.utils", "neuralsync.config", "neuralsync.validation",
-        "neuralsync.redact", "neuralsync.discovery", "neuralsync.json_input", "neuralsync.textnorm"}
+        "neuralsync.redact", "neuralsync.discovery", "neuralsync.json_input", "neuralsync.textnorm",
+        "neuralsync.stages"}
 # Bottom to top. A module may import its own layer and the layers below it, nothing above.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", tuple(sorted(BASE))),

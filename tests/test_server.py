@@ -225,10 +225,25 @@ def test_changes_page(client: TestClient) -> None:
 
 
 def test_metrics_text_format(client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     create(client)
-    text = client.get("/metrics").text
-    assert "neuralsync_memories 1" in text
-    assert 'neuralsync_operation_latency_ms{operation="remember",quantile="0.99"}' in text
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}  # the client's own parser
+    assert families["neuralsync_memories"].samples[0].value == 1
+    latency = families["neuralsync_operation_latency_seconds"]
+    assert latency.type == "histogram"
+    count = [s for s in latency.samples if s.name.endswith("_count") and s.labels == {"operation": "remember"}]
+    assert count and count[0].value == 1
+    inf = [s for s in latency.samples if s.labels.get("le") == "+Inf" and s.labels["operation"] == "remember"]
+    assert inf[0].value == 1
+    total = [s for s in latency.samples if s.name.endswith("_sum") and s.labels == {"operation": "remember"}]
+    assert 0 < total[0].value < 10  # seconds, not milliseconds
+    assert families["neuralsync_operation_latency_recent_seconds"].type == "gauge"
+    assert {"neuralsync_alerts", "neuralsync_operation_over_target", "neuralsync_operation_stage_seconds",
+            "neuralsync_tool_operation_latency_seconds", "neuralsync_processes",
+            "process_resident_memory_bytes"} <= set(families)
 
 
 # ------------------------------------------------------------------ error mapping
@@ -392,6 +407,24 @@ def test_sse_keepalive_and_bad_last_event_id(make_client: MakeClient) -> None:
         assert next(line for line in lines if line) == ": keep-alive"
     assert fast.get("/v1/changes/stream", headers={"Last-Event-ID": "abc"}).status_code == 422
     assert fast.get("/v1/changes/stream", params={"since": -1}).status_code == 422
+
+
+def test_sse_alert_events_are_opt_in_and_leave_the_change_cursor_alone(client: TestClient,
+                                                                        api: UnifiedMemoryAPI) -> None:
+    import time
+
+    with client.stream("GET", "/v1/changes/stream", params={"alerts": "true", "since": 0}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")
+        with api.performance_profiling("slow_call"):
+            time.sleep(0.03)
+        create(client, content="after the slow call")
+        events = _events(lines, 2)
+    alert = next(e for e in events if e["event"] == "alert")
+    assert "id" not in alert
+    body = json.loads(alert["data"])
+    assert body["operation"] == "slow_call" and body["bottleneck"] == "other" and body["ms"] >= 30
+    assert api.monitor._callbacks == []  # the stream's subscription ended with it
 
 
 # ------------------------------------------------------------------ found in review

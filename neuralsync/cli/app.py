@@ -25,7 +25,7 @@ from ..json_input import parse_json
 from .compact import add_compact_command
 from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
-from .output import emit_json, human_bytes, labels, latency_table, one_line, rows, show_memory, when, width
+from .output import emit_json, human_bytes, labels, one_line, rows, show_memory, tool_tables, when, width
 from .services import add_service_commands
 from .sync import add_sync_commands
 
@@ -292,14 +292,15 @@ def cmd_list(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
-    """Counts and sizes of the store; latencies of this process's calls."""
+    """Counts and sizes of the store; latencies per tool of every process on the store (servers, MCP
+    servers, CLI commands), as each published them."""
     stats = api.get_system_stats()
     if args.json:
         emit_json(stats)
         return 0
     storage = stats["storage"]
     per_memory = storage["bytes_per_memory"]
-    operations = stats["performance_stats"]["operations"]
+    across = stats["performance_stats"]["across_processes"]
     scopes = ", ".join(f"{name} {n}" for name, n in list(stats["scopes_detail"].items())[:8])
     rows([
         ("store", storage["path"]),
@@ -312,10 +313,12 @@ def cmd_stats(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
         ("per memory", "-" if per_memory is None else human_bytes(per_memory)),
         ("schema", f"v{stats['schema_version']}  site {stats['site_id'][:16]}"),
         ("sync", _sync_line(stats["sync"])),
-        # The monitor lives in each process: a fresh CLI process has timed nothing yet.
-        *([] if operations else [("latencies", "none timed in this process")]),
+        ("processes", ", ".join(f"{tool} {row['live']} live/{row['processes']}"
+                                for tool, row in sorted(across["by_tool"].items())) or "-"),
+        # Servers publish every few seconds; other processes when they close.
+        *([] if across["operations"] else [("latencies", "none published yet")]),
     ])
-    latency_table(operations)
+    tool_tables(across)
     return 0
 
 

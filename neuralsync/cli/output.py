@@ -51,13 +51,23 @@ def rows(pairs: Sequence[tuple[str, object]]) -> None:
         print(f"{label:<{pad}}  {value}")
 
 
-def latency_table(operations: dict[str, dict[str, float]]) -> None:
+def latency_table(operations: dict[str, dict[str, Any]], title: str = "operation") -> None:
     if not operations:
         return
-    print(f"\n{'operation':<22}{'count':>7}{'avg ms':>10}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+    print(f"\n{title:<22}{'count':>7}{'avg ms':>10}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  bottleneck")
     for name, s in operations.items():
+        stages = s.get("stages") or {}
+        slowest = max(stages, key=lambda k: stages[k]["total_ms"]) if stages else ""
         print(f"{name:<22}{s['count']:>7}{s['avg_ms']:>10.3f}{s['p50_ms']:>9.3f}"
-              f"{s['p95_ms']:>9.3f}{s['p99_ms']:>9.3f}{s['max_ms']:>9.3f}")
+              f"{s['p95_ms']:>9.3f}{s['p99_ms']:>9.3f}{s['max_ms']:>9.3f}  {slowest}")
+
+
+def tool_tables(across: dict[str, Any]) -> None:
+    """Latencies per tool, every process of the store together (what each published)."""
+    for tool, row in sorted(across["by_tool"].items()):
+        if row["operations"]:
+            print(f"\n{tool}: {row['live']} live, {row['processes'] - row['live']} ended process(es)")
+            latency_table(row["operations"])
 
 
 def labels(memory: Memory) -> str:

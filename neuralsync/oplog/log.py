@@ -25,6 +25,7 @@ import nacl.signing
 from ..config import MemoryConfig
 from ..errors import InvalidInput, InvalidOp, StoreError
 from ..model import Op
+from ..stages import SQLITE_WRITE, stage
 from ..store.schema import MIGRATIONS
 from ..store.storage import Storage
 from ..utils import now_ms
@@ -111,6 +112,10 @@ class OpLog:
         intents = _split_removes(intents)
         if not checked:
             self.check(intents)
+        with stage(SQLITE_WRITE):
+            return self._append(conn, intents)
+
+    def _append(self, conn: sqlite3.Connection, intents: list[Intent]) -> list[Op]:
         ops: list[Op] = []
         cache = self.storage.tx_cache
         index = 0

@@ -19,6 +19,7 @@ from ..model import Op
 from ..oplog import codec
 from ..oplog.graph import Node, below, node
 from ..oplog.log import OpLog, rejection
+from ..stages import SYNC_APPLY, SYNC_VERIFY, stage
 from ..utils import now_ms
 from .wire import (
     MAX_BLOOM_ENTRIES,
@@ -144,19 +145,21 @@ class Replica:
         for _ in range(oversized):
             self.log_rejection(peer, "invalid op", f"op too large (over {codec.MAX_OP_BYTES} bytes)", "-")
         by_id: dict[bytes, Op] = {op.id: op for op in waiting}
-        for body, sig in raw_ops:
-            oid = codec.op_id(body)
-            if oid in by_id:
-                continue  # sent again while it waits: held once
-            try:
-                by_id[oid] = codec.parse_op(body, sig)
-            except InvalidOp as exc:
-                outcome.refuse(oid.hex(), str(exc))
-                self.log_rejection(peer, "invalid op", str(exc), oid.hex())
+        with stage(SYNC_VERIFY):
+            for body, sig in raw_ops:
+                oid = codec.op_id(body)
+                if oid in by_id:
+                    continue  # sent again while it waits: held once
+                try:
+                    by_id[oid] = codec.parse_op(body, sig)
+                except InvalidOp as exc:
+                    outcome.refuse(oid.hex(), str(exc))
+                    self.log_rejection(peer, "invalid op", str(exc), oid.hex())
         ops = list(by_id.values())
         if not ops:
             return outcome
-        result = self.log.apply_remote(ops, source=peer)
+        with stage(SYNC_APPLY):
+            result = self.log.apply_remote(ops, source=peer)
         outcome.applied = len(result.applied)
         outcome.duplicates = result.duplicates
         for refused, reason in result.rejected:

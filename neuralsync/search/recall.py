@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model import Memory
+from ..stages import FUSION, TEXT_SEARCH, VECTOR_SEARCH, stage
 from ..store.reads import MEMORY_COLUMNS, row_to_memory
 from ..store.storage import Storage
 from ..utils import now_ms
@@ -121,17 +122,21 @@ class Recaller:
             return self._text_only(words, filters, top_k, now)
         if mode == "semantic":
             hits = self.semantic.search(query, top_k, filters, now)
-            return _best([(sim, m) for m, sim in hits], top_k)
-        return fuse(self.candidates(query, filters, max(top_k * 3, 30), now), self.fusion, top_k, now)
+            with stage(FUSION):
+                return _best([(sim, m) for m, sim in hits], top_k)
+        found = self.candidates(query, filters, max(top_k * 3, 30), now)
+        with stage(FUSION):
+            return fuse(found, self.fusion, top_k, now)
 
     def _text_only(self, words: list[str], filters: Filters, top_k: int, now: int) -> list[Memory]:
-        with self.storage.read() as conn:
+        with stage(TEXT_SEARCH), self.storage.read() as conn:
             plan = self._plan(conn, words, filters)
             if plan is None:
                 return []
             hits = self._text_candidates(conn, plan, filters, max(top_k * 2, 30), now)
             weights = self._idf(conn, words)
-        return rerank(hits, words, top_k, now, weights)
+        with stage(FUSION):
+            return rerank(hits, words, top_k, now, weights)
 
     def _plan(self, conn: sqlite3.Connection, words: list[str], filters: Filters) -> TextPlan | None:
         return self.text.plan(conn, words, filter_expr(filters.scope, filters.tags, filters.tag_match))
@@ -151,8 +156,9 @@ class Recaller:
         assert self.semantic is not None
         words = terms(query)
         vector = self.semantic.embed_query(query)
-        sem_hits = self.semantic.search_vector(vector, pool, filters, now)
-        with self.storage.read() as conn:
+        with stage(VECTOR_SEARCH):
+            sem_hits = self.semantic.search_vector(vector, pool, filters, now)
+        with stage(TEXT_SEARCH), self.storage.read() as conn:
             plan = self._plan(conn, words, filters)
             text_hits = self._text_candidates(conn, plan, filters, pool, now) if plan else []
             members = {m.id: m for m, _ in (*text_hits, *sem_hits)}
@@ -162,7 +168,8 @@ class Recaller:
                 rel.update(_bm25_of(conn, plan.ranked, missing))
             weights = self._idf(conn, words)
         sims = {m.id: s for m, s in sem_hits}
-        sims.update(self.semantic.similarities(vector, [rid for rid in members if rid not in sims]))
+        with stage(VECTOR_SEARCH):
+            sims.update(self.semantic.similarities(vector, [rid for rid in members if rid not in sims]))
         return [Candidate(m, sims.get(m.id, 0.0), rel.get(m.id, 0.0), coverage(m, weights))
                 for m in members.values()]
 

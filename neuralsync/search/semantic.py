@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NeuralSyncError
+from ..errors import InvalidInput, NeuralSyncError
 from ..oplog.materialize import content_hash
+from ..stages import EMBED, VECTOR_SEARCH, stage
 from ..store.reads import MEMORY_COLUMNS, row_to_memory
 from ..store.storage import Storage
 from ..utils import Periodic
@@ -92,6 +93,7 @@ class SemanticIndex:
         self._ann_meta: IndexMeta | None = None
         self._ann_stamp: tuple[int, int] | None = None
         self._ann_checked = 0.0
+        self._breadth: int | None = None  # set_search_breadth's value; None: the index file's own
         self._delta: dict[int, np.ndarray] = {}
         self._delta_upto = -1
         self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
@@ -132,7 +134,8 @@ class SemanticIndex:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 vectors for ``texts``."""
-        return self.embedder.embed(list(texts))
+        with stage(EMBED):
+            return self.embedder.embed(list(texts))
 
     def adopt_embedder(self) -> int:
         """Queue every vector made by another embedder for re-embedding; returns how many.
@@ -203,7 +206,9 @@ class SemanticIndex:
     # ------------------------------------------------------------ search
     def search(self, query: str, k: int, filters: Filters, now: int) -> list[tuple[Memory, float]]:
         """Top ``k`` memories by cosine similarity to ``query`` that pass ``filters``."""
-        return self.search_vector(self.embed_query(query), k, filters, now)
+        vector = self.embed_query(query)
+        with stage(VECTOR_SEARCH):
+            return self.search_vector(vector, k, filters, now)
 
     def embed_query(self, query: str) -> np.ndarray:
         """The query's vector, after embedding a small queue so that memories other
@@ -349,8 +354,26 @@ class SemanticIndex:
             ann.close()  # built by another embedder: useless for this one's queries
             return
         ann.threads = 1  # one query at a time: a thread pool only adds latency (builds use every core)
+        if self._breadth is not None and ann.expansion_search != self._breadth:
+            ann.expansion_search = self._breadth
         self._ann, self._ann_meta, self._ann_stamp = ann, meta, stamp
         self._delta, self._delta_upto, self._delta_cache = {}, meta.covered_seq, None
+
+    @property
+    def search_breadth(self) -> int:
+        """How many candidates the HNSW search explores per query (usearch ``expansion_search``)."""
+        ann = self._current_ann()
+        if ann is not None:
+            return ann.expansion_search
+        return self._breadth if self._breadth is not None else int(ANN_SETTINGS["expansion_search"])
+
+    def set_search_breadth(self, breadth: int) -> None:
+        """Explore ``breadth`` candidates per query in this process (fewer: faster, lower recall)."""
+        if isinstance(breadth, bool) or not isinstance(breadth, int) or not 16 <= breadth <= 4096:
+            raise InvalidInput("search_breadth", "must be an integer from 16 to 4096")
+        self._breadth = breadth
+        if self._ann is not None:
+            self._ann.expansion_search = breadth
 
     def _drop_ann(self) -> None:
         if self._ann is not None:

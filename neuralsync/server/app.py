@@ -10,7 +10,6 @@ them in its thread pool, and the facade is synchronous and thread-safe.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -216,22 +215,9 @@ class Guard:
 
 
 # ------------------------------------------------------------------ metrics
-def metrics(request: Request) -> str:
-    """Prometheus text format: counts and per-operation latency quantiles of this server's facade."""
-    stats = api_of(request).get_system_stats()
-    lines = [
-        "# HELP neuralsync_memories Live memories in the store.", "# TYPE neuralsync_memories gauge",
-        f"neuralsync_memories {stats['memories']}",
-        "# HELP neuralsync_ops Ops in the local log (highest sequence number).", "# TYPE neuralsync_ops gauge",
-        f"neuralsync_ops {stats['ops']}",
-        "# HELP neuralsync_store_bytes Database and WAL size on disk.", "# TYPE neuralsync_store_bytes gauge",
-        f"neuralsync_store_bytes {stats['storage']['total_bytes']}",
-        "# HELP neuralsync_operation_latency_ms Latency of facade calls made by this server.",
-        "# TYPE neuralsync_operation_latency_ms summary",
-    ]
-    for name, op in stats["performance_stats"]["operations"].items():
-        label = json.dumps(name)
-        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms"), ("0.99", "p99_ms")):
-            lines.append(f'neuralsync_operation_latency_ms{{operation={label},quantile="{quantile}"}} {op[key]}')
-        lines.append(f"neuralsync_operation_latency_ms_count{{operation={label}}} {op['count']}")
-    return "\n".join(lines) + "\n"
+def metrics(request: Request) -> Response:
+    """Prometheus text format (``prometheus_client``): the store, this server's latencies (seconds), stages,
+    alerts, every process of the store per tool, and this process's resources."""
+    from . import metrics as exposition  # prometheus_client is imported when first scraped
+
+    return Response(exposition.render(api_of(request)), media_type=exposition.CONTENT_TYPE)

@@ -5,12 +5,18 @@ thread pool rather than holding a blocking ``subscribe`` iterator per client:
 an async loop can be cancelled the moment the client disconnects or the
 server stops, and a poll is one indexed read. A change committed by any
 process on the store is therefore sent within about one poll interval.
+
+``?alerts=true`` adds ``alert`` events: this server's calls slower than the
+target, with the stage that took the time. They carry no ``id`` (a reconnecting
+client's cursor stays the last change's) and are not ops: never in the log,
+never replicated.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -45,14 +51,16 @@ def changes(request: Request, since: int = Query(0, ge=0, le=MAX_SEQ),
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "events 'change' with id = sequence number, data = the change"}})
 async def stream(request: Request, since: int | None = Query(None, ge=0, le=MAX_SEQ, description="default: from now"),
-                 last_event_id: str | None = Header(None)) -> StreamingResponse:
+                 last_event_id: str | None = Header(None),
+                 alerts: bool = Query(False, description="also send 'alert' events (slow calls of this server)"),
+                 ) -> StreamingResponse:
     """``Last-Event-ID`` (a reconnecting client) wins over ``since``; neither means "from now"."""
     state = state_of(request)
     cursor = _start(last_event_id, since)
     if cursor is None:
         cursor = await anyio.to_thread.run_sync(state.api.last_seq)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(state, cursor), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(events(state, cursor, alerts), media_type="text/event-stream", headers=headers)
 
 
 def _start(last_event_id: str | None, since: int | None) -> int | None:
@@ -70,11 +78,29 @@ def frame(change: Change) -> bytes:
     return f"id: {change.seq}\nevent: change\ndata: {data}\n\n".encode()
 
 
-async def events(state: ServerState, cursor: int) -> AsyncIterator[bytes]:
+def alert_frame(alert: dict[str, Any]) -> bytes:
+    """One SSE event for a slow-call alert (no id: the change cursor is untouched)."""
+    return f"event: alert\ndata: {json.dumps(alert, separators=(',', ':'))}\n\n".encode()
+
+
+async def events(state: ServerState, cursor: int, alerts: bool = False) -> AsyncIterator[bytes]:
     """Events after ``cursor`` until the client goes away (the task is cancelled) or the server stops."""
-    yield f"retry: {RETRY_MS}\n\n".encode()
+    raised: deque[dict[str, Any]] = deque(maxlen=100)
+    unsubscribe = state.api.on_performance_alert(raised.append) if alerts else None
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        async for chunk in _events(state, cursor, raised):
+            yield chunk
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+
+
+async def _events(state: ServerState, cursor: int, raised: deque[dict[str, Any]]) -> AsyncIterator[bytes]:
     quiet_since = time.monotonic()
     while not state.stop.is_set():
+        while raised:
+            yield alert_frame(raised.popleft())
         batch = await anyio.to_thread.run_sync(_read, state.api, cursor)
         for change in batch:
             cursor = change.seq

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import MemoryConfig
 from ..errors import StoreBusy, StoreError
+from ..stages import COMMIT, stage
 
 # Only these pragmas may be set, and only with these value types: the factory
 # formats them into SQL, so nothing caller-controlled reaches the string.
@@ -187,6 +188,23 @@ class Storage:
             self._all = alive
         return conn
 
+    @property
+    def cache_size_kib(self) -> int:
+        """The page cache of this process's connections, in KiB."""
+        return -int(self._pragmas["cache_size"])  # type: ignore[call-overload]
+
+    def set_cache_size(self, kib: int) -> None:
+        """Resize the page cache of every connection of this process (and of those opened later)."""
+        sql = _pragma_sql("cache_size", -int(kib))
+        self._pragmas["cache_size"] = -int(kib)
+        with self._all_lock:
+            conns = [conn for _, conn in self._all]
+        try:
+            for conn in conns:
+                conn.execute(sql)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
     def close(self) -> None:
         """Close every connection this object opened in this process."""
         self._closed = True
@@ -254,7 +272,8 @@ class Storage:
             local.poisoned, local.tx_cache = was_poisoned, {}
             raise StoreError("transaction rolled back: a write inside it failed")
         try:
-            conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+            with stage(COMMIT):
+                conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
         except sqlite3.Error as exc:
             self._rollback(conn, depth)
             raise translate(exc) from exc
