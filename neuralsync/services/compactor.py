@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("purge_expired", "consolidate_duplicates", "prune_payloads", "fts_optimize", "vector_rebuild",
               "checkpoint", "vacuum")
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
-PRUNE_SLICE = 500  # op bodies replaced by their skeletons per write transaction
+PRUNE_SLICE = 100  # op bodies replaced by their skeletons per write transaction
 # A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
 # for incremental vacuum, where "vacuum" frees pages a slice at a time).
 DEFAULT_STRATEGIES = STRATEGIES
-PURGE_SLICE = 200  # expired memories deleted per write transaction
+# Slices are sized so that one write transaction lasts a few milliseconds (writers wait no longer).
+PURGE_SLICE = 40  # expired memories deleted per write transaction
+MERGE_SLICE = 8  # memories checked for exact duplicates per write transaction
 VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
 FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
 REWRITE_WHEN_UNUSED = 0.2  # "vacuum" rewrites the file when this share of it is free space inside pages
@@ -183,7 +185,7 @@ class Compactor:
         # Exact duplicates among every memory; paraphrases are the merger's background scan's (a vector
         # search per memory), or `neuralsync merges scan --all`.
         self.merger.rewind(self.storage.write, near=False)
-        done = self.merger.scan_arrived(self.storage.write)
+        done = self.merger.scan_arrived(self.storage.write, limit=MERGE_SLICE)
         return {"merged": len(done)}
 
     def _fts_optimize(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
