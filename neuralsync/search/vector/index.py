@@ -83,7 +83,7 @@ class AnnIndex:
         connectivity: int = 16,
         expansion_add: int = 128,
         expansion_search: int = 64,
-        threads: int = 0,
+        threads: int = 1,
     ) -> None:
         if not isinstance(dims, int) or dims < 1:
             raise InvalidInput("dims", f"dims must be a positive int, got {dims!r}")
@@ -121,7 +121,9 @@ class AnnIndex:
         self._path = path
         self._closed = False
         self._lock = RWLock()
-        self.threads = 0
+        # One thread: usearch's 0 means every core, which oversubscribes a small machine under load and
+        # makes a build's graph depend on thread timing (the same vectors, different neighbours).
+        self.threads = 1
 
     @classmethod
     def _wrap(cls, index: Any, **kwargs: Any) -> AnnIndex:
@@ -140,7 +142,7 @@ class AnnIndex:
         connectivity: int = 16,
         expansion_add: int = 128,
         expansion_search: int = 64,
-        threads: int = 0,
+        threads: int = 1,
     ) -> AnnIndex:
         """Build a writable in-memory index from ``keys`` (int64 >= 0) and ``vectors``."""
         matrix = np.asarray(vectors, dtype=np.float32)
