@@ -211,6 +211,17 @@ def test_pull_serves_neuralsync2_ops_with_its_cursor(client: TestClient, api: Un
     assert [e["pos"] for e in paged["ops"]] == [1, 2] and paged["cursor"] == 2
 
 
+def test_pull_shows_a_merged_memory_as_deleted_and_a_repeat_as_nothing(client: TestClient,
+                                                                        api: UnifiedMemoryAPI) -> None:
+    kept = remember(client, "the build uses make")
+    merged = remember(client, "The build uses make, with -j8")
+    client.post("/v1/merges", json={"into": compact(kept["id"]), "merged": compact(merged["id"])})
+    remember(client, "THE BUILD USES MAKE, WITH -J8")  # the survivor's text again: absorbed, never a memory
+    ops = [entry["op"] for entry in client.post("/sync/pull", json={"since": 0}).json()["ops"]]
+    assert [(op["op"], op.get("id")) for op in ops if op["op"] == "delete"] == [("delete", merged["id"])]
+    assert sum(op["op"] == "add" for op in ops) == 2
+
+
 def _pull_everything(source: TestClient) -> Iterator[list[dict[str, Any]]]:
     """Pages of a pull, as a NeuralSync2-era bridge walks it: from the cursor until it stops moving."""
     since = 0

@@ -223,8 +223,12 @@ def render_op(logged: LoggedOp) -> dict[str, Any] | None:
         if op.fields.get("key", "persona") != "persona":
             return None
         return _ns2_op(PERSONA_OP, None, logged.seq, author, logged.at, {"text": op.fields.get("text", "")})
-    if op.kind == "delete":
+    if op.kind == "delete" or (op.kind == "merge" and op.fields.get("absorbed") is False):
+        # A memory merged into another is gone from NeuralSync2's point of view (the survivor's update
+        # carries what it kept); an absorbed write never was a memory there.
         return _ns2_op("delete", dashed(op.record_id), logged.seq, author, logged.at, {})
+    if op.kind == "merge":
+        return None
     if op.kind == "create":
         item = ns2_item(_created(logged), author, logged.seq)
         return _ns2_op("add", item["id"], item["lamport"], item["site_id"], logged.at, item)
