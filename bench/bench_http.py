@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, server_process
+from benchlib import free_port, run_concurrently, server_process
 from corpus import Corpus
 
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
@@ -112,13 +112,7 @@ def run_load(url: str, token: str, route: str, work: list[dict[str, Any]], clien
             latencies.extend(mine)
             errors.append(bad)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_concurrently(client, clients)
     return summarise(route, latencies, sum(errors), elapsed)
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, machine, server_process
+from benchlib import free_port, machine, run_concurrently, server_process
 from corpus import Corpus
 
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
@@ -111,13 +111,7 @@ def load(host: str, port: int, token: str, work: list[bytes], clients: int, max_
             latencies.extend(mine)
             errors[0] += bad
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_concurrently(client, clients)
     ordered = sorted(latencies)
 
     def pct(fraction: float) -> float:

@@ -64,6 +64,19 @@ def timed(calls: Sequence[Callable[[], Any]]) -> tuple[list[int], list[int]]:
     return durations, lengths
 
 
+def run_concurrently(work: Callable[[], Any], count: int) -> float:
+    """Run ``work`` on ``count`` threads at once; the seconds until the last one finished."""
+    import threading
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def machine() -> dict[str, Any]:
     """Where the figures come from."""
     cpu = platform.processor() or platform.machine()

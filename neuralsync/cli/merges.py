@@ -60,14 +60,7 @@ def add_merge_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 def cmd_merges_list(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Merges (and with ``--conflicts`` sync conflicts), newest first."""
     rows = api.audit_trail(args.limit) if args.conflicts else api.merges(args.limit, args.memory_id)
-    if args.json:
-        emit_json(rows)
-        return 0
-    if not rows:
-        print("no merges recorded", file=sys.stderr)
-    for row in rows:
-        print(_line(row))
-    return 0
+    return _listing(rows, args.json, "no merges recorded", _line)
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -116,14 +109,20 @@ def cmd_merges_merge(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 
 def cmd_merges_pending(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Pairs kept by the manual strategy."""
-    rows = api.merge_candidates(args.limit)
-    if args.json:
+    return _listing(api.merge_candidates(args.limit), args.json, "no pairs waiting",
+                    lambda row: f"{row['a']} {row['b']}  {row['rule']}  (merge: neuralsync merges merge {row['a']}"
+                                f" {row['b']})")
+
+
+def _listing(rows: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> int:
+    """Rows as JSON, or a line each (``empty`` on stderr when there are none)."""
+    if as_json:
         emit_json(rows)
         return 0
     if not rows:
-        print("no pairs waiting", file=sys.stderr)
+        print(empty, file=sys.stderr)
     for row in rows:
-        print(f"{row['a']} {row['b']}  {row['rule']}  (merge: neuralsync merges merge {row['a']} {row['b']})")
+        print(line(row))
     return 0
 
 
