@@ -24,8 +24,8 @@ import argparse
 import json
 import random
 import shutil
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,26 @@ from corpus import Corpus
 
 from neuralsync import UnifiedMemoryAPI
 
+WRITER = """
+import json, sys, time
+from pathlib import Path
+from benchlib import config
+from corpus import Corpus
+from neuralsync import UnifiedMemoryAPI
+store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+latencies = []
+with UnifiedMemoryAPI(config(store, "none")) as api:
+    for record in Corpus().memories(size + 50_000, size):
+        if stop.exists():
+            break
+        args = Corpus.remember_args(record)
+        args.pop("ttl_ms", None)
+        start = time.perf_counter_ns()
+        api.remember(**args)
+        latencies.append(time.perf_counter_ns() - start)
+        time.sleep(0.002)
+out.write_text(json.dumps(latencies))
+"""
 EXPIRED_SHARE = 0.30
 DUPLICATE_SHARE = 0.20
 
@@ -82,29 +102,18 @@ def run(store_dir: Path, corpus: Corpus, size: int) -> dict[str, Any]:
         counts_before = api.counts()
         analysis = api.compact_analyze()
         before_lists = recall_lists(api, queries)
-        stop = threading.Event()
-        latencies: list[int] = []
-        fresh = [Corpus.remember_args(r) for r in corpus.memories(size + 20_000, size)]
-
-        def writer() -> None:
-            with UnifiedMemoryAPI(config(store_dir, "none")) as other:
-                i = 0
-                while not stop.is_set() and i < len(fresh):
-                    args = fresh[i]
-                    args.pop("ttl_ms", None)
-                    start = time.perf_counter_ns()
-                    other.remember(**args)
-                    latencies.append(time.perf_counter_ns() - start)
-                    i += 1
-                    time.sleep(0.002)  # an agent's pace, not a flood
-
-        thread = threading.Thread(target=writer)
-        thread.start()
+        # The writer is another process, as an agent's server or CLI is: it writes single memories at an
+        # agent's pace until told to stop, timing each, and leaves its latencies in a file.
+        stop_file, out_file = store_dir / "writer.stop", store_dir / "writer.json"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store_dir), str(stop_file), str(out_file),
+                                   str(size)], cwd=str(Path(__file__).resolve().parent))
+        time.sleep(2.0)  # the writer is up and writing
         started = time.perf_counter()
         report = api.compact()
         seconds = time.perf_counter() - started
-        stop.set()
-        thread.join()
+        stop_file.touch()
+        writer.wait(timeout=120)
+        latencies = json.loads(out_file.read_text())
         api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         after_size = api.storage.sizes()["total_bytes"]
         # Survivors: memories live before and after (the writer's new ones are left out of both lists).

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
@@ -46,6 +47,7 @@ PURGE_SLICE = 40  # expired memories deleted per write transaction
 MERGE_SLICE = 8  # memories checked for exact duplicates per write transaction
 VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
 FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
+SLICE_PAUSE_S = 0.002  # after each slice: writers waiting for the lock go first
 REWRITE_WHEN_UNUSED = 0.2  # "vacuum" rewrites the file when this share of it is free space inside pages
 VECTOR_BYTES = 4  # float32
 
@@ -174,7 +176,7 @@ class Compactor:
 
     def _purge_slice(self) -> int:
         """Delete up to ``PURGE_SLICE`` expired memories, as ``delete`` ops every replica applies."""
-        with self.storage.write() as conn:
+        with self._slice() as conn:
             ids = [r for (r,) in conn.execute("SELECT id FROM memories WHERE expires_at <= ? LIMIT ?",
                                               (now_ms(), PURGE_SLICE))]
             if ids:
@@ -185,7 +187,7 @@ class Compactor:
         # Exact duplicates among every memory; paraphrases are the merger's background scan's (a vector
         # search per memory), or `neuralsync merges scan --all`.
         self.merger.rewind(self.storage.write, near=False)
-        done = self.merger.scan_arrived(self.storage.write, limit=MERGE_SLICE)
+        done = self.merger.scan_arrived(self._slice, limit=MERGE_SLICE)
         return {"merged": len(done)}
 
     def _fts_optimize(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
@@ -194,7 +196,7 @@ class Compactor:
         rounds = 0
         while rounds < 10_000:
             before = conn.total_changes
-            with self.storage.write() as wconn:
+            with self._slice() as wconn:
                 # Negative: merge segments even where fewer than 'usermerge' share a level (towards one).
                 wconn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
             rounds += 1
@@ -219,7 +221,7 @@ class Compactor:
         if self._incremental() and unused_bytes(conn) < REWRITE_WHEN_UNUSED * size:
             freed = 0
             while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
-                with self.storage.write() as wconn:
+                with self._slice() as wconn:
                     wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
                 freed += VACUUM_SLICE_PAGES
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -241,7 +243,7 @@ class Compactor:
         candidates = self._prunable(conn)
         total, pruned, kept_format1 = len(candidates), 0, 0
         for start in range(0, total, PRUNE_SLICE):
-            with self.storage.write() as wconn:
+            with self._slice() as wconn:
                 for seq in candidates[start:start + PRUNE_SLICE]:
                     (body,) = wconn.execute("SELECT body FROM ops WHERE seq = ?", (seq,)).fetchone()
                     skeleton = codec.skeleton_of(body)
@@ -291,6 +293,14 @@ class Compactor:
         return max(0, int(size))
 
     # ------------------------------------------------------------ helpers
+    @contextmanager
+    def _slice(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction of compaction, then a pause, so that writers waiting for the lock
+        (or, in this process, for the interpreter) go first."""
+        with self.storage.write() as conn:
+            yield conn
+        time.sleep(SLICE_PAUSE_S)
+
     def _incremental(self) -> bool:
         return int(self.storage.conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
 
