@@ -1,0 +1,59 @@
+"""Habits users expect (issue 16): ``python -m neuralsync``, ``recall --mode``, ``--help`` on every
+command, shell completion, a config file and ``NEURALSYNC_*`` variables for every setting, the
+server's log file, a private store, redaction of passwords and connection strings, access counts.
+
+The CLI runs in a subprocess (``sys.executable -m neuralsync``) on a scratch ``NEURALSYNC_HOME``
+where start-up and streams matter; the rest in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuralsync.config import MemoryConfig
+from neuralsync.unified_memory_api import UnifiedMemoryAPI
+
+
+def cli(home: Path, *argv: str, module: str = "neuralsync.cli", **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> ARGV`` on ``home``, with the hashing embedder (no model to load)."""
+    environ = {**os.environ, "NEURALSYNC_HOME": str(home), "NEURALSYNC_EMBEDDER": "hashing", **env}
+    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120,
+                          env=environ, check=False)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# ================================================================ a private store
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_a_new_store_is_private(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(home))) as api:
+        api.remember("private by default")
+        assert mode_of(home) == 0o700
+        for name in ("memory.db", "memory.db-wal", "memory.db-shm"):
+            assert mode_of(home / name) == 0o600, name
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_an_existing_store_is_tightened_on_open(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(home))) as api:
+        api.remember("was world-readable")
+    home.chmod(0o755)
+    (home / "memory.db").chmod(0o644)
+    stray = home / "memory.db-shm"
+    stray.touch()
+    stray.chmod(0o666)
+    done = cli(home, "list")
+    assert done.returncode == 0, done.stderr
+    assert mode_of(home) == 0o700
+    assert mode_of(home / "memory.db") == 0o600
+    assert all(mode_of(p) == 0o600 for p in home.glob("memory.db-*"))
