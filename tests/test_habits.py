@@ -8,6 +8,7 @@ where start-up and streams matter; the rest in-process.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -57,3 +58,26 @@ def test_an_existing_store_is_tightened_on_open(tmp_path: Path) -> None:
     assert mode_of(home) == 0o700
     assert mode_of(home / "memory.db") == 0o600
     assert all(mode_of(p) == 0o600 for p in home.glob("memory.db-*"))
+
+
+# ================================================================ access statistics
+def test_get_shows_the_recorded_accesses(api: UnifiedMemoryAPI) -> None:
+    mid = api.remember("counted reads")
+    first = api.get(mid)
+    assert (first.access_count, first.accessed_at) == (0, None)
+    api.recall("counted", mode="text")
+    second = api.get(mid)  # one get and one recall before it, not yet written
+    assert second.access_count == 2 and second.accessed_at is not None
+    api.access.flush()
+    third = api.get(mid)
+    assert third.access_count == 3 and third.accessed_at >= second.accessed_at
+    assert all(m.access_count == 0 for m in api.range_recall())  # range stays one table
+
+
+def test_cli_get_shows_access_count(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    mid = cli(home, "remember", "seen twice").stdout.strip()
+    assert json.loads(cli(home, "--json", "get", mid).stdout)["access_count"] == 0
+    shown = json.loads(cli(home, "--json", "get", mid).stdout)
+    assert shown["access_count"] == 1 and shown["accessed_at"] is not None
+    assert "accessed    2 times, last " in cli(home, "get", mid).stdout
