@@ -14,10 +14,12 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from neuralsync.config import MemoryConfig
+from neuralsync.config import CONFIG_FILE_NAME, MemoryConfig, env_name, resolve, setting_kinds
+from neuralsync.errors import ConfigError
 from neuralsync.redact import Redactor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
@@ -31,6 +33,92 @@ def cli(home: Path, *argv: str, module: str = "neuralsync.cli", **env: str) -> s
 
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+# ================================================================ config file and environment
+def _write_config(home: Path, text: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / CONFIG_FILE_NAME).write_text(text)
+
+
+def test_every_setting_has_a_variable_and_a_kind() -> None:
+    kinds = setting_kinds()
+    assert env_name("base_path") == "NEURALSYNC_HOME"
+    assert env_name("pool_size_mb") == "NEURALSYNC_POOL_SIZE_MB"
+    assert set(kinds.values()) <= {"bool", "int", "float", "str", "optional_str", "str_list", "table", "path"}
+    assert kinds["redact_secrets"] == "bool" and kinds["extra_secret_patterns"] == "str_list"
+
+
+def test_precedence_argument_over_env_over_file_over_default(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "store"
+    _write_config(home, 'pool_size_mb = 64\ncache_size_mb = 32\nmax_tags = 10\ndurability = "full"\n'
+                        'extra_secret_patterns = ["corp-[0-9]{6}"]\n[scope_merge_strategies]\nwork = "off"\n')
+    monkeypatch.setenv("NEURALSYNC_HOME", str(home))
+    monkeypatch.setenv("NEURALSYNC_CACHE_SIZE_MB", "16")
+    monkeypatch.setenv("NEURALSYNC_MAX_TAGS", "20")
+    monkeypatch.setenv("NEURALSYNC_REDACT_SECRETS", "no")
+    config, sources = resolve(None, max_tags=30)
+    assert (config.pool_size_mb, sources["pool_size_mb"].source) == (64, "file")
+    assert (config.cache_size_mb, sources["cache_size_mb"].source) == (16, "env")
+    assert sources["cache_size_mb"].origin == "NEURALSYNC_CACHE_SIZE_MB"
+    assert (config.max_tags, sources["max_tags"].source) == (30, "argument")
+    assert (config.busy_timeout_ms, sources["busy_timeout_ms"].source) == (10_000, "default")
+    assert config.redact_secrets is False and config.durability == "full"
+    assert config.extra_secret_patterns == ("corp-[0-9]{6}",)
+    assert config.scope_merge_strategies == {"work": "off"}
+    assert sources["base_path"].source == "env"
+    # The old call shape still works, and reads the same sources.
+    legacy = MemoryConfig.from_env(str(home), monitor_publish_s=0)
+    assert legacy.pool_size_mb == 64 and legacy.monitor_publish_s == 0 and legacy.cache_size_mb == 16
+    assert resolve(str(home))[1]["base_path"].source == "argument"
+
+
+def test_old_variable_names_still_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURALSYNC_MERGE", "off")
+    assert MemoryConfig.from_env().merge_strategy == "off"
+    monkeypatch.setenv("NEURALSYNC_MERGE_STRATEGY", "manual")
+    assert MemoryConfig.from_env().merge_strategy == "manual"  # the setting's own name wins
+
+
+@pytest.mark.parametrize(("var", "value", "expected"), [
+    ("NEURALSYNC_MAX_TAGS", "many", "$NEURALSYNC_MAX_TAGS must be an integer, not 'many'"),
+    ("NEURALSYNC_SEMANTIC_FLOOR", "high", "$NEURALSYNC_SEMANTIC_FLOOR must be a number"),
+    ("NEURALSYNC_DEDUPE", "maybe", "$NEURALSYNC_DEDUPE must be true or false"),
+    ("NEURALSYNC_EXTRA_SECRET_PATTERNS", "corp-.*", "$NEURALSYNC_EXTRA_SECRET_PATTERNS must be JSON"),
+    ("NEURALSYNC_EXTRA_SECRET_PATTERNS", '["("]', "is not a regular expression"),
+    ("NEURALSYNC_DURABILITY", "sometimes", "durability must be one of ('normal', 'full'), not 'sometimes' "
+                                           "(set by $NEURALSYNC_DURABILITY)"),
+])
+def test_a_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=None) as caught:
+        MemoryConfig.from_env()
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("pool_size = 64\n", "unknown setting 'pool_size'"),
+    ('pool_size_mb = "64"\n', "pool_size_mb must be an integer, not '64'"),
+    ("redact_secrets = 1\n", "redact_secrets must be true or false"),
+    ('base_path = "/elsewhere"\n', "base_path cannot be set"),
+    ("pool_size_mb = [\n", "is not valid TOML"),
+    ('durability = "sometimes"\n', "(set in "),
+])
+def test_a_bad_file_key_is_named(isolated_home: Path, text: str, expected: str) -> None:
+    _write_config(isolated_home, text)
+    with pytest.raises(ConfigError) as caught:
+        MemoryConfig.from_env()
+    assert expected in str(caught.value)
+    assert CONFIG_FILE_NAME in str(caught.value)
+
+
+def test_the_store_uses_the_file(make_api: Any, tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    _write_config(home, 'extra_secret_patterns = ["corp-[0-9]{6}"]\n')
+    with UnifiedMemoryAPI(MemoryConfig.from_env(str(home))) as api:
+        memory = api.get(api.remember("badge corp-123456 issued"))
+    assert memory.content == "badge [REDACTED:custom_0] issued"
 
 
 # ================================================================ a private store

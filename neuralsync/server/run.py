@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies are refused with 413 (default: 1 MiB)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    parser.add_argument("--sync-interval", type=float, default=0.0, metavar="SECONDS",
-                        help="sync with every trusted peer this often (default: 0, only on demand)")
+    parser.add_argument("--sync-interval", type=float, metavar="SECONDS",
+                        help="sync with every trusted peer this often (default: the sync_interval_s setting, "
+                             "0: only on demand)")
     parser.add_argument("--no-write-queue", action="store_true",
                         help="commit each request's write alone instead of grouping concurrent writes "
                              "into one transaction (slower; for comparison)")
@@ -140,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors become one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
-        config = MemoryConfig.from_env(args.home, sync_interval_s=args.sync_interval)
+        given = {} if args.sync_interval is None else {"sync_interval_s": args.sync_interval}
+        config = MemoryConfig.from_env(args.home, **given)
         serve(config, args.host, args.port, max_body_bytes=args.max_body_bytes,
               log_level=args.log_level, write_queue=not args.no_write_queue)
     except NeuralSyncError as exc:
