@@ -8,6 +8,7 @@ where start-up and streams matter; the rest in-process.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -18,13 +19,15 @@ from typing import Any
 
 import pytest
 
+from neuralsync.cli import main
+from neuralsync.cli.app import build_parser
 from neuralsync.config import CONFIG_FILE_NAME, MemoryConfig, env_name, resolve, setting_kinds
 from neuralsync.errors import ConfigError
 from neuralsync.redact import Redactor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 
-def cli(home: Path, *argv: str, module: str = "neuralsync.cli", **env: str) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *argv: str, module: str = "neuralsync", **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m <module> ARGV`` on ``home``, with the hashing embedder (no model to load)."""
     environ = {**os.environ, "NEURALSYNC_HOME": str(home), "NEURALSYNC_EMBEDDER": "hashing", **env}
     return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120,
@@ -33,6 +36,77 @@ def cli(home: Path, *argv: str, module: str = "neuralsync.cli", **env: str) -> s
 
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+# ================================================================ python -m neuralsync, --help
+def test_python_dash_m_neuralsync_runs_the_command(tmp_path: Path) -> None:
+    done = cli(tmp_path / "store", "--version")
+    assert done.returncode == 0 and done.stdout.startswith("neuralsync ")
+    done = cli(tmp_path / "store", "remember", "the", "deploy", "runs", "on", "fridays")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip()) == 32
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the tree (``("peer", "add")`` for nested ones)."""
+    found: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found += _commands(sub, (*prefix, name))
+    return found
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _commands(build_parser())
+    assert {("recall",), ("serve",)} <= set(commands)
+    for path in [(), *commands]:
+        assert main([*path, "--help"]) == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith("usage: neuralsync"), path
+
+
+@pytest.mark.parametrize("module", ["neuralsync", "neuralsync.integrations.wrap", "neuralsync.server.run"])
+def test_help_of_each_entry_point(tmp_path: Path, module: str) -> None:
+    done = cli(tmp_path / "store", "--help", module=module)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+    assert not (tmp_path / "store").exists()  # help opens no store
+
+
+def test_nswrap_options_end_at_the_command(tmp_path: Path) -> None:
+    done = cli(tmp_path / "store", "-k", "1", sys.executable, "-c", "print('ran')", "--help",
+               module="neuralsync.integrations.wrap")
+    assert done.returncode == 0, done.stderr
+    assert "ran" in done.stdout
+
+
+# ================================================================ recall --mode
+def test_recall_mode_reaches_the_facade(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    assert cli(home, "remember", "alpha bravo charlie").returncode == 0
+    text = cli(home, "--json", "recall", "--mode", "text", "zulu")
+    semantic = cli(home, "--json", "recall", "--mode", "semantic", "zulu")
+    assert text.returncode == 0 and json.loads(text.stdout) == []  # no word matches
+    assert semantic.returncode == 0 and len(json.loads(semantic.stdout)) == 1  # nearest by meaning
+    bad = cli(home, "recall", "--mode", "fuzzy", "x")
+    assert bad.returncode == 2 and "--mode" in bad.stderr
+
+
+def test_recall_mode_goes_through_the_running_server(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def fake(home: Path, request: dict[str, Any]) -> list[Any]:
+        sent.append(request)
+        return []
+
+    monkeypatch.setattr("neuralsync.cli.remote.recall_via_server", fake)
+    assert main(["recall", "--mode", "semantic", "anything"]) == 0
+    assert main(["recall", "anything"]) == 0
+    capsys.readouterr()
+    assert [r["mode"] for r in sent] == ["semantic", "hybrid"]
 
 
 # ================================================================ config file and environment
