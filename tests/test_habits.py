@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = _commands(build_parser())
-    assert {("recall",), ("serve",)} <= set(commands)
+    assert {("recall",), ("config",), ("completion",), ("serve",)} <= set(commands)
     for path in [(), *commands]:
         assert main([*path, "--help"]) == 0, path
         out = capsys.readouterr().out
@@ -107,6 +108,45 @@ def test_recall_mode_goes_through_the_running_server(monkeypatch: pytest.MonkeyP
     assert main(["recall", "anything"]) == 0
     capsys.readouterr()
     assert [r["mode"] for r in sent] == ["semantic", "hybrid"]
+
+
+# ================================================================ completion
+def test_bash_completion_is_a_valid_static_script(tmp_path: Path) -> None:
+    done = cli(tmp_path / "store", "completion", "bash")
+    assert done.returncode == 0, done.stderr
+    assert "recall" in done.stdout and "--mode" in done.stdout and "completion" in done.stdout
+    bash = shutil.which("bash")
+    if bash:
+        script = tmp_path / "neuralsync.bash"
+        script.write_text(done.stdout)
+        assert subprocess.run([bash, "-n", str(script)], capture_output=True, timeout=30).returncode == 0
+    zsh = cli(tmp_path / "store", "completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef neuralsync")
+    assert cli(tmp_path / "store", "completion", "fish").returncode == 2
+
+
+# ================================================================ the config command
+def test_config_command_shows_values_and_sources(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    _write_config(home, "pool_size_mb = 64\n")
+    done = cli(home, "--json", "config", NEURALSYNC_MAX_TAGS="7")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["file"] == str(home / CONFIG_FILE_NAME) and shown["file_exists"] is True
+    settings = shown["settings"]
+    assert set(settings) == set(setting_kinds())
+    assert settings["pool_size_mb"] == {"value": 64, "source": "file", "from": str(home / CONFIG_FILE_NAME)}
+    assert settings["max_tags"] == {"value": 7, "source": "env", "from": "NEURALSYNC_MAX_TAGS"}
+    assert settings["embedder"]["source"] == "env"  # NEURALSYNC_EMBEDDER, set by cli()
+    assert settings["busy_timeout_ms"] == {"value": 10_000, "source": "default"}
+    other = tmp_path / "other"
+    readable = cli(home, "--home", str(other), "config")
+    assert readable.returncode == 0
+    assert f"config file: {other / CONFIG_FILE_NAME} (absent)" in readable.stdout
+    assert "argument" in next(line for line in readable.stdout.splitlines() if line.startswith("base_path"))
+    bad = cli(home, "config", NEURALSYNC_MAX_TAGS="lots")
+    assert bad.returncode == 1 and "$NEURALSYNC_MAX_TAGS must be an integer" in bad.stderr
+
 
 
 # ================================================================ config file and environment

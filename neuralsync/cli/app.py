@@ -27,6 +27,7 @@ from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, one_line, rows, show_memory, tool_tables, when, width
 from .services import add_service_commands
+from .settings import add_settings_commands
 from .sync import add_sync_commands
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sync_commands(add)
     add_merge_commands(add)
     add_compact_command(add)
+    add_settings_commands(add, build_parser)
     return parser
 
 
