@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import stat
@@ -233,6 +234,32 @@ def test_the_store_uses_the_file(make_api: Any, tmp_path: Path) -> None:
     with UnifiedMemoryAPI(MemoryConfig.from_env(str(home))) as api:
         memory = api.get(api.remember("badge corp-123456 issued"))
     assert memory.content == "badge [REDACTED:custom_0] issued"
+
+
+# ================================================================ server log
+def test_server_log_file_is_private_and_rotates(tmp_path: Path) -> None:
+    from neuralsync.server.run import LOG_FILE, PrivateRotatingFileHandler, log_to_file
+
+    config = MemoryConfig(base_path=str(tmp_path / "store"))
+    handler = log_to_file(config)
+    try:
+        logging.getLogger("neuralsync.test").warning("hello log")
+        handler.flush()
+        path = config.home / "logs" / LOG_FILE
+        assert "hello log" in path.read_text()
+        assert mode_of(path) == 0o600 and mode_of(path.parent) == 0o700
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    small = PrivateRotatingFileHandler(tmp_path / "r.log", maxBytes=200, backupCount=2)
+    try:
+        for i in range(20):
+            small.emit(logging.makeLogRecord({"msg": f"line {i} " + "x" * 40}))
+    finally:
+        small.close()
+    files = sorted(tmp_path.glob("r.log*"))
+    assert [f.name for f in files] == ["r.log", "r.log.1", "r.log.2"]  # bounded
+    assert all(mode_of(f) == 0o600 for f in files)
 
 
 # ================================================================ a private store
