@@ -11,6 +11,7 @@ import pytest
 
 from neuralsync.errors import InvalidInput
 from neuralsync.oplog import codec
+from neuralsync.services.compactor import PURGE_SLICE
 from neuralsync.services.doctor import run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
@@ -87,9 +88,9 @@ def test_an_idle_slice_is_short_and_does_the_cheap_steps(make_api: MakeApi) -> N
     _fill(api)
     started = time.perf_counter()
     done = api.compactor.idle_slice()
-    assert done["purged"] == 100  # one slice holds at most PURGE_SLICE (200)
+    assert done["purged"] == min(100, PURGE_SLICE)  # one slice holds at most PURGE_SLICE
     assert time.perf_counter() - started < 5
-    assert api.counts()["expired"] == 0
+    assert api.counts()["expired"] == 100 - done["purged"]  # the rest waits for the next slices
 
 
 def _sync(a: UnifiedMemoryAPI, b: UnifiedMemoryAPI, b_name: str = "b") -> None:
