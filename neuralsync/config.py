@@ -1,10 +1,21 @@
-"""``MemoryConfig``: every knob in one dataclass, environment read in one place."""
+"""``MemoryConfig``: every knob in one dataclass; the config file and the environment read in one place.
+
+Where a setting comes from, strongest first: an explicit argument (``from_env(**overrides)``, the
+command line), the environment (``NEURALSYNC_<SETTING>``, e.g. ``NEURALSYNC_POOL_SIZE_MB``; the store
+directory is ``NEURALSYNC_HOME``), the store's config file (``<home>/config.toml``, one key per
+setting), the default. :func:`resolve` also says where each value came from (``neuralsync config``).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from dataclasses import dataclass, field, replace
+import re
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .model import MAX_CONTENT_CHARS, MERGE_STRATEGIES
@@ -128,15 +139,180 @@ class MemoryConfig:
         """This replica's Ed25519 private key (mode 0600)."""
         return self.home / "identity.key"
 
+    @property
+    def config_path(self) -> Path:
+        """The store's config file (read if present, never created)."""
+        return self.home / CONFIG_FILE_NAME
+
     @classmethod
     def from_env(cls, base_path: str | os.PathLike[str] | None = None, **overrides: object) -> MemoryConfig:
-        """Config for entry points: ``base_path`` argument, else ``$NEURALSYNC_HOME``, else the default."""
-        path = base_path or os.environ.get(HOME_ENV) or DEFAULT_HOME
-        if os.environ.get(MERGE_ENV) and "merge_strategy" not in overrides:
-            overrides["merge_strategy"] = os.environ[MERGE_ENV]
-        if os.environ.get(MONITOR_PUBLISH_ENV) and "monitor_publish_s" not in overrides:
+        """Config for entry points: ``base_path`` argument, else ``$NEURALSYNC_HOME``, else the default;
+        every other setting from ``overrides``, else ``$NEURALSYNC_<SETTING>``, else ``<home>/config.toml``,
+        else the default (see :func:`resolve`)."""
+        return resolve(base_path, **overrides)[0]
+
+
+# ================================================================ file and environment
+CONFIG_FILE_NAME = "config.toml"
+ENV_PREFIX = "NEURALSYNC_"
+# Older names still read (after the regular name) for the settings that had one.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {"merge_strategy": (MERGE_ENV,)}
+DEFAULT, FILE, ENV, ARGUMENT = "default", "file", "env", "argument"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective value and where it came from: ``source`` is default, file, env or argument;
+    ``origin`` names the variable or the file (empty for defaults and arguments)."""
+
+    name: str
+    value: Any
+    source: str
+    origin: str = ""
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: ``NEURALSYNC_HOME`` for ``base_path``, else ``NEURALSYNC_<NAME>``."""
+    return HOME_ENV if name == "base_path" else ENV_PREFIX + name.upper()
+
+
+def setting_kinds() -> dict[str, str]:
+    """Each setting's value kind: bool, int, float, str, optional_str, str_list, table or path."""
+    hints = typing.get_type_hints(MemoryConfig)
+    kinds: dict[str, str] = {}
+    for f in fields(MemoryConfig):
+        text = str(hints[f.name]).replace("typing.", "")
+        hint = hints[f.name]
+        kinds[f.name] = ("path" if f.name == "base_path" else hint.__name__ if hint in (bool, int, float, str)
+                         else "str_list" if text.startswith("tuple") else "table" if text.startswith("dict")
+                         else "optional_str" if "None" in text else "str")
+    return kinds
+
+
+_KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+              "optional_str": "a string", "str_list": "a list of strings", "table": "a table of values",
+              "path": "a path"}
+
+
+def _from_env_text(name: str, kind: str, raw: str, where: str) -> object:
+    """The typed value of an environment variable's text (lists and tables as JSON)."""
+    text = raw.strip()
+    if kind == "bool":
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigError(f"{where} must be true or false (1/0, yes/no, on/off), not {raw!r}")
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{where} must be an integer, not {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, not {raw!r}") from None
+    if kind in ("str_list", "table"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            example = '["pattern", ...]' if kind == "str_list" else '{"key": "value"}'
+            raise ConfigError(f"{where} must be JSON ({example}), not {raw!r}") from None
+        return _checked(name, kind, value, where)
+    return raw
+
+
+def _checked(name: str, kind: str, value: object, where: str) -> object:
+    """``value`` (from the file, or JSON from the environment) if it is of the setting's kind."""
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str), "optional_str": isinstance(value, str), "path": isinstance(value, str),
+          "str_list": isinstance(value, list) and all(isinstance(item, str) for item in value),
+          "table": isinstance(value, dict)}[kind]
+    if not ok:
+        raise ConfigError(f"{where} must be {_KIND_TEXT[kind]}, not {value!r}")
+    if kind == "float" and not math.isfinite(float(value)):  # type: ignore[arg-type]
+        raise ConfigError(f"{where} must be a finite number, not {value!r}")
+    if isinstance(value, list):  # str_list
+        for pattern in value:
             try:
-                overrides["monitor_publish_s"] = float(os.environ[MONITOR_PUBLISH_ENV])
-            except ValueError:
-                raise ConfigError(f"${MONITOR_PUBLISH_ENV} must be a number of seconds") from None
-        return replace(cls(base_path=path), **overrides)  # type: ignore[arg-type]
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{where}: {pattern!r} is not a regular expression: {exc}") from None
+        return tuple(value)
+    if kind == "float" and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML table of a config file ({} when there is none)."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # no file (or not even a home yet): nothing to read
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+    try:
+        return dict(tomllib.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def resolve(base_path: str | os.PathLike[str] | None = None,
+            **overrides: object) -> tuple[MemoryConfig, dict[str, Setting]]:
+    """The effective config and, per setting, where its value came from.
+
+    Precedence: ``overrides`` (and ``base_path``) > ``$NEURALSYNC_<SETTING>`` > ``<home>/config.toml`` >
+    default. Types are checked on the way in: an error names the variable or the file and key, and
+    an unknown key in the file is refused."""
+    kinds = setting_kinds()
+    unknown = sorted(set(overrides) - set(kinds) - {"base_path"})
+    if unknown:
+        raise TypeError(f"MemoryConfig has no setting {', '.join(unknown)}")
+    defaults = MemoryConfig()
+    chosen: dict[str, Setting] = {f.name: Setting(f.name, getattr(defaults, f.name), DEFAULT)
+                                  for f in fields(MemoryConfig)}
+    if base_path:
+        chosen["base_path"] = Setting("base_path", base_path, ARGUMENT)
+    elif os.environ.get(HOME_ENV):
+        chosen["base_path"] = Setting("base_path", os.environ[HOME_ENV], ENV, HOME_ENV)
+    path = Path(os.path.expanduser(os.fspath(chosen["base_path"].value))) / CONFIG_FILE_NAME
+    for key, value in read_config_file(path).items():
+        if key == "base_path":
+            raise ConfigError(f"{path}: base_path cannot be set in the store's own config file "
+                              f"(use --home or ${HOME_ENV})")
+        if key not in kinds:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: see 'neuralsync config')")
+        chosen[key] = Setting(key, _checked(key, kinds[key], value, f"{path}: {key}"), FILE, str(path))
+    for name, kind in kinds.items():
+        if name == "base_path":
+            continue
+        for var in (env_name(name), *ENV_ALIASES.get(name, ())):
+            raw = os.environ.get(var)
+            if raw:  # empty means unset, as for NEURALSYNC_HOME
+                chosen[name] = Setting(name, _from_env_text(name, kind, raw, f"${var}"), ENV, var)
+                break
+    for name, value in overrides.items():
+        chosen[name] = Setting(name, value, ARGUMENT)
+    try:
+        config = MemoryConfig(**{name: s.value for name, s in chosen.items()})
+    except ConfigError as exc:
+        raise ConfigError(_blame(str(exc), chosen)) from None
+    except TypeError as exc:  # a value of the wrong type that __post_init__ does not check itself
+        raise ConfigError(_blame(str(exc), chosen)) from None
+    return config, chosen
+
+
+def _blame(message: str, chosen: dict[str, Setting]) -> str:
+    """``message`` (which starts with the setting's name) plus where the bad value was set."""
+    name = re.split(r"[^a-z_]", message, maxsplit=1)[0]
+    setting = chosen.get(name)
+    if setting is None or setting.source in (DEFAULT, ARGUMENT):
+        return message
+    return f"{message} (set by ${setting.origin})" if setting.source == ENV else f"{message} (set in {setting.origin})"

@@ -1,4 +1,5 @@
-"""Secret redaction: API keys and private keys are replaced before anything is stored.
+"""Secret redaction: API keys, private keys, passwords and the credentials of connection URLs are
+replaced before anything is stored.
 
 Runs before an op is built, so a secret never reaches the log, the FTS index,
 an embedding or a peer. Patterns are deliberately specific (prefix + length)
@@ -23,6 +24,18 @@ DEFAULT_PATTERNS: dict[str, str] = {
     "slack_token": r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",
     "stripe_key": r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}\b",
     "jwt": r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}",
+    # The password of a URL with credentials (postgres://user:pass@host/db, mongodb+srv://..., redis://:pass@...);
+    # the scheme, user and host stay readable. A port (host:5432/db) has no '@' after it, so it is not taken.
+    "connection_password": r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@\[\]]*:)(?!\[REDACTED)[^\s@/]+(?=@)",
+    # The value assigned to a password, secret, API key or token (password=hunter2, PASSWORD: "x",
+    # "client_secret": "...", api_key=...); the name stays. After '=' (not '==') or in quotes any value
+    # is taken; after ':' an unquoted value only if it ends its line or item (YAML), and not a type name
+    # (``password: str``), so prose such as "password: rotate it monthly" is left alone.
+    "secret_assignment": (r"(?im)(?P<keep>\b[\w.\-]*?(?:password|passwd|passphrase|secret|api[_\-]?key|apikey"
+                          r"|(?:access|auth|bearer|refresh|session|api|secret)[_\-]?token)[\"']?[ \t]*"
+                          r"(?:(?P<eq>=)(?!=)|:)[ \t]*)(?!\[REDACTED)(?:\"[^\"\n]*\"|'[^'\n]*'|(?(eq)[^\s\"'`,;&]+"
+                          r"|(?!(?:str|bytes|int|string|SecretStr|Optional|None|null|true|false)\b)"
+                          r"[^\s\"'`,;&()\[\]{}<>]+(?=[ \t]*(?:$|[,;}\]]))))"),
 }
 
 
@@ -35,14 +48,19 @@ class Redactor:
         for index, pattern in enumerate(extra_patterns):
             patterns[f"custom_{index}"] = pattern
         self._compiled = [(name, re.compile(p)) for name, p in patterns.items()]
+        # A pattern with a group named ``keep`` keeps what that group matched (a name, a URL's user) and
+        # replaces only the rest.
+        self._replacements = [("\\g<keep>" if "keep" in regex.groupindex else "") + PLACEHOLDER.format(name=name)
+                              for name, regex in self._compiled]
         # One cheap pre-check: most texts contain none of the trigger fragments.
         self._hint = re.compile(r"sk-|sk_|rk_|AIza|gh[pousr]_|github_pat_|A[KSGIRNP][A-Z]{2}|"
-                                r"aws_secret|xox|eyJ|PRIVATE KEY" + ("|." if extra_patterns else ""))
+                                r"aws_secret|xox|eyJ|PRIVATE KEY|://|(?i:passw|passphrase|secret|api_?key|token)"
+                                + ("|." if extra_patterns else ""))
 
     def redact(self, text: str) -> str:
         """``text`` with secrets replaced; unchanged when disabled or nothing matches."""
         if not self.enabled or not self._hint.search(text):
             return text
-        for name, regex in self._compiled:
-            text = regex.sub(PLACEHOLDER.format(name=name), text)
+        for (_, regex), replacement in zip(self._compiled, self._replacements, strict=True):
+            text = regex.sub(replacement, text)
         return text

@@ -467,12 +467,12 @@ class UnifiedMemoryAPI:
     def get(self, memory_id: str) -> Memory:
         """The memory with this id; :class:`NotFound` if absent, forgotten or expired."""
         with self.monitor.measure("get"):
-            memory = self._require(v.memory_id(memory_id))
-            self.access.record([memory.id])
+            memory = self.access.with_pending(self._require(v.memory_id(memory_id), with_access=True))
+            self.access.record([memory.id])  # shown: the hits before this one
             return memory
 
-    def _require(self, record_id: str) -> Memory:
-        memory = self.reads.get(record_id)
+    def _require(self, record_id: str, with_access: bool = False) -> Memory:
+        memory = self.reads.get(record_id, with_access=with_access)
         if memory is None:
             raise NotFound(record_id)
         return memory

@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sessions", ("neuralsync.sessions",)),
     ("services", ("neuralsync.services",)),
     ("facade", ("neuralsync.unified_memory_api",)),
-    ("adapters", ("neuralsync.cli", "neuralsync.server", "neuralsync.mcp", "neuralsync.integrations")),
+    ("adapters", ("neuralsync.cli", "neuralsync.server", "neuralsync.mcp", "neuralsync.integrations",
+                  "neuralsync.__main__")),
 )
 FACADE_LAYER = 7
 # What an adapter may import from the core: the facade and the base records, errors and checks.

@@ -48,6 +48,11 @@ def test_ns2_contract_over_a_real_socket(server: Server) -> None:
         assert client.post("/remember", **broken).status_code == 422  # NeuralSync2's (FastAPI's) answer
         assert client.post("/v1/memories", **broken).status_code == 400
         assert client.get("/health").status_code == 200
+    # The log goes to <home>/logs/server.log as well as stderr, readable by the user alone (issue 16).
+    log = server.home / "logs" / "server.log"
+    assert oct(log.stat().st_mode & 0o777) == "0o600" and oct(log.parent.stat().st_mode & 0o777) == "0o700"
+    assert "refused /remember without a token" in log.read_text()  # the server runs at --log-level warning
+    assert oct((server.home / "memory.db").stat().st_mode & 0o777) == "0o600"
 
 
 def _raw(url: str, request: bytes) -> bytes:

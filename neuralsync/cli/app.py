@@ -27,6 +27,7 @@ from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, one_line, rows, show_memory, tool_tables, when, width
 from .services import add_service_commands
+from .settings import add_settings_commands
 from .sync import add_sync_commands
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ PROG = "neuralsync"
 Handler = Callable[["UnifiedMemoryAPI", argparse.Namespace], int]
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+RECALL_MODES = ("hybrid", "text", "semantic")
 TIME_HELP = "ISO-8601 time, epoch milliseconds, or an age such as 30m, 12h, 7d, 2w"
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sync_commands(add)
     add_merge_commands(add)
     add_compact_command(add)
+    add_settings_commands(add, build_parser)
     return parser
 
 
@@ -116,6 +119,9 @@ def _add_read_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--kind", action="append", help="repeatable")
     cmd.add_argument("--since", help=TIME_HELP)
     cmd.add_argument("--until", help=TIME_HELP)
+    cmd.add_argument("--mode", choices=RECALL_MODES, default="hybrid",
+                     help="hybrid: words and meaning, fused (default); text: words only (BM25); "
+                          "semantic: meaning only (embeddings)")
     cmd.add_argument("--local", action="store_true",
                      help="search the store in this process even when a server runs on it")
     cmd.set_defaults(standalone=recall_standalone)
@@ -258,7 +264,8 @@ def cmd_recall(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 def _recall_request(args: argparse.Namespace) -> dict[str, Any]:
     return {"query": " ".join(args.query), "scope": args.scope, "top_k": args.top_k,
             "tags": _tags(args.tag) or None, "kinds": args.kind, "since": _time(args.since, "--since"),
-            "until": _time(args.until, "--until"), "tag_match": "all" if args.all_tags else "any"}
+            "until": _time(args.until, "--until"), "tag_match": "all" if args.all_tags else "any",
+            "mode": args.mode}
 
 
 def _show_hits(hits: list[Memory], as_json: bool) -> int:

@@ -12,16 +12,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 DEFAULT_MCP_HTTP_PORT = 8374
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, **overrides: object) -> Any:
     from ..config import MemoryConfig
 
-    return MemoryConfig.from_env(getattr(args, "home", None))
+    return MemoryConfig.from_env(getattr(args, "home", None), **overrides)
 
 
 def _standalone(cmd: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]) -> None:
@@ -43,8 +42,9 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--host", help="bind address (default: $NS_HOST or 127.0.0.1 - loopback only)")
     cmd.add_argument("--port", type=int, help="port (default: $NS_PORT or 8373)")
     cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    cmd.add_argument("--sync-interval", type=float, default=0.0, metavar="SECONDS",
-                     help="sync with every trusted peer this often (default: 0, only on demand: 'neuralsync sync')")
+    cmd.add_argument("--sync-interval", type=float, metavar="SECONDS",
+                     help="sync with every trusted peer this often (default: the sync_interval_s setting, "
+                          "0: only on demand, 'neuralsync sync')")
     _standalone(cmd, cmd_serve)
 
     cmd = add("token", None, "print the HTTP server's bearer token (created on first use, file mode 0600)")
@@ -99,8 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve HTTP until interrupted."""
     from ..server import serve
 
-    serve(replace(_config(args), sync_interval_s=args.sync_interval), host=args.host, port=args.port,
-          log_level=args.log_level)
+    given = {} if args.sync_interval is None else {"sync_interval_s": args.sync_interval}
+    serve(_config(args, **given), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

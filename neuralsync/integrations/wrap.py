@@ -307,16 +307,23 @@ class _TextOut:
 def nswrap_main(argv: Sequence[str] | None = None) -> int:
     """``nswrap [--tool NAME] [-k N] -- CMD ...``; ``--tool`` defaults to ``$TOOL_NAME``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    options, command = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else ([], args)
-    parser = argparse.ArgumentParser(prog=PROG, usage=f"{PROG} [--tool NAME] [-k N] -- CMD [ARG ...]",
+    parser = argparse.ArgumentParser(prog=PROG, usage=f"{PROG} [--tool NAME] [-k N] [--] CMD [ARG ...]",
                                      description="Run CMD with recalled memories on its stdin; "
-                                                 f"store every '{MARKER}' line it prints.")
+                                                 f"store every '{MARKER}' line it prints.",
+                                     epilog="Options before CMD are nswrap's; everything from CMD on is the "
+                                            "command's ('--' ends nswrap's options explicitly).")
     parser.add_argument("--tool", default=os.environ.get("TOOL_NAME"), help="tool name (default: $TOOL_NAME)")
     parser.add_argument("-k", "--top-k", type=int, default=DEFAULT_TOP_K, help="memories to recall (default: 3)")
+    if "--" in args:
+        options, command = args[:args.index("--")], args[args.index("--") + 1:]
+    else:  # nswrap's options end at the first word that is not one of them (`nswrap --help` is nswrap's help)
+        parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        options, command = args, []
     try:
         opts = parser.parse_args(options)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    command = command or list(getattr(opts, "command", None) or [])
     if not command:
         parser.print_usage(sys.stderr)
         return 2

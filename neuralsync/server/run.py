@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,42 @@ from .auth import (
 
 INSTALL_HINT = "pip install 'neuralsync[server]'"
 GRACEFUL_SHUTDOWN_S = 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The server's log file, beside stderr: <home>/logs/server.log, rotated at LOG_MAX_BYTES with
+# LOG_BACKUPS older files kept (at most ~20 MiB), each readable by the user alone.
+LOG_DIR, LOG_FILE = "logs", "server.log"
+LOG_MAX_BYTES = 5 * 1024 * 1024
+LOG_BACKUPS = 3
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.access")
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-bounded log whose files (the current one and each one begun at a rollover) are mode 0600."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # a file left by an older version may be wider
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+
+def log_to_file(config: MemoryConfig) -> logging.Handler:
+    """Send the root logger's records (and so neuralsync's) to ``<home>/logs/server.log`` as well; returns
+    the handler, which the caller adds to the loggers that do not propagate (uvicorn's)."""
+    directory = config.home / LOG_DIR
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = PrivateRotatingFileHandler(directory / LOG_FILE, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
+                                             encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the server log in {directory}: {exc.strerror or exc}") from None
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, PrivateRotatingFileHandler)]:
+        root.removeHandler(old)  # serve() run twice in one process logs to the latest store only
+        old.close()
+    root.addHandler(handler)
+    return handler
 
 
 def require_server_deps() -> None:
@@ -54,13 +91,16 @@ def serve(config: MemoryConfig | None = None, host: str | None = None, port: int
     from .app import create_app
 
     config = config or MemoryConfig.from_env()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    log_file = log_to_file(config)
     bind_host, bind_port = resolve_address(host, port)
     app = create_app(config, token, max_body_bytes=max_body_bytes, write_queue=write_queue)
     _announce(config, bind_host, bind_port, token)
     server_config = uvicorn.Config(app, host=bind_host, port=bind_port, log_level=log_level, lifespan="on",
                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
                                    proxy_headers=False, http=http_protocol())
+    for name in UVICORN_LOGGERS:  # uvicorn.Config has set up its own loggers (they do not propagate)
+        logging.getLogger(name).addHandler(log_file)
     local_url = _local_url(bind_host, bind_port)
     if local_url is not None:  # the store's other processes embed through this server (one model per machine)
         app.state.api.announce_server(local_url)  # withdrawn when the app closes its facade at shutdown
@@ -128,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies are refused with 413 (default: 1 MiB)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    parser.add_argument("--sync-interval", type=float, default=0.0, metavar="SECONDS",
-                        help="sync with every trusted peer this often (default: 0, only on demand)")
+    parser.add_argument("--sync-interval", type=float, metavar="SECONDS",
+                        help="sync with every trusted peer this often (default: the sync_interval_s setting, "
+                             "0: only on demand)")
     parser.add_argument("--no-write-queue", action="store_true",
                         help="commit each request's write alone instead of grouping concurrent writes "
                              "into one transaction (slower; for comparison)")
@@ -140,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors become one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
-        config = MemoryConfig.from_env(args.home, sync_interval_s=args.sync_interval)
+        given = {} if args.sync_interval is None else {"sync_interval_s": args.sync_interval}
+        config = MemoryConfig.from_env(args.home, **given)
         serve(config, args.host, args.port, max_body_bytes=args.max_body_bytes,
               log_level=args.log_level, write_queue=not args.no_write_queue)
     except NeuralSyncError as exc:

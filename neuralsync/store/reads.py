@@ -127,12 +127,20 @@ class Reader:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def get(self, record_id: str, include_expired: bool = False) -> Memory | None:
-        """The live memory with this id, or None (absent, deleted or - unless asked - expired)."""
+    def get(self, record_id: str, include_expired: bool = False, with_access: bool = False) -> Memory | None:
+        """The live memory with this id, or None (absent, deleted or - unless asked - expired).
+        ``with_access``: with its access statistics (``accessed_at``, ``access_count``) as recorded so far;
+        other reads leave them out (None, 0), which keeps them one table."""
+        if not with_access:
+            row = self.storage.conn.execute(
+                f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ? AND {NOT_EXPIRED}",
+                (record_id, -1 if include_expired else now_ms())).fetchone()
+            return None if row is None else row_to_memory(row)
         row = self.storage.conn.execute(
-            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.id = ? AND {NOT_EXPIRED}",
+            f"SELECT {MEMORY_COLUMNS}, a.accessed_at, coalesce(a.access_count, 0) FROM memories m"
+            f" LEFT JOIN access a ON a.mem = m.rowid WHERE m.id = ? AND {NOT_EXPIRED}",
             (record_id, -1 if include_expired else now_ms())).fetchone()
-        return None if row is None else row_to_memory(row)
+        return None if row is None else row_to_memory(row)._replace(accessed_at=row[15], access_count=row[16])
 
     def exists(self, record_id: str) -> bool:
         """True if a memory with this id is materialised (expired ones included)."""

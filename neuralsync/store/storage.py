@@ -89,6 +89,36 @@ def translate(exc: sqlite3.Error) -> Exception:
     return StoreError(f"database error: {exc}")
 
 
+def make_private(db: Path, home: bool = True) -> None:
+    """The database (0600, created empty if absent, so SQLite's WAL and shared-memory files, which take
+    its mode, are born private too) and, if ``home``, its directory (0700): memories are the user's alone.
+
+    An existing store is tightened only where this user owns the file, and only by removing group and
+    other bits (someone who shares a store on purpose through group bits is told, not overridden, by
+    nothing here: a file owned by another user is left as it is)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is None:  # no POSIX permissions to speak of
+        return
+    if home:
+        _tighten(db.parent, 0o700, uid)
+    if not db.exists():
+        try:
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:  # another process created it first: tightened below like any other
+            pass
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        _tighten(path, 0o600, uid)
+
+
+def _tighten(path: Path, mode: int, uid: int) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_uid == uid and st.st_mode & 0o077:
+        os.chmod(path, (st.st_mode & 0o7777 & ~0o077) | (mode & 0o700))
+
+
 class Storage:
     """Owns the database file: connections, transactions and schema."""
 
@@ -103,7 +133,8 @@ class Storage:
         self._all_lock = threading.Lock()
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private(self.path, home=self.path.parent == config.home)
         except OSError as exc:
             raise StoreError(f"cannot create the store directory {self.path.parent}: {exc}") from exc
 
