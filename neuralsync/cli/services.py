@@ -34,7 +34,10 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     cmd.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1, loopback only)")
     cmd.add_argument("--port", type=int, default=DEFAULT_MCP_HTTP_PORT, help="HTTP port (default: 8374)")
-    cmd.add_argument("--no-aliases", action="store_true", help="hide the peers' compatibility tool names")
+    cmd.add_argument("--aliases", action="store_true", default=None,
+                     help="also list the peers' tool names (store_memory, add_memory, search_by_tag, ...); "
+                          "or NEURALSYNC_MCP_ALIASES=1")
+    cmd.add_argument("--no-aliases", dest="aliases", action="store_false", help=argparse.SUPPRESS)  # the default
     _standalone(cmd, cmd_mcp)
 
     cmd = add("serve", None, "run the HTTP server (JSON API under /v1, NeuralSync2 routes, SSE change feed). "
@@ -86,12 +89,15 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         raise DependencyMissing(f"the MCP server needs the MCP SDK: python -m pip install 'neuralsync[mcp]' ({exc})"
                                 ) from None
 
+    from ..server import token_path
+
     config = _config(args)
+    aliases = mcp_server.aliases_from_env() if args.aliases is None else args.aliases
     if args.http:
-        mcp_server.run_http(config, host=args.host, port=args.port, token=_server_token(config),
-                            aliases=not args.no_aliases)
+        mcp_server.run_http(config, host=args.host, port=args.port, token=_server_token(config), aliases=aliases,
+                            token_source=f"the token in {token_path(config)}; 'neuralsync token' prints it")
     else:
-        mcp_server.run_stdio(config, aliases=not args.no_aliases)
+        mcp_server.run_stdio(config, aliases=aliases)
     return 0
 
 
