@@ -502,3 +502,10 @@ def test_cli_install_without_the_mcp_extra_exits_with_one_line(fake_home: Path, 
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "pip install 'neuralsync[mcp]'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert _files(fake_home) == []
+
+
+def test_a_dry_run_never_shows_the_token(fake_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("install", "gemini", dry_run=True, transport="http", token="tok-secret-9") == 0
+    out = capsys.readouterr().out
+    assert "Bearer <token>" in out and "tok-secret-9" not in out
+    assert _files(fake_home) == []

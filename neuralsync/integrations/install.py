@@ -178,7 +178,7 @@ def run_cli(action: str, tool: str, *, dry_run: bool = False, config_path: str |
     else:
         result = uninstall(tool, dry_run=dry_run, config_path=config_path, scope=scope)
     if dry_run and result.diff:
-        sys.stdout.write(result.diff)
+        sys.stdout.write(result.diff.replace(token, "<token>") if token else result.diff)  # no secret on screen
     print(result.message)
     return 0
 
