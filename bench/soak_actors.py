@@ -279,7 +279,7 @@ class McpWriter(Actor):
         if "error" in answer or result.get("isError"):
             self.stats.error("mcp.remember_error")
         else:
-            self.ledger.acked(self.label, result["structuredContent"]["id"], record["content"])
+            self.ledger.acked(self.label, json.loads(result["content"][0]["text"])["id"], record["content"])
 
     def teardown(self) -> None:
         if self.process is not None:

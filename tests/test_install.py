@@ -16,7 +16,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from neuralsync.errors import InvalidInput
+from neuralsync.errors import DependencyMissing, InvalidInput
+from neuralsync.integrations import jsonctext
 from neuralsync.integrations.install import (
     BACKUP_SUFFIX,
     InstallError,
@@ -231,8 +232,8 @@ def test_missing_file_and_directories_are_created_private(tool: str, fake_home: 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert servers(tool, parse(tool, path.read_text()))["neuralsync"]["command"] == COMMAND[0]
     assert install(tool, command=COMMAND).action == "already-installed"
-    uninstall(tool)
-    assert parse(tool, path.read_text()) == {}
+    assert uninstall(tool).note == "the file install created is deleted"
+    assert not path.exists() and sorted(p.name for p in path.parent.iterdir()) == []  # as before: no file
 
 
 def test_update_keeps_user_keys_and_first_backup(fake_home: Path) -> None:
@@ -326,3 +327,185 @@ def test_paths_and_scopes(fake_home: Path, tmp_path: Path, monkeypatch: pytest.M
         install("cursor")
     with pytest.raises(InvalidInput):
         install("gemini", scope="system")
+
+
+# ------------------------------------------------------------------ the user's file kept as it was (issue 16)
+JSONC = """// Gemini settings, hand-edited
+{
+\t"theme": "GitHub", /* the dark one hurts */
+\t"general": {
+\t\t\t"vimMode": true, // odd indentation on purpose
+\t\t\t"url": "http://example.com/a//b", "note": "/* not a comment */"
+\t},
+\t"mcpServers": {
+\t\t"other": { "command": "npx", "args": ["-y", "other"] } // keep me
+\t}
+}
+"""
+CLAUDE_ODD = '{\r\n   "numStartups": 3,\r\n   /* block\r\n      comment */\r\n   "projects": {}\r\n}'
+CODEX_ODD = """# top comment
+model = "o3"   # why
+  [history]   # indented header
+    persistence = "none"
+"""
+LAYOUTS = {
+    "gemini": (".gemini/settings.json", JSONC),
+    "claude-code": (".claude.json", CLAUDE_ODD),
+    "codex": (".codex/config.toml", CODEX_ODD),
+}
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("tool", ["claude-code", "codex", "gemini"])
+def test_round_trip_with_comments_and_odd_indentation_is_byte_identical(tool: str, fake_home: Path) -> None:
+    relative, text = LAYOUTS[tool]
+    path = fake_home / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode())
+    install(tool, command=COMMAND)
+    installed = path.read_text("utf-8")
+    kept = {line.replace(",", "") for line in installed.splitlines()}  # the last member before ours gains a comma
+    for line in text.splitlines():
+        assert line.replace(",", "") in kept, line  # every line kept: comments, indentation, order
+    assert _files(path.parent).count(path.name + BACKUP_SUFFIX) == 1
+    install(tool, command=["/moved/neuralsync", "mcp"])  # an update: still one backup, the original
+    assert path.with_name(path.name + BACKUP_SUFFIX).read_bytes() == text.encode()
+    uninstall(tool)
+    assert path.read_bytes() == text.encode()
+    assert path.name + BACKUP_SUFFIX not in _files(path.parent)  # the backup goes when uninstall restores
+
+
+@pytest.mark.parametrize("tool", ["claude-code", "codex", "gemini"])
+def test_uninstall_after_other_edits_cuts_only_our_entry(tool: str, fake_home: Path) -> None:
+    """Settings changed since install: the backup is stale, so our entry alone is cut, the rest byte for byte."""
+    relative, text = LAYOUTS[tool]
+    path = fake_home / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode())
+    install(tool, command=COMMAND)
+    old, new = {"gemini": ('"GitHub"', '"Dracula"'), "claude-code": ("3", "4"), "codex": ('"o3"', '"o4"')}[tool]
+    path.write_bytes(path.read_bytes().replace(old.encode(), new.encode(), 1))
+    assert uninstall(tool).action == "uninstalled"
+    assert path.read_bytes() == text.replace(old, new, 1).encode()
+    assert path.name + BACKUP_SUFFIX not in _files(path.parent)
+
+
+@pytest.mark.parametrize("tool", ["claude-code", "gemini"])
+def test_a_key_install_created_is_removed_and_the_rest_left_byte_identical(tool: str, fake_home: Path) -> None:
+    path = fake_home / ORIGINALS[tool][0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = '{\n    "theme": "x", // mine\n    "n": [1, 2]\n}\n'
+    path.write_text(text)
+    install(tool, command=COMMAND)
+    assert '"mcpServers": {\n        "neuralsync": {' in path.read_text()  # the file's own four spaces
+    path.with_name(path.name + BACKUP_SUFFIX).unlink()  # even without the backup
+    uninstall(tool)
+    assert path.read_text() == text
+
+
+def test_jsonc_comments_are_blanked_outside_strings_only() -> None:
+    text = '{"a": "x // y /* z */ \\" q", // c\n /* d\n e */ "b": 1}'
+    blanked = jsonctext.blank_comments(text)
+    assert len(blanked) == len(text) and blanked.count("\n") == text.count("\n")
+    assert jsonctext.loads(text) == {"a": 'x // y /* z */ " q', "b": 1}
+    with pytest.raises(ValueError, match="unterminated"):
+        jsonctext.loads('{"a": 1 /* open')
+    with pytest.raises(ValueError):
+        jsonctext.loads("{'a': 1}")  # JSON with comments, not JSON5
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"a":1}', '{"a":1,"mcpServers":{"neuralsync":{"command":"c"}}}'),
+    ('{ "a": 1 }', '{ "a": 1, "mcpServers": {"neuralsync": {"command": "c"}} }'),
+    ('{}', '{\n  "mcpServers": {\n    "neuralsync": {\n      "command": "c"\n    }\n  }\n}'),
+    ('{\n  "mcpServers": {\n    // none yet\n  }\n}\n',
+     '{\n  "mcpServers": {\n    "neuralsync": {\n      "command": "c"\n    }\n    // none yet\n  }\n}\n'),
+])
+def test_jsonc_member_added_in_the_files_style_and_cut_back(text: str, expected: str) -> None:
+    added = jsonctext.set_member(text, ("mcpServers", "neuralsync"), {"command": "c"})
+    assert added == expected
+    back = jsonctext.remove_member(added, ("mcpServers", "neuralsync"))
+    if "mcpServers" not in jsonctext.loads(text):
+        back = jsonctext.remove_member(back, ("mcpServers",))
+    assert back == text
+
+
+# ------------------------------------------------------------------ scopes, transports, refusal
+@pytest.mark.parametrize("tool", ["claude-code", "codex", "gemini"])
+def test_project_scope_writes_a_portable_command_and_no_machine_path(tool: str, fake_home: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    result = install(tool, scope="project")
+    text = result.path.read_text()
+    entry = servers(tool, parse(tool, text))["neuralsync"]
+    assert (entry["command"], entry["args"]) == ("neuralsync", ["mcp"])
+    assert not entry.get("env")
+    for machine in (str(tmp_path), sys.executable, os.environ["NEURALSYNC_HOME"], str(fake_home)):
+        assert machine not in text
+    uninstall(tool, scope="project")
+    assert not result.path.exists()
+
+
+@pytest.mark.parametrize("tool", ["claude-code", "codex", "gemini"])
+def test_http_transport_with_its_header(tool: str, fake_home: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "http://127.0.0.1:9999/mcp"
+    user = install(tool, transport="http", url=url, token="tok-123")
+    entry = servers(tool, parse(tool, user.path.read_text()))["neuralsync"]
+    expected: dict[str, Any] = {
+        "claude-code": {"type": "http", "url": url, "headers": {"Authorization": "Bearer tok-123"}},
+        "gemini": {"httpUrl": url, "headers": {"Authorization": "Bearer tok-123"}},
+        "codex": {"url": url, "bearer_token_env_var": "NEURALSYNC_TOKEN"},  # Codex takes no token in the file
+    }[tool]
+    assert entry == expected
+    assert ("NEURALSYNC_TOKEN" in user.message) == (tool == "codex")
+    assert install(tool, command=COMMAND).action == "updated"  # back to stdio: the http keys go
+    entry = servers(tool, parse(tool, user.path.read_text()))["neuralsync"]
+    assert "url" not in entry and "httpUrl" not in entry and "headers" not in entry
+    monkeypatch.chdir(tmp_path)
+    shared = install(tool, scope="project", transport="http", token="tok-123")
+    text = shared.path.read_text()
+    assert "tok-123" not in text and "NEURALSYNC_TOKEN" in text and "http://127.0.0.1:8374/mcp" in text
+    with pytest.raises(InvalidInput, match="transport"):
+        install(tool, transport="sse")
+
+
+def test_install_refuses_when_the_server_could_not_start(fake_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n == "mcp" or n.startswith("mcp.")] + ["mcp"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what an install without the [mcp] extra looks like
+    monkeypatch.delitem(sys.modules, "neuralsync.mcp.server", raising=False)
+    for tool in ("claude-code", "codex", "gemini"):
+        with pytest.raises(DependencyMissing, match=r"pip install 'neuralsync\[mcp\]'"):
+            run_cli("install", tool)
+    assert _files(fake_home) == []  # nothing written
+
+
+def test_cli_install_without_the_mcp_extra_exits_with_one_line(fake_home: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def fake(name, *a, **k):\n"
+            "    if name == 'mcp' or name.startswith('mcp.'):\n"
+            "        raise ModuleNotFoundError(\"No module named 'mcp'\")\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = fake\n"
+            "from neuralsync.cli import main\n"
+            "sys.exit(main(['install', 'gemini']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(fake_home)})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "pip install 'neuralsync[mcp]'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert _files(fake_home) == []
+
+
+def test_a_dry_run_never_shows_the_token(fake_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("install", "gemini", dry_run=True, transport="http", token="tok-secret-9") == 0
+    out = capsys.readouterr().out
+    assert "Bearer <token>" in out and "tok-secret-9" not in out
+    assert _files(fake_home) == []

@@ -23,7 +23,14 @@ from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.types import CallToolResult, Implementation  # noqa: E402
 
-from neuralsync.mcp.server import ALIASES, PRIMARY, build_server  # noqa: E402
+from neuralsync.mcp.server import (  # noqa: E402
+    ALIASES,
+    GET_CONTENT_CHARS,
+    PRIMARY,
+    RESULT_BUDGET,
+    aliases_from_env,
+    build_server,
+)
 from neuralsync.unified_memory_api import UnifiedMemoryAPI  # noqa: E402
 
 TIMEOUT = 30.0
@@ -53,15 +60,27 @@ def _in_session(streams_cm: Any, flow: Flow) -> Any:
     return anyio.run(main)
 
 
-def _stdio(home: Path, flow: Flow, *extra: str) -> Any:
-    return _in_session(stdio_client(_stdio_params(home, *extra)), flow)
+def _stdio(home: Path, flow: Flow, *extra: str, env: dict[str, str] | None = None) -> Any:
+    params = _stdio_params(home, *extra)
+    if env:
+        params.env = {**(params.env or {}), **env}
+    return _in_session(stdio_client(params), flow)
 
 
-async def _ok(session: ClientSession, name: str, args: dict[str, Any]) -> dict[str, Any]:
+def _data(result: CallToolResult) -> dict[str, Any]:
+    """A result's one representation: a single text block of JSON, within the budget, no structuredContent."""
+    assert result.structured_content is None
+    assert len(result.content) == 1 and result.content[0].type == "text"
+    text = result.content[0].text
+    assert len(text) <= RESULT_BUDGET, (len(text), text[:200])
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+async def _ok(session: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
     result = await session.call_tool(name, args)
     assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
+    return _data(result)
 
 
 def _text(result: CallToolResult) -> str:
@@ -69,7 +88,7 @@ def _text(result: CallToolResult) -> str:
 
 
 # ------------------------------------------------------------------ in-process (fast)
-def _local(api: UnifiedMemoryAPI, flow: Callable[[Any], Awaitable[Any]], aliases: bool = True) -> Any:
+def _local(api: UnifiedMemoryAPI, flow: Callable[[Any], Awaitable[Any]], aliases: bool = False) -> Any:
     async def main() -> Any:
         with anyio.fail_after(TIMEOUT):
             async with mcp.Client(build_server(api, aliases=aliases)) as client:
@@ -77,18 +96,87 @@ def _local(api: UnifiedMemoryAPI, flow: Callable[[Any], Awaitable[Any]], aliases
     return anyio.run(main)
 
 
-def test_primary_tools_first_and_aliases_marked(api: UnifiedMemoryAPI) -> None:
+def test_core_tools_by_default_and_aliases_behind_the_option(api: UnifiedMemoryAPI) -> None:
     async def flow(client: Any) -> list[Any]:
         return (await client.list_tools()).tools
 
-    tools = _local(api, flow)
+    core = [name for name, _, _ in PRIMARY]
+    assert [t.name for t in _local(api, flow, aliases=False)] == core
+    tools = _local(api, flow, aliases=True)
     names = [t.name for t in tools]
-    assert names[:len(PRIMARY)] == [name for name, _, _ in PRIMARY]
+    assert names[:len(PRIMARY)] == core
     assert set(names[len(PRIMARY):]) == {alias for alias, *_ in ALIASES}
     for tool in tools[len(PRIMARY):]:
         assert tool.description.startswith("Compatibility alias of")
         assert "alias of" in (tool.title or "")
-    assert [t.name for t in _local(api, flow, aliases=False)] == names[:len(PRIMARY)]
+    recall = next(t for t in tools if t.name == "recall")
+    assert "hybrid" in recall.description and "BM25" in recall.description and "full-text" not in recall.description
+
+
+def test_default_tool_list_is_under_8_kb(api: UnifiedMemoryAPI) -> None:
+    async def flow(client: Any) -> Any:
+        return await client.list_tools()
+
+    listed = _local(api, flow).model_dump_json(by_alias=True, exclude_none=True)  # the tools/list result
+    assert len(listed.encode()) < 8 * 1024, len(listed.encode())
+
+
+def test_aliases_option_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (("1", True), ("true", True), ("on", True), ("0", False), ("", False)):
+        monkeypatch.setenv("NEURALSYNC_MCP_ALIASES", value)
+        assert aliases_from_env() is expected
+    monkeypatch.delenv("NEURALSYNC_MCP_ALIASES")
+    assert aliases_from_env() is False
+
+
+def test_every_tool_with_valid_and_invalid_arguments(api: UnifiedMemoryAPI) -> None:
+    """Through the SDK client, aliases listed: each tool answers valid arguments and refuses invalid ones."""
+    async def flow(client: Any) -> dict[str, Any]:
+        listed = {t.name for t in (await client.list_tools()).tools}
+        first = (await _ok(client, "remember", {"content": "pytest runs the suite", "tags": "ci"}))["id"]
+        second = (await _ok(client, "store_memory", {"content": "ruff lints the code"}))["id"]
+        valid: dict[str, dict[str, Any]] = {
+            "remember": {"content": "mypy checks types", "kind": "decision"},
+            "recall": {"query": "suite", "limit": 5},
+            "get_memory": {"memory_id": first},
+            "update_memory": {"memory_id": first, "priority": 0.9},
+            "list_recent": {"limit": 2},
+            "memory_stats": {},
+            "store_memory": {"content": "alias store"}, "memory_store": {"content": "alias store 2"},
+            "add_memory": {"text": "mem0 add"}, "retrieve_memory": {"query": "suite"},
+            "memory_search": {"query": "ruff"}, "search_by_tag": {"tags": ["ci"]},
+            "search_memories": {"query": "mypy"}, "list_memories": {"page": 1, "page_size": 2},
+            "memory_list": {"limit": 2}, "get_memories": {"limit": 2},
+            "memory_update": {"memory_id": first, "tags": ["ci", "tests"]},
+            "delete_memory": {"memory_id": second},
+            "forget": {"memory_id": first},
+        }
+        invalid: dict[str, dict[str, Any]] = {
+            "remember": {"content": "x", "priority": 5}, "recall": {"query": "x", "tag_match": "most"},
+            "get_memory": {"memory_id": "not-an-id"}, "update_memory": {"memory_id": "0" * 32, "priority": 0.1},
+            "forget": {"memory_id": "0" * 32}, "list_recent": {"limit": 0}, "memory_stats": {"limit": "x"},
+            "store_memory": {"tags": "a"}, "memory_store": {"content": 7}, "add_memory": {},
+            "retrieve_memory": {"limit": -1}, "memory_search": {"tag_match": "some"},
+            "search_by_tag": {"tags": 3}, "search_memories": {"since": "not a date"},
+            "list_memories": {"page": 0}, "memory_list": {"page_size": 5000}, "get_memories": {"limit": "many"},
+            "memory_update": {"memory_id": "bad"}, "delete_memory": {"content_hash": "abc"},
+        }
+        assert set(valid) == set(invalid) == listed
+        answers: dict[str, Any] = {}
+        for name, arguments in invalid.items():
+            result = await client.call_tool(name, arguments)
+            answers[name] = (result.is_error, _text(result))
+        for name, arguments in valid.items():
+            answers[name + ":ok"] = await _ok(client, name, arguments)
+        return answers
+
+    answers = _local(api, flow, aliases=True)
+    refused = {name: text for name, (error, text) in
+               ((k, v) for k, v in answers.items() if not k.endswith(":ok")) if error}
+    # memory_stats takes no arguments: an unknown one is ignored, as for every tool (JSON schema default)
+    assert set(refused) == {k for k in answers if not k.endswith(":ok")} - {"memory_stats"}, refused
+    assert answers["recall:ok"]["count"] >= 1 and answers["forget:ok"] == {"id": answers["get_memory:ok"][
+        "memory"]["id"], "forgotten": True}
 
 
 def test_result_shape_and_peer_argument_shapes(api: UnifiedMemoryAPI) -> None:
@@ -101,13 +189,43 @@ def test_result_shape_and_peer_argument_shapes(api: UnifiedMemoryAPI) -> None:
         listed = await client.call_tool("memory_list", {"page": 1, "page_size": 1})
         return tagged, top, listed
 
-    tagged, top, listed = _local(api, flow)
-    memory = tagged.structured_content["memories"][0]
+    tagged, top, listed = (_data(r) for r in _local(api, flow, aliases=True))
+    memory = tagged["memories"][0]
     assert memory["kind"] == "decision" and memory["tags"] == ["deploy", "ops"]
     assert memory["created_at"].endswith("Z") and isinstance(memory["created_at_ms"], int)
     assert {"id", "content", "scope", "priority", "confidence", "score"} <= set(memory)
-    assert top.structured_content["count"] == 1
-    assert listed.structured_content["memories"][0]["content"] == "mem0-shaped note"  # newest first
+    assert top["count"] == 1
+    assert listed["memories"][0]["content"] == "mem0-shaped note"  # newest first
+
+
+def test_no_result_over_the_budget_and_long_content_pages(api: UnifiedMemoryAPI) -> None:
+    long = "".join(f"{i:06d} " for i in range(100_000 // 7 + 1))[:100_000]
+    ids = [api.remember((f"copy {n} " + long)[:100_000], tags=["big"]) for n in range(3)]
+
+    async def flow(client: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"recall": await _ok(client, "recall", {"query": "000001", "limit": 50}),
+                               "list": await _ok(client, "list_recent", {"limit": 1000}),
+                               "update": await _ok(client, "update_memory", {"memory_id": ids[0], "priority": 0.7}),
+                               "stats": await _ok(client, "memory_stats", {})}
+        pages, offset = [], 0
+        while offset is not None:
+            page = (await _ok(client, "get_memory", {"memory_id": ids[0], "offset": offset}))["memory"]
+            pages.append(page)
+            offset = page["content_page"]["next_offset"]
+        out["pages"] = pages
+        bad = await client.call_tool("get_memory", {"memory_id": ids[0], "offset": 10**6})
+        out["bad"] = (bad.is_error, _text(bad))
+        return out
+
+    out = _local(api, flow)  # _ok checked every result against RESULT_BUDGET
+    first = out["pages"][0]
+    assert "[truncated: characters 0-12000 of 100000; the rest: get_memory with offset=12000]" in first["content"]
+    text = "".join(p["content"].split(" [truncated:")[0] for p in out["pages"])
+    assert text == ("copy 0 " + long)[:100_000] and len(out["pages"]) == -(-100_000 // GET_CONTENT_CHARS)
+    assert out["recall"]["memories"] and "get_memory with offset=2000" in out["recall"]["memories"][0]["content"]
+    assert out["list"]["count"] == 3 and len(out["list"]["memories"]) == 3
+    assert out["update"]["memory"]["content_page"]["total_chars"] == 100_000
+    assert out["bad"][0] and "offset" in out["bad"][1]
 
 
 def test_remembering_a_stored_fact_again_says_it_merged(api: UnifiedMemoryAPI) -> None:
@@ -116,9 +234,8 @@ def test_remembering_a_stored_fact_again_says_it_merged(api: UnifiedMemoryAPI) -
         again = await client.call_tool("remember", {"content": "The VPN needs the corp profile."})
         return first, again
 
-    first, again = _local(api, flow)
-    assert again.structured_content["id"] == first.structured_content["id"]
-    assert again.structured_content["merged"] is True and "merged" in again.content[0].text
+    first, again = (_data(r) for r in _local(api, flow))
+    assert again["id"] == first["id"] and again["merged"] is True and "merged" not in first
     assert api.counts()["memories"] == 1
 
 
@@ -140,6 +257,13 @@ def test_stdio_lists_tools_and_recalls_across_sessions(tmp_path: Path) -> None:
             assert tool.annotations and tool.annotations.read_only_hint is True, tool.name
         if tool.name in ("remember", "update_memory", "forget"):
             assert tool.annotations and not tool.annotations.read_only_hint, tool.name
+    assert [t.name for t in tools] == [name for name, _, _ in PRIMARY]  # the core tools only, by default
+
+    async def names(session: ClientSession) -> list[str]:
+        return [t.name for t in (await session.list_tools()).tools]
+
+    assert len(_stdio(tmp_path, names, env={"NEURALSYNC_MCP_ALIASES": "1"})) == len(PRIMARY) + len(ALIASES)
+    assert len(_stdio(tmp_path, names, "--aliases")) == len(PRIMARY) + len(ALIASES)
     found = _stdio(tmp_path, second)
     assert [m["id"] for m in found["memories"]] == [memory_id]
     hit = found["memories"][0]
@@ -343,8 +467,12 @@ def test_http_remember_then_recall_in_a_new_session(http_server: tuple[str, str]
 
 
 @pytest.mark.slow
-def test_http_requires_the_token(http_server: tuple[str, str]) -> None:
+def test_http_requires_the_token_and_says_where_it_listens(http_server: tuple[str, str], tmp_path: Path) -> None:
     url, _token = http_server
+    said = (tmp_path / "stderr.log").read_text()
+    port = url.split(":")[2].split("/")[0]
+    assert f"streamable HTTP on {url} (host 127.0.0.1, port {port}, path /mcp)" in said, said
+    assert f"send 'Authorization: Bearer <token>' (the token in {tmp_path / 'token'})" in said, said
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         reply = httpx2.post(url, json=body, headers=headers, timeout=TIMEOUT)

@@ -55,7 +55,7 @@ def _mcp(home: Path, calls: list[tuple[str, dict[str, Any]]]) -> list[dict[str, 
                 for name, arguments in calls:
                     result = await session.call_tool(name, arguments)
                     assert not result.is_error, result.content
-                    out.append(result.structured_content or {})
+                    out.append(json.loads(result.content[0].text))  # one JSON text block
                 return out
 
     return anyio.run(main)

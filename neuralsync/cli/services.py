@@ -33,7 +33,10 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     cmd.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1, loopback only)")
     cmd.add_argument("--port", type=int, default=DEFAULT_MCP_HTTP_PORT, help="HTTP port (default: 8374)")
-    cmd.add_argument("--no-aliases", action="store_true", help="hide the peers' compatibility tool names")
+    cmd.add_argument("--aliases", action="store_true", default=None,
+                     help="also list the peers' tool names (store_memory, add_memory, search_by_tag, ...); "
+                          "or NEURALSYNC_MCP_ALIASES=1")
+    cmd.add_argument("--no-aliases", dest="aliases", action="store_false", help=argparse.SUPPRESS)  # the default
     _standalone(cmd, cmd_mcp)
 
     cmd = add("serve", None, "run the HTTP server (JSON API under /v1, NeuralSync2 routes, SSE change feed). "
@@ -68,6 +71,12 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         cmd.add_argument("--scope", choices=["user", "project"], default="user",
                          help="user: ~/.claude.json, ~/.codex/config.toml, ~/.gemini/settings.json; "
                               "project: ./.mcp.json, ./.codex/config.toml, ./.gemini/settings.json")
+        if name == "install":
+            cmd.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                             help="stdio: the tool starts 'neuralsync mcp' (default); http: it connects to a running "
+                                  "'neuralsync mcp --http' with 'Authorization: Bearer' (the token in a user file, "
+                                  "$NEURALSYNC_TOKEN in a project file and for Codex)")
+            cmd.add_argument("--url", help=f"http: the server's URL (default http://127.0.0.1:{DEFAULT_MCP_HTTP_PORT}/mcp)")
         cmd.set_defaults(integration=name)
         _standalone(cmd, cmd_integration)
 
@@ -86,12 +95,15 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         raise DependencyMissing(f"the MCP server needs the MCP SDK: python -m pip install 'neuralsync[mcp]' ({exc})"
                                 ) from None
 
+    from ..server import token_path
+
     config = _config(args)
+    aliases = mcp_server.aliases_from_env() if args.aliases is None else args.aliases
     if args.http:
-        mcp_server.run_http(config, host=args.host, port=args.port, token=_server_token(config),
-                            aliases=not args.no_aliases)
+        mcp_server.run_http(config, host=args.host, port=args.port, token=_server_token(config), aliases=aliases,
+                            token_source=f"the token in {token_path(config)}; 'neuralsync token' prints it")
     else:
-        mcp_server.run_stdio(config, aliases=not args.no_aliases)
+        mcp_server.run_stdio(config, aliases=aliases)
     return 0
 
 
@@ -121,15 +133,19 @@ def _server_token(config: Any) -> str | None:
 
 
 def cmd_integration(args: argparse.Namespace) -> int:
-    """install / uninstall the MCP server entry in a tool's configuration."""
-    import importlib.util
+    """install / uninstall the MCP server entry in a tool's configuration.
 
+    install refuses (one line naming the pip extra, nothing written) when the server could not start here.
+    """
     from ..integrations.install import run_cli
 
-    if args.integration == "install" and importlib.util.find_spec("mcp") is None:
-        print("neuralsync: warning: the MCP server needs the [mcp] extra, which is not installed here:"
-              " python -m pip install 'neuralsync[mcp]'", file=sys.stderr)
-    return run_cli(args.integration, args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope)
+    if args.integration == "uninstall":
+        return run_cli("uninstall", args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope)
+    token = None
+    if args.transport == "http" and args.scope == "user" and args.tool != "codex":
+        token = _server_token(_config(args))  # a user file holds the token itself (0600, like its API keys)
+    return run_cli("install", args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope,
+                   transport=args.transport, url=args.url, token=token)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

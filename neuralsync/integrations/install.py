@@ -2,17 +2,26 @@
 
 Every edit is conservative: the existing file must parse (else nothing is written),
 only our one entry changes, the result is checked to parse with every other
-setting equal, the first change keeps a ``<file>.neuralsync.bak`` copy, and the
-write is atomic (temp file in the same directory, fsync, ``os.replace``) with the
-original file mode. JSON files are re-dumped with two-space indentation (the
-format the tools write themselves); Codex's TOML is edited as text, so comments
-and ordering elsewhere survive byte for byte.
+setting equal, and the write is atomic (temp file in the same directory, fsync,
+``os.replace``) with the original file mode. Both formats are edited as text
+(``jsonctext`` for JSON with comments, ``tomltext`` for Codex's TOML), so comments,
+indentation and key order elsewhere stay byte for byte.
+
+Uninstall restores the state before install: the first change keeps one
+``<file>.neuralsync.bak`` copy; uninstall writes that copy back when nothing but
+our entry changed since (else it cuts our entry alone) and removes it; a file
+install created (no copy) is deleted once only our entry was in it.
+
+The command: ``--scope user`` writes this machine's absolute path (the console
+script, else this interpreter with ``-m``), so the tool finds the same install
+whatever its PATH; ``--scope project`` writes the portable ``neuralsync mcp``
+(found on each user's PATH, wherever pip put it; ``python -m`` would depend on which
+``python`` is first) and no ``NEURALSYNC_HOME`` path: the file is shared.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
 import stat
@@ -24,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HOME_ENV
-from ..errors import InvalidInput, NeuralSyncError
-from . import tomltext
+from ..errors import DependencyMissing, InvalidInput, NeuralSyncError
+from . import jsonctext, tomltext
 
 SERVER_NAME = "neuralsync"
 TOOLS = ("claude-code", "codex", "gemini")
@@ -34,6 +43,9 @@ BACKUP_SUFFIX = ".neuralsync.bak"
 NEW_FILE_MODE = 0o600  # these files can hold API keys
 NEW_DIR_MODE = 0o700
 _CHANGES = ("installed", "updated", "uninstalled")
+TRANSPORTS = ("stdio", "http")
+DEFAULT_URL = "http://127.0.0.1:8374/mcp"  # `neuralsync mcp --http`
+TOKEN_ENV = "NEURALSYNC_TOKEN"  # what a shared (project) file or Codex names instead of the token itself
 
 
 class InstallError(NeuralSyncError):
@@ -53,6 +65,7 @@ class InstallResult:
     dry_run: bool = False
     diff: str = ""
     backup: Path | None = None
+    note: str = ""
 
     @property
     def changed(self) -> bool:
@@ -68,53 +81,104 @@ class InstallResult:
         if self.dry_run:
             return f"dry run: would {verb} the {SERVER_NAME} MCP server in {self.path}; nothing written"
         kept = f" (backup: {self.backup})" if self.backup else ""
-        return f"{self.action} the {SERVER_NAME} MCP server in {self.path}{kept}; restart {self.tool} to use it"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.action} the {SERVER_NAME} MCP server in {self.path}{kept}{note}; restart {self.tool} to use it"
 
 
 # ================================================================ public API
 def install(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
-            command: str | Sequence[str] | None = None, scope: str = "user") -> InstallResult:
+            command: str | Sequence[str] | None = None, scope: str = "user", transport: str = "stdio",
+            url: str | None = None, token: str | None = None) -> InstallResult:
     """Register the MCP server in ``tool``'s config, idempotently.
 
-    ``command`` is the server's executable (then args ``["mcp"]``) or a full argv;
-    by default the ``neuralsync`` script on PATH, else this interpreter with ``-m``.
+    stdio: ``command`` is the server's executable (then args ``["mcp"]``) or a full argv (default:
+    see the module docstring). http: ``url`` (default ``DEFAULT_URL``) and the bearer header,
+    with ``token`` itself in a user file, else a reference to ``$NEURALSYNC_TOKEN``.
     """
     path = config_file(tool, scope, config_path)
     old = _read(path)
-    entry = server_entry(tool, command)
+    entry = server_entry(tool, command, scope=scope, transport=transport, url=url, token=token)
     if tool == "codex":
         new, existed = _toml_install(old or "", entry, path)
     else:
         new, existed = _json_install(old, entry, _managed(tool), path)
     action = "already-installed" if new == old else ("updated" if existed else "installed")
-    return _finish(tool, path, old, new, action, dry_run)
+    note = ""
+    if transport == "http" and (tool == "codex" or scope == "project"):
+        note = f"the client reads the token from ${TOKEN_ENV}: export {TOKEN_ENV}=\"$(neuralsync token)\""
+    return _finish(tool, path, old, new, action, dry_run, note=note)
 
 
 def uninstall(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
               command: str | Sequence[str] | None = None, scope: str = "user") -> InstallResult:
-    """Remove our entry (only ours) from ``tool``'s config. ``command`` is accepted for symmetry."""
+    """Remove our entry (only ours) from ``tool``'s config, back to the state before install.
+
+    The backup is written back when nothing but our entry changed since install, and removed;
+    a file install created is deleted. ``command`` is accepted for symmetry.
+    """
     del command
     path = config_file(tool, scope, config_path)
     old = _read(path)
     if old is None:
         return InstallResult(tool, path, "not-installed", dry_run)
+    backup = _read(_backup_path(path))
     if tool == "codex":
         new, existed = _toml_remove(old, path)
     else:
-        new, existed = _json_remove(old, _read(_backup_path(path)), path)
-    return _finish(tool, path, old, new, "uninstalled" if existed else "not-installed", dry_run)
+        new, existed = _json_remove(old, backup, path)
+    if not existed:
+        return InstallResult(tool, path, "not-installed", dry_run)
+    load = _toml_loads if tool == "codex" else jsonctext.loads
+    result: str | None = new
+    if backup is not None and _parses_to(load, backup, load(new) if new.strip() else {}):
+        result = backup  # only our entry changed since install: the exact bytes from before
+    elif backup is None and _empty_skeleton(tool, new):
+        result = None  # install created the file: delete it
+    return _finish(tool, path, old, result, "uninstalled", dry_run, drop_backup=True)
+
+
+def _parses_to(load: Any, text: str, expected: Any) -> bool:
+    try:
+        return bool((load(text) if text.strip() else {}) == expected)
+    except ValueError:
+        return False
+
+
+def _empty_skeleton(tool: str, text: str) -> bool:
+    """What is left of a file install created, once our entry is cut: nothing, or an empty object."""
+    stripped = text.strip()
+    return stripped == "" if tool == "codex" else stripped in ("", "{}")
+
+
+def check_server_starts(transport: str = "stdio") -> None:
+    """Raise :class:`DependencyMissing` (one line: what to install) when ``neuralsync mcp`` could not start."""
+    import importlib
+
+    extra = "mcp,server" if transport == "http" else "mcp"
+    try:
+        importlib.import_module("neuralsync.mcp.server")
+        if transport == "http":
+            importlib.import_module("uvicorn")
+    except ImportError as exc:
+        raise DependencyMissing(f"the MCP server could not start here ({exc}); nothing was written: "
+                                f"pip install 'neuralsync[{extra}]'") from None
 
 
 def run_cli(action: str, tool: str, *, dry_run: bool = False, config_path: str | None = None,
-            scope: str = "user") -> int:
+            scope: str = "user", transport: str = "stdio", url: str | None = None, token: str | None = None) -> int:
     """``neuralsync install|uninstall TOOL``: print the diff (dry run) and a summary; exit code 0.
 
-    Errors raise :class:`InstallError` (a ``NeuralSyncError``) for the CLI to map.
+    Install first checks that the server could start (else :class:`DependencyMissing`, nothing
+    written). Errors raise a ``NeuralSyncError`` (:class:`InstallError`, ...) for the CLI to map.
     """
-    func = install if action == "install" else uninstall
-    result = func(tool, dry_run=dry_run, config_path=config_path, scope=scope)
+    if action == "install":
+        check_server_starts(transport)
+        result = install(tool, dry_run=dry_run, config_path=config_path, scope=scope, transport=transport,
+                         url=url, token=token)
+    else:
+        result = uninstall(tool, dry_run=dry_run, config_path=config_path, scope=scope)
     if dry_run and result.diff:
-        sys.stdout.write(result.diff)
+        sys.stdout.write(result.diff.replace(token, "<token>") if token else result.diff)  # no secret on screen
     print(result.message)
     return 0
 
@@ -137,11 +201,24 @@ def config_file(tool: str, scope: str = "user", config_path: str | os.PathLike[s
             "gemini": home / ".gemini" / "settings.json"}[tool]
 
 
-def server_entry(tool: str, command: str | Sequence[str] | None = None) -> dict[str, Any]:
-    """Our entry in ``tool``'s shape. ``env`` carries ``NEURALSYNC_HOME`` only when the user set it."""
+def server_entry(tool: str, command: str | Sequence[str] | None = None, *, scope: str = "user",
+                 transport: str = "stdio", url: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """Our entry in ``tool``'s shape (see the module docstring for the command per scope).
+
+    stdio: ``env`` carries ``NEURALSYNC_HOME`` only when the user set it, and never in a project file.
+    http: the URL and ``Authorization: Bearer``: the token itself in a user file (private, like the
+    API keys beside it), ``$NEURALSYNC_TOKEN`` in a shared one; Codex takes only the variable's name.
+    """
+    if transport not in TRANSPORTS:
+        raise InvalidInput("transport", f"must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    if transport == "http":
+        return _http_entry(tool, url or DEFAULT_URL, token if scope == "user" else None)
     if command is None:
         script = shutil.which("neuralsync")
-        argv = [os.path.abspath(script), "mcp"] if script else [sys.executable, "-m", "neuralsync.cli", "mcp"]
+        if scope == "project":
+            argv = ["neuralsync", "mcp"]
+        else:
+            argv = [os.path.abspath(script), "mcp"] if script else [sys.executable, "-m", "neuralsync.cli", "mcp"]
     elif isinstance(command, str):
         argv = [command, "mcp"]
     else:
@@ -149,7 +226,7 @@ def server_entry(tool: str, command: str | Sequence[str] | None = None) -> dict[
     if not argv or not argv[0]:
         raise InvalidInput("command", "must name an executable")
     home = os.environ.get(HOME_ENV)
-    env = {HOME_ENV: os.path.abspath(os.path.expanduser(home))} if home else {}
+    env = {HOME_ENV: os.path.abspath(os.path.expanduser(home))} if home and scope == "user" else {}
     if tool == "claude-code":
         return {"type": "stdio", "command": argv[0], "args": argv[1:], "env": env}
     entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
@@ -158,10 +235,27 @@ def server_entry(tool: str, command: str | Sequence[str] | None = None) -> dict[
     return entry
 
 
+def _http_entry(tool: str, url: str, token: str | None) -> dict[str, Any]:
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput("url", f"must be an http(s) URL, not {url!r}")
+    if tool == "codex":  # Codex refuses a token written in config.toml; it reads the named variable
+        return {"url": url, "bearer_token_env_var": TOKEN_ENV}
+    bearer = f"Bearer {token}" if token else f"Bearer ${{{TOKEN_ENV}}}"  # both tools expand ${VAR}
+    headers = {"Authorization": bearer}
+    if tool == "claude-code":
+        return {"type": "http", "url": url, "headers": headers}
+    return {"httpUrl": url, "headers": headers}
+
+
 # ================================================================ shared helpers
+_OWNED = {"claude-code": {"type", "command", "args", "env", "url", "headers"},
+          "codex": {"command", "args", "env", "url", "bearer_token_env_var"},
+          "gemini": {"command", "args", "env", "httpUrl", "headers"}}
+
+
 def _managed(tool: str) -> frozenset[str]:
-    """Keys of our entry that install owns; any other key a user added is kept."""
-    return frozenset({"type", "command", "args", "env"} if tool == "claude-code" else {"command", "args", "env"})
+    """Keys of our entry that install owns (both transports); any other key a user added is kept."""
+    return frozenset(_OWNED[tool])
 
 
 def _merge(current: object, entry: dict[str, Any], managed: frozenset[str]) -> dict[str, Any]:
@@ -198,33 +292,45 @@ def _read(path: Path) -> str | None:
         raise InstallError(f"{path} is not UTF-8 text; nothing was changed") from exc
 
 
-def _finish(tool: str, path: Path, old: str | None, new: str, action: str, dry_run: bool) -> InstallResult:
+def _finish(tool: str, path: Path, old: str | None, new: str | None, action: str, dry_run: bool, *,
+            drop_backup: bool = False, note: str = "") -> InstallResult:
+    """Write ``new`` (``None``: delete the file); ``drop_backup`` removes the backup afterwards."""
     if action not in _CHANGES:
         return InstallResult(tool, path, action, dry_run)
-    diff = "".join(difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
-                                        fromfile=str(path), tofile=f"{path} ({action})"))
+    target = f"{path} (deleted)" if new is None else f"{path} ({action})"
+    diff = "".join(difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+                                        fromfile=str(path), tofile=target))
     if diff and not diff.endswith("\n"):
         diff += "\n\\ No newline at end of file\n"
     if dry_run:
-        return InstallResult(tool, path, action, True, diff)
-    return InstallResult(tool, path, action, False, diff, _write(path, old, new))
+        return InstallResult(tool, path, action, True, diff, note=note)
+    backup = _write(path, old, new, keep_backup=not drop_backup)
+    if drop_backup:
+        _backup_path(path).unlink(missing_ok=True)
+        backup = None
+    if new is None:
+        note = "the file install created is deleted"
+    return InstallResult(tool, path, action, False, diff, backup, note)
 
 
-def _write(path: Path, old: str | None, new: str) -> Path | None:
-    """Back up (first change only), then replace atomically. Returns the backup path if any."""
+def _write(path: Path, old: str | None, new: str | None, *, keep_backup: bool = True) -> Path | None:
+    """Back up (first change of an existing file, when ``keep_backup``), then replace atomically
+    (``new`` ``None``: delete). Returns the backup path if any."""
     real = Path(os.path.realpath(path))  # edit the target of a symlinked dotfile, keep the link
+    backup = _backup_path(path)
     if old is None:
         real.parent.mkdir(NEW_DIR_MODE, parents=True, exist_ok=True)  # intermediate dirs get the umask
         mode = NEW_FILE_MODE
     else:
         mode = stat.S_IMODE(real.stat().st_mode)
-        backup = _backup_path(path)
-        if not backup.exists():  # an existing backup is the pre-neuralsync original: keep it
+        if keep_backup and not backup.exists():  # an existing backup is the pre-neuralsync original: keep it
             _atomic_write(backup, old.encode("utf-8"), mode)
     if _read(real) != old:
         raise InstallError(f"{path} changed while it was being edited; nothing was written, run again")
-    _atomic_write(real, new.encode("utf-8"), mode)
-    backup = _backup_path(path)
+    if new is None:
+        real.unlink()
+    else:
+        _atomic_write(real, new.encode("utf-8"), mode)
     return backup if backup.exists() else None
 
 
@@ -249,11 +355,15 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 # ================================================================ JSON (Claude Code, Gemini CLI)
+_OUR_PATH = ("mcpServers", SERVER_NAME)
+
+
 def _json_load(text: str | None, path: Path) -> dict[str, Any]:
+    """The document; ``//`` and ``/* */`` comments allowed (Gemini's settings.json may hold them)."""
     if text is None or not text.strip():
         return {}
     try:
-        data = json.loads(text)
+        data = jsonctext.loads(text)
     except ValueError as exc:
         raise InstallError(f"{path} is not valid JSON ({exc}); fix it first, nothing was changed") from exc
     if not isinstance(data, dict):
@@ -263,22 +373,19 @@ def _json_load(text: str | None, path: Path) -> dict[str, Any]:
     return data
 
 
-def _json_dump(data: dict[str, Any], old: str | None) -> str:
-    text = json.dumps(data, indent=2, ensure_ascii=False)
-    if old is None or not old.strip() or old.endswith("\n"):
-        text += "\n"
-    return text.replace("\n", _newline(old))
-
-
 def _json_install(old: str | None, entry: dict[str, Any], managed: frozenset[str],
                   path: Path) -> tuple[str, bool]:
     data = _json_load(old, path)
-    servers = data.setdefault("mcpServers", {})
-    current = servers.get(SERVER_NAME)
+    current = data.get("mcpServers", {}).get(SERVER_NAME)
     if old is not None and _same(current, entry, managed):
         return old, True  # already there: keep the file exactly as it is
-    servers[SERVER_NAME] = _merge(current, entry, managed)
-    return _json_dump(data, old), current is not None
+    wanted = _merge(current, entry, managed)
+    if old is None or not old.strip():
+        new = jsonctext.dump_new({"mcpServers": {SERVER_NAME: wanted}}, _newline(old))
+    else:
+        new = _json_edit(lambda: jsonctext.set_member(old, _OUR_PATH, wanted), path)
+    _check_json(new, data, wanted, path)
+    return new, current is not None
 
 
 def _json_remove(old: str, backup: str | None, path: Path) -> tuple[str, bool]:
@@ -286,15 +393,40 @@ def _json_remove(old: str, backup: str | None, path: Path) -> tuple[str, bool]:
     servers = data.get("mcpServers")
     if not isinstance(servers, dict) or SERVER_NAME not in servers:
         return old, False
-    del servers[SERVER_NAME]
-    if not servers and not _had_servers(backup):
-        del data["mcpServers"]  # we created it: leave the file as it was before install
-    return _json_dump(data, old), True
+    new = _json_edit(lambda: jsonctext.remove_member(old, _OUR_PATH), path)
+    if len(servers) == 1 and not _had_servers(backup):
+        new = _json_edit(lambda: jsonctext.remove_member(new, ("mcpServers",)), path)  # we added it
+    _check_json(new, data, None, path)
+    return new, True
+
+
+def _json_edit(edit: Any, path: Path) -> str:
+    try:
+        return str(edit())
+    except ValueError as exc:
+        raise InstallError(f"{path}: cannot edit this layout ({exc}); nothing was changed") from exc
+
+
+def _json_others(doc: dict[str, Any]) -> dict[str, Any]:
+    rest = dict(doc)
+    servers = {k: v for k, v in rest.pop("mcpServers", {}).items() if k != SERVER_NAME}
+    return {**rest, "mcpServers": servers} if servers else rest
+
+
+def _check_json(new: str, old_doc: dict[str, Any], wanted: dict[str, Any] | None, path: Path) -> None:
+    """The edit must parse, hold exactly ``wanted`` for us, and leave every other value equal."""
+    try:
+        doc = jsonctext.loads(new) if new.strip() else {}
+    except ValueError as exc:
+        raise InstallError(f"editing {path} would break it ({exc}); nothing was written") from exc
+    if not isinstance(doc, dict) or doc.get("mcpServers", {}).get(SERVER_NAME) != wanted \
+            or _json_others(doc) != _json_others(old_doc):
+        raise InstallError(f"editing {path} would change other settings (unusual layout); nothing was written")
 
 
 def _had_servers(backup: str | None) -> bool:
     try:
-        return isinstance(backup, str) and "mcpServers" in json.loads(backup)
+        return isinstance(backup, str) and "mcpServers" in jsonctext.loads(backup)
     except (ValueError, TypeError):
         return False
 

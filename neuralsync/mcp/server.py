@@ -9,17 +9,27 @@ serves, the SDK points fd 1 at stderr so stray writes miss the wire. Every
 message is checked first (``guard``: JSON, depth, size), and a refused one is
 answered with a JSON-RPC error.
 
-Primary tools come first; the peers' tool names (mcp-memory-service, mem0) are
-thin compatibility aliases, listed with an "alias" title, or left out with
-``--no-aliases``. Argument aliases (``top_k``/``n_results`` for ``limit``, ``q``,
-``text``, ``id``, ``after``/``before``) are accepted by validation, not advertised.
+The core tools only, by default; the peers' tool names (mcp-memory-service, mem0)
+are thin compatibility aliases behind ``--aliases`` (or ``NEURALSYNC_MCP_ALIASES=1``).
+Argument aliases (``top_k``/``n_results`` for ``limit``, ``q``, ``text``, ``id``,
+``after``/``before``) are accepted by validation, not advertised.
+
+Results: ONE representation, a single text block holding compact JSON, and no
+``structuredContent``. The clients disagree on what reaches the model: Claude Code
+forwards only ``structuredContent`` when there is one, Codex prefers it too, and
+Gemini CLI reads only ``content``. A JSON text block is the one form every one of
+them passes whole to the model, and programs read it with one ``json.loads``.
+Every result fits ``RESULT_BUDGET`` characters: long contents are cut with a
+marker naming the ``get_memory`` offset where the rest starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -44,12 +54,16 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('the MCP server needs the MCP Python SDK 2.x: pip install "mcp>=2.3,<3"') from exc
 
-__all__ = ["ApiPool", "build_server", "run_http", "run_stdio", "main"]
+__all__ = ["ApiPool", "aliases_from_env", "build_server", "endpoint", "run_http", "run_stdio", "main"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TOOL = "mcp"
 MAX_CLIENT_NAMES = 16  # distinct client names given their own session; later ones share "mcp"
-MAX_TEXT_CHARS = 2000  # per memory in the text block; structured content carries it whole
+HTTP_PATH = "/mcp"  # where the SDK's streamable HTTP app answers
+ALIASES_ENV = "NEURALSYNC_MCP_ALIASES"  # 1/true/yes/on: also list the peers' tool names
+RESULT_BUDGET = 16_000  # characters of one tool result's JSON text (about 4,000 tokens)
+LIST_CONTENT_CHARS = 2_000  # a memory's content in a list (recall, list_recent); get_memory pages the rest
+GET_CONTENT_CHARS = 12_000  # one page of a memory's content from get_memory
 INSTRUCTIONS = (
     "Persistent memory shared with the user's other AI tools and sessions. Call `recall` before work "
     "that may depend on earlier decisions, preferences or project facts; call `remember` for durable "
@@ -86,6 +100,7 @@ Confidence = Annotated[float, Field(ge=0, le=1, description="How sure the fact i
 Metadata = Annotated[dict[str, Any] | None, Field(description="Optional JSON object of extra fields.")]
 MemoryId = Annotated[str, Field(validation_alias=_alias("memory_id", "id"),
                                 description="The 32-character memory id from recall or remember.")]
+Offset = Annotated[int, Field(ge=0, description="Content character to start at (a page's next_offset).")]
 Query = Annotated[str, Field(validation_alias=_alias("query", "q"),
                              description="What to look for, in plain words. Empty: most relevant recent.")]
 Limit = Annotated[int, Field(ge=1, le=1000, validation_alias=_alias("limit", "top_k", "n_results", "page_size"),
@@ -123,20 +138,53 @@ def memory_dict(m: Memory) -> dict[str, Any]:
     return out
 
 
-def _line(m: Memory) -> str:
-    tags = f" #{' #'.join(m.tags)}" if m.tags else ""
-    text = m.content if len(m.content) <= MAX_TEXT_CHARS else m.content[:MAX_TEXT_CHARS] + " …"
-    return f"- {m.id} [{m.scope}/{m.kind}{tags}] ({(_iso(m.created_at) or '')[:10]}): {text}"
+def _clip(out: dict[str, Any], content: str, offset: int, size: int) -> dict[str, Any]:
+    """``out`` with ``content[offset:offset + size]``; a cut one ends with a marker saying where the rest is."""
+    total = len(content)
+    piece = content[offset:offset + size]
+    end = offset + len(piece)
+    if offset or end < total:
+        rest = f"; the rest: get_memory with offset={end}" if end < total else ""
+        out["content"] = piece + (f" [truncated: characters {offset}-{end} of {total}{rest}]" if end < total else "")
+        out["content_page"] = {"offset": offset, "total_chars": total, "next_offset": end if end < total else None}
+    return out
 
 
-def _result(text: str, data: dict[str, Any]) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+def _bounded(m: Memory, size: int, offset: int = 0) -> dict[str, Any]:
+    """``memory_dict`` with the content cut to ``size`` characters, and oversized metadata left out."""
+    out = _clip(memory_dict(m), m.content, offset, size)
+    if "metadata" in out and len(_dumps(out["metadata"])) > size:
+        out["metadata"] = {"omitted": "too large for a tool result; read it with `neuralsync get --json`"}
+    return out
 
 
-def _memories(memories: Sequence[Memory], empty: str = "No memories found.") -> CallToolResult:
-    head = f"{len(memories)} {'memory' if len(memories) == 1 else 'memories'}:"
-    text = "\n".join([head, *map(_line, memories)]) if memories else empty
-    return _result(text, {"count": len(memories), "memories": [memory_dict(m) for m in memories]})
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _result(data: dict[str, Any]) -> CallToolResult:
+    """The one representation: compact JSON in a single text block (see the module docstring)."""
+    text = _dumps(data)
+    if len(text) > RESULT_BUDGET:  # a last guard; the shapes below are cut to fit before this
+        text = _dumps({"truncated": True, "note": "result over the size budget; narrow the request",
+                       "keys": sorted(data)[:50]})
+    return CallToolResult(content=[TextContent(type="text", text=text)])
+
+
+def _memories(memories: Sequence[Memory]) -> CallToolResult:
+    """A list of memories within the budget: contents cut to LIST_CONTENT_CHARS, then the tail left out."""
+    out: dict[str, Any] = {"count": len(memories), "memories": []}
+    used = len(_dumps(out)) + 200  # room for the omission note
+    for m in memories:
+        item = _bounded(m, LIST_CONTENT_CHARS)
+        size = len(_dumps(item)) + 1
+        if used + size > RESULT_BUDGET:
+            out["omitted"] = len(memories) - len(out["memories"])
+            out["note"] = "more matches than fit in one result: lower limit or narrow the query"
+            break
+        out["memories"].append(item)
+        used += size
+    return _result(out)
 
 
 @contextmanager
@@ -207,34 +255,37 @@ class MemoryTools:
     def remember(self, ctx: Context, content: Content, tags: Tags = None, scope: HomeScope = "global",
                  kind: Kind = "fact", priority: Priority = 0.5, confidence: Confidence = 0.8,
                  metadata: Metadata = None, ttl_seconds: Ttl = None) -> CallToolResult:
-        """Store a durable fact, preference, decision or instruction in the shared memory, for this
-        and future sessions and for the user's other AI tools. Write one self-contained statement per
-        call. Secrets are redacted. Returns the memory's id (a repeat of a stored fact merges into it)."""
+        """Store one durable, self-contained fact, preference, decision or instruction, shared with
+        future sessions and the user's other AI tools. Secrets are redacted; a repeat of a stored fact
+        merges into it. Returns the id."""
         with _tool_errors():
             outcome = self._api(ctx).remember_outcome(content, scope=scope, priority=priority, tags=tags, kind=kind,
                                                       metadata=metadata, ttl_ms=_ttl_ms(ttl_seconds),
                                                       confidence=confidence)
-        memory_id = outcome.memory.id
+        data: dict[str, Any] = {"id": outcome.memory.id, "scope": scope}
         if outcome.merged:
-            return _result(f"Already remembered as {memory_id} (scope {scope}); merged into it.",
-                           {"id": memory_id, "scope": scope, "merged": True})
-        return _result(f"Remembered as {memory_id} (scope {scope}).", {"id": memory_id, "scope": scope})
+            data["merged"] = True
+        return _result(data)
 
     def recall(self, ctx: Context, query: Query = "", scope: Scope = None, tags: Tags = None,
                tag_match: TagMatch = "any", kinds: Kinds = None, since: Since = None, until: Until = None,
                limit: Limit = 10) -> CallToolResult:
-        """Search the shared memory: full-text relevance with priority and recency. Use before
-        answering questions about the user, their projects or earlier decisions. Filter by scope,
-        tags (any or all), kinds and creation time. Returns the best matches, best first, with ids."""
+        """Search the shared memory, best first: hybrid ranking (BM25 keyword match and meaning by
+        embeddings, fused, weighed by priority and recency). Filters: scope, tags, kinds, creation time.
+        Long contents are cut; get_memory returns the rest."""
         with _tool_errors():
             found = self._api(ctx).recall(query, scope=scope, top_k=limit, tags=tags, kinds=kinds,
                                           since=since, until=until, tag_match=tag_match)
         return _memories(found)
 
-    def get_memory(self, ctx: Context, memory_id: MemoryId) -> CallToolResult:
-        """Fetch one memory by id, with all its fields."""
+    def get_memory(self, ctx: Context, memory_id: MemoryId, offset: Offset = 0) -> CallToolResult:
+        """Fetch one memory by id with all its fields. A long content comes in pages: pass the
+        `next_offset` of one page as `offset` to read the next."""
         with _tool_errors():
-            return _memories([self._api(ctx).get(memory_id)])
+            memory = self._api(ctx).get(memory_id)
+        if offset > len(memory.content):
+            raise ToolError(f"offset: must be at most {len(memory.content)}, the content's length")
+        return _result({"memory": _bounded(memory, GET_CONTENT_CHARS, offset)})
 
     def update_memory(self, ctx: Context, memory_id: MemoryId,
                       content: Annotated[str | None, Field(validation_alias=_alias("content", "text"),
@@ -244,32 +295,32 @@ class MemoryTools:
                                                         description="New kind.")] = None,
                       priority: Priority | None = None, confidence: Confidence | None = None,
                       metadata: Metadata = None) -> CallToolResult:
-        """Correct or refine an existing memory instead of storing a near-duplicate. Only the fields
-        given change; `tags` replaces the whole tag set. Returns the updated memory."""
+        """Correct an existing memory instead of storing a near-duplicate. Only the given fields
+        change; `tags` replaces the tag set. Returns the updated memory."""
         given = {"content": content, "tags": tags, "scope": scope, "kind": kind, "priority": priority,
                  "confidence": confidence, "metadata": metadata}
         with _tool_errors():
             memory = self._api(ctx).update(memory_id, **{k: v for k, v in given.items() if v is not None})
-        return _result(f"Updated {memory.id}.\n{_line(memory)}", {"memory": memory_dict(memory)})
+        return _result({"memory": _bounded(memory, LIST_CONTENT_CHARS)})
 
     def forget(self, ctx: Context, memory_id: MemoryId) -> CallToolResult:
-        """Delete a memory that is wrong or no longer wanted, by id. This cannot be undone."""
+        """Delete a wrong or unwanted memory by id. Cannot be undone."""
         with _tool_errors():
             self._api(ctx).forget(memory_id)
-        return _result(f"Forgot {memory_id}.", {"id": memory_id, "forgotten": True})
+        return _result({"id": memory_id, "forgotten": True})
 
     def list_recent(self, ctx: Context, limit: Limit = 20, scope: Scope = None) -> CallToolResult:
-        """List the most recently created memories, newest first (optionally in one scope)."""
+        """The most recently created memories, newest first, optionally in one scope."""
         return self._recent(ctx, limit, scope, page=1)
 
     def memory_stats(self, ctx: Context) -> CallToolResult:
-        """Statistics of the shared memory: counts per scope, storage size, latency percentiles."""
+        """Counts (memories, scopes), storage size and operation latencies of the shared memory."""
         with _tool_errors():
             stats = self._api(ctx).get_system_stats()
-        storage = stats.get("storage", {})
-        text = (f"{stats.get('memories', 0)} memories in {stats.get('scopes', 0)} scopes; "
-                f"{storage.get('total_bytes', 0)} bytes at {storage.get('path', '?')}")
-        return _result(text, stats)
+        if len(_dumps(stats)) > RESULT_BUDGET:  # the latency tables grow with the tools seen; keep the counts
+            stats = {k: v for k, v in stats.items() if len(_dumps(v)) <= RESULT_BUDGET // 8}
+            stats["omitted"] = "large sections left out; `neuralsync stats --json` shows all"
+        return _result(stats)
 
     def _recent(self, ctx: Context, limit: int, scope: str | None, page: int) -> CallToolResult:
         if page < 1 or page * limit > 1000:
@@ -342,27 +393,34 @@ ALIASES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def build_server(api: UnifiedMemoryAPI | Callable[[str], UnifiedMemoryAPI], *, aliases: bool = True) -> MCPServer:
-    """An MCP server over ``api`` (one facade, or a function from client name to facade)."""
+def aliases_from_env() -> bool:
+    """``NEURALSYNC_MCP_ALIASES`` set to 1/true/yes/on: list the peers' tool names too."""
+    return os.environ.get(ALIASES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_server(api: UnifiedMemoryAPI | Callable[[str], UnifiedMemoryAPI], *, aliases: bool = False) -> MCPServer:
+    """An MCP server over ``api`` (one facade, or a function from client name to facade); the core
+    tools, and with ``aliases`` the peers' tool names after them."""
     api_for = (lambda _name: api) if isinstance(api, UnifiedMemoryAPI) else api
     tools = MemoryTools(api_for)
     server: MCPServer = MCPServer("neuralsync", version=__version__, instructions=INSTRUCTIONS,
                                   log_level="WARNING", middleware=[DepthGuard()])
     hints = {name: (title, hint) for name, title, hint in PRIMARY}
     for name, (title, hint) in hints.items():
-        server.add_tool(getattr(tools, name), name=name, title=title,
+        fn = getattr(tools, name)
+        server.add_tool(fn, name=name, title=title, description=" ".join((fn.__doc__ or "").split()),
                         annotations=hint.model_copy(update={"title": title}))
     for name, function, target, peers in ALIASES if aliases else ():
         fn, title = getattr(tools, function), f"{name} (alias of {target})"
         server.add_tool(fn, name=name, title=title, meta={"neuralsync/alias_of": target},
                         description=f"Compatibility alias of `{target}` for {peers} clients; prefer `{target}`. "
-                                    + (fn.__doc__ or ""),
+                                    + " ".join((fn.__doc__ or "").split()),
                         annotations=hints[target][1].model_copy(update={"title": title}))
     return server
 
 
 # ------------------------------------------------------------------ transports
-def run_stdio(config: MemoryConfig, *, aliases: bool = True) -> None:
+def run_stdio(config: MemoryConfig, *, aliases: bool = False) -> None:
     """Serve MCP over stdin/stdout until the client closes stdin."""
     pool = ApiPool(config)
     try:
@@ -398,13 +456,26 @@ def http_app(server: MCPServer, host: str = "127.0.0.1", token: str | None = Non
     return BearerAuth(app, token) if token else app
 
 
+def endpoint(host: str, port: int) -> str:
+    """The streamable HTTP URL clients connect to."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{HTTP_PATH}"
+
+
 def run_http(config: MemoryConfig, host: str = "127.0.0.1", port: int = 8374, token: str | None = None,
-             *, aliases: bool = True) -> None:
-    """Serve streamable HTTP at ``http://host:port/mcp``; refuses a non-loopback host without a token."""
+             *, aliases: bool = False, token_source: str = "") -> None:
+    """Serve streamable HTTP at ``http://host:port/mcp``; refuses a non-loopback host without a token.
+
+    Says on stderr where it listens and how a client authenticates (``token_source``: where the token is).
+    """
     import uvicorn
 
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         raise NeuralSyncError(f"refusing to serve MCP on {host} without a token (use --token-file)")
+    auth = (f"send 'Authorization: Bearer <token>' ({token_source or 'the token given'})" if token
+            else "no authentication (loopback only)")
+    sys.stderr.write(f"neuralsync mcp: streamable HTTP on {endpoint(host, port)} (host {host}, port {port}, "
+                     f"path {HTTP_PATH}); {auth}\n")
+    sys.stderr.flush()
     pool = ApiPool(config)
     try:
         app = http_app(build_server(pool.get, aliases=aliases), host, token)
@@ -426,7 +497,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8374, help="HTTP port (default 8374)")
     p.add_argument("--token-file", help="HTTP: require 'Authorization: Bearer <token in this file>'")
-    p.add_argument("--no-aliases", action="store_true", help="list only the primary tools, not peer-name aliases")
+    p.add_argument("--aliases", action="store_true", default=None,
+                   help=f"also list the peers' tool names (store_memory, add_memory, ...); or ${ALIASES_ENV}=1")
+    p.add_argument("--no-aliases", dest="aliases", action="store_false", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
     return p
 
@@ -438,16 +511,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s neuralsync-mcp %(levelname)s %(name)s: %(message)s")
     try:
         config = MemoryConfig.from_env(args.home)
+        aliases = aliases_from_env() if args.aliases is None else args.aliases
         if args.http:
             # Without --token-file the server's own token (0600 file) is required,
             # as for 'neuralsync mcp --http': no entry point serves the store unauthenticated.
-            from ..server import resolve_token
+            from ..server import resolve_token, token_path
 
             token = (Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file
                      else resolve_token(config))
-            run_http(config, args.host, args.port, token or None, aliases=not args.no_aliases)
+            source = f"the token in {args.token_file}" if args.token_file else \
+                f"the token in {token_path(config)}; 'neuralsync token' prints it"
+            run_http(config, args.host, args.port, token or None, aliases=aliases, token_source=source)
         else:
-            run_stdio(config, aliases=not args.no_aliases)
+            run_stdio(config, aliases=aliases)
     except (NeuralSyncError, OSError) as exc:
         sys.stderr.write(f"neuralsync mcp: error: {exc}\n")
         return 1
