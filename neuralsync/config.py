@@ -118,6 +118,8 @@ class MemoryConfig:
                 raise ConfigError(f"{where} must be one of {(*MERGE_STRATEGIES, 'off')}, not {strategy!r}")
         if not isinstance(self.near_duplicate_threshold, (int, float)) or not 0 < self.near_duplicate_threshold <= 1:
             raise ConfigError(f"near_duplicate_threshold must be in (0, 1], not {self.near_duplicate_threshold!r}")
+        if isinstance(self.quota_bytes, bool) or not isinstance(self.quota_bytes, int) or self.quota_bytes < 0:
+            raise ConfigError(f"quota_bytes must be a non-negative integer (0: no quota), not {self.quota_bytes!r}")
         if isinstance(self.merge_undo_days, bool) or not isinstance(self.merge_undo_days, (int, float)) \
                 or not 0 <= self.merge_undo_days <= 36_500:
             raise ConfigError(f"merge_undo_days must be from 0 to 36500, not {self.merge_undo_days!r}")

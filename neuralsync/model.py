@@ -20,7 +20,8 @@ SCALAR_FIELDS: tuple[str, ...] = (
     "expires_at",
     "created_at",
 )
-UPDATABLE_FIELDS: frozenset[str] = frozenset(SCALAR_FIELDS) - {"created_at", "session"}
+# ``archived``: out of recall (and of the FTS and vector indexes) until restored; set by update ops only.
+UPDATABLE_FIELDS: frozenset[str] = (frozenset(SCALAR_FIELDS) - {"created_at", "session"}) | {"archived"}
 # The content limit of the protocol: every replica refuses an op whose content (or persona text) is
 # longer, whoever wrote it. A store may set a lower limit for its own writes (``max_content_chars``),
 # never a higher one: an op it could write, its peers would refuse.

@@ -29,7 +29,7 @@ from .replication.service import Replication, TransportFactory
 from .search.filters import Filters
 from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
-from .services.compactor import Compactor
+from .services.compactor import DEFAULT_STRATEGIES, Compactor
 from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
@@ -113,7 +113,8 @@ class UnifiedMemoryAPI:
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
         self.merger = Merger(self.log, self.reads, self.config, self.semantic)
-        self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic, self.config.merge_undo_days)
+        self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic, self.config.merge_undo_days,
+                                   self.config.quota_bytes)
         self._merge_scans: Periodic | None = None
         self._compactions: Periodic | None = None
         self._idle_mark = (-1, 0.0)  # (last op seq seen, when) for the compaction scheduler
@@ -820,11 +821,16 @@ class UnifiedMemoryAPI:
             return self.compactor.analyze()
 
     def compact(self, strategies: Sequence[str] | None = None, dry_run: bool = False,
-                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[str, int, int], None] | None = None,
+                quota_bytes: int | None = None) -> dict[str, Any]:
         """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, prune_payloads,
         fts_optimize, vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run`` returns the
         plan only. Purges and merges are ops every replica applies; the rest is local (prune_payloads keeps
         each pruned op's signed skeleton, once every known peer has the op that deleted its memory)."""
+        if quota_bytes is not None:  # a quota given asks for archiving too
+            self.compactor.quota_bytes = v.positive_int(quota_bytes, "quota_bytes", optional=False) or 0
+            if strategies is None:
+                strategies = ("archive_over_quota", *DEFAULT_STRATEGIES)
         with self.monitor.measure("compact"):
             result = self.compactor.compact(strategies, dry_run=bool(dry_run), progress=progress)
         if not dry_run:
@@ -845,6 +851,36 @@ class UnifiedMemoryAPI:
         """Per-minute count and p50/p95/p99/max of ``operation`` in this process (up to a day), oldest first."""
         return self.monitor.trend(v.label(operation, "operation", 128) or "",
                                   v.positive_int(minutes, "minutes", optional=False, maximum=1440) or 1440)
+
+    def archive(self, memory_ids: Sequence[str]) -> int:
+        """Take memories out of recall (an op every replica applies); they stay in the store, listed by
+        :meth:`archived`, until :meth:`unarchive`. Returns how many were archived."""
+        if isinstance(memory_ids, str) or not isinstance(memory_ids, (list, tuple)) or not memory_ids:
+            raise InvalidInput("memory_ids", "must be a non-empty list of memory ids")
+        ids = [v.memory_id(i, "memory_ids") for i in memory_ids]
+        with self.monitor.measure("archive"), self.storage.write() as conn:
+            for record_id in ids:
+                self._require(record_id)
+            self.log.append(conn, [("update", record_id, {"archived": True}) for record_id in ids])
+        self._after_commit(len(ids))
+        return len(ids)
+
+    def unarchive(self, memory_id: str) -> Memory:
+        """Bring an archived memory back into recall; returns it."""
+        record_id = v.memory_id(memory_id)
+        with self.monitor.measure("unarchive"), self.storage.write() as conn:
+            row = conn.execute("SELECT archived FROM memories WHERE id = ?", (record_id,)).fetchone()
+            if row is None or not row[0]:
+                raise NotFound(record_id)
+            self.log.append(conn, [("update", record_id, {"archived": False})])
+            memory = self.reads.get(record_id, include_expired=True)
+        self._after_commit(1)
+        assert memory is not None
+        return memory
+
+    def archived(self, limit: int = 100) -> list[Memory]:
+        """Archived memories, last updated first."""
+        return self.reads.archived(v.positive_int(limit, "limit", optional=False) or 100)
 
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from neuralsync.errors import InvalidInput
+from neuralsync.errors import InvalidInput, NotFound
 from neuralsync.oplog import codec
 from neuralsync.services.compactor import PURGE_SLICE
 from neuralsync.services.doctor import run_doctor
@@ -141,3 +141,41 @@ def test_nothing_is_pruned_before_every_peer_has_the_delete(make_api: MakeApi, t
     _sync(b, c, "c")
     digests = {run_doctor(x.storage).digest for x in (a, b, c)}
     assert len(digests) == 1 and all(run_doctor(x.storage).ok for x in (a, b, c))
+
+
+def test_archived_memories_leave_recall_on_every_replica_and_come_back(make_api: MakeApi, tmp_path: Path) -> None:
+    a = make_api(tmp_path / "a", embedder="none")
+    b = make_api(tmp_path / "b", embedder="none")
+    old = a.remember("the legacy deploy script lives in tools/old", priority=0.1)
+    kept = a.remember("the deploy script lives in tools/deploy", priority=0.9)
+    assert a.archive([old]) == 1
+    assert [m.id for m in a.recall("deploy script")] == [kept]
+    assert [m.id for m in a.archived()] == [old] and a.counts()["archived"] == 1
+    b.log.apply_remote(_ops(a))
+    assert [m.id for m in b.recall("deploy script")] == [kept]
+    assert run_doctor(a.storage).digest == run_doctor(b.storage).digest
+    back = a.unarchive(old)
+    assert back.id == old and {m.id for m in a.recall("deploy script")} == {old, kept}
+    b.log.apply_remote(_ops(a))
+    assert run_doctor(a.storage).digest == run_doctor(b.storage).digest and run_doctor(b.storage).ok
+    with pytest.raises(NotFound):
+        a.unarchive(kept)  # not archived
+
+
+def test_over_a_quota_the_least_valuable_memories_are_archived(make_api: MakeApi,
+                                                               snapshot: Callable[..., Any]) -> None:
+    api = make_api(embedder="none")
+    with api.batch_operations():
+        for i in range(200):
+            api.remember(f"fact {i}: " + "words " * 30, priority=0.9 if i % 2 else 0.1)
+    before = snapshot(api)
+    with pytest.raises(InvalidInput) as err:
+        api.compact(quota_bytes=-1)
+    assert err.value.field == "quota_bytes" and snapshot(api) == before
+    assert "archive_over_quota" not in [s["strategy"] for s in api.compact(dry_run=True)["plan"]]
+    size = api.storage.sizes()["total_bytes"]
+    result = api.compact(["archive_over_quota"], quota_bytes=size // 2)
+    archived = result["steps"][0]["archived"]
+    assert 90 <= archived <= 110
+    assert all(m.priority == 0.1 for m in api.archived(500))  # the low-priority half went first
+    assert api.counts()["memories"] == 200 - archived

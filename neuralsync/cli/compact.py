@@ -7,13 +7,14 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InvalidInput
 from .output import emit_json, human_bytes, rows
 
 if TYPE_CHECKING:
     from ..unified_memory_api import UnifiedMemoryAPI
 
-STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "prune_payloads", "fts_optimize", "vector_rebuild",
-                  "checkpoint", "vacuum")
+STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "archive_over_quota", "prune_payloads", "fts_optimize",
+                  "vector_rebuild", "checkpoint", "vacuum")
 
 
 def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -24,6 +25,15 @@ def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     cmd.add_argument("--strategy", action="append", metavar="NAME",
                      help=f"only this one (repeatable): {', '.join(STRATEGY_NAMES)}")
+    cmd.add_argument("--quota", type=int, metavar="BYTES",
+                     help="archive the memories of least value until the live ones fit (archive_over_quota)")
+
+    cmd = add("archive", cmd_archive, "take memories out of recall (they stay; see --list, unarchive)")
+    cmd.add_argument("ids", nargs="*", metavar="ID")
+    cmd.add_argument("--list", action="store_true", help="list archived memories")
+    cmd.add_argument("--limit", type=int, default=50, help="with --list: at most this many (default: 50)")
+    cmd = add("unarchive", cmd_unarchive, "bring an archived memory back into recall")
+    cmd.add_argument("id")
 
 
 def cmd_compact(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
@@ -47,7 +57,7 @@ def cmd_compact(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
         return 0
     strategies = args.strategy or None
     if args.dry_run:
-        plan = api.compact(strategies, dry_run=True)
+        plan = api.compact(strategies, dry_run=True, quota_bytes=args.quota)
         if args.json:
             emit_json(plan)
         else:
@@ -64,7 +74,7 @@ def cmd_compact(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
         bar(done, total)
 
     try:
-        report = api.compact(strategies, progress=progress)
+        report = api.compact(strategies, progress=progress, quota_bytes=args.quota)
     finally:
         for bar in bars.values():
             bar.close()
@@ -77,6 +87,35 @@ def cmd_compact(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     change = report["reclaimed_bytes"]
     verb = f"reclaimed {human_bytes(change)}" if change >= 0 else f"grew by {human_bytes(-change)} (new ops)"
     print(f"{verb}: {human_bytes(report['before']['total_bytes'])} -> {human_bytes(report['after']['total_bytes'])}")
+    return 0
+
+
+def cmd_archive(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
+    """Archive memories, or list the archived ones."""
+    if args.list:
+        memories = api.archived(args.limit)
+        if args.json:
+            emit_json([m.to_dict() for m in memories])
+        for memory in memories if not args.json else ():
+            print(f"{memory.id}  {memory.scope}  {memory.content[:80]!r}")
+        return 0
+    if not args.ids:
+        raise InvalidInput("ids", "name at least one memory to archive (or --list)")
+    count = api.archive(args.ids)
+    if args.json:
+        emit_json({"archived": count})
+    else:
+        print(f"archived {count}")
+    return 0
+
+
+def cmd_unarchive(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
+    """Bring one memory back."""
+    memory = api.unarchive(args.id)
+    if args.json:
+        emit_json(memory.to_dict())
+    else:
+        print(memory.id)
     return 0
 
 

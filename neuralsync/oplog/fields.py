@@ -74,6 +74,7 @@ SCALAR_RULES: dict[str, Callable[[Any], bool]] = {
     "created_at": _time(optional=False),
     "updated_at": _time(optional=True),
     "tags": _tags,
+    "archived": lambda v: isinstance(v, bool),
 }
 CREATE_REQUIRED = ("content", "scope", "kind", "priority", "confidence")
 

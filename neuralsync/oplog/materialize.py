@@ -328,6 +328,7 @@ def _set_fields(conn: sqlite3.Connection, record_id: str, fields: dict[str, Any]
                        (record_id,)).fetchone()
     mem, old_content, tag_text, old_scope, updated_at = row
     changes = {name: dump_metadata(value or {}) if name == "metadata" else value for name, value in fields.items()}
+    archive = changes.pop("archived", None)
     if "content" in changes:
         changes["content_hash"] = content_hash(changes["content"])
         changes["norm_hash"] = norm_hash(changes["content"])
@@ -335,6 +336,10 @@ def _set_fields(conn: sqlite3.Connection, record_id: str, fields: dict[str, Any]
     assignments = ", ".join(f"{name} = ?" for name in changes)
     conn.execute(f"UPDATE memories SET {assignments} WHERE rowid = ?", (*changes.values(), mem))
     new_content, new_scope = changes.get("content", old_content), changes.get("scope", old_scope)
+    if archive is not None:
+        # Archived: every read leaves it out (``reads.NOT_EXPIRED``); it keeps its FTS entry and vector
+        # (an external-content FTS index must match its table), so unarchiving is one flag.
+        conn.execute("UPDATE memories SET archived = ? WHERE rowid = ?", (int(bool(archive)), mem))
     if (new_content, new_scope) != (old_content, old_scope):
         _reindex(conn, mem, (old_content, tag_text, old_scope), (new_content, tag_text, new_scope))
 

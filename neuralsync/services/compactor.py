@@ -35,13 +35,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("purge_expired", "consolidate_duplicates", "prune_payloads", "fts_optimize", "vector_rebuild",
-              "checkpoint", "vacuum")
+STRATEGIES = ("purge_expired", "consolidate_duplicates", "archive_over_quota", "prune_payloads", "fts_optimize",
+              "vector_rebuild", "checkpoint", "vacuum")
+ARCHIVE_SLICE = 100  # memories archived per write transaction
+DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
 PRUNE_SLICE = 100  # op bodies replaced by their skeletons per write transaction
 # A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
 # for incremental vacuum, where "vacuum" frees pages a slice at a time).
-DEFAULT_STRATEGIES = STRATEGIES
+# Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
+DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s != "archive_over_quota")
 # Slices are sized so that one write transaction lasts a few milliseconds (writers wait no longer).
 PURGE_SLICE = 40  # expired memories deleted per write transaction
 MERGE_SLICE = 8  # memories checked for exact duplicates per write transaction
@@ -56,7 +59,8 @@ class Compactor:
     """Analysis and compaction of one store."""
 
     def __init__(self, storage: Storage, oplog: OpLog, merger: Merger, semantic: SemanticIndex | None,
-                 merge_undo_days: float = 30.0) -> None:
+                 merge_undo_days: float = 30.0, quota_bytes: int = 0) -> None:
+        self.quota_bytes = quota_bytes
         self.merge_undo_ms = int(merge_undo_days * 86_400_000)
         self.storage = storage
         self.oplog = oplog
@@ -94,6 +98,7 @@ class Compactor:
             "consolidate_duplicates": int(dup_rows * per_row),
             "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
             "prune_payloads": self._prunable_bytes(conn),
+            "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "checkpoint": sizes["wal_bytes"],
             "vacuum": free * page_size + unused,
@@ -125,6 +130,8 @@ class Compactor:
                 step["memories"] = found["expired"]
             elif name == "consolidate_duplicates":
                 step["memories"] = found["duplicates"]
+            elif name == "archive_over_quota":
+                step["memories"], step["quota_bytes"] = self._over_quota(self.storage.conn)[0], self.quota_bytes
             elif name == "vacuum":
                 step["mode"] = "incremental" if found["auto_vacuum"] == "incremental" else "full rewrite"
             steps.append(step)
@@ -233,6 +240,44 @@ class Compactor:
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return {"mode": "full rewrite", "lock_held_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    def _archive_over_quota(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Over the quota, archive the memories of least value until the live ones fit: value is priority
+        times confidence, raised by use (access count) and lowered by age since the last update or access.
+        Archived memories leave recall (an op: every replica agrees) and come back with ``unarchive``."""
+        count, _ = self._over_quota(self.storage.conn)
+        archived = 0
+        while archived < count:
+            with self._slice() as conn:
+                ids = [r for (r,) in conn.execute(
+                    "SELECT m.id FROM memories m LEFT JOIN access a ON a.mem = m.rowid"
+                    " WHERE m.archived = 0 AND (m.expires_at IS NULL OR m.expires_at > :now)"
+                    " ORDER BY m.priority * m.confidence * (1 + min(coalesce(a.access_count, 0), 100) / 10.0)"
+                    " / (1 + (:now - max(m.updated_at, coalesce(a.accessed_at, 0))) / :month), m.rowid LIMIT :n",
+                    {"now": now_ms(), "month": 30 * DAY_MS, "n": min(ARCHIVE_SLICE, count - archived)})]
+                if not ids:
+                    break
+                self.oplog.append(conn, [("update", record_id, {"archived": True}) for record_id in ids])
+            archived += len(ids)
+            if progress is not None:
+                progress("archive_over_quota", archived, count)
+        return {"archived": archived, "quota_bytes": self.quota_bytes}
+
+    def _over_quota(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """(memories to archive, their bytes, estimated) for the live memories to fit ``quota_bytes``."""
+        if not self.quota_bytes:
+            return 0, 0
+        total = self.storage.sizes()["total_bytes"]
+        rows, live = conn.execute("SELECT count(*), count(CASE WHEN archived = 0 AND (expires_at IS NULL"
+                                  " OR expires_at > ?) THEN 1 END) FROM memories", (now_ms(),)).fetchone()
+        if not rows:
+            return 0, 0
+        per_memory = total / rows
+        over = live * per_memory - self.quota_bytes
+        if over <= 0:
+            return 0, 0
+        count = min(live, int(over // per_memory) + 1)
+        return count, int(count * per_memory)
 
     def _prune_payloads(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         """Replace the bodies of deleted memories' ops by their skeletons, once every known peer has the

@@ -32,7 +32,7 @@ MAX_LISTED = 20
 
 _DIGEST_QUERIES = (
     "SELECT id, content, tags, scope, kind, tool, source, session, priority, confidence, metadata,"
-    " created_at, updated_at, expires_at, content_hash FROM memories ORDER BY id",
+    " created_at, updated_at, expires_at, content_hash, archived FROM memories ORDER BY id",
     "SELECT record_id FROM tombstones ORDER BY record_id",
     "SELECT key, value FROM kv ORDER BY key",
     "SELECT id FROM heads ORDER BY id",

@@ -21,7 +21,8 @@ from .storage import Storage
 TAG_SEP = "\x1f"  # the tags column's separator; a word separator for the FTS tokenizer
 MEMORY_COLUMNS = ("m.id, m.content, m.scope, m.kind, m.tags, m.priority, m.confidence, m.tool, m.source,"
                   " m.session, m.metadata, m.created_at, m.updated_at, m.expires_at, m.content_hash")
-NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?)"
+# What every read shows: not expired, not archived (an archived memory comes back by unarchive only).
+NOT_EXPIRED = "(m.expires_at IS NULL OR m.expires_at > ?) AND m.archived = 0"
 RANGE_CHUNK = 5000  # rows turned into records at a time by Reader.range
 
 _new_tuple = tuple.__new__
@@ -180,6 +181,13 @@ class Reader:
             last = rows[-1][0]
             yield from rows_to_memories(rows)
 
+    def archived(self, limit: int) -> list[Memory]:
+        """Archived memories (not expired), last updated first."""
+        rows = self.storage.conn.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.archived = 1 AND (m.expires_at IS NULL"
+            " OR m.expires_at > ?) ORDER BY m.updated_at DESC, m.rowid DESC LIMIT ?", (now_ms(), limit)).fetchall()
+        return rows_to_memories(rows)
+
     def recently_updated(self, where: str, args: Sequence[object], limit: int) -> list[Memory]:
         """Memories passing ``where`` (SQL on ``memories m``, e.g. ``Filters.sql``), last updated first."""
         with self.storage.read() as conn:
@@ -217,9 +225,12 @@ class Reader:
         total = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
         expired = conn.execute("SELECT count(*) FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ?",
                                (now,)).fetchone()[0]
+        archived = conn.execute("SELECT count(*) FROM memories WHERE archived = 1 AND (expires_at IS NULL"
+                                " OR expires_at > ?)", (now,)).fetchone()[0]
         return {
-            "memories": total - expired,
+            "memories": total - expired - archived,
             "expired": expired,
+            "archived": archived,
             "deleted": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
             "ops": conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0],
             "scopes": conn.execute("SELECT count(DISTINCT scope) FROM memories m WHERE " + NOT_EXPIRED,

@@ -264,6 +264,11 @@ def _m007_merger(conn: sqlite3.Connection) -> None:
                  " FROM embeddings")
 
 
+def _m008_archive(conn: sqlite3.Connection) -> None:
+    # archived: a memory out of recall (and of the FTS and vector indexes) until restored (issue 15).
+    _run(conn, "ALTER TABLE memories ADD COLUMN archived INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -272,4 +277,5 @@ MIGRATIONS: list[Migration] = [
     (5, "hash-graph clocks and floors, conflicts, peers, sync log", _m005_replication),
     (6, "nonces of accepted sync requests", _m006_sync_nonces),
     (7, "merger: content normal-form hash, merge audit trail, manual candidates", _m007_merger),
+    (8, "archived memories", _m008_archive),
 ]
