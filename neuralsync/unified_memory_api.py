@@ -554,7 +554,7 @@ class UnifiedMemoryAPI:
         if self.semantic is not None:
             self.semantic.start_background_refresh()
         if self.config.dedupe and self._merge_scans is None:
-            self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, lambda: self._scan_quietly(True))
+            self._merge_scans = Periodic("neuralsync-merger", MERGE_SCAN_INTERVAL_S, self._background_scan)
             self._merge_scans.start()
         if self.config.monitor_publish_s and self._publisher is None:  # what `neuralsync stats` shows of us
             self._publisher = Periodic("neuralsync-monitor", self.config.monitor_publish_s, self.figures.publish)
@@ -566,7 +566,7 @@ class UnifiedMemoryAPI:
     def _compact_when_idle(self) -> None:
         """A slice of compaction when no op was written since the last look (a minute ago)."""
         seq = self.last_seq()
-        if seq != self._idle_mark[0]:
+        if seq != self._idle_mark[0] or self._store_has_another_server():
             self._idle_mark = (seq, now_ms())
             return
         try:
@@ -715,6 +715,17 @@ class UnifiedMemoryAPI:
             self._after_commit(len(exact) + len(near_done))
         return {"exact": len(exact), "near": len(near_done),
                 "merges": [d.merge_id for d in (*exact, *near_done)]}
+
+    def _store_has_another_server(self) -> bool:
+        """True when another live process serves this store: its background scans and compaction are that
+        process's, so an MCP server beside it does not load the model and index to repeat them."""
+        from .discovery import read_server_info
+
+        return read_server_info(self.config.home) is not None
+
+    def _background_scan(self) -> None:
+        if not self._store_has_another_server():
+            self._scan_quietly(near=True)
 
     def _scan_quietly(self, near: bool) -> None:
         try:
