@@ -325,3 +325,30 @@ def test_duplicates_inside_one_batch_merge_like_one_by_one(make_api: MakeApi, tm
     assert bulk.counts()["memories"] == single.counts()["memories"] == 50
     assert len(bulk.merges()) == len(single.merges()) == 2
     assert run_doctor(bulk.storage).ok
+
+
+@pytest.mark.slow
+def test_a_running_server_merges_paraphrases_in_the_background(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    from _live import live_server
+
+    with live_server(tmp_path / "store") as server:
+        def remember(text: str) -> str:
+            answer = httpx.post(f"{server.url}/v1/memories", json={"content": text}, headers=server.auth, timeout=30)
+            assert answer.status_code == 201, answer.text
+            return str(answer.json()["id"])
+
+        first = remember("Run the database migrations with alembic upgrade head before starting the app")
+        second = remember("Before starting the app, run the database migrations with alembic upgrade head")
+        third = remember("never run the database migrations by hand on production")
+        deadline = time.monotonic() + 60  # the server embeds new memories, then scans them (every 5 s)
+        merges: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not merges:
+            merges = httpx.get(f"{server.url}/v1/merges", headers=server.auth, timeout=10).json()["merges"]
+            time.sleep(0.5)
+        assert [(m["into"], m["merged"]) for m in merges] == [(first, second)], merges
+        listed = httpx.get(f"{server.url}/v1/memories/{third}", headers=server.auth, timeout=10)
+        assert listed.status_code == 200
