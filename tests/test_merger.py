@@ -332,7 +332,6 @@ def test_a_running_server_merges_paraphrases_in_the_background(tmp_path: Path) -
     import time
 
     import httpx
-
     from _live import live_server
 
     with live_server(tmp_path / "store") as server:
