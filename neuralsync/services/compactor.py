@@ -191,10 +191,9 @@ class Compactor:
         return len(ids)
 
     def _consolidate_duplicates(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-        # Exact duplicates among every memory; paraphrases are the merger's background scan's (a vector
-        # search per memory), or `neuralsync merges scan --all`.
-        self.merger.rewind(self.storage.write, near=False)
-        done = self.merger.scan_arrived(self._slice, limit=MERGE_SLICE)
+        # Exact duplicates among every live memory (a walk of the normal-form index); paraphrases are the
+        # merger's background scan's (a vector search per memory), or `neuralsync merges scan --all`.
+        done = self.merger.consolidate(self._slice, clusters_per_write=MERGE_SLICE)
         return {"merged": len(done)}
 
     def _fts_optimize(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:

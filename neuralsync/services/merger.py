@@ -259,18 +259,38 @@ class Merger:
             self._seen = top
         return waiting
 
+    def consolidate(self, write: Callable[[], Any], clusters_per_write: int = 8) -> list[MergeDone]:
+        """Merge every cluster of exact duplicates among the live memories (a walk of the normal-form
+        index, not of the log), a few clusters per write transaction."""
+        now = now_ms()
+        keys = self.reads.storage.conn.execute(
+            "SELECT m.scope, m.norm_hash FROM memories m WHERE m.norm_hash IS NOT NULL"
+            f" AND {NOT_EXPIRED} GROUP BY m.scope, m.norm_hash HAVING count(*) > 1", (now,)).fetchall()
+        done: list[MergeDone] = []
+        for start in range(0, len(keys), clusters_per_write):
+            with write() as conn:
+                for scope, key in keys[start:start + clusters_per_write]:
+                    done += self._merge_cluster(conn, scope, key)
+        return done
+
     def _merge_group(self, conn: sqlite3.Connection, record_id: str) -> list[MergeDone]:
         memory = self.reads.get(record_id)
         if memory is None:
             return []
-        strategy = choose_strategy(self.config, memory.scope)
+        return self._merge_cluster(conn, memory.scope, norm_hash(memory.content))
+
+    def _merge_cluster(self, conn: sqlite3.Connection, scope: str, key: str) -> list[MergeDone]:
+        """Merge the live memories of ``scope`` whose normal form hashes to ``key`` into the earliest."""
+        strategy = choose_strategy(self.config, scope)
         if strategy == OFF:
             return []
         rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.scope = ? AND m.norm_hash = ?"
-                            f" AND {NOT_EXPIRED}", (memory.scope, norm_hash(memory.content), now_ms())).fetchall()
+                            f" AND {NOT_EXPIRED}", (scope, key, now_ms())).fetchall()
         group = sorted((row_to_memory(row) for row in rows), key=lambda m: first_create(conn, m.id))
+        if len(group) < 2:
+            return []
         done: list[MergeDone] = []
-        survivor = group[0] if group else memory
+        survivor = group[0]
         for other in group[1:]:
             if self._undone(conn, survivor.id, other.id):
                 continue
