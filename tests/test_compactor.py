@@ -179,3 +179,37 @@ def test_over_a_quota_the_least_valuable_memories_are_archived(make_api: MakeApi
     assert 90 <= archived <= 110
     assert all(m.priority == 0.1 for m in api.archived(500))  # the low-priority half went first
     assert api.counts()["memories"] == 200 - archived
+
+
+def test_a_purge_is_one_op_that_replicas_apply_like_deletes(make_api: MakeApi, tmp_path: Path) -> None:
+    a = make_api(tmp_path / "a", embedder="none", dedupe=False)
+    b = make_api(tmp_path / "b", embedder="none", dedupe=False)
+    _fill(a, 30)  # 10 expired
+    b.log.apply_remote(_ops(a))
+    expired = [r for (r,) in b.storage.conn.execute("SELECT id FROM memories WHERE expires_at <= ?",
+                                                    (int(time.time() * 1000),))]
+    with b.storage.write() as conn:  # b revives one expired memory, concurrently with a's purge
+        b.log.append(conn, [("update", expired[0], {"expires_at": None})])
+    ops_before = a.counts()["ops"]
+    assert a.compact(["purge_expired"])["steps"][0]["purged"] == 10
+    assert a.counts()["ops"] == ops_before + 1  # one op for the ten
+    ops_a, ops_b = _ops(a), _ops(b)
+    a.log.apply_remote(ops_b)
+    b.log.apply_remote(list(reversed(ops_a)))
+    ra, rb = run_doctor(a.storage), run_doctor(b.storage)
+    assert ra.ok and rb.ok and ra.digest == rb.digest
+    assert a.get(expired[0]).id == expired[0]  # the write the purge had not seen keeps it (update wins)
+    assert a.counts()["deleted"] == 9
+
+
+def test_a_purge_of_a_memory_it_never_saw_is_refused(make_api: MakeApi, tmp_path: Path) -> None:
+    a = make_api(tmp_path / "a", embedder="none")
+    b = make_api(tmp_path / "b", embedder="none")
+    seen = a.remember("a memory both replicas hold")
+    b.log.apply_remote(_ops(a))
+    unseen = b.remember("only on b")
+    forged = codec.make_op(a.log.key, "purge", min(seen, unseen), {"records": sorted([seen, unseen])},
+                           a.log.clock.tick(0), [op.id for _, op in a.log.ops_since(0, 100)][-1:])
+    result = b.log.apply_remote([codec.op_from_wire(codec.op_to_wire(forged))])
+    assert result.rejected and "create is not among its ancestors" in result.rejected[0][1]
+    assert b.counts()["memories"] == 2

@@ -36,7 +36,8 @@ from .fields import check_fields
 
 FORMAT_VERSION = 2  # new ops; format 1 ops (id over the whole body) are still read and verified
 FORMATS = (1, 2)
-OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge"})
+OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge",
+                      "purge"})
 MAX_OP_BYTES = 1 << 20  # one op, encoded
 MAX_PREDS = 64
 MAX_DEPTH = 8

@@ -20,6 +20,7 @@ from ..validation import content_fault, label_fault
 MAX_LABEL = 512
 MAX_TAGS = 256
 MAX_REMOVES = 4096
+MAX_PURGE = 256  # memories one purge op deletes
 
 
 def _text(limit: int, optional: bool = False) -> Callable[[Any], bool]:
@@ -109,6 +110,12 @@ def check_fields(kind: str, record_id: str, fields: dict[str, Any]) -> None:
             raise InvalidOp(f"tag_remove op needs a list of at most {MAX_REMOVES} distinct 32-byte add-op ids")
     elif kind == "merge":
         _check_merge(record_id, fields)
+    elif kind == "purge":
+        records = fields.get("records")
+        if (not isinstance(records, list) or not 0 < len(records) <= MAX_PURGE
+                or not all(isinstance(r, str) and is_valid_id(r) for r in records)
+                or records != sorted(set(records)) or records[0] != record_id):
+            raise InvalidOp(f"purge op needs 'records': 1 to {MAX_PURGE} sorted distinct memory ids, the first its own")
     elif kind == "unmerge" and not _op_id(fields.get("merge")):
         raise InvalidOp("unmerge op needs the 32-byte id of the merge it undoes")
 

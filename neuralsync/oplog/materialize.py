@@ -41,7 +41,7 @@ from .graph import Node, ancestors_among, below, effective_clock, floor_of, is_a
 CREATE_DEFAULTS: dict[str, Any] = {"tool": None, "source": None, "session": None, "metadata": {},
                                    "expires_at": None}
 MEMORY_WRITES = ("create", "update", "tag_add", "tag_remove", "unmerge")
-REMOVALS = ("delete", "merge")  # ops that take a memory away (a merge: into the memory it repeats)
+REMOVALS = ("delete", "merge", "purge")  # ops that take a memory away (merge: into the one it repeats)
 NEEDS_CREATE = frozenset({"update", "tag_add", "tag_remove", "delete", "unmerge"})
 DELETED_FIELD = "_deleted"  # the conflicts row of a delete that met a write it had not seen
 
@@ -77,6 +77,9 @@ def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
         return
     if op.kind == "unmerge":
         _check_unmerge(conn, op, preds)
+    if op.kind == "purge":
+        _check_purge(conn, op, preds)
+        return
     if op.kind not in NEEDS_CREATE:
         return
     # Every ancestry question about this op is answered by one walk of its ancestors.
@@ -103,6 +106,17 @@ def _check_merge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
                                                   (record,))]
         if not ancestors_among(conn, creates, preds):
             raise InvalidOp("merge of a memory whose create is not among its ancestors")
+
+
+def _check_purge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """A purge deletes memories it has seen: each one's create is among its ancestors."""
+    records = op.fields["records"]
+    marks = ",".join("?" * len(records))
+    creates = conn.execute(f"SELECT record_id, seq FROM ops WHERE kind = 'create' AND record_id IN ({marks})",
+                           records).fetchall()
+    seen = ancestors_among(conn, [seq for _, seq in creates], preds)
+    if {record for record, seq in creates if seq in seen} != set(records):
+        raise InvalidOp("purge of a memory whose create is not among its ancestors")
 
 
 def _check_unmerge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
@@ -457,16 +471,28 @@ def _refresh_tags(conn: sqlite3.Connection, row: tuple[Any, ...], at_ms: int) ->
 
 
 def _delete(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
-    row = _row(conn, op.record_id)
+    _remove(conn, op, ctx, op.record_id)
+
+
+def _purge(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """Many deletes in one op (the compactor's purge of expired memories): each memory as a delete."""
+    conn.executemany("INSERT OR IGNORE INTO op_records(record_id, seq) VALUES (?, ?)",
+                     [(record, ctx.node.seq) for record in op.fields["records"]])
+    for record in op.fields["records"]:
+        _remove(conn, op, ctx, record)
+
+
+def _remove(conn: sqlite3.Connection, op: Op, ctx: Applied, record_id: str) -> None:
+    row = _row(conn, record_id)
     if row is not None and not ctx.complete:
-        survivor = _unobserved_write(conn, op.record_id)
+        survivor = _unobserved_write(conn, record_id)
         if survivor is not None:
             what = "merged" if op.kind == "merge" else "deleted"
-            _record_conflict(conn, op.record_id, DELETED_FIELD, (survivor[0], survivor[1], "kept"),
+            _record_conflict(conn, record_id, DELETED_FIELD, (survivor[0], survivor[1], "kept"),
                              (op.id, op.author, what),
                              f"update wins: a concurrent write the {op.kind} had not seen keeps the memory")
             return
-    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
+    conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (record_id, op.id))
     if row is None:
         return
     mem, content, tags, scope = row
@@ -480,7 +506,9 @@ def _delete(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
 def _unobserved_write(conn: sqlite3.Connection, record_id: str) -> tuple[bytes, bytes] | None:
     """(id, author) of a write to the memory that no delete of it has among its ancestors, if any."""
     ops = conn.execute("SELECT seq, eff, coalesce(floor, seq), kind, id, author FROM ops WHERE record_id = ?"
-                       " ORDER BY seq", (record_id,)).fetchall()
+                       " UNION SELECT o.seq, o.eff, coalesce(o.floor, o.seq), o.kind, o.id, o.author FROM op_records r"
+                       " JOIN ops o ON o.seq = r.seq WHERE r.record_id = ? ORDER BY 1",
+                       (record_id, record_id)).fetchall()
     floor, extra = below(conn, [Node(seq, eff, floor) for seq, eff, floor, kind, _, _ in ops if kind in REMOVALS])
     for seq, _, _, kind, oid, author in ops:
         if kind in MEMORY_WRITES and seq > floor and seq not in extra:
@@ -542,4 +570,5 @@ _HANDLERS = {
     "persona": _persona,
     "merge": _merge,
     "unmerge": _unmerge,
+    "purge": _purge,
 }

@@ -269,6 +269,15 @@ def _m008_archive(conn: sqlite3.Connection) -> None:
     _run(conn, "ALTER TABLE memories ADD COLUMN archived INTEGER NOT NULL DEFAULT 0")
 
 
+def _m009_op_records(conn: sqlite3.Connection) -> None:
+    # The memories an op names besides its own record (a purge deletes many): derived, for the per-memory
+    # questions (what removed it, what wrote it) that look ops up by record.
+    _run(conn, """
+    CREATE TABLE op_records(record_id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(record_id, seq))
+        WITHOUT ROWID
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -278,4 +287,5 @@ MIGRATIONS: list[Migration] = [
     (6, "nonces of accepted sync requests", _m006_sync_nonces),
     (7, "merger: content normal-form hash, merge audit trail, manual candidates", _m007_merger),
     (8, "archived memories", _m008_archive),
+    (9, "memories named by ops beyond their own record (purge)", _m009_op_records),
 ]
