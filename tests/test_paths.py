@@ -14,7 +14,9 @@ def test_a_store_under_an_odd_path_works_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "my memory ?#% ünï"
     with UnifiedMemoryAPI(MemoryConfig(base_path=home, embedder="none")) as api:
         changes: list[str] = []
-        follower = threading.Thread(target=lambda: changes.extend(c.kind for c in api.subscribe(timeout=2.0)))
+        since = api.last_seq()  # from here, however late the follower starts on a loaded machine
+        follower = threading.Thread(target=lambda: changes.extend(c.kind for c in api.subscribe(since=since,
+                                                                                               timeout=2.0)))
         follower.start()
         time.sleep(0.3)
         memory_id = api.remember("odd paths are fine")
