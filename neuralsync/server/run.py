@@ -71,7 +71,7 @@ def log_to_file(config: MemoryConfig) -> logging.Handler:
 def require_server_deps() -> None:
     """Fail with the install line when the optional server dependencies are missing."""
     missing = []
-    for module in ("fastapi", "uvicorn"):
+    for module in ("fastapi", "uvicorn", "jinja2"):
         try:
             __import__(module)
         except ImportError:
