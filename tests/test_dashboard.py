@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from neuralsync.server.app import create_app  # noqa: E402
-from neuralsync.unified_memory_api import UnifiedMemoryAPI  # noqa: E402
+from neuralsync.server.app import create_app
+from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 TOKEN = "dashboard-token-0123456789"
 BASE = "http://127.0.0.1:8373"
