@@ -318,10 +318,19 @@ def monitor(request: Request, days: int = Query(30, ge=1, le=365)) -> HTMLRespon
     latency = {op: api.performance_trend(op, 240) for op in operations if op in ("recall", "remember", "get",
                                                                                   "update", "forget")}
     return render(request, "monitor.html", nav="monitor", growth=growth, days=days,
-                  growth_chart=bar_chart([(d["day"], float(d["memories"])) for d in growth.get("per_day", [])]),
-                  bytes_chart=bar_chart([(d["day"], float(d["bytes"])) for d in growth.get("per_day", [])]),
+                  growth_chart=bar_chart(_daily(growth, "memories", days)),
+                  bytes_chart=bar_chart(_daily(growth, "bytes", days)),
                   latency_charts={op: line_chart(points) for op, points in latency.items()},
                   perf=perf, storage=stats.get("storage", {}), counts=stats)
+
+
+def _daily(growth: dict[str, Any], key: str, days: int) -> list[tuple[str, float]]:
+    """One point per day of the window, oldest first, days without writes at zero."""
+    known = {str(d["day"]): float(d.get(key) or 0) for d in growth.get("per_day", [])}
+    today = time.time()
+    labels = [time.strftime("%Y-%m-%d", time.localtime(today - 86400 * back)) for back in range(days - 1, -1, -1)]
+    extra = sorted(set(known) - set(labels))  # a day the store counts in another time zone: still shown
+    return [(day, known.get(day, 0.0)) for day in sorted([*labels, *extra])]
 
 
 @dataclass
@@ -333,10 +342,11 @@ class Chart:
     bars: list[dict[str, Any]]
     lines: dict[str, str]
     top: float
+    dots: list[tuple[float, float]]
     labels: list[tuple[float, str]]
 
 
-CHART_W, CHART_H = 640, 160
+CHART_W, CHART_H = 560, 140
 
 
 def bar_chart(points: list[tuple[str, float]]) -> Chart:
@@ -346,8 +356,9 @@ def bar_chart(points: list[tuple[str, float]]) -> Chart:
     bars: list[dict[str, Any]] = [{"x": round(i * width + 1, 1), "w": round(max(1.0, width - 2), 1),
              "h": round(v / top * (CHART_H - 20), 1), "y": round(CHART_H - v / top * (CHART_H - 20), 1),
              "label": label, "value": v} for i, (label, v) in enumerate(points)]
-    labels = [(float(bars[i]["x"]), points[i][0]) for i in (0, len(points) - 1)] if points else []
-    return Chart(CHART_W, CHART_H, bars, {}, top, labels)
+    labels = [(0.0, points[0][0]), (float(CHART_W), points[-1][0])] if len(points) > 1 else [
+        (0.0, label) for label, _ in points]
+    return Chart(CHART_W, CHART_H, bars, {}, top, [], labels)
 
 
 def _y(value: float, top: float) -> float:
@@ -366,4 +377,5 @@ def line_chart(trend: list[dict[str, Any]]) -> Chart:
     if trend:
         labels = [(0.0, time.strftime("%H:%M", time.localtime(trend[0]["minute"]))),
                   (CHART_W - 40.0, time.strftime("%H:%M", time.localtime(trend[-1]["minute"])))]
-    return Chart(CHART_W, CHART_H, [], lines, round(top, 2), labels)
+    dots = [(round(i / n * CHART_W, 1), _y(float(p.get("p99_ms") or 0), top)) for i, p in enumerate(trend)]
+    return Chart(CHART_W, CHART_H, [], lines, round(top, 2), dots, labels)
