@@ -154,6 +154,10 @@ def test_edit_forget_restore_and_persona(anon: TestClient, store: UnifiedMemoryA
     mid = store.remember("first draft", tags=["a"])
     csrf = sign_in(anon)
     headers = {**ORIGIN, "X-CSRF-Token": csrf}
+    ops = store.counts()["ops"]
+    same = {"content": "first draft", "tags": "a", "scope": "global", "kind": "fact", "priority": "0.5"}
+    unchanged = anon.post(f"/ui/memory/{mid}", data=same, headers=headers)
+    assert "nothing changed" in unchanged.text and store.counts()["ops"] == ops  # shown values are not rewritten
     saved = anon.post(f"/ui/memory/{mid}", data={"content": "second draft", "tags": "a, b", "priority": "0.9"},
                       headers=headers)
     assert saved.status_code == 200 and "saved" in saved.text

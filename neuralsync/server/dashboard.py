@@ -179,7 +179,10 @@ def _search(api: UnifiedMemoryAPI, q: str, mode: str, scope: str, tag: str, kind
     if q.strip() and mode == "hybrid" and shown:
         # The hybrid score's parts: the same query ranked by words alone and by meaning alone.
         for part in ("text", "semantic"):
-            scores = {m.id: m.score for m in api.recall(q, top_k=top_k, mode=part, **args)}
+            try:
+                scores = {m.id: m.score for m in api.recall(q, top_k=top_k, mode=part, **args)}
+            except NeuralSyncError:  # e.g. no embedder: that part is unknown, the search still stands
+                scores = {}
             for m in shown:
                 parts[m.id][part] = scores.get(m.id)
     more = len(found) > page * PAGE_SIZE and page * PAGE_SIZE < api.config.max_top_k
@@ -229,20 +232,31 @@ def _panel(request: Request, memory_id: str, message: str | None = None, error: 
 @router.post("/memory/{memory_id}")
 async def memory_edit(request: Request, memory_id: str) -> HTMLResponse:
     form = await form_of(request)
-    fields: dict[str, Any] = {}
-    for name in ("content", "scope", "kind"):
-        if name in form:
-            fields[name] = form[name]
-    if "tags" in form:
-        fields["tags"] = [t.strip() for t in form["tags"].split(",") if t.strip()]
+    return await run_in_threadpool(_edit, request, memory_id, form)
+
+
+def _edit(request: Request, memory_id: str, form: dict[str, str]) -> HTMLResponse:
+    """Write only the fields the form changed: an untouched field keeps its clock, so a concurrent write
+    to it on another replica is not overridden by a value that was merely shown."""
+    api = api_of(request)
     try:
+        current = api.get(memory_id)
+        fields: dict[str, Any] = {name: form[name] for name in ("content", "scope", "kind")
+                                  if name in form and form[name] != getattr(current, name)}
+        if "tags" in form:
+            tags = sorted({t.strip() for t in form["tags"].split(",") if t.strip()})
+            if tuple(tags) != tuple(sorted(current.tags)):
+                fields["tags"] = tags
         for name in ("priority", "confidence"):
             if form.get(name, "").strip():
                 value = float(form[name])
                 if not math.isfinite(value):
-                    raise InvalidInput(name, "must be a number")
-                fields[name] = value
-        await run_in_threadpool(api_of(request).update, memory_id, **fields)
+                    raise InvalidInput(name, "must be a number from 0 to 1")
+                if value != getattr(current, name):
+                    fields[name] = value
+        if not fields:
+            return _panel(request, memory_id, message="nothing changed")
+        api.update(memory_id, **fields)
     except ValueError:
         return _panel(request, memory_id, error="priority and confidence are numbers from 0 to 1", status=422)
     except InvalidInput as exc:
@@ -285,10 +299,14 @@ def persona_page(request: Request) -> HTMLResponse:
 @router.post("/persona")
 async def persona_set(request: Request) -> HTMLResponse:
     form = await form_of(request)
+    return await run_in_threadpool(_set_persona, request, form.get("text", ""))
+
+
+def _set_persona(request: Request, text: str) -> HTMLResponse:
     api = api_of(request)
     message = "saved"
     try:
-        await run_in_threadpool(api.set_persona, form.get("text", ""))
+        api.set_persona(text)
     except InvalidInput as exc:
         message = f"{exc.field}: {exc.message}"
     return render(request, "persona_panel.html", info=api.get_persona_info(), message=message)

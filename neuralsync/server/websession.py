@@ -73,7 +73,7 @@ def cookie_admits(path: str) -> bool:
 
 def is_page(path: str) -> bool:
     """A page a browser navigates to (redirected to sign-in) rather than a resource a script fetches."""
-    return path in PAGE_PATHS or ((path == "/ui" or path.startswith("/ui/")) and "/api/" not in path)
+    return path in PAGE_PATHS or path == "/ui" or path.startswith("/ui/")
 
 
 def login_redirect(path: str) -> str:
