@@ -210,3 +210,17 @@ def test_paging_a_few_thousand_memories_is_quick(store: UnifiedMemoryAPI, anon: 
     hybrid = anon.get("/ui/", params={"q": "topic3", "mode": "hybrid"}).text
     assert 'title="text"' in hybrid and 'title="semantic"' in hybrid and 'title="hybrid"' in hybrid
     assert anon.get("/ui/", params={"before": "junk"}).status_code == 200  # a bad cursor is said, not a 500
+
+
+def test_sessions_expire_and_are_bounded() -> None:
+    from neuralsync.server.websession import WebSessions
+
+    bounded = WebSessions(ttl_s=60, max_sessions=2)
+    first, second = bounded.create(), bounded.create()
+    assert bounded.get(first.id) is first and first.csrf != second.csrf  # first's idle timer restarts
+    third = bounded.create()  # over the bound: the one closest to expiring (second) goes
+    assert bounded.get(second.id) is None and bounded.get(first.id) is first and bounded.get(third.id) is third
+    short = WebSessions(ttl_s=0.05)
+    session = short.create()
+    time.sleep(0.1)
+    assert short.get(session.id) is None and short.get("") is None
