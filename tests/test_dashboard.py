@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -224,3 +225,18 @@ def test_sessions_expire_and_are_bounded() -> None:
     session = short.create()
     time.sleep(0.1)
     assert short.get(session.id) is None and short.get("") is None
+
+
+def test_activity_shows_sessions_merges_conflicts_and_monitor_charts(anon: TestClient, store: UnifiedMemoryAPI) -> None:
+    kept = store.remember("the deploy key rotates monthly")
+    store.remember("the deploy key rotates monthly")  # an exact repeat: merged into the first
+    gone = store.remember("short-lived note")
+    store.forget(gone)
+    store.restore(gone)  # recorded as a conflict: the restore won over the delete
+    sign_in(anon)
+    page = anon.get("/ui/activity").text
+    assert f'href="/ui/memory/{kept}"' in page and "No merges." not in page
+    assert f'href="/ui/memory/{gone}"' in page and "_deleted" in page and "No conflicts." not in page
+    assert f"<td>{os.getpid()}</td>" in page  # this process's session on the store, with its pid
+    monitor = anon.get("/ui/monitor", params={"days": 7}).text
+    assert monitor.count("<rect") == 14 and "<polyline" in monitor  # 7 days x 2 charts; latency lines
