@@ -314,6 +314,30 @@ class UnifiedMemoryAPI:
             self._write(unit)
             return True
 
+    def restore(self, memory_id: str) -> Memory:
+        """Bring back a forgotten memory, as it was when it was forgotten; returns it.
+
+        The restore is an ``update`` op with no fields on the forgotten memory: every replica's
+        materialiser rebuilds a deleted memory from all its writes when a write reaches it
+        (``materialize._resurrect``), so the restore replicates like any write. Raises
+        :class:`NotFound` unless the memory was forgotten (a merged one comes back by ``undo_merge``).
+        """
+        with self.monitor.measure("restore"):
+            record_id = v.memory_id(memory_id)
+
+            def unit(conn: sqlite3.Connection) -> Memory | None:
+                row = conn.execute("SELECT o.kind FROM tombstones t JOIN ops o ON o.id = t.op"
+                                   " WHERE t.record_id = ?", (record_id,)).fetchone()
+                if row is None or row[0] != "delete":
+                    return None
+                return self._commit([("update", record_id, {})], None,
+                                    lambda: self.reads.get(record_id, include_expired=True))
+
+            restored = self._write(unit)
+            if restored is None:
+                raise NotFound(record_id)
+            return restored
+
     def set_persona(self, text: str) -> None:
         """Set the persona text shared by every tool (empty text clears it)."""
         if not isinstance(text, str) or len(text) > self.config.max_content_chars:

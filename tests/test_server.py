@@ -428,9 +428,13 @@ def test_sse_alert_events_are_opt_in_and_leave_the_change_cursor_alone(client: T
 
 
 # ------------------------------------------------------------------ found in review
-@pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
-def test_api_description_needs_the_token_too(api: UnifiedMemoryAPI, client: TestClient, path: str) -> None:
-    assert TestClient(create_app(api, TOKEN)).get(path).status_code == 401
+@pytest.mark.parametrize(("path", "status"), [("/docs", 303), ("/redoc", 303), ("/openapi.json", 401)])
+def test_api_description_needs_the_token_too(api: UnifiedMemoryAPI, client: TestClient, path: str,
+                                             status: int) -> None:
+    # Without the token or a signed-in browser's cookie: a page is sent to sign-in, the document refused.
+    anonymous = TestClient(create_app(api, TOKEN)).get(path, follow_redirects=False)
+    assert anonymous.status_code == status
+    assert status != 303 or anonymous.headers["location"] == f"/ui/login?next={path}"
     assert client.get(path).status_code == 200
 
 

@@ -73,7 +73,10 @@ class ServerApp(Gate):
     """The ASGI app handed to uvicorn; ``fastapi`` and ``state`` are exposed for ``serve`` and tests."""
 
     def __init__(self, fastapi_app: FastAPI, state: ServerState, token: str, max_body_bytes: int) -> None:
-        super().__init__(Guard(fastapi_app), token, max_body_bytes)
+        super().__init__(Guard(fastapi_app), token, max_body_bytes, sessions=state.web_sessions)
+        # The dashboard's sign-in compares a posted token with this one and opens a session.
+        fastapi_app.state.neuralsync_token = token
+        fastapi_app.state.neuralsync_sessions = state.web_sessions
         self.fastapi = fastapi_app
         self.state = state
 
@@ -93,15 +96,20 @@ def _fastapi_app(state: ServerState) -> FastAPI:
         if state.owns_api:
             state.api.close()
 
-    app = FastAPI(title="neuralsync", version=__version__, lifespan=lifespan, docs_url="/docs",
+    app = FastAPI(title="neuralsync", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, default_response_class=SafeJSONResponse,
                   description="Persistent memory shared by AI command-line tools. Every route except "
-                              "/health needs 'Authorization: Bearer <token>' (see 'neuralsync token').")
+                              "/health needs 'Authorization: Bearer <token>' (see 'neuralsync token'); "
+                              "a browser signed in at /ui/login opens these pages, the dashboard and the "
+                              "change feed's stream with its session cookie.")
     app.state.neuralsync = state
     _add_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(feed.router)
     app.include_router(compat.router)
+    from . import dashboard  # jinja2: the dashboard's templates
+
+    dashboard.install(app)
     app.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse,
                       tags=["operations"], summary="Prometheus metrics")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

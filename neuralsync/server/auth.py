@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from ..config import MemoryConfig
 from ..errors import ConfigError
+from . import websession as web
 
 log = logging.getLogger("neuralsync.server")
 
@@ -145,10 +146,13 @@ class BodyTooLarge(Exception):
 class Gate:
     """Bearer-token check (401 missing, 403 wrong) and request size limit (413), before routing."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 sessions: web.WebSessions | None = None) -> None:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
+        # Signed-in browsers (the dashboard); None: the bearer token is the only way in.
+        self.sessions = sessions
         self._told_tokenless = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,7 +166,13 @@ class Gate:
                 status, message, field = signed_refusal
                 await send_error(send, status, "unauthorized" if status in (401, 403) else "busy", message, field)
                 return
-        elif scope["path"] not in OPEN_PATHS:
+        elif scope["path"] in OPEN_PATHS or (self.sessions is not None and web.is_open(scope["path"])):
+            pass
+        elif (self.sessions is not None and _header(scope, b"authorization") is None
+              and web.cookie_admits(scope["path"])):
+            if not await self._admit_browser(scope, send):
+                return
+        else:
             refusal = self._refusal(_header(scope, b"authorization"))
             if refusal is not None and refusal[0] == 401 and not self._told_tokenless:
                 self._tell_tokenless(scope["path"])
@@ -181,6 +191,28 @@ class Gate:
             await send_error(send, 413, "payload_too_large", f"request body over {limit} bytes", "body")
             return
         await self.app(scope, _replay(body, receive), send)
+
+    async def _admit_browser(self, scope: Scope, send: Send) -> bool:
+        """A request with no bearer token to a path the session cookie opens: True to let it through
+        (the session is put in ``scope["state"]["web_session"]``), else it has been answered."""
+        assert self.sessions is not None
+        session = self.sessions.of_request(scope)
+        if session is None:
+            if scope["method"] in web.SAFE_METHODS and web.is_page(scope["path"]):
+                location = web.login_redirect(scope["path"]).encode("latin-1")
+                await send({"type": "http.response.start", "status": 303,
+                            "headers": [(b"location", location), (b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send_error(send, 401, "unauthorized", "sign in at /ui/login, or send"
+                                 " 'Authorization: Bearer <token>'", "Cookie")
+            return False
+        if scope["method"] not in web.SAFE_METHODS and not web.csrf_ok(scope, session):
+            await send_error(send, 403, "forbidden", "cross-site request refused: a change made with the"
+                             " session cookie needs the page's X-CSRF-Token from this origin", "X-CSRF-Token")
+            return False
+        scope.setdefault("state", {})["web_session"] = session
+        return True
 
     def signed_refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         """(status, reason, header at fault) to refuse a signed request on its headers, before its body

@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from ..errors import InvalidInput
 from ..json_input import parse_json
 from ..unified_memory_api import UnifiedMemoryAPI
+from .websession import WebSessions
 
 
 class SafeJSONResponse(JSONResponse):
@@ -76,6 +77,7 @@ class ServerState:
     stop: threading.Event = field(default_factory=threading.Event)
     poll_interval: float = 0.05
     keepalive_s: float = 15.0
+    web_sessions: WebSessions = field(default_factory=WebSessions)
 
 
 def state_of(request: Request) -> ServerState:

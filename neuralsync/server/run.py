@@ -71,7 +71,7 @@ def log_to_file(config: MemoryConfig) -> logging.Handler:
 def require_server_deps() -> None:
     """Fail with the install line when the optional server dependencies are missing."""
     missing = []
-    for module in ("fastapi", "uvicorn"):
+    for module in ("fastapi", "uvicorn", "jinja2"):
         try:
             __import__(module)
         except ImportError:
@@ -137,6 +137,7 @@ def http_protocol() -> type[Any]:
 def _announce(config: MemoryConfig, host: str, port: int, token: str | None) -> None:
     source = "the token argument" if token else TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(config))
     print(f"neuralsync: serving {config.home} on http://{host}:{port} (token from {source})", file=sys.stderr)
+    print(f"neuralsync: dashboard at http://{host}:{port}/ui/ (sign in with 'neuralsync token')", file=sys.stderr)
     if not is_loopback(host):
         print(f"neuralsync: WARNING: listening on {host}, not loopback; the token is sent in clear text "
               "unless a TLS proxy is in front", file=sys.stderr)
