@@ -330,6 +330,9 @@ class UnifiedMemoryAPI:
                                    " WHERE t.record_id = ?", (record_id,)).fetchone()
                 if row is None or row[0] != "delete":
                     return None
+                if self.compactor.pruned(conn, record_id):
+                    raise InvalidInput("memory_id", "was compacted after every peer had its delete: its old"
+                                                    " values are gone")
                 return self._commit([("update", record_id, {})], None,
                                     lambda: self.reads.get(record_id, include_expired=True))
 

@@ -213,3 +213,14 @@ def test_a_purge_of_a_memory_it_never_saw_is_refused(make_api: MakeApi, tmp_path
     result = b.log.apply_remote([codec.op_from_wire(codec.op_to_wire(forged))])
     assert result.rejected and "create is not among its ancestors" in result.rejected[0][1]
     assert b.counts()["memories"] == 2
+
+
+def test_a_forgotten_memory_restores_until_compaction_prunes_it(make_api: MakeApi) -> None:
+    api = make_api(embedder="none")
+    gone = api.remember("a fact forgotten, then wanted back")
+    api.forget(gone)
+    assert api.restore(gone).content == "a fact forgotten, then wanted back"
+    api.forget(gone)
+    api.compact(["prune_payloads"])  # no peers: every op is stable
+    with pytest.raises(InvalidInput, match="compacted"):
+        api.restore(gone)

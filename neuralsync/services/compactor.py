@@ -300,6 +300,12 @@ class Compactor:
                 progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
         return {"pruned": pruned, "kept_format_1": kept_format1}
 
+    @staticmethod
+    def pruned(conn: sqlite3.Connection, record_id: str) -> bool:
+        """True if compaction kept only the skeletons of this memory's ops."""
+        return any(codec.is_skeleton(body) for (body,) in conn.execute(
+            "SELECT body FROM ops WHERE record_id = ? AND kind = 'create'", (record_id,)))
+
     def stable_seq(self, conn: sqlite3.Connection) -> int:
         """The largest local seq such that every op at or below it is held by every known peer (all of
         them, with no peers; none, while a peer has never synced)."""
