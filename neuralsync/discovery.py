@@ -11,7 +11,6 @@ and base modules only: it is read on the CLI's fast path.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from dataclasses import dataclass
@@ -92,6 +91,8 @@ def recall_via_server(home: Path, request: dict[str, Any], timeout: float = RECA
     token = server_token(home) if info is not None else None
     if info is None or token is None:
         return None
+    import http.client  # only when a server is announced: ~15 ms of imports a process alone never needs
+
     parts = urlsplit(info.url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:

@@ -537,6 +537,13 @@ class UnifiedMemoryAPI:
         self.access.record([m.id for m in results])
         return results
 
+    def warm_up(self, mode: str = "hybrid") -> None:
+        """For a process about to make one recall in ``mode``: start loading what it needs (the embedder on
+        a background thread, the index file here), so the first search does not pay for them in turn.
+        Nothing for a text recall or a store without semantic search."""
+        if mode != "text" and self.semantic is not None:
+            self.semantic.warm_up()
+
     def _via_server(self, request: dict[str, Any]) -> list[Memory] | None:
         """The hits of the server announced on this store for ``request`` (validated here first), or None:
         no server, it cannot answer, or this process serves the store. A process beside a server so

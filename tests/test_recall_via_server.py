@@ -123,3 +123,25 @@ def test_the_server_answers_recalls_itself(tmp_path: Path) -> None:
         assert api.forward_recalls
         create_app(api, token="t" * 32, write_queue=False)
         assert not api.forward_recalls
+
+
+# ---------------------------------------------------------------- a fresh process alone (no server)
+def test_warm_up_gives_the_same_hits_and_leaves_no_thread(tmp_path: Path) -> None:
+    home = tmp_path / "store"
+    _store(home)
+    config = MemoryConfig.from_env(home, recall_via_server=False)
+    with UnifiedMemoryAPI(config) as api:
+        expected = _recalls(api)
+    with UnifiedMemoryAPI(config) as api:
+        api.warm_up("text")
+        assert api.semantic is not None and api.semantic._warming is None  # a text recall needs no model
+        api.warm_up("hybrid")
+        warming = api.semantic._warming
+        assert warming is not None
+        assert _same(_recalls(api), expected)
+    assert not warming.is_alive()  # close waited for it: no model load runs into interpreter shutdown
+
+
+def test_close_bounds_the_analyze_of_pragma_optimize(tmp_path: Path) -> None:
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path / "s", embedder="none")) as api:
+        assert api.storage.conn.execute("PRAGMA analysis_limit").fetchone()[0] == 1000

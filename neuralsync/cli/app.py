@@ -255,6 +255,7 @@ def recall_standalone(args: argparse.Namespace) -> int:
 
         # The server was just asked (or --local): the facade searches here, without asking again.
         with UnifiedMemoryAPI(replace(config, recall_via_server=False)) as api:
+            api.warm_up(request["mode"])  # the model loads beside the index and the text search
             hits = api.recall(**request)
     return _show_hits(hits, args.json)
 
