@@ -61,21 +61,24 @@ def _status(pid: int) -> dict[str, float]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmHWM", "VmRSS"):
+        if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
             fields[name] = round(int(value.split()[0]) / 1024, 1)
     return fields
 
 
 def _mcp_pid() -> int:
-    """The newest process running the MCP server module (the one the client just spawned)."""
+    """The MCP server process the client just spawned (a live child of this process)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if b"neuralsync.mcp.server" in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
+                if b"neuralsync.mcp.server" not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    continue
+                status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
+            if f"\nPPid:\t{os.getpid()}\n" in status and "VmHWM:" in status:
+                found.append(int(entry))
     if not found:
         raise SystemExit("no MCP server process found")
     return max(found, key=lambda pid: os.stat(f"/proc/{pid}").st_mtime)
@@ -108,7 +111,9 @@ def mcp_session(home: Path, env: dict[str, str]) -> dict[str, Any]:
                 assert not result.is_error, result.content
             result = await client.call_tool("recall", {"query": "deploy", "tags": ["ops"], "scope": "global"})
             assert not result.is_error, result.content
+            figures["after_recalls"] = {**_status(pid), "heavy_modules_mapped": _mapped(pid)}
             await client.call_tool("remember", {"content": "the MCP memory bench ran here", "scope": "global"})
+            figures["after_remember"] = _status(pid)
             await client.call_tool("list_recent", {"limit": 5})
             figures.update(_status(pid))
             figures["heavy_modules_mapped"] = _mapped(pid)
@@ -139,9 +144,14 @@ def main() -> int:
         subprocess.run([*NEURALSYNC, "recall", "warm up"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
         for label, extra in (("via_server", {}), ("local_search", {"NEURALSYNC_RECALL_VIA_SERVER": "0"})):
             runs = [mcp_session(home, {**env, **extra}) for _ in range(args.runs)]
-            results[label] = {"runs": runs, "peak_rss_mb_median": statistics.median(r["VmHWM"] for r in runs)}
-            log(f"MCP beside a server, {label}: peak RSS median {results[label]['peak_rss_mb_median']} MB, "
-                f"heavy modules mapped {runs[-1]['heavy_modules_mapped']}")
+            results[label] = {"runs": runs,
+                              "peak_rss_mb_after_recalls_median": statistics.median(
+                                  r["after_recalls"]["VmHWM"] for r in runs),
+                              "peak_rss_mb_at_end_median": statistics.median(r["VmHWM"] for r in runs)}
+            log(f"MCP beside a server, {label}: peak RSS after the recalls, median "
+                f"{results[label]['peak_rss_mb_after_recalls_median']} MB; after a remember and a list too "
+                f"{results[label]['peak_rss_mb_at_end_median']} MB; heavy modules mapped "
+                f"{runs[-1]['heavy_modules_mapped']}")
     results["load_after"] = load_average()
     path = args.out / "mcp_memory.json"
     path.write_text(json.dumps(results, indent=2))
