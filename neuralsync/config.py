@@ -76,6 +76,10 @@ class MemoryConfig:
     # Embed through the `neuralsync serve` running on this store when there is one, so the
     # machine holds one model, not one per process; the local model is the fallback.
     embed_via_server: bool = True
+    # A process that is not the store's server sends its recalls (every mode) to the `neuralsync serve`
+    # announced on the store: the same answer, with nothing loaded here (no numpy, index or model); it
+    # searches locally when there is none or it cannot answer. The server itself always searches locally.
+    recall_via_server: bool = True
     # Hybrid recall can keep a memory without a real text match only if its cosine
     # similarity reaches max(semantic_floor, semantic_relative_floor * best
     # similarity of the query). Off by default: on the held-out half of

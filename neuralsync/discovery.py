@@ -3,9 +3,10 @@
 ``<home>/server.json`` (mode 0600) holds the server's pid, its loopback URL and
 its embedder's name; the bearer token stays in its own 0600 file
 (``server.token``) or ``$NS_TOKEN``. Other processes read it to embed through
-the server (one model per machine) or, for a CLI recall, to ask it outright
-(no imports, no model load). A stale file (its pid gone) or a non-loopback URL
-is ignored. Standard library only: it is read on the CLI's fast path.
+the server (one model per machine) or, for a recall, to ask it outright
+(``recall_via_server``: no numpy, no index, no model in the asking process).
+A stale file (its pid gone) or a non-loopback URL is ignored. Standard library
+and base modules only: it is read on the CLI's fast path.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from .errors import InvalidInput
+from .json_input import parse_json
+from .model import Memory
 from .utils import pid_alive
 
 SERVER_INFO_FILE = "server.json"
 TOKEN_FILE = "server.token"
 TOKEN_ENV = "NS_TOKEN"
+RECALL_TIMEOUT_S = 10.0  # a server that takes longer is stuck: the asker searches locally
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +79,41 @@ def server_token(home: Path) -> str | None:
     try:
         return (home / TOKEN_FILE).read_text(encoding="ascii").strip() or None
     except (OSError, UnicodeDecodeError):
+        return None
+
+
+def recall_via_server(home: Path, request: dict[str, Any], timeout: float = RECALL_TIMEOUT_S) -> list[Memory] | None:
+    """The answer of the store's running server to ``POST /v1/recall`` with ``request`` (the facade's
+    ``recall`` arguments, JSON-ready); None when no server is announced or it cannot answer (gone, stuck,
+    refusing the token): the caller then searches locally. Input the server refuses as invalid (422)
+    raises :class:`InvalidInput`, as a local recall would."""
+    info = read_server_info(home)
+    token = server_token(home) if info is not None else None
+    if info is None or token is None:
+        return None
+    import http.client  # only when a server is announced: ~15 ms of imports a process alone never needs
+
+    parts = urlsplit(info.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/recall", body=json.dumps(request).encode("utf-8"),
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    except (OSError, http.client.HTTPException):
+        return None  # gone or stuck: search locally
+    finally:
+        conn.close()
+    try:
+        answer = parse_json(body)  # one rule for JSON read from a socket, bounded
+    except ValueError:  # InvalidInput is one
+        return None
+    if status == 422 and isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        error = answer["error"]
+        raise InvalidInput(str(error.get("field") or "query"), str(error.get("message") or "invalid input"))
+    if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
+        return None
+    try:
+        return [Memory(**{**item, "tags": tuple(item["tags"])}) for item in answer["items"]]
+    except (TypeError, KeyError):  # a server of another version: its shape is not ours
         return None

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from . import validation as v
 from .config import MemoryConfig
+from .discovery import recall_via_server
 from .errors import InvalidInput, NeuralSyncError, NotFound
 from .model import Change, LoggedOp, Memory, Remembered
 from .oplog.clock import hlc_ms
@@ -121,6 +122,9 @@ class UnifiedMemoryAPI:
         self._ops_since_optimize = 0
         self._queue: WriteQueue | None = None
         self._closed = False
+        # Recalls go to the store's announced server (see _via_server); a server turns this off for itself.
+        self.forward_recalls = self.config.recall_via_server
+        self._announced = False
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> UnifiedMemoryAPI:
@@ -548,11 +552,33 @@ class UnifiedMemoryAPI:
             filters = replace(filters, tool_or_unset=True)
         k = v.positive_int(top_k, "top_k", optional=False, maximum=self.config.max_top_k)
         assert k is not None  # not optional
+        forwarded = None if fill_recent or tool_match != "exact" else self._via_server(
+            {"query": query, "scope": filters.scope, "top_k": k, "tags": list(filters.tags) or None,
+             "tag_match": tag_match, "kinds": None if filters.kinds is None else list(filters.kinds),
+             "tool": filters.tool, "mode": mode,
+             "since": filters.since, "until": filters.until})
+        if forwarded is not None:
+            return forwarded  # the server recorded the access
         results = self.recaller.recall(query, filters, k, mode)
         if fill_recent and len(results) < k:
             results += self._recent_fill(filters, k, {m.id for m in results})
         self.access.record([m.id for m in results])
         return results
+
+    def warm_up(self, mode: str = "hybrid") -> None:
+        """For a process about to make one recall in ``mode``: start loading what it needs (the embedder on
+        a background thread, the index file here), so the first search does not pay for them in turn.
+        Nothing for a text recall or a store without semantic search."""
+        if mode != "text" and self.semantic is not None:
+            self.semantic.warm_up()
+
+    def _via_server(self, request: dict[str, Any]) -> list[Memory] | None:
+        """The hits of the server announced on this store for ``request`` (validated here first), or None:
+        no server, it cannot answer, or this process serves the store. A process beside a server so
+        never loads numpy, the index or the model for a recall; the server answers from what it holds."""
+        if not self.forward_recalls or self._announced:
+            return None
+        return recall_via_server(self.config.home, request)
 
     def _recent_fill(self, filters: Filters, k: int, taken: set[str]) -> list[Memory]:
         """Up to ``k - len(taken)`` memories passing ``filters``, last updated first, not in ``taken``."""
@@ -624,6 +650,7 @@ class UnifiedMemoryAPI:
     def announce_server(self, url: str) -> None:
         """Tell the other processes of this store that this process serves it at ``url`` (loopback),
         so they embed through it; withdrawn by :meth:`close`."""
+        self._announced = True  # a server never forwards a recall (to itself or to another server)
         if self.semantic is not None:
             self.semantic.announce(url)
 

@@ -85,6 +85,19 @@ def test_minilm_finds_the_paraphrase_and_batches_like_single_calls() -> None:
     np.testing.assert_allclose(one_by_one, np.vstack([a, b, c]), atol=1e-4)  # padding never leaks in
 
 
+def test_minilm_one_query_session_gives_the_same_vector_and_batches_stay_optimized() -> None:
+    """issue 11: a one-shot recall builds the unoptimized session (fast to build); one text goes through it,
+    within float32 noise of the optimized session; a batch still goes through the optimized one."""
+    texts = ["how do we roll back a failed deploy", "the release checklist lives in docs/release.md"]
+    reference = MiniLMEmbedder().embed(texts)
+    quick = MiniLMEmbedder()
+    quick.load_for_one_query()
+    assert (1, False) in minilm_module._loaded
+    for text, expected in zip(texts, reference, strict=True):
+        assert np.allclose(quick.embed([text])[0], expected, atol=1e-5)
+    assert np.allclose(quick.embed(texts), reference, atol=1e-6)  # the optimized session: as before
+
+
 def test_minilm_in_a_fresh_process_touches_no_network_and_no_cache(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

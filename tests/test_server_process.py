@@ -136,7 +136,9 @@ def test_processes_of_a_store_embed_through_its_running_server(server: Server) -
         import json, sys
         from neuralsync.search.embed import minilm
         from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
-        with UnifiedMemoryAPI(MemoryConfig(base_path={str(server.home)!r})) as api:
+        # recall_via_server off: this search runs here, so its vectors come through the server's model
+        # (with it on, the whole recall goes to the server: tests/test_recall_via_server.py).
+        with UnifiedMemoryAPI(MemoryConfig(base_path={str(server.home)!r}, recall_via_server=False)) as api:
             text = "the nightly backup job writes to the cold storage bucket"
             api.remember(text)
             hits = api.semantic_search("where do backups go", top_k=1)

@@ -249,9 +249,13 @@ def recall_standalone(args: argparse.Namespace) -> int:
     request = _recall_request(args)
     hits = None if args.local else recall_via_server(config.home, request)
     if hits is None:
+        from dataclasses import replace
+
         from ..unified_memory_api import UnifiedMemoryAPI
 
-        with UnifiedMemoryAPI(config) as api:
+        # The server was just asked (or --local): the facade searches here, without asking again.
+        with UnifiedMemoryAPI(replace(config, recall_via_server=False)) as api:
+            api.warm_up(request["mode"])  # the model loads beside the index and the text search
             hits = api.recall(**request)
     return _show_hits(hits, args.json)
 

@@ -98,6 +98,7 @@ class SemanticIndex:
         self._delta_upto = -1
         self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._refresher: Periodic | None = None
+        self._warming: threading.Thread | None = None
 
     # ------------------------------------------------------------ embedding
     @property
@@ -119,11 +120,40 @@ class SemanticIndex:
             now = time.monotonic()
             if self.via_server and (self._embedder is None or self._embedder is local) \
                     and now - self._server_checked >= SERVER_RECHECK_S:
-                from .embed.remote import server_embedder
+                from ..discovery import read_server_info
 
                 self._server_checked = now
-                self._embedder = server_embedder(self.home, local.name, lambda: local)
+                if read_server_info(self.home) is not None:  # else the client's imports are not needed
+                    from .embed.remote import server_embedder
+
+                    self._embedder = server_embedder(self.home, local.name, lambda: local)
             return self._embedder or local
+
+    def warm_up(self) -> None:
+        """Load this process's embedder on a background thread while the index file is mapped here, so
+        a first search pays for the two at once, not in turn (a fresh process about to search: the model's
+        session is built outside the GIL). Nothing is loaded when the store's server embeds for us."""
+        from ..discovery import read_server_info
+
+        if self._warming is not None or (self.via_server and read_server_info(self.home) is not None):
+            return
+
+        def load() -> None:
+            try:
+                embedder = self.local_embedder  # one query follows: the session quickest to build, if offered
+                loader = getattr(embedder, "load_for_one_query", None) or getattr(embedder, "load", None)
+                if callable(loader):
+                    loader()
+            except Exception as exc:  # noqa: BLE001 - a head start only: the search reports what fails
+                log.debug("embedder warm-up failed: %s", exc)
+
+        self._warming = threading.Thread(target=load, name="neuralsync-warm-up", daemon=True)
+        self._warming.start()
+        try:
+            with self._lock:
+                self._current_ann()
+        except NeuralSyncError as exc:  # e.g. usearch missing: the search says so, or searches exactly
+            log.debug("index warm-up failed: %s", exc)
 
     def announce(self, url: str) -> None:
         """Offer this process's embedder to the store's other processes (see ``embed.remote``)."""
@@ -508,6 +538,8 @@ class SemanticIndex:
             self._announced = False
         if self._refresher is not None:
             self._refresher.stop(timeout=2)
+        if self._warming is not None:  # never leave a model load running into interpreter shutdown
+            self._warming.join(timeout=60)
         with self._lock:
             self._drop_ann()
 

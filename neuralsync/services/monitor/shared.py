@@ -66,7 +66,7 @@ class SharedFigures:
         return {"format": FORMAT, "session_id": self.session_id, "tool": self.tool, "pid": os.getpid(),
                 "host": self.host, "started": self.monitor.started, "published_at": time.time(),
                 "ended": ended, "target_ms": self.monitor.target_ms, "operations": operations,
-                "alerts": len(self.monitor.alerts()), "resources": process_resources()}
+                "alerts": len(self.monitor.alerts()), "resources": process_resources(load_psutil=not ended)}
 
     def publish(self, ended: bool = False) -> bool:
         """Write the snapshot (nothing when nothing was timed); False if the directory is unwritable."""
