@@ -279,7 +279,9 @@ def memory_forget(request: Request, memory_id: str) -> HTMLResponse:
 def memory_restore(request: Request, memory_id: str) -> HTMLResponse:
     try:
         api_of(request).restore(memory_id)
-    except (NotFound, InvalidInput):
+    except InvalidInput as exc:  # e.g. compacted: its old values are gone
+        return _panel(request, memory_id, error=f"cannot restore: {exc.message}", status=422)
+    except NotFound:
         return _panel(request, memory_id, error="nothing to restore: this memory was not forgotten", status=404)
     return _panel(request, memory_id, message="restored")
 
