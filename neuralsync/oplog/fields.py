@@ -134,8 +134,10 @@ def _check_merge(record_id: str, fields: dict[str, Any]) -> None:
     if not _text(MAX_LABEL)(fields.get("rule")) or not isinstance(fields.get("absorbed"), bool):
         raise InvalidOp("merge op needs a 'rule' label and an 'absorbed' flag")
     merged, before = fields.get("merged"), fields.get("before", {})
-    if not isinstance(merged, dict) or any(name not in merged for name in CREATE_REQUIRED):
-        raise InvalidOp("merge op needs 'merged': the merged memory's fields")
+    # An absorbed write has no ops of its own: the merge keeps all it would have created (its undo creates it).
+    needed = CREATE_REQUIRED if fields.get("absorbed") else ()
+    if not isinstance(merged, dict) or any(name not in merged for name in needed):
+        raise InvalidOp("merge op needs 'merged': the merged memory's fields (all of them when absorbed)")
     for name, values in (("merged", merged), ("before", before)):
         if not isinstance(values, dict) or any(
                 not rule(values[field]) for field, rule in SCALAR_RULES.items() if field in values):

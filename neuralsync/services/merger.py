@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OFF = "off"
+PROVENANCE_FIELDS = ("tool", "source", "session", "created_at")
 SNAPSHOT_FIELDS = ("content", "scope", "kind", "tool", "source", "session", "priority", "confidence", "metadata",
                    "expires_at", "created_at")
 # What the survivor may take from the memory merged into it (provenance fields stay the survivor's; the
@@ -161,8 +162,8 @@ class Merger:
         merged = {name: incoming.get(name) for name in SNAPSHOT_FIELDS if name in incoming}
         merged["tags"] = list(incoming.get("tags") or ())
         merged["metadata"] = merged.get("metadata") or {}
-        if not absorbed:
-            merged["content"] = f"(the text of {record_id}, kept in its own ops)"[:200]
+        if not absorbed:  # its values stay in its own ops (undo replays them): the merge keeps its provenance
+            merged = {name: merged.get(name) for name in PROVENANCE_FIELDS}
         fields = {"into": survivor.id, "strategy": strategy, "rule": rule[:512], "absorbed": absorbed,
                   "merged": merged, "before": {name: getattr(survivor, name) for name in changes},
                   "update_op": ops[0].id if changes else None,
