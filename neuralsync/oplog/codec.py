@@ -190,15 +190,21 @@ def _key(name: str) -> bytes:
     return b"s" + _LEN.pack(len(raw)) + raw
 
 
+_K_AUTHOR, _K_FIELDS, _K_FIELDS_HASH, _K_HLC, _K_KIND, _K_PREDS, _K_RECORD, _K_V = (
+    _key(name) for name in ("author", "fields", "fields_hash", "hlc", "kind", "preds", "record_id", "v"))
+_MAP7 = b"d" + _LEN.pack(7)
+_V2 = b"i" + _I64.pack(2)
+
+
 def _op_bytes(kind: str, record_id: str, encoded_fields: bytes, hlc: int, author: bytes,
               preds: list[bytes]) -> tuple[bytes, bytes]:
     """(full body, skeleton) of a format-2 op, the fields encoded once. Keys in sorted order; the
     skeleton puts ``fields_hash`` where the body has ``fields`` (the same place in the order)."""
-    head = [b"d" + _LEN.pack(7), _key("author"), encode(author)]
-    tail = b"".join([_key("hlc"), encode(hlc), _key("kind"), encode(kind), _key("preds"), encode(preds),
-                     _key("record_id"), encode(record_id), _key("v"), encode(2)])
-    body = b"".join([*head, _key("fields"), encoded_fields, tail])
-    skeleton = b"".join([*head, _key("fields_hash"), encode(hashlib.sha256(encoded_fields).digest()), tail])
+    head = _MAP7 + _K_AUTHOR + encode(author)
+    tail = b"".join([_K_HLC, encode(hlc), _K_KIND, encode(kind), _K_PREDS, encode(preds),
+                     _K_RECORD, encode(record_id), _K_V, _V2])
+    body = b"".join([head, _K_FIELDS, encoded_fields, tail])
+    skeleton = b"".join([head, _K_FIELDS_HASH, encode(hashlib.sha256(encoded_fields).digest()), tail])
     return body, skeleton
 
 
