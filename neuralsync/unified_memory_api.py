@@ -25,6 +25,7 @@ from .errors import InvalidInput, NeuralSyncError, NotFound
 from .model import Change, LoggedOp, Memory, Remembered
 from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
+from .oplog.materialize import record_pruned
 from .replication.protocol import SyncReport
 from .replication.service import Replication, TransportFactory
 from .search.filters import Filters
@@ -221,10 +222,11 @@ class UnifiedMemoryAPI:
         def unit(conn: sqlite3.Connection) -> None:
             twin = None
             if strategy != OFF:
+                key = norm_hash(fields["content"])
                 held = self.storage.tx_cache.get(DEFERRED_TWINS)
-                if isinstance(held, set) and (fields["scope"], norm_hash(fields["content"])) in held:
+                if isinstance(held, set) and (fields["scope"], key) in held:
                     self.storage.flush_deferred()  # its twin waits among this batch's creates: written first
-                twin = self.merger.find_exact(conn, fields["scope"], fields["content"])
+                twin = self.merger.find_exact(conn, fields["scope"], key)
             if twin is not None and strategy == "manual":
                 self.merger.pair_for_person(conn, twin.id, record_id, "exact duplicate (same normalised text)")
                 outcome.candidate_of = twin.id
@@ -254,7 +256,8 @@ class UnifiedMemoryAPI:
             def unit(_conn: sqlite3.Connection) -> bool:
                 # Known here, or waiting among this batch's creates (looked up without writing them).
                 if (self.storage.is_deferred(self._append_deferred, record_id)
-                        or any(record_presence(self.storage.peek_conn(), record_id)) or self._absorbed(record_id)):
+                        or any(record_presence(self.storage.peek_conn(), record_id))
+                        or self.merger.absorbed(self.storage.peek_conn(), record_id)):
                     return False
                 self._create_or_merge(record_id, fields, strategy, read_back=False)
                 return True
@@ -262,12 +265,6 @@ class UnifiedMemoryAPI:
             # No savepoint: import runs inside large batches, where savepoints make
             # FTS5 flush per record; this block raises nothing after validation.
             return self._write(unit, savepoint=False)
-
-    def _absorbed(self, record_id: str) -> bool:
-        """True if a write of this id was merged into another memory without becoming one (an import
-        of it again is the same write)."""
-        row = self.storage.peek_conn().execute("SELECT 1 FROM merges WHERE merged_id = ?", (record_id,)).fetchone()
-        return row is not None
 
     def update(self, memory_id: str, **fields: Any) -> Memory:
         """Change fields of a memory (content, scope, priority, tags, kind, tool, metadata,
@@ -334,7 +331,7 @@ class UnifiedMemoryAPI:
                                    " WHERE t.record_id = ?", (record_id,)).fetchone()
                 if row is None or row[0] != "delete":
                     return None
-                if self.compactor.pruned(conn, record_id):
+                if record_pruned(conn, record_id):
                     raise InvalidInput("memory_id", "was compacted after every peer had its delete: its old"
                                                     " values are gone")
                 return self._commit([("update", record_id, {})], None,

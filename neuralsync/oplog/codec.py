@@ -228,6 +228,10 @@ _SKELETON_MARK = b"s" + _LEN.pack(11) + b"fields_hash"
 _MARK_AT = 1 + 4 + (1 + 4 + 6) + (1 + 4 + 32)  # after the map header and the author entry
 
 
+# The same test in SQL, on a column holding op bodies: substr is 1-based; the key's text follows its tag and length.
+SKELETON_SQL = f"substr({{column}}, {_MARK_AT + 6}, 11) = CAST('fields_hash' AS BLOB)"
+
+
 def is_skeleton(body: bytes) -> bool:
     """True for a stored skeleton (an op whose fields were pruned), without decoding it."""
     return body[_MARK_AT:_MARK_AT + len(_SKELETON_MARK)] == _SKELETON_MARK

@@ -183,6 +183,13 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
     return here
 
 
+def record_pruned(conn: sqlite3.Connection, record_id: str) -> bool:
+    """True if compaction kept only the skeletons of this memory's ops: nothing can rebuild it any more
+    (``_resurrect`` skips skeletons), so restore and undo refuse."""
+    return conn.execute(f"SELECT 1 FROM ops o WHERE o.record_id = ? AND {codec.SKELETON_SQL.format(column='o.body')}"
+                        " LIMIT 1", (record_id,)).fetchone() is not None
+
+
 def _resurrect(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
     """A write no delete had seen reached a deleted memory: rebuild it from all its writes."""
     gone = conn.execute("SELECT op FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone()[0]

@@ -26,6 +26,7 @@ from ..oplog import codec
 from ..oplog.clock import pack
 from ..oplog.graph import below, node
 from ..oplog.log import OpLog
+from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
 from ..utils import now_ms
 
@@ -302,21 +303,13 @@ class Compactor:
                 progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
         return {"pruned": pruned, "kept_format_1": kept_format1}
 
-    @staticmethod
-    def pruned(conn: sqlite3.Connection, record_id: str) -> bool:
-        """True if compaction kept only the skeletons of this memory's ops."""
-        return any(codec.is_skeleton(body) for (body,) in conn.execute(
-            "SELECT body FROM ops WHERE record_id = ? AND kind = 'create'", (record_id,)))
-
     def stable_seq(self, conn: sqlite3.Connection) -> int:
         """The largest local seq such that every op at or below it is held by every known peer (all of
         them, with no peers; none, while a peer has never synced)."""
         top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
         stable = top
-        for (raw,) in conn.execute("SELECT last_sync FROM peers").fetchall():
-            raw = bytes(raw)
-            nodes = [found for found in (node(conn, raw[i:i + 32]) for i in range(0, len(raw), 32))
-                     if found is not None]
+        for peer in PeerRegistry(self.storage, self.oplog.author).all():
+            nodes = [found for found in (node(conn, head) for head in peer.last_sync) if found is not None]
             if not nodes:
                 return 0
             stable = min(stable, below(conn, nodes)[0])
@@ -327,7 +320,7 @@ class Compactor:
         return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
                 " WHERE o.seq <= :stable AND d.seq <= :stable AND o.id != t.op AND o.kind IN ('create', 'update',"
                 " 'tag_add', 'tag_remove', 'merge', 'unmerge')"
-                " AND substr(o.body, 59, 11) != CAST('fields_hash' AS BLOB)"
+                f" AND NOT {codec.SKELETON_SQL.format(column='o.body')}"
                 " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")
 
     def _undo_before(self) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from ..errors import InvalidInput, NotFound
 from ..model import MERGE_STRATEGIES, Memory
 from ..oplog import codec
 from ..oplog.log import Intent, OpLog
+from ..oplog.materialize import record_pruned
 from ..search.filters import Filters
 from ..search.similarity import content_union, more_specific, near_duplicate
 from ..store.reads import MEMORY_COLUMNS, NOT_EXPIRED, Reader, row_to_memory
@@ -131,14 +132,26 @@ class Merger:
         self._seen = 0  # ops up to here hold no create from elsewhere (this process looked)
 
     # ------------------------------------------------------------ finding
-    def find_exact(self, conn: sqlite3.Connection, scope: str, content: str,
-                   exclude: Iterable[str] = ()) -> Memory | None:
-        """The live memory of ``scope`` whose text normalises like ``content`` (the earliest, if several)."""
+    def find_exact(self, conn: sqlite3.Connection, scope: str, key: str) -> Memory | None:
+        """The live memory of ``scope`` whose text's normal form hashes to ``key`` (``textnorm.norm_hash``;
+        the earliest created, if several)."""
+        cluster = self._cluster(conn, scope, key)
+        return cluster[0] if cluster else None
+
+    @staticmethod
+    def _cluster(conn: sqlite3.Connection, scope: str, key: str) -> list[Memory]:
+        """The live memories of ``scope`` whose normal form hashes to ``key``, earliest created first (the
+        order that picks a survivor on every replica)."""
         rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.scope = ? AND m.norm_hash = ?"
-                            f" AND {NOT_EXPIRED}", (scope, norm_hash(content), now_ms())).fetchall()
-        skip = set(exclude)
-        found = [row_to_memory(row) for row in rows if row[0] not in skip]
-        return min(found, key=lambda m: first_create(conn, m.id)) if found else None
+                            f" AND {NOT_EXPIRED}", (scope, key, now_ms())).fetchall()
+        return sorted((row_to_memory(row) for row in rows), key=lambda m: first_create(conn, m.id))
+
+    @staticmethod
+    def absorbed(conn: sqlite3.Connection, record_id: str) -> bool:
+        """True if a write of this id was merged into another memory (an import of it again is the same
+        write: nothing to do)."""
+        return conn.execute("SELECT 1 FROM merges WHERE merged_id = ?",
+                            (record_id,)).fetchone() is not None
 
     # ------------------------------------------------------------ writing
     def absorb(self, conn: sqlite3.Connection, survivor: Memory, record_id: str, fields: dict[str, Any],
@@ -189,8 +202,7 @@ class Merger:
             raise InvalidInput("merge_id", f"merge {row['merge_id']} was compacted (older than the undo window)")
         f = merge_op.fields
         into, merged_id = f["into"], merge_op.record_id
-        if any(codec.is_skeleton(body) for (body,) in conn.execute("SELECT body FROM ops WHERE record_id = ?",
-                                                                   (merged_id,))):
+        if record_pruned(conn, merged_id):
             raise InvalidInput("merge_id", f"merge {row['merge_id']} was compacted (older than the undo window):"
                                            " the merged memory's old values are gone")
         intents: list[Intent] = []
@@ -285,9 +297,7 @@ class Merger:
         strategy = choose_strategy(self.config, scope)
         if strategy == OFF:
             return []
-        rows = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.scope = ? AND m.norm_hash = ?"
-                            f" AND {NOT_EXPIRED}", (scope, key, now_ms())).fetchall()
-        group = sorted((row_to_memory(row) for row in rows), key=lambda m: first_create(conn, m.id))
+        group = self._cluster(conn, scope, key)
         if len(group) < 2:
             return []
         done: list[MergeDone] = []
