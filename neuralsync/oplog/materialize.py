@@ -101,22 +101,23 @@ def _check_merge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """A merge names memories it has seen: the survivor's create (and the merged one's, unless the
     merge absorbed a write that never became a memory of its own) are among its ancestors."""
     records = [op.fields["into"]] + ([] if op.fields["absorbed"] else [op.record_id])
-    for record in records:
-        creates = [seq for (seq,) in conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'",
-                                                  (record,))]
-        if not ancestors_among(conn, creates, preds):
-            raise InvalidOp("merge of a memory whose create is not among its ancestors")
+    if not _creates_seen(conn, records, preds):
+        raise InvalidOp("merge of a memory whose create is not among its ancestors")
 
 
 def _check_purge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """A purge deletes memories it has seen: each one's create is among its ancestors."""
-    records = op.fields["records"]
+    if not _creates_seen(conn, op.fields["records"], preds):
+        raise InvalidOp("purge of a memory whose create is not among its ancestors")
+
+
+def _creates_seen(conn: sqlite3.Connection, records: list[str], preds: list[Node]) -> bool:
+    """True if every one of ``records`` has a create among the ancestors of ``preds`` (one graph walk)."""
     marks = ",".join("?" * len(records))
     creates = conn.execute(f"SELECT record_id, seq FROM ops WHERE kind = 'create' AND record_id IN ({marks})",
                            records).fetchall()
     seen = ancestors_among(conn, [seq for _, seq in creates], preds)
-    if {record for record, seq in creates if seq in seen} != set(records):
-        raise InvalidOp("purge of a memory whose create is not among its ancestors")
+    return {record for record, seq in creates if seq in seen} == set(records)
 
 
 def _check_unmerge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
