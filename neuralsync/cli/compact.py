@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
+from ..model import COMPACT_STRATEGIES
 from .output import emit_json, human_bytes, rows
 
 if TYPE_CHECKING:
     from ..unified_memory_api import UnifiedMemoryAPI
 
-STRATEGY_NAMES = ("purge_expired", "consolidate_duplicates", "archive_over_quota", "prune_payloads", "fts_optimize",
-                  "vector_rebuild", "checkpoint", "vacuum")
 
 
 def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -24,7 +23,7 @@ def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd.add_argument("--analyze", action="store_true", help="only measure what could be reclaimed")
     cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     cmd.add_argument("--strategy", action="append", metavar="NAME",
-                     help=f"only this one (repeatable): {', '.join(STRATEGY_NAMES)}")
+                     help=f"only this one (repeatable): {', '.join(COMPACT_STRATEGIES)}")
     cmd.add_argument("--quota", type=int, metavar="BYTES",
                      help="archive the memories of least value until the live ones fit (archive_over_quota)")
 

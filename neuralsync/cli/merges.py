@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..model import MERGE_STRATEGIES
-from .output import emit_json, when
+from .output import emit_json, short_json, when
 
 if TYPE_CHECKING:
     from ..unified_memory_api import UnifiedMemoryAPI
@@ -65,10 +65,10 @@ def cmd_merges_list(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
 
 def _line(row: dict[str, Any]) -> str:
     if row["type"] == "conflict":
-        return (f"conflict {row['record_id']} {row['field']}: kept {_short(row['winner_value'])},"
-                f" lost {_short(row['loser_value'])} - {row['resolution']}")
+        return (f"conflict {row['record_id']} {row['field']}: kept {short_json(row['winner_value'])},"
+                f" lost {short_json(row['loser_value'])} - {row['resolution']}")
     return (f"{row['merge_id'][:12]}  {when(row['at'], True)}  {row['merged'][:12]} -> {row['into'][:12]}"
-            f"  {row['strategy']}  [{row['state']}]  {row['rule']}  ({_short(row['merged_value']['content'])})")
+            f"  {row['strategy']}  [{row['state']}]  {row['rule']}  ({short_json(row['merged_value']['content'])})")
 
 
 def cmd_merges_show(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
@@ -150,6 +150,3 @@ def report_remembered(outcome: Any, as_json: bool) -> None:
               file=sys.stderr)
 
 
-def _short(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -26,6 +26,12 @@ def emit_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def short_json(value: object, width: int = 60) -> str:
+    """A value as JSON on one short line (cut with '...')."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def show_memory(memory: Memory, as_json: bool) -> None:
     if as_json:
         emit_json(memory.to_dict())

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .output import short_json
+
 if TYPE_CHECKING:
     from ..unified_memory_api import UnifiedMemoryAPI
 
@@ -113,14 +115,12 @@ def cmd_conflicts(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     if not rows:
         print("no conflicts recorded", file=sys.stderr)
     for row in rows:
-        print(f"{row['record_id']} {row['field']}: kept {_short(row['winner_value'])} (by {row['winner_author'][:8]})"
-              f", lost {_short(row['loser_value'])} (by {row['loser_author'][:8]}) - {row['resolution']}")
+        print(f"{row['record_id']} {row['field']}: kept {short_json(row['winner_value'])}"
+              f" (by {row['winner_author'][:8]}), lost {short_json(row['loser_value'])}"
+              f" (by {row['loser_author'][:8]}) - {row['resolution']}")
     return 0
 
 
-def _short(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _size(n: int) -> str:

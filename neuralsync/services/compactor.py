@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
+from ..model import COMPACT_STRATEGIES
 from ..oplog import codec
 from ..oplog.clock import pack
 from ..oplog.graph import below, node
@@ -36,8 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("purge_expired", "consolidate_duplicates", "archive_over_quota", "prune_payloads", "fts_optimize",
-              "vector_rebuild", "checkpoint", "vacuum")
+STRATEGIES = COMPACT_STRATEGIES
 ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
