@@ -5,6 +5,9 @@ thread pool rather than holding a blocking ``subscribe`` iterator per client:
 an async loop can be cancelled the moment the client disconnects or the
 server stops, and a poll is one indexed read. A change committed by any
 process on the store is therefore sent within about one poll interval.
+The wire side (event framing, keep-alive comments, noticing a client that went
+away, draining on shutdown) is sse-starlette's, the library the MCP SDK uses
+for its own streams.
 
 ``?alerts=true`` adds ``alert`` events: this server's calls slower than the
 target, with the stage that took the time. They carry no ``id`` (a reconnecting
@@ -15,7 +18,6 @@ never replicated.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -23,7 +25,7 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ..errors import InvalidInput
 from ..model import Change
@@ -47,20 +49,24 @@ def changes(request: Request, since: int = Query(0, ge=0, le=MAX_SEQ),
             "last_seq": api.last_seq()}
 
 
-@router.get("/changes/stream", summary="Changes as server-sent events", response_class=StreamingResponse,
+@router.get("/changes/stream", summary="Changes as server-sent events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "events 'change' with id = sequence number, data = the change"}})
 async def stream(request: Request, since: int | None = Query(None, ge=0, le=MAX_SEQ, description="default: from now"),
                  last_event_id: str | None = Header(None),
                  alerts: bool = Query(False, description="also send 'alert' events (slow calls of this server)"),
-                 ) -> StreamingResponse:
+                 ) -> EventSourceResponse:
     """``Last-Event-ID`` (a reconnecting client) wins over ``since``; neither means "from now"."""
     state = state_of(request)
     cursor = _start(last_event_id, since)
     if cursor is None:
         cursor = await anyio.to_thread.run_sync(state.api.last_seq)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(state, cursor, alerts), media_type="text/event-stream", headers=headers)
+    return EventSourceResponse(events(state, cursor, alerts), ping=state.keepalive_s, sep="\n",
+                               ping_message_factory=_keepalive)
+
+
+def _keepalive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive")
 
 
 def _start(last_event_id: str | None, since: int | None) -> int | None:
@@ -72,32 +78,31 @@ def _start(last_event_id: str | None, since: int | None) -> int | None:
     return int(value)
 
 
-def frame(change: Change) -> bytes:
+def frame(change: Change) -> ServerSentEvent:
     """One SSE event for a change."""
     data = json.dumps(asdict(change), separators=(",", ":"))
-    return f"id: {change.seq}\nevent: change\ndata: {data}\n\n".encode()
+    return ServerSentEvent(data, id=str(change.seq), event="change")
 
 
-def alert_frame(alert: dict[str, Any]) -> bytes:
+def alert_frame(alert: dict[str, Any]) -> ServerSentEvent:
     """One SSE event for a slow-call alert (no id: the change cursor is untouched)."""
-    return f"event: alert\ndata: {json.dumps(alert, separators=(',', ':'))}\n\n".encode()
+    return ServerSentEvent(json.dumps(alert, separators=(",", ":")), event="alert")
 
 
-async def events(state: ServerState, cursor: int, alerts: bool = False) -> AsyncIterator[bytes]:
+async def events(state: ServerState, cursor: int, alerts: bool = False) -> AsyncIterator[ServerSentEvent]:
     """Events after ``cursor`` until the client goes away (the task is cancelled) or the server stops."""
     raised: deque[dict[str, Any]] = deque(maxlen=100)
     unsubscribe = state.api.on_performance_alert(raised.append) if alerts else None
     try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
-        async for chunk in _events(state, cursor, raised):
-            yield chunk
+        yield ServerSentEvent(retry=RETRY_MS)
+        async for event in _events(state, cursor, raised):
+            yield event
     finally:
         if unsubscribe is not None:
             unsubscribe()
 
 
-async def _events(state: ServerState, cursor: int, raised: deque[dict[str, Any]]) -> AsyncIterator[bytes]:
-    quiet_since = time.monotonic()
+async def _events(state: ServerState, cursor: int, raised: deque[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
     while not state.stop.is_set():
         while raised:
             yield alert_frame(raised.popleft())
@@ -105,13 +110,8 @@ async def _events(state: ServerState, cursor: int, raised: deque[dict[str, Any]]
         for change in batch:
             cursor = change.seq
             yield frame(change)
-        if batch:
-            quiet_since = time.monotonic()
-            if len(batch) == FEED_BATCH:
-                continue  # more are waiting: do not sleep between pages
-        elif time.monotonic() - quiet_since >= state.keepalive_s:
-            quiet_since = time.monotonic()
-            yield b": keep-alive\n\n"
+        if len(batch) == FEED_BATCH:
+            continue  # more are waiting: do not sleep between pages
         await anyio.sleep(state.poll_interval)
 
 
