@@ -240,3 +240,44 @@ def test_activity_shows_sessions_merges_conflicts_and_monitor_charts(anon: TestC
     assert f"<td>{os.getpid()}</td>" in page  # this process's session on the store, with its pid
     monitor = anon.get("/ui/monitor", params={"days": 7}).text
     assert monitor.count("<rect") == 14 and "<polyline" in monitor  # 7 days x 2 charts; latency lines
+
+
+SECRETS_IN_EVERY_FORM = {
+    "api key": "sk-" + "Zq8wE3rT6yU9iO2pA5sD8fG1hJ4kL7zX",
+    "assignment": "password=hunter2-" + "dash",
+    "yaml": "db:\n  password: Tr0ub4dor-" + "dash",
+    "connection string": "postgres://app:" + "S3cretConn" + "@db.internal/app",
+    "query token": "GET /cb?access_token=" + "tok3nValue9",
+}
+NEEDLES = ("Zq8wE3rT6yU9iO2pA5sD8fG1hJ4kL7zX", "hunter2-dash", "Tr0ub4dor-dash", "S3cretConn", "tok3nValue9")
+
+
+def test_secrets_written_through_every_http_door_reach_no_answer_page_or_disk(anon: TestClient,
+                                                                              store: UnifiedMemoryAPI) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    answers: list[str] = []
+    ids = []
+    for form, secret in SECRETS_IN_EVERY_FORM.items():
+        made = anon.post("/v1/memories", json={"content": f"{form} note: {secret}", "metadata": {"env": secret}},
+                         headers=bearer)
+        legacy = anon.post("/remember", json={"text": f"legacy {form}: {secret}", "scope": "global"}, headers=bearer)
+        assert made.status_code == 201 and legacy.status_code in (200, 201), (made.text, legacy.text)
+        answers += [made.text, legacy.text]
+        ids.append(made.json()["id"])
+    csrf = sign_in(anon)
+    headers = {**ORIGIN, "X-CSRF-Token": csrf}
+    edited = anon.post(f"/ui/memory/{ids[0]}", data={"content": "edited: " + SECRETS_IN_EVERY_FORM["assignment"]},
+                       headers=headers)
+    persona = anon.post("/ui/persona", data={"text": "terse; " + SECRETS_IN_EVERY_FORM["connection string"]},
+                        headers=headers)
+    assert edited.status_code == 200 and persona.status_code == 200
+    answers += [edited.text, persona.text, anon.get("/v1/memories", headers=bearer).text]
+    answers += [anon.get("/ui/", params={"q": q, "mode": mode}).text
+                for q in ("note", "password", "postgres") for mode in ("text", "hybrid")]
+    answers += [anon.get(f"/ui/memory/{mid}").text for mid in ids] + [anon.get("/ui/persona").text]
+    assert "[REDACTED:" in anon.get(f"/ui/memory/{ids[1]}").text
+    store.close()
+    raw = b"".join(p.read_bytes() for p in store.config.home.glob("memory.db*"))
+    for needle in NEEDLES:
+        assert all(needle not in text for text in answers), needle
+        assert needle.encode() not in raw, needle
