@@ -111,13 +111,23 @@ def check_shape(doc: dict[str, Any]) -> str | None:
 
 
 def add(text: str, doc: dict[str, Any], tool: str, command: str) -> str:
-    """``text`` with our group last in each of ``tool``'s events (an older one of ours replaced)."""
+    """``text`` with our group last in each of ``tool``'s events (an older one of ours replaced); the
+    user's groups keep their bytes."""
     hooks = doc.get("hooks") if isinstance(doc.get("hooks"), dict) else {}
+    wanted = group(tool, command)
     for event in EVENTS[tool]:
-        current = hooks.get(event, []) if isinstance(hooks, dict) else []
-        wanted = [g for g in current if not is_ours(g)] + [group(tool, command)]
-        if current != wanted:
-            text = jsonctext.set_member(text, ("hooks", event), wanted)
+        current = hooks.get(event) if isinstance(hooks, dict) else None
+        if not isinstance(current, list) or not current:
+            text = jsonctext.set_member(text, ("hooks", event), [wanted])
+            continue
+        if current[-1] == wanted and sum(is_ours(g) for g in current) == 1:
+            continue
+        for index in reversed([i for i, g in enumerate(current) if is_ours(g)]):
+            text = jsonctext.remove_element(text, ("hooks", event), index)
+        if all(is_ours(g) for g in current):
+            text = jsonctext.set_member(text, ("hooks", event), [wanted])
+        else:
+            text = jsonctext.append_element(text, ("hooks", event), wanted)
     return text
 
 
@@ -131,12 +141,12 @@ def remove(text: str, doc: dict[str, Any], keep_empty: bool) -> str:
     for event, groups in hooks.items():
         if not isinstance(groups, list) or not any(is_ours(g) for g in groups):
             continue
-        kept = [g for g in groups if not is_ours(g)]
-        if kept:
-            text = jsonctext.set_member(text, ("hooks", event), kept)
-        else:
+        if all(is_ours(g) for g in groups):
             text = jsonctext.remove_member(text, ("hooks", event))
             del left[event]
+            continue
+        for index in reversed([i for i, g in enumerate(groups) if is_ours(g)]):
+            text = jsonctext.remove_element(text, ("hooks", event), index)
     if not left and not keep_empty:
         text = jsonctext.remove_member(text, ("hooks",))
     return text

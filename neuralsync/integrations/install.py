@@ -147,7 +147,7 @@ def uninstall_hooks(tool: str, *, dry_run: bool = False, scope: str = "user",
     backup = _read(_backup_path(path))
     new = _json_edit(lambda: hookconfig.remove(old, doc, keep_empty=_has_key(backup, "hooks")), path)
     _check_json(new, doc, None, path)
-    return _finish(tool, path, old, _restored(tool, new, backup), "uninstalled", dry_run, drop_backup=True,
+    return _finish(tool, path, old, _restored(False, new, backup), "uninstalled", dry_run, drop_backup=True,
                    what="hooks")
 
 
@@ -189,17 +189,17 @@ def uninstall(tool: str, *, dry_run: bool = False, config_path: str | os.PathLik
     if not existed:
         return InstallResult(tool, path, "not-installed", dry_run)
     what = "MCP server and hooks" if tool != "codex" and hookconfig.present(_json_load(old, path)) else "MCP server"
-    return _finish(tool, path, old, _restored(tool, new, backup), "uninstalled", dry_run, drop_backup=True,
-                   what=what)
+    return _finish(tool, path, old, _restored(tool == "codex", new, backup), "uninstalled", dry_run,
+                   drop_backup=True, what=what)
 
 
-def _restored(tool: str, new: str, backup: str | None) -> str | None:
+def _restored(toml: bool, new: str, backup: str | None) -> str | None:
     """What uninstall writes: the backup's exact bytes when only our entries changed since install,
     nothing (delete) when install created the file, else ``new``."""
-    load = _toml_loads if tool == "codex" else jsonctext.loads
+    load = _toml_loads if toml else jsonctext.loads
     if backup is not None and _parses_to(load, backup, load(new) if new.strip() else {}):
         return backup
-    if backup is None and _empty_skeleton(tool, new):
+    if backup is None and _empty_skeleton(toml, new):
         return None
     return new
 
@@ -211,10 +211,10 @@ def _parses_to(load: Any, text: str, expected: Any) -> bool:
         return False
 
 
-def _empty_skeleton(tool: str, text: str) -> bool:
+def _empty_skeleton(toml: bool, text: str) -> bool:
     """What is left of a file install created, once our entry is cut: nothing, or an empty object."""
     stripped = text.strip()
-    return stripped == "" if tool == "codex" else stripped in ("", "{}")
+    return stripped == "" if toml else stripped in ("", "{}")
 
 
 def check_server_starts(transport: str = "stdio") -> None:
