@@ -18,7 +18,8 @@ REPLY = "ok from the fake model"
 class FakeModel:
     """``with FakeModel() as model: ... model.url ... model.requests``."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply: str = REPLY) -> None:
+        self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         owner = self
@@ -44,7 +45,7 @@ class FakeModel:
                 if body.get("stream"):
                     self._stream(str(body.get("model") or "fake"))
                 else:
-                    self._json(200, _message(str(body.get("model") or "fake")))
+                    self._json(200, _message(str(body.get("model") or "fake"), owner.reply))
 
             def do_GET(self) -> None:
                 self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
@@ -66,14 +67,14 @@ class FakeModel:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
                 self.end_headers()
-                message = _message(model)
+                message = _message(model, owner.reply)
                 events = [
                     ("message_start", {"type": "message_start", "message": {**message, "content": [],
                                                                             "stop_reason": None}}),
                     ("content_block_start", {"type": "content_block_start", "index": 0,
                                              "content_block": {"type": "text", "text": ""}}),
                     ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                             "delta": {"type": "text_delta", "text": REPLY}}),
+                                             "delta": {"type": "text_delta", "text": owner.reply}}),
                     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                     ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
                                                                           "stop_sequence": None},
@@ -98,13 +99,25 @@ class FakeModel:
         self.server.shutdown()
         self.server.server_close()
 
-    def sent_text(self) -> str:
-        """Every request body the CLI sent to the messages route, as one JSON text."""
+    def sent_strings(self) -> str:
+        """Every string in every request the CLI sent to the messages route, one per line: what the
+        model was given (system prompt, messages, reminders), unescaped."""
         with self.lock:
-            return "\n".join(json.dumps(r["body"]) for r in self.requests if r["path"].startswith("/v1/messages"))
+            bodies = [r["body"] for r in self.requests if r["path"].startswith("/v1/messages")]
+        return "\n".join(_strings(bodies))
 
 
-def _message(model: str) -> dict[str, Any]:
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _message(model: str, reply: str) -> dict[str, Any]:
     return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": 10, "output_tokens": 5}}
