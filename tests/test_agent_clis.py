@@ -13,18 +13,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _fake_model import FakeModel
 
 from neuralsync.config import MemoryConfig
 from neuralsync.integrations import hooks
 from neuralsync.integrations.install import run_cli
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _fake_model import FakeModel  # noqa: E402
 
 CLIS_ENV = "NEURALSYNC_AGENT_CLIS"
 PERSONA = "Pragmatic Rust and Python engineer who wants short answers."
@@ -83,7 +80,7 @@ def test_claude_code_runs_the_hooks_install_registered(tmp_path: Path, monkeypat
     assert PERSONA in sent and PROJECT_FACT in sent  # persona and the folder's memories
     assert PROMPT_FACT in sent  # the prompt's memory (UserPromptSubmit)
     assert UNRELATED not in sent
-    assert not (store / hooks.LOG_FILE).exists()  # no hook failed
+    assert not (store / "logs" / hooks.LOG_FILE).exists()  # no hook failed
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(store))) as api:  # the Stop hook captured the answer's line
         [captured] = api.recall("Rollbacks", mode="text", scope="zephyr")
     assert (captured.kind, captured.tool) == ("decision", "claude-code")

@@ -95,14 +95,14 @@ def test_no_memory_and_unknown_events_answer_an_empty_object(tmp_path: Path,
                                              ("claude-code", "[1, 2]")])
 def test_errors_never_fail_the_session_and_are_logged(tool: str, event: Any, store: Path) -> None:
     assert hook(tool, event) == (0, {})
-    log = (store / hooks.LOG_FILE).read_text()
+    log = (store / "logs" / hooks.LOG_FILE).read_text()
     assert len(log.splitlines()) == 1 and (tool in log)
 
 
 def test_a_broken_budget_setting_is_logged_not_fatal(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(hooks.BUDGET_ENV, "lots")
+    monkeypatch.setenv("NEURALSYNC_HOOK_BUDGET_BYTES", "lots")
     assert hook("claude-code", {"hook_event_name": "SessionStart"}) == (0, {})
-    assert "budget" in (store / hooks.LOG_FILE).read_text()
+    assert "NEURALSYNC_HOOK_BUDGET_BYTES" in (store / "logs" / hooks.LOG_FILE).read_text()
 
 
 def test_the_running_server_answers_the_recall(store: Path, tmp_path: Path,

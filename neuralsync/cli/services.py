@@ -89,7 +89,7 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     # Checked by the hook itself, not argparse: a usage error (exit 2) would block the user's prompt.
     cmd.add_argument("--tool", default="", metavar="TOOL", help="claude-code, codex or gemini")
     cmd.add_argument("--budget", metavar="BYTES",
-                     help="most bytes of context to print (default: $NEURALSYNC_HOOK_BUDGET, else 6000)")
+                     help="most bytes of context to print (default: the hook_budget_bytes setting, 6000)")
     _standalone(cmd, cmd_hook)
 
     cmd = add("sessions", None, "processes using this store (dead ones are reaped first)")

@@ -13,12 +13,13 @@ event's JSON on stdin and reads one JSON object from stdout:
   whole transcript): every ``@remember:`` line of the model's answer is stored,
   spooled when the store cannot take it now (:mod:`.capture`); prints ``{}``.
 
-The context stays within a byte budget (``--budget``, ``$NEURALSYNC_HOOK_BUDGET``,
-default 6000). Speed: a running ``neuralsync serve`` answers the recall (hybrid,
-nothing loaded here); without one the store is searched by text in this process
-(no model, no vector index), so a hook costs a few hundred milliseconds at most.
+The context stays within a byte budget (``--budget``, else the ``hook_budget_bytes``
+setting: ``$NEURALSYNC_HOOK_BUDGET_BYTES`` or ``config.toml``, default 6000).
+Speed: a running ``neuralsync serve`` answers the recall (hybrid, nothing
+loaded here); without one the store is searched by text in this process (no
+model, no vector index): a few hundred milliseconds (``bench/bench_hooks.py``).
 A hook must never break the session: any failure prints ``{}``, exits 0 and
-leaves one line in ``<home>/hooks.log``.
+leaves one line in ``<home>/logs/hooks.log``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,7 @@ if TYPE_CHECKING:
     from ..model import Memory
     from ..unified_memory_api import UnifiedMemoryAPI
 
-DEFAULT_BUDGET = 6000
-BUDGET_ENV = "NEURALSYNC_HOOK_BUDGET"
-LOG_FILE = "hooks.log"
+LOG_FILE = "hooks.log"  # in <home>/logs/, beside the server's log
 LOG_MAX_BYTES = 256 * 1024  # then it is rotated to hooks.log.1
 SERVER_TIMEOUT_S = 1.5  # a server slower than this is stuck: search here instead
 TOP_K = 6
@@ -68,7 +67,8 @@ def run_hook(tool: str, *, home: str | None = None, budget: int | str | None = N
         if tool not in EVENTS:
             raise ValueError(f"--tool must be one of {', '.join(EVENTS)}, not {tool!r}")
         event = read_event(stdin or sys.stdin)
-        answer = handle(tool, event, _config(home), _budget(budget))
+        config = _config(home)
+        answer = handle(tool, event, config, _budget(budget, config.hook_budget_bytes))
     except Exception as exc:  # noqa: BLE001 - a hook must never fail the session it serves
         _log(home, tool, event, f"{type(exc).__name__}: {exc}")
         answer = {}
@@ -306,10 +306,11 @@ def _config(home: str | None) -> MemoryConfig:
     return MemoryConfig.from_env(home)
 
 
-def _budget(given: int | str | None) -> int:
-    raw = given if given is not None else os.environ.get(BUDGET_ENV)
+def _budget(given: int | str | None, setting: int) -> int:
+    """``--budget`` when given, else the store's ``hook_budget_bytes``."""
+    raw = given
     if raw is None or raw == "":
-        return DEFAULT_BUDGET
+        return setting
     try:
         value = int(raw)
     except ValueError:
@@ -320,13 +321,11 @@ def _budget(given: int | str | None) -> int:
 
 
 def log_path(home: str | None) -> Path:
-    """``<home>/hooks.log`` (the store's home, as ``--home``/``$NEURALSYNC_HOME`` say)."""
-    try:
-        return _config(home).home / LOG_FILE
-    except Exception:  # noqa: BLE001 - a broken config file must still leave a trace somewhere
-        from ..config import DEFAULT_HOME
+    """``<home>/logs/hooks.log`` (the store's home, as ``--home``/``$NEURALSYNC_HOME`` say)."""
+    from ..config import DEFAULT_HOME, HOME_ENV
 
-        return Path(os.path.expanduser(home or os.environ.get("NEURALSYNC_HOME") or DEFAULT_HOME)) / LOG_FILE
+    # Not through MemoryConfig: a broken config file is one of the things this log must record.
+    return Path(os.path.expanduser(home or os.environ.get(HOME_ENV) or DEFAULT_HOME)) / "logs" / LOG_FILE
 
 
 def _log(home: str | None, tool: str, event: dict[str, Any], message: str) -> None:
@@ -335,7 +334,7 @@ def _log(home: str | None, tool: str, event: dict[str, Any], message: str) -> No
     line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {tool} {event.get('hook_event_name') or '-'} "
             f"{' '.join(message.split())[:500]}\n")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the home itself too, when new
         if path.exists() and path.stat().st_size > LOG_MAX_BYTES:
             os.replace(path, path.with_name(LOG_FILE + ".1"))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
