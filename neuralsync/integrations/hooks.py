@@ -117,6 +117,7 @@ class _Memory:
     def __init__(self, config: MemoryConfig, tool: str) -> None:
         self.config, self.tool = config, tool
         self._api: UnifiedMemoryAPI | None = None
+        self.server = True  # until it fails once: a stuck server costs one timeout, not one per read
 
     def __enter__(self) -> _Memory:
         return self
@@ -134,14 +135,21 @@ class _Memory:
         return self._api
 
     def persona(self) -> str:
-        return self.api().get_persona()
+        from ..discovery import persona_via_server
+
+        text = persona_via_server(self.config.home, timeout=SERVER_TIMEOUT_S) if self.server else None
+        if text is None:
+            self.server = False
+            return self.api().get_persona()
+        return text
 
     def recall(self, query: str, scope: str | None, top_k: int = TOP_K) -> list[Memory]:
         from ..discovery import recall_via_server
 
         request = {"query": query, "scope": scope, "top_k": top_k, "mode": "hybrid"}
-        hits = recall_via_server(self.config.home, request, timeout=SERVER_TIMEOUT_S)
-        if hits is None:  # no server: text search, no model to load
+        hits = recall_via_server(self.config.home, request, timeout=SERVER_TIMEOUT_S) if self.server else None
+        if hits is None:  # no server (or a failing one): text search here, no model to load
+            self.server = False
             hits = self.api().recall(query, scope=scope, top_k=top_k, mode="text")
         return hits
 
