@@ -1,6 +1,7 @@
 """A fake model endpoint on 127.0.0.1 for driving the real agent CLIs offline (issue 16).
 
-It answers Anthropic's Messages API (``POST /v1/messages``, streamed or not) with
+It answers Anthropic's Messages API (``POST /v1/messages``, streamed or not) and
+Gemini's ``generateContent`` / ``streamGenerateContent`` / ``countTokens`` with
 one short text reply, and records every request body so a test can assert what
 the CLI sent to the model. Anything else gets a 404 JSON error.
 """
@@ -37,6 +38,9 @@ class FakeModel:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 with owner.lock:
                     owner.requests.append({"path": self.path, "body": body})
+                if ":" in self.path.split("?")[0].rsplit("/", 1)[-1]:  # Gemini: /v1beta/models/M:method
+                    self._gemini(self.path.split("?")[0].rsplit(":", 1)[-1])
+                    return
                 if not self.path.startswith("/v1/messages") or self.path.startswith("/v1/messages/count_tokens"):
                     self._json(200 if "count_tokens" in self.path else 404,
                                {"input_tokens": 10} if "count_tokens" in self.path else
@@ -61,6 +65,24 @@ class FakeModel:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _gemini(self, method: str) -> None:
+                if method == "countTokens":
+                    self._json(200, {"totalTokens": 10})
+                    return
+                answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": owner.reply}]},
+                                          "finishReason": "STOP", "index": 0}],
+                          "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                                            "totalTokenCount": 15}}
+                if method != "streamGenerateContent":
+                    self._json(200, answer)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(f"data: {json.dumps(answer)}\r\n\r\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
 
             def _stream(self, model: str) -> None:
                 self.send_response(200)
@@ -103,7 +125,7 @@ class FakeModel:
         """Every string in every request the CLI sent to the messages route, one per line: what the
         model was given (system prompt, messages, reminders), unescaped."""
         with self.lock:
-            bodies = [r["body"] for r in self.requests if r["path"].startswith("/v1/messages")]
+            bodies = [r["body"] for r in self.requests if r["path"].startswith("/v1/messages") or ":" in r["path"]]
         return "\n".join(_strings(bodies))
 
 

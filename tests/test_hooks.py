@@ -74,6 +74,13 @@ def test_each_prompt_gets_the_memories_relevant_to_it(store: Path, tmp_path: Pat
     assert "tabs" not in text and "Persona" not in text  # relevant ones only; the persona came at the start
 
 
+def test_gemini_prompt_is_searched_without_the_context_it_carries(store: Path, tmp_path: Path) -> None:
+    prompt = "<hook_context>Persona: x. Prefers tabs over spaces</hook_context>\n\nwhy do webhooks retry?"
+    _, answer = hook("gemini", {"hook_event_name": "BeforeAgent", "prompt": prompt, "cwd": str(tmp_path / "acme")})
+    text = context(answer)
+    assert "retries webhooks" in text and "tabs" not in text
+
+
 def test_context_stays_within_the_budget(store: Path, tmp_path: Path) -> None:
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(store))) as api:
         for i in range(30):

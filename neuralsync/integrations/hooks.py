@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,7 @@ PROG = "neuralsync hook"
 START_EVENTS = frozenset({"SessionStart"})
 PROMPT_EVENTS = frozenset({"UserPromptSubmit", "BeforeAgent"})
 CAPTURE_EVENTS = frozenset({"Stop", "AfterAgent", "SessionEnd"})
+_HOOK_CONTEXT = re.compile(r"<hook_context>.*?</hook_context>", re.DOTALL)
 REMEMBER_HINT = ("To keep something for later sessions (any tool), write it on a line of its own: "
                  "@remember: [kind=fact|preference|decision] [scope=NAME] TEXT")
 
@@ -182,7 +184,9 @@ def start_context(memory: _Memory, event: dict[str, Any], budget: int) -> str:
 
 def prompt_context(memory: _Memory, event: dict[str, Any], budget: int) -> str:
     """The memories relevant to the prompt, the project's first."""
-    prompt = str(event.get("prompt") or "").strip()[:MAX_QUERY_CHARS]
+    # Gemini CLI hands BeforeAgent the prompt with the session start's context prepended in a
+    # <hook_context> block (non-interactive mode): searching for our own context would find it again.
+    prompt = _HOOK_CONTEXT.sub(" ", str(event.get("prompt") or "")).strip()[:MAX_QUERY_CHARS]
     if not prompt:
         return ""
     project = project_of(event.get("cwd"))
