@@ -1,7 +1,8 @@
 """A fake model endpoint on 127.0.0.1 for driving the real agent CLIs offline (issue 16).
 
 It answers Anthropic's Messages API (``POST /v1/messages``, streamed or not) and
-Gemini's ``generateContent`` / ``streamGenerateContent`` / ``countTokens`` with
+Gemini's ``generateContent`` / ``streamGenerateContent`` / ``countTokens`` and
+OpenAI's Responses API (``POST /v1/responses``, streamed, as Codex CLI asks) with
 one short text reply, and records every request body so a test can assert what
 the CLI sent to the model. Anything else gets a 404 JSON error.
 """
@@ -38,6 +39,9 @@ class FakeModel:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 with owner.lock:
                     owner.requests.append({"path": self.path, "body": body})
+                if self.path.split("?")[0].endswith("/responses"):
+                    self._responses(str(body.get("model") or "fake"))
+                    return
                 if ":" in self.path.split("?")[0].rsplit("/", 1)[-1]:  # Gemini: /v1beta/models/M:method
                     self._gemini(self.path.split("?")[0].rsplit(":", 1)[-1])
                     return
@@ -84,6 +88,31 @@ class FakeModel:
                 self.wfile.flush()
                 self.close_connection = True
 
+            def _responses(self, model: str) -> None:
+                item = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": owner.reply, "annotations": []}]}
+                usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+                         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}
+                base = {"id": "resp_fake", "object": "response", "model": model, "created_at": 0}
+                events = [
+                    {"type": "response.created", "response": {**base, "status": "in_progress", "output": []}},
+                    {"type": "response.output_item.added", "output_index": 0,
+                     "item": {**item, "status": "in_progress", "content": []}},
+                    {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+                     "item_id": "msg_fake", "delta": owner.reply},
+                    {"type": "response.output_item.done", "output_index": 0, "item": item},
+                    {"type": "response.completed", "response": {**base, "status": "completed", "output": [item],
+                                                                "usage": usage}},
+                ]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for number, event in enumerate(events):
+                    self.wfile.write(f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': number})}"
+                                     "\n\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
+
             def _stream(self, model: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -125,7 +154,8 @@ class FakeModel:
         """Every string in every request the CLI sent to the messages route, one per line: what the
         model was given (system prompt, messages, reminders), unescaped."""
         with self.lock:
-            bodies = [r["body"] for r in self.requests if r["path"].startswith("/v1/messages") or ":" in r["path"]]
+            bodies = [r["body"] for r in self.requests
+                      if r["path"].startswith("/v1/messages") or ":" in r["path"] or "/responses" in r["path"]]
         return "\n".join(_strings(bodies))
 
 

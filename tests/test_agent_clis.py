@@ -1,9 +1,9 @@
-"""The real agent CLIs run our hooks (issue 16, item 4): Claude Code and Gemini CLI from npm, offline
-but for a fake model on 127.0.0.1, after ``neuralsync install TOOL``.
+"""The real agent CLIs run our hooks (issue 16, item 4): Claude Code, Gemini CLI and Codex CLI from npm,
+offline but for a fake model on 127.0.0.1, after ``neuralsync install TOOL``.
 
 The CLIs come from ``$NEURALSYNC_AGENT_CLIS`` (an npm prefix; ``.ci/run`` installs
-``@anthropic-ai/claude-code`` and ``@google/gemini-cli`` there), else from PATH; without one its test
-skips and says why (the reason ``.ci/run`` left when its install failed, if any).
+``@anthropic-ai/claude-code``, ``@google/gemini-cli`` and ``@openai/codex`` there), else from PATH;
+without one its test skips and says why (the reason ``.ci/run`` left when its install failed, if any).
 """
 
 from __future__ import annotations
@@ -130,3 +130,50 @@ def test_gemini_cli_runs_the_hooks_install_registered(world: tuple[Path, Path, P
     _assert_received_and_captured(sent, start_context, store, "gemini")
     assert run_cli("uninstall", "gemini") == 0
     assert settings.read_text() == GEMINI_SETTINGS  # back byte for byte
+
+
+def _codex_argv(codex: str, url: str) -> list[str]:
+    """``codex exec`` against the fake model: a provider of our own (plain HTTPS transport, no websocket)."""
+    provider = {"name": '"fake"', "base_url": f'"{url}/v1"', "env_key": '"OPENAI_API_KEY"',
+                "wire_api": '"responses"', "supports_websockets": "false"}
+    options = [f"model_providers.fake.{key}={value}" for key, value in provider.items()]
+    return [codex, "exec", "-c", 'model_provider="fake"', *(x for o in options for x in ("-c", o)), "-m", "gpt-5",
+            "--skip-git-repo-check"]
+
+
+def test_codex_cli_runs_the_hooks_install_registered(world: tuple[Path, Path, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    codex = _cli("codex", "@openai/codex")
+    home, store, project = world
+    monkeypatch.setenv("CODEX_HOME", str(home / ".codex"))
+    assert run_cli("install", "codex") == 0  # the MCP server in config.toml, the hooks in hooks.json
+    start_context = _start_context("codex", project)
+    with FakeModel(reply=REPLY) as model:
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test-fake"}
+        # Codex runs a new hook only once a person has trusted it (/hooks in its TUI); a test is no person.
+        done = subprocess.run([*_codex_argv(codex, model.url), "--dangerously-bypass-hook-trust", PROMPT],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL)
+        sent = model.sent_strings()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Noted." in done.stdout
+    _assert_received_and_captured(sent, start_context, store, "codex")
+
+
+def test_codex_ns_hands_the_preamble_to_the_real_codex(world: tuple[Path, Path, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What codex-ns passes in a terminal (``-c developer_instructions=...``) reaches the model."""
+    from neuralsync.integrations.wrap import context_args
+
+    codex = _cli("codex", "@openai/codex")
+    home, _store, project = world
+    monkeypatch.setenv("CODEX_HOME", str(home / ".codex"))
+    (home / ".codex").mkdir()
+    preamble = f"Persona: {PERSONA}\n\n[M1] (fact, zephyr, conf=0.8) {PROJECT_FACT}\n"
+    with FakeModel(reply=REPLY) as model:
+        done = subprocess.run([*_codex_argv(codex, model.url), *context_args("codex", preamble), PROMPT],
+                              cwd=project, env={**os.environ, "OPENAI_API_KEY": "sk-test-fake"},
+                              capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        sent = model.sent_strings()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert preamble.strip() in sent

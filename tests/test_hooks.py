@@ -292,3 +292,16 @@ def test_an_appended_element_is_cut_back_to_the_same_bytes(text: str) -> None:
     index = len(jsonctext.loads(added)["a"]) - 1
     if index:
         assert jsonctext.remove_element(added, ("a",), index) == text
+
+
+@pytest.mark.parametrize("original", [None, '{\n    "theme": "x" // mine\n}'])
+def test_gemini_mcp_and_hooks_round_trip_from_no_file_or_a_commented_one(original: str | None,
+                                                                          fake_home: Path) -> None:
+    path = fake_home / ".gemini" / "settings.json"
+    if original is not None:
+        path.parent.mkdir()
+        path.write_text(original)
+    install("gemini", command=COMMAND, hooks=True)
+    assert hookconfig.present(jsonctext.loads(path.read_text()))
+    uninstall("gemini")
+    assert (path.read_text() if path.exists() else None) == original

@@ -132,7 +132,9 @@ def install_hooks(tool: str, *, dry_run: bool = False, scope: str = "user",
     new = _hooks_added(old, old, tool, command or hookconfig.hook_command(tool, scope), path)
     existed = old is not None and hookconfig.present(_json_load(old, path))
     action = "already-installed" if new == old else ("updated" if existed else "installed")
-    return _finish(tool, path, old, new, action, dry_run, what="hooks")
+    # Codex skips a new or changed command hook, silently, until a person trusts it.
+    note = "Codex runs them once you trust them: /hooks in Codex (it warns at start)" if tool == "codex" else ""
+    return _finish(tool, path, old, new, action, dry_run, what="hooks", note=note)
 
 
 def uninstall_hooks(tool: str, *, dry_run: bool = False, scope: str = "user",
