@@ -140,7 +140,8 @@ def test_end_of_turn_captures_remember_lines(store: Path) -> None:
     with UnifiedMemoryAPI(MemoryConfig(base_path=str(store))) as api:
         [signed] = api.recall("signed", mode="text")
         [uv] = api.recall("uv", mode="text")
-    assert (signed.kind, signed.scope, signed.tool) == ("decision", "acme", "claude-code")
+    assert (signed.kind, signed.scope, signed.tool, signed.source) == ("decision", "acme", "claude-code",
+                                                                       "neuralsync hook")
     assert uv.tool == "gemini"
 
 

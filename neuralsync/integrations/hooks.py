@@ -255,7 +255,7 @@ def capture(tool: str, event: dict[str, Any], config: MemoryConfig) -> int:
         return 0
     from .wrap import open_memory
 
-    memory = open_memory(tool)
+    memory = open_memory(tool, source=PROG)
     captures = Captures(memory, Spool(config.home), PROG)
     try:
         captures.send_spooled()

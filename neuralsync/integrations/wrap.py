@@ -82,11 +82,11 @@ def format_preamble(persona: str, items: Sequence[Recalled]) -> str:
 class LocalMemory:
     """The store on this machine, opened through the facade (``$NEURALSYNC_HOME``)."""
 
-    def __init__(self, tool: str | None) -> None:
+    def __init__(self, tool: str | None, source: str = PROG) -> None:
         from ..unified_memory_api import UnifiedMemoryAPI
 
         self.api = UnifiedMemoryAPI(MemoryConfig.from_env(), tool=tool)
-        self.tool = tool
+        self.tool, self.source = tool, source
 
     def persona(self) -> str:
         return self.api.get_persona()
@@ -99,7 +99,7 @@ class LocalMemory:
     def remember(self, item: RememberLine) -> None:
         self.api.remember(item.text, kind=item.kind or "fact", scope=item.scope or "global",
                           tool=item.tool or self.tool, tags=list(item.tags) or None,
-                          confidence=0.8 if item.confidence is None else item.confidence, source=PROG)
+                          confidence=0.8 if item.confidence is None else item.confidence, source=self.source)
 
     def close(self) -> None:
         self.api.close()
@@ -108,10 +108,10 @@ class LocalMemory:
 class HttpMemory:
     """A running server, through NeuralSync2's routes (``/persona``, ``/recall``, ``/remember``)."""
 
-    def __init__(self, endpoint: str, token: str | None, tool: str | None) -> None:
+    def __init__(self, endpoint: str, token: str | None, tool: str | None, source: str = PROG) -> None:
         if not endpoint.startswith(("http://", "https://")):  # urllib would also open file:// URLs
             raise ValueError(f"NS_ENDPOINT must be an http(s) URL, not {endpoint!r}")
-        self.endpoint, self.token, self.tool = endpoint.rstrip("/"), token, tool
+        self.endpoint, self.token, self.tool, self.source = endpoint.rstrip("/"), token, tool, source
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -142,7 +142,7 @@ class HttpMemory:
 
     def remember(self, item: RememberLine) -> None:
         body: dict[str, Any] = {"text": item.text, "kind": item.kind or "fact", "scope": item.scope or "global",
-                                "tool": item.tool or self.tool, "tags": list(item.tags), "source": PROG}
+                                "tool": item.tool or self.tool, "tags": list(item.tags), "source": self.source}
         if item.confidence is not None:
             body["confidence"] = item.confidence
         self._call("/remember", body)
@@ -163,13 +163,13 @@ def _refusal(exc: urllib.error.HTTPError) -> tuple[str | None, str]:
     return None, str(doc.get("detail") if isinstance(doc, dict) and doc.get("detail") else exc.reason)
 
 
-def open_memory(tool: str | None) -> MemoryClient:
+def open_memory(tool: str | None, source: str = PROG) -> MemoryClient:
     """HTTP when ``NS_ENDPOINT`` or ``NS_TOKEN`` is set (NeuralSync2's variables), else the local store."""
     endpoint, token = os.environ.get("NS_ENDPOINT"), os.environ.get("NS_TOKEN")
     if endpoint or token:
         host, port = os.environ.get("NS_HOST", "127.0.0.1"), os.environ.get("NS_PORT", "8373")
-        return HttpMemory(endpoint or f"http://{host}:{port}", token, tool)
-    return LocalMemory(tool)
+        return HttpMemory(endpoint or f"http://{host}:{port}", token, tool, source)
+    return LocalMemory(tool, source)
 
 
 # ================================================================ running the child
