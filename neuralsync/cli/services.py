@@ -62,8 +62,9 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd = add("identity", None, "print this replica's public key (its site id)")
     _standalone(cmd, cmd_identity)
 
-    for name, text in (("install", "register the neuralsync MCP server in a tool's config (idempotent, backed up)"),
-                       ("uninstall", "remove the neuralsync MCP server from a tool's config")):
+    for name, text in (("install", "register the neuralsync MCP server and its hooks in a tool's config "
+                                   "(idempotent, backed up)"),
+                       ("uninstall", "remove the neuralsync MCP server and its hooks from a tool's config")):
         cmd = add(name, None, text)
         cmd.add_argument("tool", choices=["claude-code", "codex", "gemini"])
         cmd.add_argument("--dry-run", action="store_true", help="print the change as a unified diff; write nothing")
