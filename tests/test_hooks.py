@@ -267,6 +267,13 @@ def test_cli_install_registers_the_hooks_and_no_hooks_leaves_them(fake_home: Pat
     assert not settings.exists()
 
 
+def test_with_config_only_that_file_is_touched(fake_home: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli("install", "claude-code", config_path=str(tmp_path / "mcp.json"))
+    assert (tmp_path / "mcp.json").exists() and not (fake_home / ".claude").exists()
+    assert "hooks left alone" in capsys.readouterr().out
+
+
 def test_project_scope_hooks_name_no_machine_path(fake_home: Path, tmp_path: Path) -> None:
     install_hooks("claude-code", scope="project")
     path = tmp_path / ".claude" / "settings.json"

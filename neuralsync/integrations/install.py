@@ -248,11 +248,15 @@ def run_cli(action: str, tool: str, *, dry_run: bool = False, config_path: str |
         check_server_starts(transport)
         results.append(install(tool, dry_run=dry_run, config_path=config_path, scope=scope, transport=transport,
                                url=url, token=token, hooks=hooks))
-        if hooks and hookconfig.hook_file(tool, scope, results[0].path) != results[0].path:
-            results.append(install_hooks(tool, dry_run=dry_run, scope=scope))
     else:
         results.append(uninstall(tool, dry_run=dry_run, config_path=config_path, scope=scope))
-        if hooks and hookconfig.hook_file(tool, scope, results[0].path) != results[0].path:
+    elsewhere = hookconfig.hook_file(tool, scope, results[0].path)
+    if hooks and elsewhere != results[0].path:
+        if config_path is not None:  # --config names one file: touch no other
+            print(f"hooks left alone: --config names the MCP file only ({tool} reads hooks from {elsewhere})")
+        elif action == "install":
+            results.append(install_hooks(tool, dry_run=dry_run, scope=scope))
+        else:
             results.append(uninstall_hooks(tool, dry_run=dry_run, scope=scope))
     for result in results:
         if dry_run and result.diff:
