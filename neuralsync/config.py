@@ -98,6 +98,8 @@ class MemoryConfig:
     near_duplicate_threshold: float = 0.80
     # A merge can be undone this long; after it, compaction may prune the merged memory's old ops.
     merge_undo_days: float = 30.0
+    # `neuralsync hook` (issue 16): the most context, in UTF-8 bytes, one hook event adds to an agent's prompt.
+    hook_budget_bytes: int = 6000
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -127,6 +129,9 @@ class MemoryConfig:
         if isinstance(self.merge_undo_days, bool) or not isinstance(self.merge_undo_days, (int, float)) \
                 or not 0 <= self.merge_undo_days <= 36_500:
             raise ConfigError(f"merge_undo_days must be from 0 to 36500, not {self.merge_undo_days!r}")
+        if isinstance(self.hook_budget_bytes, bool) or not isinstance(self.hook_budget_bytes, int) \
+                or not 200 <= self.hook_budget_bytes <= 1_000_000:
+            raise ConfigError(f"hook_budget_bytes must be from 200 to 1000000, not {self.hook_budget_bytes!r}")
         if self.target_response_time_ms <= 0:
             raise ConfigError("target_response_time_ms must be positive")
 

@@ -82,6 +82,33 @@ def server_token(home: Path) -> str | None:
         return None
 
 
+def persona_via_server(home: Path, timeout: float = RECALL_TIMEOUT_S) -> str | None:
+    """The persona text from the store's running server (``GET /v1/persona``); None when no server is
+    announced or it cannot answer (the caller then reads the store itself)."""
+    info = read_server_info(home)
+    token = server_token(home) if info is not None else None
+    if info is None or token is None:
+        return None
+    import http.client
+
+    parts = urlsplit(info.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", "/v1/persona", headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    try:
+        answer = parse_json(body)
+    except ValueError:
+        return None
+    text = answer.get("text") if status == 200 and isinstance(answer, dict) else None
+    return text if isinstance(text, str) else None
+
+
 def recall_via_server(home: Path, request: dict[str, Any], timeout: float = RECALL_TIMEOUT_S) -> list[Memory] | None:
     """The answer of the store's running server to ``POST /v1/recall`` with ``request`` (the facade's
     ``recall`` arguments, JSON-ready); None when no server is announced or it cannot answer (gone, stuck,

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -295,3 +296,57 @@ def test_a_capture_that_cannot_even_be_spooled_is_named_as_lost(tmp_path: Path) 
     done = nswrap(["--", sys.executable, "-c", CAPTURING], blocker / "home", NS_ENDPOINT="http://127.0.0.1:9",
                   NS_TOKEN="t")
     assert done.returncode == 0 and "1 capture(s) LOST" in done.stderr and "Keep me" in done.stderr
+
+
+# ------------------------------------------------------------------ interactive use (issue 16)
+def _run_in_pty(argv: list[str], env: dict[str, str], *, stdout_too: bool) -> int:
+    """Run ``argv`` with a pseudo-terminal as its stdin (and stdout when ``stdout_too``); its exit code."""
+    import pty
+    import select
+
+    parent, child = pty.openpty()
+    out = child if stdout_too else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, stdin=child, stdout=out, stderr=subprocess.DEVNULL, env=env)
+    os.close(child)
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([parent], [], [], 0.1)[0]:  # drain what the child writes to the terminal
+                try:
+                    os.read(parent, 65536)
+                except OSError:
+                    break
+        return proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(parent)
+
+
+@pytest.mark.parametrize(("wrapper", "binary", "stdout_too"), [("claude_ns_main", "claude", True),
+                                                                ("claude_ns_main", "claude", False),
+                                                                ("codex_ns_main", "codex", True)])
+def test_in_a_terminal_the_tool_keeps_the_terminal_and_gets_context_by_option(
+        wrapper: str, binary: str, stdout_too: bool, home: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / binary
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"json.dump({{'stdin_tty': os.isatty(0), 'stdout_tty': os.isatty(1), 'argv': sys.argv[1:]}},"
+                    f" open({str(report)!r}, 'w'))\n")
+    fake.chmod(0o755)
+    code = f"import sys; from neuralsync.integrations.wrap import {wrapper}; sys.exit({wrapper}())"
+    env = {**os.environ, "NEURALSYNC_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    assert _run_in_pty([sys.executable, "-c", code, "SQLite"], env, stdout_too=stdout_too) == 0
+    seen = json.loads(report.read_text())
+    assert seen["stdin_tty"] is True  # the person's terminal, not a pipe carrying the preamble
+    assert seen["stdout_tty"] is stdout_too
+    option, value = seen["argv"][:2]
+    if binary == "claude":
+        assert option == "--append-system-prompt"
+    else:
+        assert option == "-c" and value.startswith("developer_instructions=")
+        value = json.loads(value.split("=", 1)[1])
+    assert "Persona: Terse senior engineer." in value and "SQLite WAL mode" in value
+    assert seen["argv"][2:] == ["SQLite"]

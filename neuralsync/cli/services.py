@@ -62,8 +62,9 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     cmd = add("identity", None, "print this replica's public key (its site id)")
     _standalone(cmd, cmd_identity)
 
-    for name, text in (("install", "register the neuralsync MCP server in a tool's config (idempotent, backed up)"),
-                       ("uninstall", "remove the neuralsync MCP server from a tool's config")):
+    for name, text in (("install", "register the neuralsync MCP server and its hooks in a tool's config "
+                                   "(idempotent, backed up)"),
+                       ("uninstall", "remove the neuralsync MCP server and its hooks from a tool's config")):
         cmd = add(name, None, text)
         cmd.add_argument("tool", choices=["claude-code", "codex", "gemini"])
         cmd.add_argument("--dry-run", action="store_true", help="print the change as a unified diff; write nothing")
@@ -71,6 +72,9 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         cmd.add_argument("--scope", choices=["user", "project"], default="user",
                          help="user: ~/.claude.json, ~/.codex/config.toml, ~/.gemini/settings.json; "
                               "project: ./.mcp.json, ./.codex/config.toml, ./.gemini/settings.json")
+        cmd.add_argument("--no-hooks", dest="hooks", action="store_false",
+                         help="leave the tool's hooks alone (install registers SessionStart/prompt/end-of-turn hooks "
+                              "that add the persona and relevant memories and capture '@remember:' lines)")
         if name == "install":
             cmd.add_argument("--transport", choices=["stdio", "http"], default="stdio",
                              help="stdio: the tool starts 'neuralsync mcp' (default); http: it connects to a running "
@@ -79,6 +83,15 @@ def add_service_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
             cmd.add_argument("--url", help=f"http: the server's URL (default http://127.0.0.1:{DEFAULT_MCP_HTTP_PORT}/mcp)")
         cmd.set_defaults(integration=name)
         _standalone(cmd, cmd_integration)
+
+    cmd = add("hook", None, "run as an agent CLI's hook: read its event JSON on stdin, print the persona and the "
+                            "memories relevant to the folder and prompt (or capture '@remember:' lines at the end "
+                            "of a turn); never fails the session")
+    # Checked by the hook itself, not argparse: a usage error (exit 2) would block the user's prompt.
+    cmd.add_argument("--tool", default="", metavar="TOOL", help="claude-code, codex or gemini")
+    cmd.add_argument("--budget", metavar="BYTES",
+                     help="most bytes of context to print (default: the hook_budget_bytes setting, 6000)")
+    _standalone(cmd, cmd_hook)
 
     cmd = add("sessions", None, "processes using this store (dead ones are reaped first)")
     cmd.add_argument("--all", action="store_true", help="include ended sessions")
@@ -140,12 +153,20 @@ def cmd_integration(args: argparse.Namespace) -> int:
     from ..integrations.install import run_cli
 
     if args.integration == "uninstall":
-        return run_cli("uninstall", args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope)
+        return run_cli("uninstall", args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope,
+                       hooks=args.hooks)
     token = None
     if args.transport == "http" and args.scope == "user" and args.tool != "codex":
         token = _server_token(_config(args))  # a user file holds the token itself (0600, like its API keys)
     return run_cli("install", args.tool, dry_run=args.dry_run, config_path=args.config, scope=args.scope,
-                   transport=args.transport, url=args.url, token=token)
+                   transport=args.transport, url=args.url, token=token, hooks=args.hooks)
+
+
+def cmd_hook(args: argparse.Namespace) -> int:
+    """One hook event: always exit 0 with valid output (errors go to the hook log)."""
+    from ..integrations.hooks import run_hook
+
+    return run_hook(args.tool, home=getattr(args, "home", None), budget=args.budget)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

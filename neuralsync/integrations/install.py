@@ -34,7 +34,7 @@ from typing import Any
 
 from ..config import HOME_ENV
 from ..errors import DependencyMissing, InvalidInput, NeuralSyncError
-from . import jsonctext, tomltext
+from . import hookconfig, jsonctext, tomltext
 
 SERVER_NAME = "neuralsync"
 TOOLS = ("claude-code", "codex", "gemini")
@@ -66,6 +66,7 @@ class InstallResult:
     diff: str = ""
     backup: Path | None = None
     note: str = ""
+    what: str = "MCP server"  # what the entry is: "MCP server", "hooks", "MCP server and hooks"
 
     @property
     def changed(self) -> bool:
@@ -76,20 +77,28 @@ class InstallResult:
     def message(self) -> str:
         """One human-readable line."""
         if not self.changed:
-            return f"{SERVER_NAME} is {self.action.replace('-', ' ')} in {self.path}; nothing changed"
+            state = self.action.replace("-", " ")
+            return f"{SERVER_NAME} {self.what} {self._be} {state} in {self.path}; nothing changed"
         verb = {"installed": "install", "updated": "update", "uninstalled": "uninstall"}[self.action]
         if self.dry_run:
-            return f"dry run: would {verb} the {SERVER_NAME} MCP server in {self.path}; nothing written"
+            return f"dry run: would {verb} the {SERVER_NAME} {self.what} in {self.path}; nothing written"
         kept = f" (backup: {self.backup})" if self.backup else ""
         note = f"; {self.note}" if self.note else ""
-        return f"{self.action} the {SERVER_NAME} MCP server in {self.path}{kept}{note}; restart {self.tool} to use it"
+        return f"{self.action} the {SERVER_NAME} {self.what} in {self.path}{kept}{note}; restart {self.tool} to use it"
+
+    @property
+    def _be(self) -> str:
+        return "are" if self.what == "hooks" else "is"
 
 
 # ================================================================ public API
 def install(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
             command: str | Sequence[str] | None = None, scope: str = "user", transport: str = "stdio",
-            url: str | None = None, token: str | None = None) -> InstallResult:
+            url: str | None = None, token: str | None = None, hooks: bool = False) -> InstallResult:
     """Register the MCP server in ``tool``'s config, idempotently.
+
+    ``hooks``: also our context/capture hooks when they live in the same file (Gemini CLI); the
+    other tools keep hooks in a file of their own (:func:`install_hooks`).
 
     stdio: ``command`` is the server's executable (then args ``["mcp"]``) or a full argv (default:
     see the module docstring). http: ``url`` (default ``DEFAULT_URL``) and the bearer header,
@@ -102,11 +111,64 @@ def install(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[
         new, existed = _toml_install(old or "", entry, path)
     else:
         new, existed = _json_install(old, entry, _managed(tool), path)
+    with_hooks = hooks and hookconfig.hook_file(tool, scope, path) == path
+    if with_hooks:
+        new = _hooks_added(old, new, tool, hookconfig.hook_command(tool, scope), path)
     action = "already-installed" if new == old else ("updated" if existed else "installed")
     note = ""
     if transport == "http" and (tool == "codex" or scope == "project"):
         note = f"the client reads the token from ${TOKEN_ENV}: export {TOKEN_ENV}=\"$(neuralsync token)\""
-    return _finish(tool, path, old, new, action, dry_run, note=note)
+    what = "MCP server and hooks" if with_hooks else "MCP server"
+    return _finish(tool, path, old, new, action, dry_run, note=note, what=what)
+
+
+def install_hooks(tool: str, *, dry_run: bool = False, scope: str = "user",
+                  config_path: str | os.PathLike[str] | None = None, command: str | None = None) -> InstallResult:
+    """Register our context and capture hooks in ``tool``'s hook file (:func:`hookconfig.hook_file`;
+    ``config_path`` overrides it), idempotently, with the same guarantees as the MCP entry."""
+    path = Path(config_path).expanduser() if config_path else hookconfig.hook_file(tool, scope,
+                                                                                     config_file(tool, scope))
+    old = _read(path)
+    new = _hooks_added(old, old, tool, command or hookconfig.hook_command(tool, scope), path)
+    existed = old is not None and hookconfig.present(_json_load(old, path))
+    action = "already-installed" if new == old else ("updated" if existed else "installed")
+    # Codex skips a new or changed command hook, silently, until a person trusts it.
+    note = "Codex runs them once you trust them: /hooks in Codex (it warns at start)" if tool == "codex" else ""
+    return _finish(tool, path, old, new, action, dry_run, what="hooks", note=note)
+
+
+def uninstall_hooks(tool: str, *, dry_run: bool = False, scope: str = "user",
+                    config_path: str | os.PathLike[str] | None = None) -> InstallResult:
+    """Remove our hooks (only ours) from ``tool``'s hook file, back to the state before install."""
+    path = Path(config_path).expanduser() if config_path else hookconfig.hook_file(tool, scope,
+                                                                                     config_file(tool, scope))
+    old = _read(path)
+    doc = _json_load(old, path) if old is not None else {}
+    if old is None or not hookconfig.present(doc):
+        return InstallResult(tool, path, "not-installed", dry_run, what="hooks")
+    backup = _read(_backup_path(path))
+    new = _json_edit(lambda: hookconfig.remove(old, doc, keep_empty=_has_key(backup, "hooks")), path)
+    _check_json(new, doc, None, path)
+    return _finish(tool, path, old, _restored(False, new, backup), "uninstalled", dry_run, drop_backup=True,
+                   what="hooks")
+
+
+def _hooks_added(old: str | None, text: str | None, tool: str, command: str, path: Path) -> str:
+    """``text`` (the file after any other edit of ours; None: no file yet) with our hooks in it."""
+    base = text if text is not None and text.strip() else jsonctext.dump_new({}, _newline(old))
+    doc = _json_load(base, path)
+    if (problem := hookconfig.check_shape(doc)) is not None:
+        raise InstallError(f"{path}: {problem}; nothing was changed")
+    new = _json_edit(lambda: hookconfig.add(base, doc, tool, command), path)
+    if new == base and text is not None:
+        return text
+    try:
+        result = jsonctext.loads(new)
+    except ValueError as exc:
+        raise InstallError(f"editing {path} would break it ({exc}); nothing was written") from exc
+    if hookconfig.strip_ours(result) != hookconfig.strip_ours(doc) or not hookconfig.present(result):
+        raise InstallError(f"editing {path} would change other settings (unusual layout); nothing was written")
+    return new
 
 
 def uninstall(tool: str, *, dry_run: bool = False, config_path: str | os.PathLike[str] | None = None,
@@ -128,13 +190,20 @@ def uninstall(tool: str, *, dry_run: bool = False, config_path: str | os.PathLik
         new, existed = _json_remove(old, backup, path)
     if not existed:
         return InstallResult(tool, path, "not-installed", dry_run)
-    load = _toml_loads if tool == "codex" else jsonctext.loads
-    result: str | None = new
+    what = "MCP server and hooks" if tool != "codex" and hookconfig.present(_json_load(old, path)) else "MCP server"
+    return _finish(tool, path, old, _restored(tool == "codex", new, backup), "uninstalled", dry_run,
+                   drop_backup=True, what=what)
+
+
+def _restored(toml: bool, new: str, backup: str | None) -> str | None:
+    """What uninstall writes: the backup's exact bytes when only our entries changed since install,
+    nothing (delete) when install created the file, else ``new``."""
+    load = _toml_loads if toml else jsonctext.loads
     if backup is not None and _parses_to(load, backup, load(new) if new.strip() else {}):
-        result = backup  # only our entry changed since install: the exact bytes from before
-    elif backup is None and _empty_skeleton(tool, new):
-        result = None  # install created the file: delete it
-    return _finish(tool, path, old, result, "uninstalled", dry_run, drop_backup=True)
+        return backup
+    if backup is None and _empty_skeleton(toml, new):
+        return None
+    return new
 
 
 def _parses_to(load: Any, text: str, expected: Any) -> bool:
@@ -144,10 +213,10 @@ def _parses_to(load: Any, text: str, expected: Any) -> bool:
         return False
 
 
-def _empty_skeleton(tool: str, text: str) -> bool:
+def _empty_skeleton(toml: bool, text: str) -> bool:
     """What is left of a file install created, once our entry is cut: nothing, or an empty object."""
     stripped = text.strip()
-    return stripped == "" if tool == "codex" else stripped in ("", "{}")
+    return stripped == "" if toml else stripped in ("", "{}")
 
 
 def check_server_starts(transport: str = "stdio") -> None:
@@ -165,21 +234,34 @@ def check_server_starts(transport: str = "stdio") -> None:
 
 
 def run_cli(action: str, tool: str, *, dry_run: bool = False, config_path: str | None = None,
-            scope: str = "user", transport: str = "stdio", url: str | None = None, token: str | None = None) -> int:
+            scope: str = "user", transport: str = "stdio", url: str | None = None, token: str | None = None,
+            hooks: bool = True) -> int:
     """``neuralsync install|uninstall TOOL``: print the diff (dry run) and a summary; exit code 0.
 
     Install first checks that the server could start (else :class:`DependencyMissing`, nothing
-    written). Errors raise a ``NeuralSyncError`` (:class:`InstallError`, ...) for the CLI to map.
+    written), then registers the MCP server and, unless ``hooks`` is false, our hooks (in the
+    same file for Gemini CLI, in the tool's hook file otherwise). Uninstall removes both.
+    Errors raise a ``NeuralSyncError`` (:class:`InstallError`, ...) for the CLI to map.
     """
+    results = []
     if action == "install":
         check_server_starts(transport)
-        result = install(tool, dry_run=dry_run, config_path=config_path, scope=scope, transport=transport,
-                         url=url, token=token)
+        results.append(install(tool, dry_run=dry_run, config_path=config_path, scope=scope, transport=transport,
+                               url=url, token=token, hooks=hooks))
     else:
-        result = uninstall(tool, dry_run=dry_run, config_path=config_path, scope=scope)
-    if dry_run and result.diff:
-        sys.stdout.write(result.diff.replace(token, "<token>") if token else result.diff)  # no secret on screen
-    print(result.message)
+        results.append(uninstall(tool, dry_run=dry_run, config_path=config_path, scope=scope))
+    elsewhere = hookconfig.hook_file(tool, scope, results[0].path)
+    if hooks and elsewhere != results[0].path:
+        if config_path is not None:  # --config names one file: touch no other
+            print(f"hooks left alone: --config names the MCP file only ({tool} reads hooks from {elsewhere})")
+        elif action == "install":
+            results.append(install_hooks(tool, dry_run=dry_run, scope=scope))
+        else:
+            results.append(uninstall_hooks(tool, dry_run=dry_run, scope=scope))
+    for result in results:
+        if dry_run and result.diff:
+            sys.stdout.write(result.diff.replace(token, "<token>") if token else result.diff)  # no secret on screen
+        print(result.message)
     return 0
 
 
@@ -293,24 +375,24 @@ def _read(path: Path) -> str | None:
 
 
 def _finish(tool: str, path: Path, old: str | None, new: str | None, action: str, dry_run: bool, *,
-            drop_backup: bool = False, note: str = "") -> InstallResult:
+            drop_backup: bool = False, note: str = "", what: str = "MCP server") -> InstallResult:
     """Write ``new`` (``None``: delete the file); ``drop_backup`` removes the backup afterwards."""
     if action not in _CHANGES:
-        return InstallResult(tool, path, action, dry_run)
+        return InstallResult(tool, path, action, dry_run, what=what)
     target = f"{path} (deleted)" if new is None else f"{path} ({action})"
     diff = "".join(difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
                                         fromfile=str(path), tofile=target))
     if diff and not diff.endswith("\n"):
         diff += "\n\\ No newline at end of file\n"
     if dry_run:
-        return InstallResult(tool, path, action, True, diff, note=note)
+        return InstallResult(tool, path, action, True, diff, note=note, what=what)
     backup = _write(path, old, new, keep_backup=not drop_backup)
     if drop_backup:
         _backup_path(path).unlink(missing_ok=True)
         backup = None
     if new is None:
         note = "the file install created is deleted"
-    return InstallResult(tool, path, action, False, diff, backup, note)
+    return InstallResult(tool, path, action, False, diff, backup, note, what)
 
 
 def _write(path: Path, old: str | None, new: str | None, *, keep_backup: bool = True) -> Path | None:
@@ -389,13 +471,22 @@ def _json_install(old: str | None, entry: dict[str, Any], managed: frozenset[str
 
 
 def _json_remove(old: str, backup: str | None, path: Path) -> tuple[str, bool]:
+    """``old`` without our MCP entry and our hooks (Gemini keeps both in one file); (text, any found)."""
     data = _json_load(old, path)
     servers = data.get("mcpServers")
-    if not isinstance(servers, dict) or SERVER_NAME not in servers:
+    ours = isinstance(servers, dict) and SERVER_NAME in servers
+    hooked = hookconfig.present(data)
+    if not ours and not hooked:
         return old, False
-    new = _json_edit(lambda: jsonctext.remove_member(old, _OUR_PATH), path)
-    if len(servers) == 1 and not _had_servers(backup):
-        new = _json_edit(lambda: jsonctext.remove_member(new, ("mcpServers",)), path)  # we added it
+    new = old
+    if ours:
+        new = _json_edit(lambda: jsonctext.remove_member(old, _OUR_PATH), path)
+        if isinstance(servers, dict) and len(servers) == 1 and not _has_key(backup, "mcpServers"):
+            new = _json_edit(lambda: jsonctext.remove_member(new, ("mcpServers",)), path)  # we added it
+    if hooked:
+        edited = new
+        new = _json_edit(lambda: hookconfig.remove(edited, jsonctext.loads(edited),
+                                                   keep_empty=_has_key(backup, "hooks")), path)
     _check_json(new, data, None, path)
     return new, True
 
@@ -408,7 +499,7 @@ def _json_edit(edit: Any, path: Path) -> str:
 
 
 def _json_others(doc: dict[str, Any]) -> dict[str, Any]:
-    rest = dict(doc)
+    rest = hookconfig.strip_ours(dict(doc))
     servers = {k: v for k, v in rest.pop("mcpServers", {}).items() if k != SERVER_NAME}
     return {**rest, "mcpServers": servers} if servers else rest
 
@@ -424,9 +515,10 @@ def _check_json(new: str, old_doc: dict[str, Any], wanted: dict[str, Any] | None
         raise InstallError(f"editing {path} would change other settings (unusual layout); nothing was written")
 
 
-def _had_servers(backup: str | None) -> bool:
+def _has_key(backup: str | None, key: str) -> bool:
+    """Whether the file before install (its backup) had ``key`` at the top: then uninstall keeps it."""
     try:
-        return isinstance(backup, str) and "mcpServers" in jsonctext.loads(backup)
+        return isinstance(backup, str) and key in jsonctext.loads(backup)
     except (ValueError, TypeError):
         return False
 

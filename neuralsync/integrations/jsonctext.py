@@ -118,7 +118,73 @@ def remove_member(text: str, path: Sequence[str]) -> str:
     return text
 
 
+def append_element(text: str, path: Sequence[str], value: Any) -> str:
+    """``text`` with ``value`` appended to the array at ``path`` (it must exist), after its last
+    element and separated from it as that element is from what precedes it: the user's elements
+    keep their bytes, and :func:`remove_element` of the new last element gives ``text`` back."""
+    blanked = blank_comments(text)
+    open_pos = _array_at(blanked, path)
+    elements, close = _elements(blanked, open_pos)
+    if not elements:
+        inline = "\n" not in text[open_pos:close]
+        rendered = _render(text, blanked, [value], _lead(text, open_pos), inline=inline)
+        return text[:open_pos] + rendered + text[close + 1:]
+    start, end = elements[-1]
+    before = elements[-2][1] if len(elements) > 1 else open_pos
+    gap = text[before:start].lstrip(",") if len(elements) > 1 else text[open_pos + 1:start]
+    if gap.strip():  # a comment sits there: a plain line break (or space) instead
+        gap = newline(text) + _lead(text, start) if _own_line(text, start) else " "
+    inline = not _own_line(text, start)
+    return text[:end] + "," + gap + _render(text, blanked, value, _lead(text, start), inline=inline) + text[end:]
+
+
+def remove_element(text: str, path: Sequence[str], index: int) -> str:
+    """``text`` without element ``index`` of the array at ``path`` and its separator (the inverse of
+    :func:`append_element` for the last one)."""
+    blanked = blank_comments(text)
+    open_pos = _array_at(blanked, path)
+    elements, _close = _elements(blanked, open_pos)
+    start, end = elements[index]
+    if index + 1 < len(elements):  # up to the next element: ours, the comma, the gap
+        return text[:start] + text[elements[index + 1][0]:]
+    if index > 0:  # the last: from the end of the one before (its comma and the gap go too)
+        return text[:elements[index - 1][1]] + text[end:]
+    return text[:start] + text[end:]
+
+
 # ------------------------------------------------------------------ scanning
+def _array_at(blanked: str, path: Sequence[str]) -> int:
+    """Where the array value at ``path`` starts."""
+    start = _top(blanked)
+    for key in path:
+        members, _close = _members(blanked, start)
+        found = next((m for m in members if m.key == key), None)
+        if found is None:
+            raise ValueError(f"no member {key!r}")
+        start = found.value_start
+    if blanked[start:start + 1] != "[":
+        raise ValueError(f"{'.'.join(path)} is not an array")
+    return start
+
+
+def _elements(blanked: str, open_pos: int) -> tuple[list[tuple[int, int]], int]:
+    """(start, end) of each element of the array whose ``[`` is at ``open_pos``, and its ``]``."""
+    elements: list[tuple[int, int]] = []
+    i = _skip(blanked, open_pos + 1)
+    if blanked[i:i + 1] == "]":
+        return elements, i
+    while True:
+        _value, end = _DECODER.raw_decode(blanked, i)
+        elements.append((i, end))
+        i = _skip(blanked, end)
+        if blanked[i:i + 1] == "]":
+            return elements, i
+        if blanked[i:i + 1] != ",":
+            raise ValueError(f"expected ',' or ']' at character {i}")
+        i = _skip(blanked, i + 1)
+
+
+
 def _skip(blanked: str, i: int) -> int:
     while i < len(blanked) and blanked[i] in _WS:
         i += 1

@@ -5,6 +5,14 @@ preamble (then any piped stdin) to the child's stdin, streams the child's stdout
 as it comes, and stores every output line that starts with ``@remember:``. The
 child's stderr passes straight through and its exit code is returned.
 
+When stdin is a terminal (an interactive session, issue 16) the child gets that
+terminal as its stdin, untouched: the preamble goes through the tool's own
+option instead (Claude Code's ``--append-system-prompt``, Codex's
+``-c developer_instructions=...``; Gemini CLI has no such option and gets its
+context from the hooks ``neuralsync install gemini`` registers), and when
+stdout is a terminal too the child writes to it directly (its captures then come
+from the end-of-turn hook).
+
 The store is opened directly through the facade, so no server is needed; when
 ``NS_ENDPOINT`` or ``NS_TOKEN`` is set, the NeuralSync2 HTTP routes are used
 instead. Memory trouble never stops the child, and never loses a capture: what
@@ -74,11 +82,11 @@ def format_preamble(persona: str, items: Sequence[Recalled]) -> str:
 class LocalMemory:
     """The store on this machine, opened through the facade (``$NEURALSYNC_HOME``)."""
 
-    def __init__(self, tool: str | None) -> None:
+    def __init__(self, tool: str | None, source: str = PROG) -> None:
         from ..unified_memory_api import UnifiedMemoryAPI
 
         self.api = UnifiedMemoryAPI(MemoryConfig.from_env(), tool=tool)
-        self.tool = tool
+        self.tool, self.source = tool, source
 
     def persona(self) -> str:
         return self.api.get_persona()
@@ -91,7 +99,7 @@ class LocalMemory:
     def remember(self, item: RememberLine) -> None:
         self.api.remember(item.text, kind=item.kind or "fact", scope=item.scope or "global",
                           tool=item.tool or self.tool, tags=list(item.tags) or None,
-                          confidence=0.8 if item.confidence is None else item.confidence, source=PROG)
+                          confidence=0.8 if item.confidence is None else item.confidence, source=self.source)
 
     def close(self) -> None:
         self.api.close()
@@ -100,10 +108,10 @@ class LocalMemory:
 class HttpMemory:
     """A running server, through NeuralSync2's routes (``/persona``, ``/recall``, ``/remember``)."""
 
-    def __init__(self, endpoint: str, token: str | None, tool: str | None) -> None:
+    def __init__(self, endpoint: str, token: str | None, tool: str | None, source: str = PROG) -> None:
         if not endpoint.startswith(("http://", "https://")):  # urllib would also open file:// URLs
             raise ValueError(f"NS_ENDPOINT must be an http(s) URL, not {endpoint!r}")
-        self.endpoint, self.token, self.tool = endpoint.rstrip("/"), token, tool
+        self.endpoint, self.token, self.tool, self.source = endpoint.rstrip("/"), token, tool, source
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -134,7 +142,7 @@ class HttpMemory:
 
     def remember(self, item: RememberLine) -> None:
         body: dict[str, Any] = {"text": item.text, "kind": item.kind or "fact", "scope": item.scope or "global",
-                                "tool": item.tool or self.tool, "tags": list(item.tags), "source": PROG}
+                                "tool": item.tool or self.tool, "tags": list(item.tags), "source": self.source}
         if item.confidence is not None:
             body["confidence"] = item.confidence
         self._call("/remember", body)
@@ -155,13 +163,13 @@ def _refusal(exc: urllib.error.HTTPError) -> tuple[str | None, str]:
     return None, str(doc.get("detail") if isinstance(doc, dict) and doc.get("detail") else exc.reason)
 
 
-def open_memory(tool: str | None) -> MemoryClient:
+def open_memory(tool: str | None, source: str = PROG) -> MemoryClient:
     """HTTP when ``NS_ENDPOINT`` or ``NS_TOKEN`` is set (NeuralSync2's variables), else the local store."""
     endpoint, token = os.environ.get("NS_ENDPOINT"), os.environ.get("NS_TOKEN")
     if endpoint or token:
         host, port = os.environ.get("NS_HOST", "127.0.0.1"), os.environ.get("NS_PORT", "8373")
-        return HttpMemory(endpoint or f"http://{host}:{port}", token, tool)
-    return LocalMemory(tool)
+        return HttpMemory(endpoint or f"http://{host}:{port}", token, tool, source)
+    return LocalMemory(tool, source)
 
 
 # ================================================================ running the child
@@ -228,26 +236,50 @@ def _stream(stdout: IO[bytes], captures: Captures, out: _Sink | None) -> None:
         _capture(captures, pending)
 
 
+def context_args(tool: str | None, preamble: str) -> list[str]:
+    """The options that hand ``preamble`` to ``tool`` without its stdin (none for a tool without one)."""
+    if not preamble:
+        return []
+    if tool == "claude-code":
+        return ["--append-system-prompt", preamble]
+    if tool == "codex":  # -c takes a TOML value; a JSON string is a valid TOML basic string
+        return ["-c", f"developer_instructions={json.dumps(preamble, ensure_ascii=False)}"]
+    return []
+
+
+def _is_terminal(stream: IO[Any] | None) -> bool:
+    try:
+        return stream is not None and not stream.closed and stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
 def run(command: Sequence[str], tool: str | None, *, top_k: int = DEFAULT_TOP_K, prog: str = PROG) -> int:
-    """Run ``command`` with recalled context on stdin; returns its exit code (127 if not found)."""
+    """Run ``command`` with recalled context (on stdin, or through the tool's option when stdin is a
+    terminal); returns its exit code (127 if not found)."""
     binary = shutil.which(command[0]) if command else None
     if binary is None:
         name = command[0] if command else "(none)"
         print(f"{prog}: error: command not found: {name!r} (is it installed and on PATH?)", file=sys.stderr)
         return NOT_FOUND_EXIT
-    piped = _piped_stdin()
+    interactive = _is_terminal(sys.stdin)
+    piped = b"" if interactive else _piped_stdin()
     query = (piped.decode("utf-8", errors="replace").strip() or " ".join(command[1:]))[:MAX_QUERY_CHARS]
     memory = _open(tool)
     captures = Captures(memory, Spool(Path(MemoryConfig.from_env().home)), prog)
     try:
         captures.send_spooled()  # before recall, so this run already sees them
         preamble = _preamble(memory, query, top_k)
-        separator = "\n" if preamble and piped else ""
-        data = (preamble + separator).encode("utf-8") + piped
         env = dict(os.environ, **({"TOOL_NAME": tool} if tool else {}))
+        if interactive:  # the terminal stays the person's: context through the tool's option
+            argv, data = [binary, *context_args(tool, preamble), *command[1:]], b""
+            stdout = None if _is_terminal(sys.stdout) else subprocess.PIPE
+        else:
+            separator = "\n" if preamble and piped else ""
+            argv, data = [binary, *command[1:]], (preamble + separator).encode("utf-8") + piped
+            stdout = subprocess.PIPE
         try:
-            proc = subprocess.Popen([binary, *command[1:]], stdin=subprocess.PIPE if data else None,
-                                    stdout=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data else None, stdout=stdout, env=env)
         except OSError as exc:  # found on PATH but not runnable (permissions, bad interpreter line)
             print(f"{prog}: error: cannot run {binary}: {exc.strerror or exc}", file=sys.stderr)
             return 126
@@ -277,10 +309,10 @@ def _supervise(proc: subprocess.Popen[bytes], stdin_data: bytes, captures: Captu
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     try:
-        assert proc.stdout is not None
-        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-        _stream(proc.stdout, captures, out or _TextOut(sys.stdout))
-        proc.stdout.close()
+        if proc.stdout is not None:  # None: the child writes to the terminal itself
+            out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+            _stream(proc.stdout, captures, out or _TextOut(sys.stdout))
+            proc.stdout.close()
         code = proc.wait()
     finally:
         if in_main:
