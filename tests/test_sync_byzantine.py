@@ -13,6 +13,8 @@ with a reason.
 
 from __future__ import annotations
 
+import hashlib
+
 import base64
 import json
 import re
@@ -259,6 +261,19 @@ def test_payload_tampered_after_signing_is_refused(net: Net) -> None:
     net.converge()
     assert_agree(net)
     assert all(not net[n].reads.exists(record) for n in CORRECT)
+
+
+def test_an_op_of_a_shared_scope_graph_is_refused_in_the_personal_log(net: Net) -> None:
+    key = key_of(net)
+    team_op = crdt.make_op(key, "create", new_id(), {**FIELDS, "content": "a team fact"}, 1 << 40,
+                           heads_of(net["a"]), graph=hashlib.sha256(b"some team").digest())
+    before = {n: snapshot(net[n]) for n in CORRECT}
+    for name in CORRECT:
+        net.push(name, [(team_op.body, team_op.sig)])
+        assert snapshot(net[name]) == before[name]
+    assert_refused(net, "shared-scope op")
+    net.converge()
+    assert_agree(net)
 
 
 # ------------------------------------------------------------------ the graph

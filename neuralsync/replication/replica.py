@@ -151,7 +151,10 @@ class Replica:
                 if oid in by_id:
                     continue  # sent again while it waits: held once
                 try:
-                    by_id[oid] = codec.parse_op(body, sig)
+                    op = codec.parse_op(body, sig)
+                    if op.graph is not None:  # a shared scope's op travels in that scope's graph only
+                        raise InvalidOp("an op of a shared scope's graph does not belong to the personal log")
+                    by_id[oid] = op
                 except InvalidOp as exc:
                     outcome.refuse(oid.hex(), str(exc))
                     self.log_rejection(peer, "invalid op", str(exc), oid.hex())
@@ -219,7 +222,7 @@ def reason_key(reason: str) -> str:
     for needle, key in (("signature", "bad signature"), ("too large", "oversized op"), ("preds", "bad preds"),
                         ("descends from a rejected", "descends from rejected"), ("tag_remove", "bad remove"),
                         ("create is not among", "no create in ancestry"), ("integer outside", "out-of-range value"),
-                        ("hlc", "bad clock")):
+                        ("hlc", "bad clock"), ("personal log", "shared-scope op")):
         if needle in lowered:
             return key
     return "invalid op"

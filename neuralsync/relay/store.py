@@ -1,0 +1,218 @@
+"""The relay's PostgreSQL side: numbered migrations, users as roles, pushes and pulls under row-level security.
+
+Every request of a user runs in a transaction as that user's own role (``SET LOCAL ROLE``), so the database
+itself refuses a non-member's read or write (the policies in ``migrations/0001_relay.sql``), whatever the
+relay's code does. The owner connection (the one that runs migrations and keeps the membership from
+verified membership ops) never reads ops for a user.
+
+Cursors are per scope and gap-free: a push takes the scope row's lock for its transaction and numbers its
+ops after the row's ``last_seq``, so pushes commit in the order of their numbers and a reader that has seen
+seq *n* has seen every op below it. An op already stored in the scope is skipped before numbering (pushed
+twice, stored once, no hole); a push cut off mid-batch rolls back whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DependencyMissing, SyncRejected
+
+if TYPE_CHECKING:
+    import psycopg
+
+    Conn = psycopg.Connection[tuple[Any, ...]]
+
+ROLES = ("reader", "writer", "admin")
+ROLE_PREFIX = "nsu_"
+MAX_PULL = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOp:
+    """One op as the relay keeps it: its id (checked by the caller against the body), body and signature."""
+
+    op_id: bytes
+    body: bytes
+    sig: bytes
+    author: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    seq: int
+    op_id: bytes
+    body: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    stored: int
+    duplicates: int
+    last_seq: int
+
+
+def role_name(user_key: bytes) -> str:
+    """The PostgreSQL role a user's requests run as (160 bits of the key: names are at most 63 bytes)."""
+    if len(user_key) != 32:
+        raise SyncRejected("a user key is 32 bytes", field="user_key")
+    return ROLE_PREFIX + user_key.hex()[:40]
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, SQL) of every migration shipped in the package, in order."""
+    found = []
+    for entry in resources.files(__package__).joinpath("migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _psycopg() -> ModuleType:
+    try:
+        import psycopg
+    except ImportError:
+        raise DependencyMissing("the relay needs psycopg: pip install 'neuralsync[team]'") from None
+    return psycopg
+
+
+class RelayStore:
+    """The relay's tables through one owner connection string (a role with CREATEROLE, not a superuser)."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._pg = _psycopg()
+
+    @contextmanager
+    def _owner(self) -> Iterator[Conn]:
+        with self._pg.connect(self.conninfo, autocommit=False) as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def _as_user(self, user_key: bytes) -> Iterator[Conn]:
+        """A transaction running as the user's role: row-level security applies to everything in it."""
+        role = role_name(user_key)
+        with self._pg.connect(self.conninfo, autocommit=False) as conn, conn.transaction():
+            conn.execute(self._pg.sql.SQL("SET LOCAL ROLE {}").format(self._pg.sql.Identifier(role)))
+            yield conn
+
+    # -- schema
+    def migrate(self) -> int:
+        """Apply the shipped migrations not yet applied (each in its transaction, one relay at a time)."""
+        applied = 0
+        with self._owner() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('neuralsync relay migrations'))")
+            conn.execute("CREATE TABLE IF NOT EXISTS relay_migrations (number integer PRIMARY KEY, name text NOT NULL,"
+                         " sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {row[0]: row[1] for row in conn.execute("SELECT number, sha256 FROM relay_migrations")}
+            for number, name, text in migrations():
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if number in done:
+                    if done[number] != digest:
+                        raise SyncRejected(f"migration {name} differs from the one applied", field="migrations")
+                    continue
+                conn.execute(text)
+                conn.execute("INSERT INTO relay_migrations(number, name, sha256) VALUES (%s, %s, %s)",
+                             (number, name, digest))
+                applied += 1
+        return applied
+
+    def version(self) -> int:
+        with self._owner() as conn:
+            row = conn.execute("SELECT coalesce(max(number), 0) FROM relay_migrations").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- users, devices, scopes, members (the owner, from verified ops)
+    def add_user(self, user_key: bytes) -> str:
+        """The user's role, created with no privileges beyond ``relay_user``'s (idempotent)."""
+        role = role_name(user_key)
+        sql = self._pg.sql
+        with self._owner() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('neuralsync relay roles'))")
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE relay_user").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(role)))
+            conn.execute("INSERT INTO relay_users(user_key, role_name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (user_key, role))
+        return role
+
+    def add_device(self, device_key: bytes, user_key: bytes, certificate: bytes) -> None:
+        with self._owner() as conn:
+            conn.execute("INSERT INTO relay_devices(device_key, user_key, certificate) VALUES (%s, %s, %s)"
+                         " ON CONFLICT (device_key) DO NOTHING", (device_key, user_key, certificate))
+
+    def user_of_device(self, device_key: bytes) -> bytes | None:
+        with self._owner() as conn:
+            row = conn.execute("SELECT user_key FROM relay_devices WHERE device_key = %s", (device_key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def create_scope(self, scope_id: bytes, admin: bytes) -> None:
+        with self._owner() as conn:
+            conn.execute("INSERT INTO relay_scopes(scope_id) VALUES (%s) ON CONFLICT DO NOTHING", (scope_id,))
+            conn.execute("INSERT INTO relay_members(scope_id, user_key, role) VALUES (%s, %s, 'admin')"
+                         " ON CONFLICT DO NOTHING", (scope_id, admin))
+
+    def set_member(self, scope_id: bytes, user_key: bytes, role: str) -> None:
+        if role not in ROLES:
+            raise SyncRejected(f"role must be one of {', '.join(ROLES)}", field="role")
+        with self._owner() as conn:
+            conn.execute("INSERT INTO relay_members(scope_id, user_key, role) VALUES (%s, %s, %s)"
+                         " ON CONFLICT (scope_id, user_key) DO UPDATE SET role = excluded.role",
+                         (scope_id, user_key, role))
+
+    def remove_member(self, scope_id: bytes, user_key: bytes) -> None:
+        """Stops the user's further reads and writes; what they already pulled stays theirs."""
+        with self._owner() as conn:
+            conn.execute("DELETE FROM relay_members WHERE scope_id = %s AND user_key = %s", (scope_id, user_key))
+
+    # -- what members do
+    def push(self, user_key: bytes, scope_id: bytes, ops: Sequence[RelayOp]) -> PushResult:
+        """Append the ops not yet in the scope, numbered after its cursor, as one transaction."""
+        with self._as_user(user_key) as conn:
+            row = conn.execute("SELECT last_seq FROM relay_scopes WHERE scope_id = %s FOR UPDATE",
+                               (scope_id,)).fetchone()
+            if row is None:  # hidden by the policy: not a writer here (or no such scope)
+                raise SyncRejected("not a writer of this scope", status=403, field="scope")
+            last = int(row[0])
+            ids = [op.op_id for op in ops]
+            held = {bytes(r[0]) for r in conn.execute(
+                "SELECT op_id FROM relay_ops WHERE scope_id = %s AND op_id = ANY(%s)", (scope_id, ids))}
+            fresh: dict[bytes, RelayOp] = {}
+            for op in ops:
+                if op.op_id not in held and op.op_id not in fresh:
+                    fresh[op.op_id] = op
+            rows = [(scope_id, op.op_id, last + n, op.body, op.sig, op.author)
+                    for n, op in enumerate(fresh.values(), start=1)]
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany("INSERT INTO relay_ops(scope_id, op_id, seq, body, sig, author)"
+                                    " VALUES (%s, %s, %s, %s, %s, %s)", rows)
+                conn.execute("UPDATE relay_scopes SET last_seq = %s WHERE scope_id = %s", (last + len(rows), scope_id))
+        return PushResult(len(rows), len(ops) - len(rows), last + len(rows))
+
+    def pull(self, user_key: bytes, scope_id: bytes, after: int = 0, limit: int = 1000) -> tuple[list[Pulled], int]:
+        """(ops after the cursor in cursor order, the scope's last seq) as the user sees them."""
+        limit = max(1, min(limit, MAX_PULL))
+        with self._as_user(user_key) as conn:
+            row = conn.execute("SELECT last_seq FROM relay_scopes WHERE scope_id = %s", (scope_id,)).fetchone()
+            if row is None:
+                raise SyncRejected("not a member of this scope", status=403, field="scope")
+            found = conn.execute("SELECT seq, op_id, body, sig FROM relay_ops WHERE scope_id = %s AND seq > %s"
+                                 " ORDER BY seq LIMIT %s", (scope_id, after, limit)).fetchall()
+        return [Pulled(int(s), bytes(i), bytes(b), bytes(g)) for s, i, b, g in found], int(row[0])
+
+    def scopes_of(self, user_key: bytes) -> list[tuple[bytes, str, int]]:
+        """(scope, role, last seq) of every scope the user is a member of."""
+        with self._as_user(user_key) as conn:
+            found = conn.execute(
+                "SELECT s.scope_id, m.role, s.last_seq FROM relay_scopes s JOIN relay_members m USING (scope_id)"
+                " JOIN relay_users u ON u.user_key = m.user_key WHERE u.role_name = current_user").fetchall()
+        return [(bytes(s), str(r), int(n)) for s, r, n in found]
