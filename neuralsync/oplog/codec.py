@@ -31,6 +31,7 @@ import nacl.signing
 
 from ..errors import InvalidOp
 from ..model import Op
+from . import team
 from .clock import HLC_MAX
 from .fields import check_fields
 
@@ -40,7 +41,7 @@ FORMAT_VERSION = 2  # new ops; format 1 ops (id over the whole body) are still r
 GRAPH_FORMAT = 3
 FORMATS = (1, 2, 3)
 OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge",
-                      "purge"})
+                      "purge"}) | team.TEAM_KINDS
 MAX_OP_BYTES = 1 << 20  # one op, encoded
 MAX_PREDS = 64
 MAX_DEPTH = 8
@@ -326,7 +327,7 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False)
             or preds != sorted(set(preds))):
         raise InvalidOp("preds must be a sorted set of at most 64 op ids")
     if not pruned:
-        check_fields(kind, record_id, fields)
+        check_op_fields(kind, record_id, fields, author, graph)
     if version != 1 and not pruned:
         oid = hashlib.sha256(_op_bytes(kind, record_id, encode(fields), hlc, author, preds, graph)[1]).digest()
     else:
@@ -334,6 +335,16 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False)
     if verify:
         verify_signature(author, oid, sig)
     return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body, pruned, graph)
+
+
+def check_op_fields(kind: str, record_id: str, fields: dict[str, Any], author: bytes, graph: bytes | None) -> None:
+    """The rules on an op's own fields, by kind and graph (a shared scope holds memory and membership ops)."""
+    if kind in team.TEAM_KINDS:
+        team.check_team_fields(kind, record_id, fields, author, graph)
+        return
+    if graph is not None and kind not in team.CONTENT_KINDS:
+        raise InvalidOp(f"a {kind} op does not belong to a shared scope")
+    check_fields(kind, record_id, fields)
 
 
 def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:
