@@ -126,6 +126,7 @@ def create_app(relay: Relay, listen: bool = True) -> FastAPI:
             yield
         finally:
             fanout.stop()
+            relay.store.close()
 
     app = FastAPI(title="neuralsync relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.relay, app.state.fanout = relay, fanout
