@@ -246,6 +246,8 @@ def test_forged_certificates_and_bad_requests_are_refused(relay: LiveRelay) -> N
     assert _raw(relay.url, "GET", path, headers=other_relay)[0] == 401
     status, answer = _raw(relay.url, "GET", f"/relay/v1/scopes/{eng.id.hex()[:-2]}/ops", ALICE_DEV)
     assert (status, answer["error"]["field"]) == (400, "scope")
+    status, answer = _raw(relay.url, "GET", f"/relay/v1/scopes/{eng.id.hex()}/ops?limit=0", ALICE_DEV)
+    assert (status, answer["error"]["field"]) == (400, "limit")
     status, answer = _raw(relay.url, "POST", f"/relay/v1/scopes/{eng.id.hex()}/push", ALICE_DEV, b"[1]")
     assert (status, answer["error"]["field"]) == (400, "body")
     assert [o["seq"] for o in alice.pull(eng.id).ops] == [1]  # nothing of it was stored

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -135,6 +136,13 @@ def create_app(relay: Relay, listen: bool = True) -> FastAPI:
     async def refused(request: Request, exc: NeuralSyncError) -> Response:
         status, field = _status_and_field(exc)
         return _answer(relay, request, {"error": {"message": _message(exc), "field": field}}, status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = str((first.get("loc") or ("request",))[-1])
+        return _answer(relay, request, {"error": {"message": f"{field}: {first.get('msg', 'invalid')}",
+                                                  "field": field}}, 400)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nacl.signing
 
+from ..errors import DependencyMissing
 from ..oplog.identity import load_or_create_key
 from .store import RelayStore
 
@@ -43,9 +44,13 @@ def migrate(db: str) -> tuple[int, int]:
 def serve(db: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: str | None = None,
           log_level: str = "info") -> None:
     """Migrate, then serve until interrupted (blocking); prints where it listens and its public key."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import create_app
+        from .app import create_app
+    except ImportError as exc:
+        raise DependencyMissing(f"the relay's HTTP server needs {exc.name}: pip install 'neuralsync[server,team]'"
+                                ) from None
     from .service import Relay
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
