@@ -289,7 +289,10 @@ def _m010_team_graphs(conn: sqlite3.Connection) -> None:
     CREATE INDEX ops_graph_seq ON ops(graph, seq) WHERE graph IS NOT NULL;
     CREATE TABLE teams(graph BLOB PRIMARY KEY, name TEXT NOT NULL, creator BLOB NOT NULL, root BLOB NOT NULL)
         WITHOUT ROWID;
-    CREATE INDEX teams_name ON teams(name)
+    CREATE INDEX teams_name ON teams(name);
+    CREATE TABLE team_relays(graph BLOB PRIMARY KEY, url TEXT NOT NULL, relay_key BLOB NOT NULL,
+                             pushed_seq INTEGER NOT NULL DEFAULT 0, pulled_seq INTEGER NOT NULL DEFAULT 0,
+                             synced_at INTEGER, last_error TEXT) WITHOUT ROWID
     """)
 
 
