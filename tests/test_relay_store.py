@@ -45,7 +45,7 @@ def cluster() -> Iterator[pgcluster.Cluster]:
 @pytest.fixture
 def relay(cluster: pgcluster.Cluster) -> RelayStore:
     store = RelayStore(cluster.new_database())
-    assert store.migrate() == 1 and store.migrate() == 0  # numbered, applied once
+    assert store.migrate() == 2 and store.migrate() == 0  # numbered, applied once
     for key in (ALICE, BOB, CAROL):
         store.add_user(user(key))
     store.create_scope(TEAM, user(ALICE))

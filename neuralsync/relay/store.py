@@ -173,6 +173,54 @@ class RelayStore:
         with self._owner() as conn:
             conn.execute("DELETE FROM relay_members WHERE scope_id = %s AND user_key = %s", (scope_id, user_key))
 
+    def scope_exists(self, scope_id: bytes) -> bool:
+        with self._owner() as conn:
+            return conn.execute("SELECT 1 FROM relay_scopes WHERE scope_id = %s", (scope_id,)).fetchone() is not None
+
+    def role_in(self, scope_id: bytes, user_key: bytes) -> str | None:
+        """The user's role in the scope as the relay's table has it (None: not a member)."""
+        with self._owner() as conn:
+            row = conn.execute("SELECT role FROM relay_members WHERE scope_id = %s AND user_key = %s",
+                               (scope_id, user_key)).fetchone()
+        return None if row is None else str(row[0])
+
+    def apply_member(self, scope_id: bytes, user_key: bytes, role: str, hlc: int, op_id: bytes) -> bool:
+        """Set (or, for ``removed``, drop) a member from a membership op, unless a later op already did:
+        the latest per user by (hlc, op id) wins, whatever order the ops arrive in. True if it changed."""
+        if role not in (*ROLES, "removed"):
+            raise SyncRejected(f"role must be one of {', '.join(ROLES)} or removed", field="role")
+        with self._owner() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('neuralsync relay members'))")
+            row = conn.execute("SELECT hlc, op_id FROM relay_member_clock WHERE scope_id = %s AND user_key = %s",
+                               (scope_id, user_key)).fetchone()
+            if row is not None and (int(row[0]), bytes(row[1])) >= (hlc, op_id):
+                return False
+            conn.execute("INSERT INTO relay_member_clock(scope_id, user_key, hlc, op_id) VALUES (%s, %s, %s, %s)"
+                         " ON CONFLICT (scope_id, user_key) DO UPDATE SET hlc = excluded.hlc, op_id = excluded.op_id",
+                         (scope_id, user_key, hlc, op_id))
+            if role == "removed":
+                conn.execute("DELETE FROM relay_members WHERE scope_id = %s AND user_key = %s", (scope_id, user_key))
+            else:
+                conn.execute("INSERT INTO relay_members(scope_id, user_key, role) VALUES (%s, %s, %s)"
+                             " ON CONFLICT (scope_id, user_key) DO UPDATE SET role = excluded.role",
+                             (scope_id, user_key, role))
+        return True
+
+    def use_nonce(self, device_key: bytes, nonce: bytes, at_ms: int, now_ms: int, window_ms: int,
+                  max_per_device: int) -> None:
+        """Record a request's nonce for every relay on this database, or refuse a replay (401) or a flood (429)."""
+        with self._owner() as conn:
+            conn.execute("DELETE FROM relay_nonces WHERE at_ms < %s", (now_ms - window_ms,))
+            (count,) = conn.execute("SELECT count(*) FROM relay_nonces WHERE device_key = %s",
+                                    (device_key,)).fetchone() or (0,)
+            if int(count) >= max_per_device:
+                raise SyncRejected("too many requests from this device in the last 10 minutes; retry later",
+                                   status=429, field="X-Neuralsync-Key")
+            fresh = conn.execute("INSERT INTO relay_nonces(device_key, nonce, at_ms) VALUES (%s, %s, %s)"
+                                 " ON CONFLICT DO NOTHING RETURNING 1", (device_key, nonce, now_ms)).fetchone()
+            if fresh is None:
+                raise SyncRejected("replayed request (nonce already used)", status=401, field="X-Neuralsync-Nonce")
+
     # -- what members do
     def push(self, user_key: bytes, scope_id: bytes, ops: Sequence[RelayOp]) -> PushResult:
         """Append the ops not yet in the scope, numbered after its cursor, as one transaction."""
@@ -191,10 +239,11 @@ class RelayStore:
                     fresh[op.op_id] = op
             rows = [(scope_id, op.op_id, last + n, op.body, op.sig, op.author)
                     for n, op in enumerate(fresh.values(), start=1)]
-            if rows:
-                with conn.cursor() as cur:
-                    cur.executemany("INSERT INTO relay_ops(scope_id, op_id, seq, body, sig, author)"
-                                    " VALUES (%s, %s, %s, %s, %s, %s)", rows)
+            if rows:  # one statement: one round trip, and one notification for the whole batch
+                columns = list(zip(*rows, strict=True))
+                conn.execute("INSERT INTO relay_ops(scope_id, op_id, seq, body, sig, author)"
+                             " SELECT %s, * FROM unnest(%s::bytea[], %s::bigint[], %s::bytea[], %s::bytea[],"
+                             " %s::bytea[])", (scope_id, *(list(c) for c in columns[1:])))
                 conn.execute("UPDATE relay_scopes SET last_seq = %s WHERE scope_id = %s", (last + len(rows), scope_id))
         return PushResult(len(rows), len(ops) - len(rows), last + len(rows))
 
