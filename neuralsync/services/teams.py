@@ -243,6 +243,7 @@ class Teams:
         report = TeamSyncReport(name_row[0] if name_row else graph.hex())
         try:
             client.register(self.user)
+            self._push(graph, client, report)  # first: a new scope reaches the relay with its root
             self._pull(graph, client, report)
             with self.storage.write() as conn:
                 if conn.execute("SELECT 1 FROM teams WHERE graph = ?", (graph,)).fetchone() is not None:
