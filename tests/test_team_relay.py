@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import nacl.signing
 import pytest
@@ -46,13 +47,15 @@ def cluster() -> Iterator[pgcluster.Cluster]:
         yield running
 
 
+def replica(path: Path) -> UnifiedMemoryAPI:
+    return UnifiedMemoryAPI(MemoryConfig(base_path=str(path), embedder="hashing", recall_via_server=False))
+
+
 class World:
     def __init__(self, root: Path, url: str, store: RelayStore, superuser: str) -> None:
         self.url, self.store, self.superuser = url, store, superuser
-        config = {"embedder": "hashing", "recall_via_server": False}
-        self.laptop = UnifiedMemoryAPI(MemoryConfig(base_path=str(root / "alice-laptop"), **config))
-        self.desktop = UnifiedMemoryAPI(MemoryConfig(base_path=str(root / "alice-desktop"), **config))
-        self.bob = UnifiedMemoryAPI(MemoryConfig(base_path=str(root / "bob"), **config))
+        self.laptop, self.desktop, self.bob = (replica(root / name) for name in ("alice-laptop", "alice-desktop",
+                                                                                   "bob"))
         self.desktop.team_user_key(self.laptop.team_user_key())  # Alice's user key on both her machines
         introduce({"laptop": self.laptop, "desktop": self.desktop})  # her own machines also sync directly
 
@@ -63,8 +66,8 @@ class World:
     def join(self, api: UnifiedMemoryAPI, scope: str) -> None:
         api.team_use_relay(scope, self.url, bytes(RELAY_KEY.verify_key).hex())
 
-    def sync(self, *apis: UnifiedMemoryAPI, rounds: int = 2) -> list[dict[str, object]]:
-        reports: list[dict[str, object]] = []
+    def sync(self, *apis: UnifiedMemoryAPI, rounds: int = 2) -> list[dict[str, Any]]:
+        reports: list[dict[str, Any]] = []
         for _ in range(rounds):
             for api in apis:
                 reports += api.team_sync()
@@ -138,7 +141,7 @@ def test_concurrent_writes_converge_and_private_scopes_stay_private(world: World
     held = world.laptop.storage.conn.execute("SELECT count(*) FROM ops WHERE graph = ?",
                                              (bytes.fromhex(scope),)).fetchone()[0]
     assert stored == (held, held)
-    bodies = b"".join(bytes(r[0]) for r in world.sql("SELECT body FROM relay_ops"))
+    bodies = b"".join(bytes(cast(bytes, r[0])) for r in world.sql("SELECT body FROM relay_ops"))
     assert b"salary" not in bodies
     with pytest.raises(NotFound):
         world.bob.get(secret)
@@ -184,8 +187,7 @@ def test_a_malicious_database_cannot_make_replicas_accept_or_lose_anything(world
     second = world.laptop.remember("releases are cut on Thursdays", scope="team:platform")  # concurrent with it
     world.sync(world.laptop, rounds=1)
     [report] = world.bob.team_sync(scope)
-    assert any("hash" in r["reason"] or "signature" in r["reason"]  # type: ignore[index]
-               for r in report["refused"]), report  # type: ignore[union-attr]
+    assert any("hash" in r["reason"] or "signature" in r["reason"] for r in report["refused"]), report
     assert second in {i for i, _ in world.team_view(world.bob)}  # sync went on
     # 2. An op signed by someone never added, inserted straight into the table: refused too.
     eve = nacl.signing.SigningKey.generate()
@@ -199,7 +201,7 @@ def test_a_malicious_database_cannot_make_replicas_accept_or_lose_anything(world
               planted.author, graph)
     world.sql("UPDATE relay_scopes SET last_seq = last_seq + 1 WHERE scope_id = %s", graph)
     [report] = world.bob.team_sync(scope)
-    assert any("writer" in r["reason"] for r in report["refused"])  # type: ignore[index]
+    assert any("writer" in r["reason"] for r in report["refused"])
     assert second in {i for i, _ in world.team_view(world.bob)}
     assert "eve was here" not in {t for _, t in world.team_view(world.bob)}
     # 3. The relay withholds an op from Alice's desktop; her laptop has it and their direct sync brings it.
@@ -227,6 +229,8 @@ def test_a_malicious_database_cannot_make_replicas_accept_or_lose_anything(world
               " %s FROM relay_scopes WHERE scope_id = %s", bytes.fromhex(other), late_op[2], late_op[0], late_op[1],
               late_op[3], bytes.fromhex(other))
     world.sync(world.laptop, rounds=1)
-    assert world.sql("SELECT count(*) FROM relay_ops WHERE scope_id = %s AND op_id = %s", graph, late_op[2]) == [(1,)]
+    held = world.sql("SELECT count(*) FROM relay_ops WHERE scope_id = %s AND op_id = %s", graph, late_op[2])
+    assert held == [(1,)]
     world.desktop.team_sync(scope)  # from the relay alone
-    assert late in {i for i, _ in world.team_view(world.desktop)} and first in {i for i, _ in world.team_view(world.bob)}
+    assert late in {i for i, _ in world.team_view(world.desktop)}
+    assert first in {i for i, _ in world.team_view(world.bob)}
