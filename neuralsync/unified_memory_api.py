@@ -122,6 +122,7 @@ class UnifiedMemoryAPI:
         self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic, self.config.merge_undo_days,
                                    self.config.quota_bytes)
         self._merge_scans: Periodic | None = None
+        self._team_syncs: Periodic | None = None
         self._compactions: Periodic | None = None
         self._idle_mark = (-1, 0.0)  # (last op seq seen, when) for the compaction scheduler
         self._ops_since_optimize = 0
@@ -143,7 +144,7 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
-        for periodic in (self._merge_scans, self._compactions, self._publisher):
+        for periodic in (self._merge_scans, self._compactions, self._publisher, self._team_syncs):
             if periodic is not None:
                 periodic.stop()
         if self._queue is not None:  # first: every write already submitted commits or gets its error
@@ -216,7 +217,9 @@ class UnifiedMemoryAPI:
         with stage(PARSE):
             fields = self.checks.create(values, session=self.session_id, now=now_ms())
             strategy = choose_strategy(self.config, fields["scope"], merge)
-        record_id = self.teams.new_record(self.storage.conn, fields) or new_id()  # a shared scope's: bound to it
+        record_id = new_id()
+        if fields["scope"].startswith(team.SCOPE_PREFIX):  # a shared scope's memory: its id is bound to the scope
+            record_id = self.teams.new_record(self.storage.conn, fields) or record_id
         return self._create_or_merge(record_id, fields, strategy, read_back)
 
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
@@ -862,7 +865,7 @@ class UnifiedMemoryAPI:
 
     def team_sync(self, scope: str | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Sync one shared scope (or every one with a relay) with its relay; a report per scope."""
-        from .relay.client import RelayClient
+        from .replication.relay_client import RelayClient
 
         wanted = None if scope is None else self._team_id(scope)
         reports = []
@@ -873,6 +876,23 @@ class UnifiedMemoryAPI:
         if wanted is not None and not reports:
             raise InvalidInput("scope", "no relay for this shared scope: neuralsync team relay SCOPE URL KEY")
         return reports
+
+    def start_team_sync(self, seconds: float) -> None:
+        """Sync every shared scope that has a relay every ``seconds``, on a background thread, until close
+        (a failure is logged and retried at the next tick)."""
+        if self._team_syncs is None:
+            self._team_syncs = Periodic("neuralsync-team-sync", seconds, self._team_sync_logged)
+            self._team_syncs.start()
+
+    def _team_sync_logged(self) -> None:
+        if not self.teams.relays():
+            return
+        for report in self.team_sync():
+            if report["error"]:
+                log.warning("team sync of %s failed: %s", report["team"], report["error"])
+            elif report["applied"] or report["pushed"] or report["refused"]:
+                log.info("team sync of %s: pushed %d, applied %d, refused %d", report["team"], report["pushed"],
+                         report["applied"], len(report["refused"]))
 
     def team_user_key(self, import_hex: str | None = None) -> str:
         """Export this person's user key (hex, to copy to their other machines), or import one."""
@@ -1026,6 +1046,7 @@ class UnifiedMemoryAPI:
             "performance_stats": perf,
             "site_id": self.log.site_id,
             "sync": self.replication.stats(),
+            "teams": self.teams.all(),
             "schema_version": self.log.schema_version,
             "session_id": self.session_id,
             "process": process_resources(),

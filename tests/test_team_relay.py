@@ -27,9 +27,9 @@ from neuralsync.config import MemoryConfig  # noqa: E402
 from neuralsync.errors import NotFound, SyncRejected  # noqa: E402
 from neuralsync.oplog import codec, team  # noqa: E402
 from neuralsync.relay.app import create_app  # noqa: E402
-from neuralsync.relay.client import RelayClient  # noqa: E402
 from neuralsync.relay.service import Relay  # noqa: E402
 from neuralsync.relay.store import RelayStore  # noqa: E402
+from neuralsync.replication.relay_client import RelayClient  # noqa: E402
 from neuralsync.unified_memory_api import UnifiedMemoryAPI  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

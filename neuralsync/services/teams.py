@@ -34,7 +34,7 @@ from ..store.storage import Storage
 from ..utils import now_ms
 
 if TYPE_CHECKING:
-    from ..relay.client import RelayClient
+    from ..replication.relay_client import RelayClient
 
 log = logging.getLogger(__name__)
 
