@@ -6,6 +6,10 @@ Ops move between replicas here as a relay moves them: only the shared scope's gr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,3 +137,25 @@ def test_bad_input_names_the_field_and_changes_nothing(pair: tuple[UnifiedMemory
             call()
         assert refused.value.field == field
     assert alice.counts()["ops"] == ops
+
+
+def test_the_team_commands(tmp_path: Path) -> None:
+    env = {**os.environ, "NEURALSYNC_HOME": str(tmp_path / "home"), "NEURALSYNC_EMBEDDER": "hashing"}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "neuralsync", *argv], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    me = json.loads(cli("team", "whoami", "--json").stdout)
+    assert len(me["user"]) == 64 and len(me["device"]) == 64
+    made = cli("team", "create", "platform")
+    assert made.returncode == 0 and "team:platform" in made.stdout
+    assert cli("remember", "deploys need two approvals", "--scope", "team:platform").returncode == 0
+    found = cli("recall", "approvals for deploys")
+    assert "team:platform" in found.stdout and "deploys need two approvals" in found.stdout
+    listed = json.loads(cli("team", "list", "--json").stdout)
+    assert [(t["scope"], t["role"], t["memories"]) for t in listed] == [("team:platform", "admin", 1)]
+    refused = cli("team", "add", "platform", "not-a-key")
+    assert refused.returncode == 2 and "user" in refused.stderr
+    nowhere = cli("team", "sync", "platform")
+    assert nowhere.returncode == 2 and "relay" in nowhere.stderr
