@@ -38,7 +38,7 @@ from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
 from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
-from .services.teams import Teams
+from .services.teams import Teams, hex32
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
@@ -861,7 +861,7 @@ class UnifiedMemoryAPI:
 
     def team_use_relay(self, scope: str, url: str, relay_key: str) -> None:
         """Sync the shared scope (its name here, or its id) through the relay at ``url``."""
-        self.teams.use_relay(self._team_id(scope), check_relay_url(url), _hex32(relay_key, "relay_key"))
+        self.teams.use_relay(self._team_id(scope), check_relay_url(url), hex32(relay_key, "relay_key"))
 
     def team_sync(self, scope: str | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Sync one shared scope (or every one with a relay) with its relay; a report per scope."""
@@ -904,7 +904,7 @@ class UnifiedMemoryAPI:
         row = self.storage.conn.execute("SELECT graph FROM teams WHERE name = ?", (name,)).fetchall()
         if len(row) == 1:
             return bytes(row[0][0])
-        return _hex32(text, "scope")  # a scope not held yet (joining): its id
+        return hex32(text, "scope")  # a scope not held yet (joining): its id
 
     def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
         """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
@@ -1051,14 +1051,3 @@ class UnifiedMemoryAPI:
             "session_id": self.session_id,
             "process": process_resources(),
         }
-
-
-def _hex32(text: str, name: str) -> bytes:
-    """32 bytes given as 64 hex characters (a key or a shared scope's id), or :class:`InvalidInput`."""
-    try:
-        raw = bytes.fromhex(text.strip())
-    except (ValueError, AttributeError):
-        raw = b""
-    if len(raw) != 32:
-        raise InvalidInput(name, "must be 64 hex characters")
-    return raw

@@ -81,12 +81,7 @@ class Teams:
 
     def import_user_key(self, raw_hex: str) -> str:
         """Use the user key of another of your machines here (its 64 hex characters); the user's public key."""
-        try:
-            raw = bytes.fromhex(raw_hex.strip())
-        except ValueError:
-            raise InvalidInput("user_key", "must be 64 hex characters") from None
-        if len(raw) != 32:
-            raise InvalidInput("user_key", "must be 64 hex characters (32 bytes)")
+        raw = hex32(raw_hex, "user_key", "must be 64 hex characters ('neuralsync team user-key' on your machine)")
         if self.user_key_path.exists() and self.user_key_path.read_bytes() != raw:
             raise InvalidInput("user_key", f"{self.user_key_path} holds another user key; move it away first")
         fd = os.open(self.user_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -128,7 +123,7 @@ class Teams:
         wrote before, nor what they already hold."""
         if role not in team.MEMBER_ROLES:
             raise InvalidInput("role", f"must be one of {', '.join(team.MEMBER_ROLES)}")
-        user = _user_key(user_hex)
+        user = hex32(user_hex, "user", "a user key is 64 hex characters (neuralsync team whoami)")
 
         def unit(conn: sqlite3.Connection) -> None:
             graph = team_graph(conn, name)
@@ -318,11 +313,12 @@ class Teams:
             log.warning("relay sync of %s refused op %s: %s", report.team, op, reason)
 
 
-def _user_key(text: str) -> bytes:
+def hex32(text: object, name: str, hint: str = "must be 64 hex characters") -> bytes:
+    """32 bytes given as 64 hex characters (a key, a shared scope's id), or :class:`InvalidInput` naming ``name``."""
     try:
-        raw = bytes.fromhex(text.strip())
+        raw = bytes.fromhex(text.strip()) if isinstance(text, str) else b""
     except ValueError:
-        raise InvalidInput("user", "a user key is 64 hex characters (neuralsync team whoami)") from None
+        raw = b""
     if len(raw) != 32:
-        raise InvalidInput("user", "a user key is 64 hex characters (neuralsync team whoami)")
+        raise InvalidInput(name, hint)
     return raw
