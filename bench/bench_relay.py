@@ -47,9 +47,9 @@ from benchlib import free_port, load_average, log, machine, peak_rss_mb, summary
 
 from neuralsync.model import Op  # noqa: E402
 from neuralsync.oplog import codec, team  # noqa: E402
-from neuralsync.relay.client import RelayClient  # noqa: E402
 from neuralsync.relay.service import Relay  # noqa: E402
 from neuralsync.relay.store import RelayStore  # noqa: E402
+from neuralsync.replication.relay_client import RelayClient  # noqa: E402
 
 HLC0 = 1 << 44
 

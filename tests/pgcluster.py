@@ -85,3 +85,8 @@ def cluster() -> Iterator[Cluster]:
         subprocess.run([*run_as, str(bins / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        capture_output=True, timeout=60, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a relay under test)."""
+    return _free_port()

@@ -35,9 +35,9 @@ from neuralsync.errors import SyncRejected  # noqa: E402
 from neuralsync.model import Op  # noqa: E402
 from neuralsync.oplog import codec, team  # noqa: E402
 from neuralsync.relay.app import create_app  # noqa: E402
-from neuralsync.relay.client import RelayClient, StreamPage  # noqa: E402
 from neuralsync.relay.service import Relay  # noqa: E402
 from neuralsync.relay.store import RelayStore  # noqa: E402
+from neuralsync.replication.relay_client import RelayClient, StreamPage  # noqa: E402
 from neuralsync.replication.signing import sign_request  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

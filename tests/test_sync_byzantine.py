@@ -13,9 +13,8 @@ with a reason.
 
 from __future__ import annotations
 
-import hashlib
-
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -263,7 +262,10 @@ def test_payload_tampered_after_signing_is_refused(net: Net) -> None:
     assert all(not net[n].reads.exists(record) for n in CORRECT)
 
 
-def test_an_op_of_a_shared_scope_graph_is_refused_in_the_personal_log(net: Net) -> None:
+def test_an_op_built_on_another_graphs_heads_is_refused(net: Net) -> None:
+    """A shared scope's op whose predecessors are personal ops (or the reverse) is refused alike everywhere."""
+    net["a"].remember("a personal fact")
+    net.converge()
     key = key_of(net)
     team_op = crdt.make_op(key, "create", new_id(), {**FIELDS, "content": "a team fact"}, 1 << 40,
                            heads_of(net["a"]), graph=hashlib.sha256(b"some team").digest())
@@ -271,7 +273,7 @@ def test_an_op_of_a_shared_scope_graph_is_refused_in_the_personal_log(net: Net) 
     for name in CORRECT:
         net.push(name, [(team_op.body, team_op.sig)])
         assert snapshot(net[name]) == before[name]
-    assert_refused(net, "shared-scope op")
+    assert_refused(net, "cross-graph preds")
     net.converge()
     assert_agree(net)
 

@@ -30,6 +30,7 @@ from .relay import add_relay_commands
 from .services import add_service_commands
 from .settings import add_settings_commands
 from .sync import add_sync_commands
+from .team import add_team_commands
 
 if TYPE_CHECKING:
     from ..model import Memory
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compact_command(add)
     add_settings_commands(add, build_parser)
     add_relay_commands(add)
+    add_team_commands(add)
     return parser
 
 

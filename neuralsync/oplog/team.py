@@ -43,12 +43,21 @@ SCOPE_PREFIX = "team:"
 MAX_NAME = 64
 _SCOPE_DOMAIN = b"neuralsync-team-scope-v1\x00"
 _CERT_DOMAIN = b"neuralsync-device-cert-v1\x00"
+_RECORD_DOMAIN = b"neuralsync-team-record-v1\x00"
 
 
 def scope_id_for(user: bytes, name: str, nonce: bytes) -> bytes:
     """The id of the shared scope ``name`` created by ``user`` (32 bytes)."""
     raw = name.encode("utf-8")
     return hashlib.sha256(_SCOPE_DOMAIN + user + len(raw).to_bytes(2, "big") + raw + nonce).digest()
+
+
+def record_id_for(graph: bytes, salt: object) -> str:
+    """The id of a shared scope's memory: a hash of the scope and the create's ``id_salt`` (16 bytes), so no
+    member can give a shared memory the id of someone's private one."""
+    if not isinstance(salt, bytes) or len(salt) != 16:
+        return ""  # no valid id: the create is refused
+    return hashlib.sha256(_RECORD_DOMAIN + graph + salt).digest()[:16].hex()
 
 
 def scope_label(name: str) -> str:

@@ -1,4 +1,5 @@
-"""The replica's side of the relay protocol: register a device, push batches, pull by cursor, follow a stream.
+"""The replica's side of the relay protocol (issue 17; the relay is ``neuralsync.relay``): register a device,
+push batches, pull by cursor, follow a stream.
 
 Every request is signed by the device key for the relay's public key (``replication/signing.py``) and every
 answer's signature is checked, so a man in the middle can neither act as the device nor answer as the relay.
@@ -21,7 +22,7 @@ import nacl.signing
 from ..errors import SyncRejected, SyncUnavailable
 from ..model import Op
 from ..oplog import codec, team
-from ..replication.signing import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
+from .signing import NONCE_HEADER, SIGNATURE_HEADER, sign_request, verify_reply
 
 PREFIX = "/relay/v1"
 PUSH_BATCH = 500
