@@ -29,19 +29,17 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 uvicorn = pytest.importorskip("uvicorn")
 
-from sse_starlette.sse import AppStatus  # noqa: E402
 
 from neuralsync.errors import SyncRejected  # noqa: E402
 from neuralsync.model import Op  # noqa: E402
 from neuralsync.oplog import codec, team  # noqa: E402
-from neuralsync.relay.app import create_app  # noqa: E402
-from neuralsync.relay.service import Relay  # noqa: E402
 from neuralsync.relay.store import RelayStore  # noqa: E402
 from neuralsync.replication.relay_client import RelayClient, StreamPage  # noqa: E402
 from neuralsync.replication.signing import sign_request  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import pgcluster  # noqa: E402
+from _relay import serving  # noqa: E402
 
 pytestmark = pytest.mark.skipif(pgcluster.bindir() is None, reason="PostgreSQL is not installed "
                                 "(.ci/run installs Debian's postgresql)")
@@ -83,8 +81,8 @@ class Team:
 
 
 class LiveRelay:
-    def __init__(self, url: str, store: RelayStore, thread: threading.Thread, server: uvicorn.Server) -> None:
-        self.url, self.store, self.thread, self.server = url, store, thread, server
+    def __init__(self, url: str, store: RelayStore) -> None:
+        self.url, self.store = url, store
 
     def client(self, device: nacl.signing.SigningKey, timeout: float = 10.0) -> RelayClient:
         return RelayClient(self.url, pub(RELAY_KEY), device, timeout=timeout)
@@ -96,33 +94,10 @@ def cluster() -> Iterator[pgcluster.Cluster]:
         yield running
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def relay(cluster: pgcluster.Cluster) -> Iterator[LiveRelay]:
-    store = RelayStore(cluster.new_database())
-    store.migrate()
-    app = create_app(Relay(store, RELAY_KEY))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started and app.state.fanout.listening.wait(10)
-    try:
-        yield LiveRelay(f"http://127.0.0.1:{port}", store, thread, server)
-    finally:
-        AppStatus.should_exit = True  # sse-starlette ends open streams (a signal would set it in a real server)
-        server.should_exit = True
-        thread.join(10)
-        AppStatus.should_exit = False
+    with serving(cluster, RELAY_KEY) as (url, store):
+        yield LiveRelay(url, store)
 
 
 def _ids(page: StreamPage) -> list[bytes]:
@@ -354,7 +329,7 @@ def test_two_relay_processes_on_one_database_work_together(cluster: pgcluster.Cl
 
 
 def _start_relay(db: str, home: Path) -> tuple[subprocess.Popen[str], str, bytes]:
-    port = _free_port()
+    port = pgcluster.free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "neuralsync", "relay", "serve", "--db", db, "--port", str(port),
                                 "--relay-home", str(home), "--log-level", "warning"],

@@ -9,8 +9,6 @@ is found through another peer (Alice's other machine), an id squatted in another
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -21,19 +19,17 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 uvicorn = pytest.importorskip("uvicorn")
 
-from sse_starlette.sse import AppStatus  # noqa: E402
 
 from neuralsync.config import MemoryConfig  # noqa: E402
 from neuralsync.errors import NotFound, SyncRejected  # noqa: E402
 from neuralsync.oplog import codec, team  # noqa: E402
-from neuralsync.relay.app import create_app  # noqa: E402
-from neuralsync.relay.service import Relay  # noqa: E402
 from neuralsync.relay.store import RelayStore  # noqa: E402
 from neuralsync.replication.relay_client import RelayClient  # noqa: E402
 from neuralsync.unified_memory_api import UnifiedMemoryAPI  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import pgcluster  # noqa: E402
+from _relay import serving  # noqa: E402
 from _replicas import introduce, signed_transport  # noqa: E402
 
 pytestmark = pytest.mark.skipif(pgcluster.bindir() is None, reason="PostgreSQL is not installed "
@@ -85,28 +81,12 @@ class World:
 
 @pytest.fixture
 def world(cluster: pgcluster.Cluster, tmp_path: Path) -> Iterator[World]:
-    conninfo = cluster.new_database()
-    store = RelayStore(conninfo)
-    store.migrate()
-    app = create_app(Relay(store, RELAY_KEY))
-    port = pgcluster.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    dbname = conninfo.split("dbname=")[1].split()[0]
-    made = World(tmp_path, f"http://127.0.0.1:{port}", store, cluster.superuser(dbname))
-    try:
-        yield made
-    finally:
-        made.close()
-        AppStatus.should_exit = True
-        server.should_exit = True
-        thread.join(10)
-        AppStatus.should_exit = False
+    with serving(cluster, RELAY_KEY) as (url, store):
+        made = World(tmp_path, url, store, cluster.superuser(store.conninfo.split("dbname=")[1].split()[0]))
+        try:
+            yield made
+        finally:
+            made.close()
 
 
 def set_up_team(world: World) -> str:
