@@ -89,6 +89,8 @@ class MemoryConfig:
     semantic_relative_floor: float = 0.0
     # Replication: a server syncs with every trusted peer this often (0: only on demand).
     sync_interval_s: float = 0.0
+    # Shared scopes: a server syncs each one that has a relay this often (0: only on demand).
+    team_sync_interval_s: float = 60.0
     # The merger: duplicates in a scope are merged on write (exact) and after embedding (near, at or
     # above the cosine threshold, measured in bench/eval_dedupe.py) by the scope's strategy, else the
     # store's; ``dedupe=False`` turns it off (a call may still ask for a strategy).
@@ -116,8 +118,10 @@ class MemoryConfig:
         if (isinstance(self.monitor_publish_s, bool) or not isinstance(self.monitor_publish_s, (int, float))
                 or not 0 <= self.monitor_publish_s <= 3600):
             raise ConfigError(f"monitor_publish_s must be from 0 to 3600 seconds, not {self.monitor_publish_s!r}")
-        if not isinstance(self.sync_interval_s, (int, float)) or not 0 <= self.sync_interval_s <= 86_400:
-            raise ConfigError(f"sync_interval_s must be from 0 (off) to 86400 seconds, not {self.sync_interval_s!r}")
+        for name in ("sync_interval_s", "team_sync_interval_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86_400:
+                raise ConfigError(f"{name} must be from 0 (off) to 86400 seconds, not {value!r}")
         scoped = [(f"scope_merge_strategies[{k!r}]", v) for k, v in self.scope_merge_strategies.items()]
         for where, strategy in [("merge_strategy", self.merge_strategy), *scoped]:
             if strategy not in (*MERGE_STRATEGIES, "off"):

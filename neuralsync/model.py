@@ -81,6 +81,7 @@ class Op:
     sig: bytes
     body: bytes = field(repr=False, default=b"")
     pruned: bool = False  # a stored skeleton: the fields were pruned (the op id still verifies)
+    graph: bytes | None = None  # format 3: the shared scope whose own hash graph holds the op
 
 
 @dataclass(frozen=True, slots=True)

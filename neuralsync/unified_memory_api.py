@@ -23,9 +23,11 @@ from .config import MemoryConfig
 from .discovery import recall_via_server
 from .errors import InvalidInput, NeuralSyncError, NotFound
 from .model import Change, LoggedOp, Memory, Remembered
+from .oplog import team
 from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .oplog.materialize import record_pruned
+from .replication.peers import check_url as check_relay_url
 from .replication.protocol import SyncReport
 from .replication.service import Replication, TransportFactory
 from .search.filters import Filters
@@ -36,6 +38,7 @@ from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
 from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
+from .services.teams import Teams, hex32
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
@@ -114,10 +117,12 @@ class UnifiedMemoryAPI:
             self.registry.register(self.session_id, self.tool)
         self.feed = ChangeFeed(self.storage)
         self.replication = Replication(self.log)
+        self.teams = Teams(self.storage, self.log, self.config.home)
         self.merger = Merger(self.log, self.reads, self.config, self.semantic)
         self.compactor = Compactor(self.storage, self.log, self.merger, self.semantic, self.config.merge_undo_days,
                                    self.config.quota_bytes)
         self._merge_scans: Periodic | None = None
+        self._team_syncs: Periodic | None = None
         self._compactions: Periodic | None = None
         self._idle_mark = (-1, 0.0)  # (last op seq seen, when) for the compaction scheduler
         self._ops_since_optimize = 0
@@ -139,7 +144,7 @@ class UnifiedMemoryAPI:
         if self._closed:
             return
         self._closed = True
-        for periodic in (self._merge_scans, self._compactions, self._publisher):
+        for periodic in (self._merge_scans, self._compactions, self._publisher, self._team_syncs):
             if periodic is not None:
                 periodic.stop()
         if self._queue is not None:  # first: every write already submitted commits or gets its error
@@ -212,7 +217,10 @@ class UnifiedMemoryAPI:
         with stage(PARSE):
             fields = self.checks.create(values, session=self.session_id, now=now_ms())
             strategy = choose_strategy(self.config, fields["scope"], merge)
-        return self._create_or_merge(new_id(), fields, strategy, read_back)
+        record_id = new_id()
+        if fields["scope"].startswith(team.SCOPE_PREFIX):  # a shared scope's memory: its id is bound to the scope
+            record_id = self.teams.new_record(self.storage.conn, fields) or record_id
+        return self._create_or_merge(record_id, fields, strategy, read_back)
 
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
         """Create the memory, or merge it into the live memory of its scope it repeats (one transaction)."""
@@ -281,6 +289,10 @@ class UnifiedMemoryAPI:
 
             def unit(_conn: sqlite3.Connection) -> Memory | None:
                 current = self._require(record_id)
+                moved = scalars.get("scope", current.scope)
+                if moved != current.scope and team.SCOPE_PREFIX in (moved[:5], current.scope[:5]):
+                    raise InvalidInput("scope", "a memory does not move in or out of a shared scope; "
+                                       "share a copy with team_promote")
                 intents = [("update", record_id, scalars)] if scalars else []
                 if new_tags is not None:
                     intents += self._tag_intents(current, new_tags)
@@ -825,6 +837,75 @@ class UnifiedMemoryAPI:
         self._scan_quietly(near=False)
         return answer
 
+    # ------------------------------------------------------------ shared scopes (teams)
+    def team_whoami(self) -> dict[str, str]:
+        """This person's user key (give it to an admin to be added) and this machine's device key."""
+        return {"user": bytes(self.teams.user.verify_key).hex(), "device": self.log.site_id}
+
+    def team_create(self, name: str) -> dict[str, Any]:
+        """A new shared scope ``team:<name>``, this user its first admin."""
+        return self.teams.create(v.label(name, "name", team.MAX_NAME) or "")
+
+    def team_set_member(self, name: str, user: str, role: str) -> dict[str, Any]:
+        """Add a member by user key as ``reader``, ``writer`` or ``admin``, or remove them (``removed``).
+        Removal is not retroactive: it stops what they write after seeing it and their further pulls."""
+        return self.teams.set_member(name, user, role)
+
+    def team_promote(self, memory_id: str, name: str) -> str:
+        """Share a private memory with a shared scope: a new memory there, its provenance in its metadata."""
+        return self.teams.promote(v.memory_id(memory_id), name)
+
+    def teams_list(self) -> list[dict[str, Any]]:
+        """Shared scopes held here: id, members and roles, this user's role, memories, relay and last sync."""
+        return self.teams.all()
+
+    def team_use_relay(self, scope: str, url: str, relay_key: str) -> None:
+        """Sync the shared scope (its name here, or its id) through the relay at ``url``."""
+        self.teams.use_relay(self._team_id(scope), check_relay_url(url), hex32(relay_key, "relay_key"))
+
+    def team_sync(self, scope: str | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Sync one shared scope (or every one with a relay) with its relay; a report per scope."""
+        from .replication.relay_client import RelayClient
+
+        wanted = None if scope is None else self._team_id(scope)
+        reports = []
+        with self.monitor.measure("team_sync"):
+            for graph, url, key in self.teams.relays():
+                if wanted is None or graph == wanted:
+                    reports.append(self.teams.sync(graph, RelayClient(url, key, self.log.key, timeout)).as_dict())
+        if wanted is not None and not reports:
+            raise InvalidInput("scope", "no relay for this shared scope: neuralsync team relay SCOPE URL KEY")
+        return reports
+
+    def start_team_sync(self, seconds: float) -> None:
+        """Sync every shared scope that has a relay every ``seconds``, on a background thread, until close
+        (a failure is logged and retried at the next tick)."""
+        if self._team_syncs is None:
+            self._team_syncs = Periodic("neuralsync-team-sync", seconds, self._team_sync_logged)
+            self._team_syncs.start()
+
+    def _team_sync_logged(self) -> None:
+        if not self.teams.relays():
+            return
+        for report in self.team_sync():
+            if report["error"]:
+                log.warning("team sync of %s failed: %s", report["team"], report["error"])
+            elif report["applied"] or report["pushed"] or report["refused"]:
+                log.info("team sync of %s: pushed %d, applied %d, refused %d", report["team"], report["pushed"],
+                         report["applied"], len(report["refused"]))
+
+    def team_user_key(self, import_hex: str | None = None) -> str:
+        """Export this person's user key (hex, to copy to their other machines), or import one."""
+        return self.teams.export_user_key() if import_hex is None else self.teams.import_user_key(import_hex)
+
+    def _team_id(self, scope: str) -> bytes:
+        text = v.label(scope, "scope", 128) or ""
+        name = text[len(team.SCOPE_PREFIX):] if text.startswith(team.SCOPE_PREFIX) else text
+        row = self.storage.conn.execute("SELECT graph FROM teams WHERE name = ?", (name,)).fetchall()
+        if len(row) == 1:
+            return bytes(row[0][0])
+        return hex32(text, "scope")  # a scope not held yet (joining): its id
+
     def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
         """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
         wall-clock time and its memory as it is now (expired included)."""
@@ -965,6 +1046,7 @@ class UnifiedMemoryAPI:
             "performance_stats": perf,
             "site_id": self.log.site_id,
             "sync": self.replication.stats(),
+            "teams": self.teams.all(),
             "schema_version": self.log.schema_version,
             "session_id": self.session_id,
             "process": process_resources(),

@@ -29,12 +29,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sessions", ("neuralsync.sessions",)),
     ("services", ("neuralsync.services",)),
     ("facade", ("neuralsync.unified_memory_api",)),
+    # The team relay (issue 17): a service of its own on PostgreSQL, beside the memory store rather than on it.
+    ("relay", ("neuralsync.relay",)),
     ("adapters", ("neuralsync.cli", "neuralsync.server", "neuralsync.mcp", "neuralsync.integrations",
                   "neuralsync.__main__")),
 )
 FACADE_LAYER = 7
 # What an adapter may import from the core: the facade and the base records, errors and checks.
-ADAPTER_MAY_IMPORT = BASE | {"neuralsync", "neuralsync.unified_memory_api"}
+# The relay's entry point (``neuralsync relay serve|migrate``) is the CLI's one door into the relay service.
+ADAPTER_MAY_IMPORT = BASE | {"neuralsync", "neuralsync.unified_memory_api", "neuralsync.relay.run"}
+# The relay's own HTTP door and its server runner: the only relay modules that may import a web framework.
+RELAY_HTTP = {"neuralsync.relay.app", "neuralsync.relay.run"}
 # The facade's parts; an adapter that needs one of them needs a facade method instead.
 FACADE_INTERNALS = {"store", "storage", "log", "reads", "replication", "semantic", "recaller", "registry", "feed",
                     "access", "checks"}
@@ -148,7 +153,7 @@ def test_the_layers_are_folders() -> None:
         prefix for _, prefixes in LAYERS for prefix in prefixes}
 
 
-@pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m)))
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if not is_adapter(m) and m not in RELAY_HTTP))
 def test_core_modules_do_not_import_adapter_frameworks(module: str) -> None:
     tops = {name.split(".")[0] for name in imports_of(module, include_type_checking=True)}
     assert not tops & ADAPTER_FRAMEWORKS, f"{module} imports {sorted(tops & ADAPTER_FRAMEWORKS)}"

@@ -208,6 +208,31 @@ def test_a_format_1_op_still_verifies(key: nacl.signing.SigningKey) -> None:
     assert crdt.skeleton_of(body) is None  # its id needs the whole body: never pruned
 
 
+def test_a_graph_op_names_its_shared_scope_in_the_signed_header(key: nacl.signing.SigningKey) -> None:
+    graph = hashlib.sha256(b"team scope").digest()
+    fields = {"content": "team fact", "scope": "team", "kind": "fact", "priority": 0.5, "confidence": 0.5}
+    op = crdt.make_op(key, "create", "c" * 32, fields, 1 << 40, (), graph=graph)
+    plain = crdt.make_op(key, "create", "c" * 32, fields, 1 << 40, ())
+    assert op.graph == graph and crdt.decode(op.body)["v"] == crdt.GRAPH_FORMAT and op.id != plain.id
+    assert crdt.parse_op(op.body, op.sig) == op and crdt.op_id(op.body) == op.id
+    skeleton = crdt.skeleton_of(op.body)
+    assert skeleton is not None and crdt.is_skeleton(skeleton) and not crdt.is_skeleton(op.body)
+    assert crdt.parse_op(skeleton, op.sig, stored=True).graph == graph
+    moved = crdt.decode(op.body)
+    moved["graph"] = hashlib.sha256(b"another team").digest()  # the same op claimed for another scope
+    with pytest.raises(InvalidOp, match="signature"):
+        crdt.parse_op(crdt.encode(moved), op.sig)
+    for bad in (b"short", "text"):
+        with pytest.raises(InvalidOp, match="graph"):
+            crdt.make_op(key, "create", "c" * 32, fields, 1 << 40, (), graph=bad)  # type: ignore[arg-type]
+    unlabelled = crdt.decode(op.body)
+    unlabelled["v"] = 2  # a graph key in a format-2 body, or a format-3 body without one: refused
+    del moved["graph"]
+    for body in (unlabelled, moved):
+        with pytest.raises(InvalidOp):
+            crdt.parse_op(crdt.encode(body), op.sig)
+
+
 def test_a_valid_op_parses_back_identically(key: nacl.signing.SigningKey) -> None:
     op = _op(key, preds=(os.urandom(32), os.urandom(32)))
     assert crdt.parse_op(op.body, op.sig) == op

@@ -238,6 +238,9 @@ def test_activity_shows_sessions_merges_conflicts_and_monitor_charts(anon: TestC
     assert f'href="/ui/memory/{kept}"' in page and "No merges." not in page
     assert f'href="/ui/memory/{gone}"' in page and "_deleted" in page and "No conflicts." not in page
     assert f"<td>{os.getpid()}</td>" in page  # this process's session on the store, with its pid
+    assert "neuralsync team create" in page  # no shared scope yet
+    store.team_create("platform")
+    assert "<td>team:platform</td><td>admin</td>" in anon.get("/ui/activity").text
     monitor = anon.get("/ui/monitor", params={"days": 7}).text
     assert monitor.count("<rect") == 14 and "<polyline" in monitor  # 7 days x 2 charts; latency lines
 

@@ -14,6 +14,7 @@ with a reason.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -259,6 +260,22 @@ def test_payload_tampered_after_signing_is_refused(net: Net) -> None:
     net.converge()
     assert_agree(net)
     assert all(not net[n].reads.exists(record) for n in CORRECT)
+
+
+def test_an_op_built_on_another_graphs_heads_is_refused(net: Net) -> None:
+    """A shared scope's op whose predecessors are personal ops (or the reverse) is refused alike everywhere."""
+    net["a"].remember("a personal fact")
+    net.converge()
+    key = key_of(net)
+    team_op = crdt.make_op(key, "create", new_id(), {**FIELDS, "content": "a team fact"}, 1 << 40,
+                           heads_of(net["a"]), graph=hashlib.sha256(b"some team").digest())
+    before = {n: snapshot(net[n]) for n in CORRECT}
+    for name in CORRECT:
+        net.push(name, [(team_op.body, team_op.sig)])
+        assert snapshot(net[name]) == before[name]
+    assert_refused(net, "cross-graph preds")
+    net.converge()
+    assert_agree(net)
 
 
 # ------------------------------------------------------------------ the graph

@@ -26,9 +26,11 @@ from .compact import add_compact_command
 from .merges import STRATEGY_HELP, add_merge_commands, report_remembered
 from .migrate import add_migrate_command
 from .output import emit_json, human_bytes, labels, one_line, rows, show_memory, tool_tables, when, width
+from .relay import add_relay_commands
 from .services import add_service_commands
 from .settings import add_settings_commands
 from .sync import add_sync_commands
+from .team import add_team_commands
 
 if TYPE_CHECKING:
     from ..model import Memory
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_commands(add)
     add_compact_command(add)
     add_settings_commands(add, build_parser)
+    add_relay_commands(add)
+    add_team_commands(add)
     return parser
 
 

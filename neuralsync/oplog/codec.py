@@ -31,13 +31,17 @@ import nacl.signing
 
 from ..errors import InvalidOp
 from ..model import Op
+from . import team
 from .clock import HLC_MAX
 from .fields import check_fields
 
 FORMAT_VERSION = 2  # new ops; format 1 ops (id over the whole body) are still read and verified
-FORMATS = (1, 2)
+# Format 3 is format 2 plus ``graph``: the id of the shared scope whose own hash graph the op belongs to
+# (its predecessors are in that graph only). Ops without a graph belong to the replica's personal graph.
+GRAPH_FORMAT = 3
+FORMATS = (1, 2, 3)
 OP_KINDS = frozenset({"create", "update", "tag_add", "tag_remove", "delete", "persona", "merge", "unmerge",
-                      "purge"})
+                      "purge"}) | team.TEAM_KINDS
 MAX_OP_BYTES = 1 << 20  # one op, encoded
 MAX_PREDS = 64
 MAX_DEPTH = 8
@@ -183,6 +187,7 @@ def _decode_map(buf: bytes, pos: int, depth: int, length: int) -> tuple[dict[str
 # ---------------------------------------------------------------- ops
 FULL_KEYS = frozenset({"v", "kind", "record_id", "fields", "hlc", "author", "preds"})
 SKELETON_KEYS = frozenset({"v", "kind", "record_id", "fields_hash", "hlc", "author", "preds"})
+GRAPH_KEYS = (FULL_KEYS | {"graph"}, SKELETON_KEYS | {"graph"})
 
 
 def _key(name: str) -> bytes:
@@ -190,38 +195,52 @@ def _key(name: str) -> bytes:
     return b"s" + _LEN.pack(len(raw)) + raw
 
 
-_K_AUTHOR, _K_FIELDS, _K_FIELDS_HASH, _K_HLC, _K_KIND, _K_PREDS, _K_RECORD, _K_V = (
-    _key(name) for name in ("author", "fields", "fields_hash", "hlc", "kind", "preds", "record_id", "v"))
+_K_AUTHOR, _K_FIELDS, _K_FIELDS_HASH, _K_GRAPH, _K_HLC, _K_KIND, _K_PREDS, _K_RECORD, _K_V = (
+    _key(name) for name in ("author", "fields", "fields_hash", "graph", "hlc", "kind", "preds", "record_id", "v"))
 _MAP7 = b"d" + _LEN.pack(7)
+_MAP8 = b"d" + _LEN.pack(8)
 _V2 = b"i" + _I64.pack(2)
+_V3 = b"i" + _I64.pack(GRAPH_FORMAT)
 
 
 def _op_bytes(kind: str, record_id: str, encoded_fields: bytes, hlc: int, author: bytes,
-              preds: list[bytes]) -> tuple[bytes, bytes]:
-    """(full body, skeleton) of a format-2 op, the fields encoded once. Keys in sorted order; the
-    skeleton puts ``fields_hash`` where the body has ``fields`` (the same place in the order)."""
-    head = _MAP7 + _K_AUTHOR + encode(author)
-    tail = b"".join([_K_HLC, encode(hlc), _K_KIND, encode(kind), _K_PREDS, encode(preds),
-                     _K_RECORD, encode(record_id), _K_V, _V2])
+              preds: list[bytes], graph: bytes | None = None) -> tuple[bytes, bytes]:
+    """(full body, skeleton) of a format-2 op (format 3 with a ``graph``), the fields encoded once. Keys
+    in sorted order; the skeleton puts ``fields_hash`` where the body has ``fields`` (the same place in
+    the order, before ``graph``)."""
+    head = (_MAP7 if graph is None else _MAP8) + _K_AUTHOR + encode(author)
+    tail = b"".join([b"" if graph is None else _K_GRAPH + encode(graph), _K_HLC, encode(hlc), _K_KIND,
+                     encode(kind), _K_PREDS, encode(preds), _K_RECORD, encode(record_id), _K_V,
+                     _V2 if graph is None else _V3])
     body = b"".join([head, _K_FIELDS, encoded_fields, tail])
     skeleton = b"".join([head, _K_FIELDS_HASH, encode(hashlib.sha256(encoded_fields).digest()), tail])
     return body, skeleton
 
 
 def op_body(kind: str, record_id: str, fields: dict[str, Any], hlc: int, author: bytes,
-            preds: Iterable[bytes]) -> bytes:
+            preds: Iterable[bytes], graph: bytes | None = None) -> bytes:
     """The canonical full body of a new op. Preds are sorted: a set, not a list."""
-    return _op_bytes(kind, record_id, encode(fields), hlc, author, sorted(preds))[0]
+    return _op_bytes(kind, record_id, encode(fields), hlc, author, sorted(preds), _graph(graph))[0]
+
+
+def _graph(graph: object) -> bytes | None:
+    if graph is not None and not (isinstance(graph, bytes) and len(graph) == 32):
+        raise InvalidOp("graph must be a 32-byte scope id")
+    return graph
 
 
 def skeleton_of(body: bytes) -> bytes | None:
     """The skeleton of a full format-2 body (what pruning keeps: it hashes to the op id), or None for
     a format-1 op (whose id needs the whole body) or a body that is a skeleton already."""
     data = decode(body)
-    if not isinstance(data, dict) or data.get("v") != 2 or set(data) != FULL_KEYS:
+    if not isinstance(data, dict) or data.get("v") not in (2, GRAPH_FORMAT) or set(data) != _full_keys(data["v"]):
         return None
     return _op_bytes(data["kind"], data["record_id"], encode(data["fields"]), data["hlc"], data["author"],
-                     data["preds"])[1]
+                     data["preds"], _graph(data.get("graph")))[1]
+
+
+def _full_keys(version: object) -> frozenset[str]:
+    return GRAPH_KEYS[0] if version == GRAPH_FORMAT else FULL_KEYS
 
 
 _SKELETON_MARK = b"s" + _LEN.pack(11) + b"fields_hash"
@@ -251,16 +270,17 @@ def op_id(body: bytes) -> bytes:
 
 
 def make_op(key: nacl.signing.SigningKey, kind: str, record_id: str, fields: dict[str, Any],
-            hlc: int, preds: Iterable[bytes]) -> Op:
-    """Build, hash and sign a new op authored by ``key``."""
+            hlc: int, preds: Iterable[bytes], graph: bytes | None = None) -> Op:
+    """Build, hash and sign a new op authored by ``key`` (in the shared scope ``graph``'s own graph when
+    given: format 3)."""
     author = bytes(key.verify_key)
     pred_list = tuple(sorted(preds))
-    body, skeleton = _op_bytes(kind, record_id, encode(fields), hlc, author, list(pred_list))
+    body, skeleton = _op_bytes(kind, record_id, encode(fields), hlc, author, list(pred_list), _graph(graph))
     if len(body) > MAX_OP_BYTES:
         raise InvalidOp(f"op of {len(body)} bytes exceeds {MAX_OP_BYTES}")
     oid = hashlib.sha256(skeleton).digest()
     sig = key.sign(SIG_DOMAIN + oid).signature
-    return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body)
+    return Op(oid, kind, record_id, fields, hlc, author, pred_list, sig, body, graph=graph)
 
 
 def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False) -> Op:
@@ -276,11 +296,16 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False)
     if len(body) > MAX_OP_BYTES:
         raise InvalidOp("op too large")
     data = decode(body)
-    pruned = stored and isinstance(data, dict) and set(data) == SKELETON_KEYS and data.get("v") == 2
-    if not isinstance(data, dict) or (set(data) != FULL_KEYS and not pruned):
+    if not isinstance(data, dict):
         raise InvalidOp("op body has the wrong set of keys")
-    if data["v"] not in FORMATS:
-        raise InvalidOp(f"unsupported op format version {data['v']!r}")
+    version = data.get("v")
+    keys, skeleton_keys = GRAPH_KEYS if version == GRAPH_FORMAT else (FULL_KEYS, SKELETON_KEYS)
+    pruned = stored and version in (2, GRAPH_FORMAT) and set(data) == skeleton_keys
+    if set(data) != keys and not pruned:
+        raise InvalidOp("op body has the wrong set of keys")
+    if version not in FORMATS:
+        raise InvalidOp(f"unsupported op format version {version!r}")
+    graph = _graph(data.get("graph"))
     kind, record_id, fields = data["kind"], data["record_id"], data.get("fields")
     if pruned and not (isinstance(data["fields_hash"], bytes) and len(data["fields_hash"]) == 32):
         raise InvalidOp("a skeleton's fields_hash must be 32 bytes")
@@ -302,14 +327,24 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False)
             or preds != sorted(set(preds))):
         raise InvalidOp("preds must be a sorted set of at most 64 op ids")
     if not pruned:
-        check_fields(kind, record_id, fields)
-    if data["v"] == 2 and not pruned:
-        oid = hashlib.sha256(_op_bytes(kind, record_id, encode(fields), hlc, author, preds)[1]).digest()
+        check_op_fields(kind, record_id, fields, author, graph)
+    if version != 1 and not pruned:
+        oid = hashlib.sha256(_op_bytes(kind, record_id, encode(fields), hlc, author, preds, graph)[1]).digest()
     else:
         oid = hashlib.sha256(body).digest()
     if verify:
         verify_signature(author, oid, sig)
-    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body, pruned)
+    return Op(oid, kind, record_id, fields, hlc, author, tuple(preds), sig, body, pruned, graph)
+
+
+def check_op_fields(kind: str, record_id: str, fields: dict[str, Any], author: bytes, graph: bytes | None) -> None:
+    """The rules on an op's own fields, by kind and graph (a shared scope holds memory and membership ops)."""
+    if kind in team.TEAM_KINDS:
+        team.check_team_fields(kind, record_id, fields, author, graph)
+        return
+    if graph is not None and kind not in team.CONTENT_KINDS:
+        raise InvalidOp(f"a {kind} op does not belong to a shared scope")
+    check_fields(kind, record_id, fields)
 
 
 def verify_signature(author: bytes, oid: bytes, sig: bytes) -> None:

@@ -10,9 +10,11 @@ numbers per stored op make questions about that graph cheap:
   write win whatever clocks were stamped, and an op stamped at an absurd time
   (up to 2^63 - 1) is ordered by the same rule everywhere. For honest ops
   ``eff == hlc``: a local clock already exceeds its predecessors'.
-- ``floor``: the largest local sequence number ``s`` such that every op with
-  ``seq <= s`` is this op or one of its ancestors (NULL when that is the op's
-  own ``seq``: the usual case, since a new op's predecessors are all heads).
+- ``floor``: the largest local sequence number ``s`` such that every op *of its
+  graph* with ``seq <= s`` is this op or one of its ancestors (NULL when that is
+  the op's own ``seq``: the usual case, since a new op's predecessors are all
+  heads). Each shared scope is a graph of its own (issue 17), so floors are per
+  graph, and every ancestry question asks about ops of the op's own graph.
   It is a local index, never compared between replicas; it only lets most
   ancestry questions be answered without walking the graph.
 
@@ -107,7 +109,8 @@ def ancestors_among(conn: sqlite3.Connection, targets: Iterable[int], start: Ite
 
 
 def below(conn: sqlite3.Connection, start: Iterable[Node]) -> tuple[int, set[int]]:
-    """The ancestors-or-self of ``start`` as ``(s, extra)``: every seq <= s, plus the seqs in ``extra``."""
+    """The ancestors-or-self of ``start`` (nodes of one graph) as ``(s, extra)``: every seq <= s of that
+    graph, plus the seqs in ``extra``."""
     stack = list(start)
     floor = 0
     extra: set[int] = set()
@@ -121,6 +124,26 @@ def below(conn: sqlite3.Connection, start: Iterable[Node]) -> tuple[int, set[int
         if current.floor < current.seq:
             stack.extend(Node(*row) for row in conn.execute(_PRED_NODES, (current.seq,)))
     return floor, {seq for seq in extra if seq > floor}
+
+
+def graph_of(conn: sqlite3.Connection, seq: int) -> bytes | None:
+    """The graph of the op at local seq ``seq`` (None: the personal graph)."""
+    row = conn.execute("SELECT graph FROM ops WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else row[0]
+
+
+def graphs_here(conn: sqlite3.Connection) -> list[bytes | None]:
+    """The graphs this store holds ops of: the personal one (None) first, then each shared scope's."""
+    return [None, *(row[0] for row in conn.execute("SELECT graph FROM teams ORDER BY graph"))]
+
+
+def below_per_graph(conn: sqlite3.Connection, start: Iterable[Node]) -> dict[bytes | None, tuple[int, set[int]]]:
+    """:func:`below` for nodes of several graphs: per graph, ``(s, extra)`` such that its ancestors-or-self
+    of ``start`` are the graph's ops with seq <= s, plus the seqs in ``extra`` (floors are per graph)."""
+    groups: dict[bytes | None, list[Node]] = {}
+    for item in start:
+        groups.setdefault(graph_of(conn, item.seq), []).append(item)
+    return {graph: below(conn, nodes) for graph, nodes in groups.items()}
 
 
 def backfill_graph(storage: Storage) -> None:

@@ -29,7 +29,7 @@ from ..stages import SQLITE_WRITE, stage
 from ..store.schema import MIGRATIONS
 from ..store.storage import Storage
 from ..utils import now_ms
-from . import codec
+from . import codec, team
 from .clock import HybridClock
 from .fields import check_fields
 from .graph import Node, backfill_graph, effective_clock, is_ancestor, node
@@ -106,7 +106,8 @@ class OpLog:
     # ------------------------------------------------------------ local writes
     def append(self, conn: sqlite3.Connection, intents: Iterable[Intent], *, checked: bool = False) -> list[Op]:
         """Sign ``intents`` as ops, in order, and apply them inside the caller's write transaction
-        (``checked``: they passed :meth:`check` already). Runs of creates are written set-at-a-time."""
+        (``checked``: they passed :meth:`check` already). Runs of creates are written set-at-a-time.
+        Each op goes to its memory's graph: a shared scope's (``team:<name>``) or the personal one."""
         if not self.storage.in_write:
             raise StoreError("OpLog.append needs an open write transaction (Storage.write)")
         intents = _split_removes(intents)
@@ -115,34 +116,55 @@ class OpLog:
         with stage(SQLITE_WRITE):
             return self._append(conn, intents)
 
+    def append_in_graph(self, conn: sqlite3.Connection, graph: bytes, intents: Iterable[Intent]) -> list[Op]:
+        """Sign membership or memory ops in the shared scope ``graph``, each checked against the scope's
+        rules as every member will check it (a refused one raises :class:`InvalidInput`, nothing written)."""
+        if not self.storage.in_write:
+            raise StoreError("OpLog.append_in_graph needs an open write transaction (Storage.write)")
+        with stage(SQLITE_WRITE):
+            return [self._append_one(conn, kind, record_id, fields, graph) for kind, record_id, fields in intents]
+
     def _append(self, conn: sqlite3.Connection, intents: list[Intent]) -> list[Op]:
         ops: list[Op] = []
-        cache = self.storage.tx_cache
         index = 0
         while index < len(intents):
-            run = _create_run(intents, index)
+            kind, record_id, fields = intents[index]
+            graph = graph_of_intent(conn, kind, record_id, fields)
+            run = _create_run(intents, index) if graph is None else 0
             if run >= BULK_MIN and self._append_creates(conn, intents[index:index + run], ops):
                 index += run
                 continue
-            kind, record_id, fields = intents[index]
             index += 1
-            cached = cache.get("heads")
-            if cached is None:  # the first commit of this transaction reads them
-                ids, nodes, all_heads = _current_heads(conn, kind, record_id, fields)
-            else:
-                ids, nodes, all_heads = cast(tuple[list[bytes], list[Node], bool], cached)
-            hlc = self.clock.tick(max((n.eff for n in nodes), default=0))
-            op = codec.make_op(self.key, kind, record_id, fields, hlc, ids)
+            ops.append(self._append_one(conn, kind, record_id, fields, graph))
+        return ops
+
+    def _append_one(self, conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any],
+                    graph: bytes | None) -> Op:
+        cache = self.storage.tx_cache
+        key = "heads" if graph is None else "heads:" + graph.hex()
+        cached = cache.get(key)
+        if cached is None:  # the first commit of this transaction (in this graph) reads them
+            ids, nodes, all_heads = _current_heads(conn, kind, record_id, fields, graph)
+        else:
+            ids, nodes, all_heads = cast(tuple[list[bytes], list[Node], bool], cached)
+        hlc = self.clock.tick(max((n.eff for n in nodes), default=0))
+        op = codec.make_op(self.key, kind, record_id, fields, hlc, ids, graph=graph)
+        if graph is None:
             # Built on every head, the op has every stored op as an ancestor:
             # the ancestry rules hold by construction.
             here = apply_op(conn, op, nodes, check=not all_heads, all_heads=all_heads)
-            assert here is not None  # a fresh clock makes a fresh id
-            ops.append(op)
-            if all_heads:
-                cache["heads"] = ([op.id], [here], True)
-            else:
-                cache.pop("heads", None)
-        return ops
+        else:  # a shared scope's rules (membership, ids, labels) are checked here as every member checks them
+            try:
+                codec.check_op_fields(kind, record_id, fields, op.author, graph)
+                here = apply_op(conn, op, nodes, check=True, all_heads=all_heads)
+            except InvalidOp as exc:
+                raise InvalidInput("scope", f"refused by the shared scope's rules: {exc}") from None
+        assert here is not None  # a fresh clock makes a fresh id
+        if all_heads:
+            cache[key] = ([op.id], [here], True)
+        else:
+            cache.pop(key, None)
+        return op
 
     @staticmethod
     def check(intents: Iterable[Intent]) -> None:
@@ -160,7 +182,7 @@ class OpLog:
         cache = self.storage.tx_cache
         cached = cache.get("heads")
         if cached is None:
-            heads, nodes, all_heads = _current_heads(conn, *intents[0])
+            heads, nodes, all_heads = _current_heads(conn, *intents[0], None)
         else:
             heads, nodes, all_heads = cast(tuple[list[bytes], list[Node], bool], cached)
         if not all_heads:
@@ -218,7 +240,9 @@ class OpLog:
         result = ApplyResult()
         batch = {op.id: op for op in ops}
         with self.storage.write() as conn:
-            self.storage.tx_cache.pop("heads", None)  # remote ops move the heads local commits build on
+            cache = self.storage.tx_cache  # remote ops move the heads local commits build on (every graph's)
+            for key in [k for k in cache if k == "heads" or k.startswith("heads:")]:
+                del cache[key]
             waiting: dict[bytes, list[bytes]] = {}
             blockers: dict[bytes, int] = {}
             ready: list[bytes] = []
@@ -272,7 +296,8 @@ class OpLog:
 
     # ------------------------------------------------------------ reads of the log
     def heads(self, limit: int) -> list[bytes]:
-        """Current heads (the newest ``limit`` if a flood of concurrent ops left more), sorted."""
+        """Current heads of every graph here (the newest ``limit`` if a flood of concurrent ops left more),
+        sorted."""
         rows = self.storage.conn.execute(
             "SELECT h.id, o.seq FROM heads h CROSS JOIN ops o ON o.id = h.id").fetchall()
         if len(rows) > limit:
@@ -309,14 +334,37 @@ def _create_run(intents: list[Intent], start: int) -> int:
     return end - start
 
 
-def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]
-                   ) -> tuple[list[bytes], list[Node], bool]:
-    """The heads a new local op builds on: all of them, or ``MAX_PREDS`` when a flood of concurrent
-    ops left more - first heads that give the op what its validity needs among its ancestors (a
-    create of its memory, the adds it removes), then the oldest."""
+def graph_of_intent(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any]) -> bytes | None:
+    """The graph a local op goes to: a create labelled ``team:<name>`` to that shared scope's, a write to
+    a memory to its create's, anything else to the personal graph."""
+    if kind == "create":
+        scope = fields.get("scope")
+        if not isinstance(scope, str) or not scope.startswith(team.SCOPE_PREFIX):
+            return None
+        return team_graph(conn, scope[len(team.SCOPE_PREFIX):])
+    if kind == "persona" or kind in team.TEAM_KINDS:
+        return None
+    row = conn.execute("SELECT graph FROM ops WHERE record_id = ? AND kind = 'create' LIMIT 1", (record_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def team_graph(conn: sqlite3.Connection, name: str) -> bytes:
+    """The graph of the shared scope called ``name`` here; :class:`InvalidInput` unless exactly one."""
+    rows = conn.execute("SELECT graph FROM teams WHERE name = ?", (name,)).fetchall()
+    if len(rows) != 1:
+        raise InvalidInput("scope", f"no shared scope called {name!r} here (neuralsync team list)" if not rows
+                           else f"{len(rows)} shared scopes are called {name!r}: name one by its id")
+    return bytes(rows[0][0])
+
+
+def _current_heads(conn: sqlite3.Connection, kind: str, record_id: str, fields: dict[str, Any],
+                   graph: bytes | None) -> tuple[list[bytes], list[Node], bool]:
+    """The heads (of ``graph``) a new local op builds on: all of them, or ``MAX_PREDS`` when a flood of
+    concurrent ops left more - first heads that give the op what its validity needs among its ancestors
+    (a create of its memory, the adds it removes), then the oldest."""
     # CROSS JOIN keeps the (tiny) heads table outermost: sorting in SQL would walk the whole log.
     rows = conn.execute("SELECT h.id, o.seq, o.eff, coalesce(o.floor, o.seq) FROM heads h"
-                        " CROSS JOIN ops o ON o.id = h.id").fetchall()
+                        " CROSS JOIN ops o ON o.id = h.id WHERE h.graph IS ?", (graph,)).fetchall()
     rows.sort(key=lambda r: r[1])
     if len(rows) <= codec.MAX_PREDS:
         return [r[0] for r in rows], [Node(*r[1:]) for r in rows], True

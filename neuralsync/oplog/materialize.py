@@ -34,7 +34,7 @@ from ..model import SCALAR_FIELDS, UPDATABLE_FIELDS, Op
 from ..store.reads import TAG_SEP
 from ..textnorm import norm_hash
 from ..utils import now_ms
-from . import codec
+from . import codec, team
 from .clock import hlc_ms
 from .graph import Node, ancestors_among, below, effective_clock, floor_of, is_ancestor, node, pred_nodes
 
@@ -72,6 +72,9 @@ def dump_metadata(value: dict[str, Any]) -> str:
 
 def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """Raise :class:`InvalidOp` unless ``op`` is valid given its (stored) ancestors."""
+    _check_graph(conn, op, preds)
+    if op.kind in team.TEAM_KINDS:
+        return
     if op.kind == "merge":
         _check_merge(conn, op, preds)
         return
@@ -83,9 +86,10 @@ def check_op(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     if op.kind not in NEEDS_CREATE:
         return
     # Every ancestry question about this op is answered by one walk of its ancestors.
-    creates = [seq for (seq,) in conn.execute("SELECT seq FROM ops WHERE record_id = ? AND kind = 'create'",
-                                              (op.record_id,))]
-    named = [conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ?", (add,)).fetchone()
+    creates = [seq for (seq,) in conn.execute(
+        "SELECT seq FROM ops WHERE record_id = ? AND kind = 'create' AND graph IS ?", (op.record_id, op.graph))]
+    named = [conn.execute("SELECT seq, kind, record_id, body FROM ops WHERE id = ? AND graph IS ?",
+                          (add, op.graph)).fetchone()
              for add in (op.fields.get("removes", ()) if op.kind == "tag_remove" else ())]
     ancestors = ancestors_among(conn, [*creates, *(row[0] for row in named if row is not None)], preds)
     if not ancestors.intersection(creates):
@@ -101,30 +105,69 @@ def _check_merge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """A merge names memories it has seen: the survivor's create (and the merged one's, unless the
     merge absorbed a write that never became a memory of its own) are among its ancestors."""
     records = [op.fields["into"]] + ([] if op.fields["absorbed"] else [op.record_id])
-    if not _creates_seen(conn, records, preds):
+    if not _creates_seen(conn, records, preds, op.graph):
         raise InvalidOp("merge of a memory whose create is not among its ancestors")
 
 
 def _check_purge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """A purge deletes memories it has seen: each one's create is among its ancestors."""
-    if not _creates_seen(conn, op.fields["records"], preds):
+    if not _creates_seen(conn, op.fields["records"], preds, op.graph):
         raise InvalidOp("purge of a memory whose create is not among its ancestors")
 
 
-def _creates_seen(conn: sqlite3.Connection, records: list[str], preds: list[Node]) -> bool:
+def _creates_seen(conn: sqlite3.Connection, records: list[str], preds: list[Node], graph: bytes | None) -> bool:
     """True if every one of ``records`` has a create among the ancestors of ``preds`` (one graph walk)."""
     marks = ",".join("?" * len(records))
-    creates = conn.execute(f"SELECT record_id, seq FROM ops WHERE kind = 'create' AND record_id IN ({marks})",
-                           records).fetchall()
+    creates = conn.execute(f"SELECT record_id, seq FROM ops WHERE kind = 'create' AND record_id IN ({marks})"
+                           " AND graph IS ?", (*records, graph)).fetchall()
     seen = ancestors_among(conn, [seq for _, seq in creates], preds)
     return {record for record, seq in creates if seq in seen} == set(records)
 
 
 def _check_unmerge(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
     """An unmerge undoes a merge of this memory that is among its ancestors."""
-    row = conn.execute("SELECT seq, kind, record_id FROM ops WHERE id = ?", (op.fields["merge"],)).fetchone()
+    row = conn.execute("SELECT seq, kind, record_id FROM ops WHERE id = ? AND graph IS ?",
+                       (op.fields["merge"], op.graph)).fetchone()
     if row is None or row[1] != "merge" or row[2] != op.record_id or not ancestors_among(conn, [row[0]], preds):
         raise InvalidOp("unmerge names no merge of this memory among its ancestors")
+
+
+def _check_graph(conn: sqlite3.Connection, op: Op, preds: list[Node]) -> None:
+    """An op's predecessors are in its own graph; in a shared scope's graph, the root is its only op
+    without predecessors, and every other op is judged by the membership among its ancestors."""
+    if preds:
+        marks = ",".join("?" * len(preds))
+        if conn.execute(f"SELECT 1 FROM ops WHERE seq IN ({marks}) AND graph IS NOT ? LIMIT 1",
+                        (*(p.seq for p in preds), op.graph)).fetchone() is not None:
+            raise InvalidOp("a predecessor is in another graph (a shared scope's ops build on that scope only)")
+    if op.graph is None:
+        return
+    if op.kind == "team_create":
+        if preds:
+            raise InvalidOp("a shared scope's root has no predecessors")
+        return
+    if not preds:
+        raise InvalidOp("only a shared scope's root has no predecessors")
+    membership = membership_at(conn, op.graph, preds)
+    membership.check(op.kind, op.author, op.fields)
+    if op.kind == "create":
+        if op.record_id != team.record_id_for(op.graph, op.fields.get("id_salt")):
+            raise InvalidOp("a shared scope's memory id is the hash of the scope and the create's id_salt")
+        if op.fields["scope"] != team.scope_label(membership.name or ""):
+            raise InvalidOp("a shared scope's memory is labelled with the scope's name")
+    elif op.kind == "update" and "scope" in op.fields and op.fields["scope"] != team.scope_label(
+            membership.name or ""):
+        raise InvalidOp("a shared scope's memory stays in its scope")
+
+
+def membership_at(conn: sqlite3.Connection, graph: bytes, preds: list[Node]) -> team.Membership:
+    """The membership of a shared scope as of the ancestors of ``preds`` (one walk of the graph)."""
+    rows = conn.execute("SELECT seq, eff, id, kind, author, body FROM ops WHERE graph = ? AND kind IN"
+                        " ('team_create', 'team_member', 'team_device')", (graph,)).fetchall()
+    seen = ancestors_among(conn, [row[0] for row in rows], preds)
+    return team.Membership.fold(
+        team.MembershipOp(eff, oid, kind, author, codec.decode(body)["fields"])
+        for seq, eff, oid, kind, author, body in rows if seq in seen)
 
 
 def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
@@ -154,18 +197,19 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
             check_op(conn, op, preds)
     eff = effective_clock(op.hlc, preds)
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at, eff)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms(), eff),
+        "INSERT OR IGNORE INTO ops(id, author, hlc, kind, record_id, body, sig, received_at, eff, graph)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.id, op.author, op.hlc, op.kind, op.record_id, op.body, op.sig, now_ms(), eff, op.graph),
     )
     if cursor.rowcount == 0:
         return None
     seq = int(cursor.lastrowid or 0)
     if op.preds:
         conn.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in op.preds])
-    if all_heads is None:
-        all_heads = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM heads)").fetchone()[0] == 1
-    conn.execute("INSERT INTO heads(id) VALUES (?)", (op.id,))
+    if all_heads is None:  # it saw every op of its graph (floors are per graph)
+        all_heads = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM heads WHERE graph IS ?)",
+                                 (op.graph,)).fetchone()[0] == 1
+    conn.execute("INSERT INTO heads(id, graph) VALUES (?, ?)", (op.id, op.graph))
     floor = floor_of(preds, all_heads, seq)
     if floor is not None:
         conn.execute("UPDATE ops SET floor = ? WHERE seq = ?", (floor, seq))
@@ -569,7 +613,20 @@ def _reindex(conn: sqlite3.Connection, mem: int, old: tuple[str, str, str], new:
     conn.execute("INSERT INTO memories_fts(rowid, content, tags, scope) VALUES (?, ?, ?, ?)", (mem, *new))
 
 
+def _team_create(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    assert op.graph is not None
+    conn.execute("INSERT OR IGNORE INTO teams(graph, name, creator, root) VALUES (?, ?, ?, ?)",
+                 (op.graph, op.fields["name"], op.fields["user"], op.id))
+
+
+def _membership(conn: sqlite3.Connection, op: Op, ctx: Applied) -> None:
+    """Membership ops change no memory: rights are folded from the log (``membership_at``)."""
+
+
 _HANDLERS = {
+    "team_create": _team_create,
+    "team_member": _membership,
+    "team_device": _membership,
     "create": _create,
     "update": _update,
     "tag_add": _tag_add,

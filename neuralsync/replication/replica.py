@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import InvalidOp
 from ..model import Op
 from ..oplog import codec
-from ..oplog.graph import Node, below, node
+from ..oplog.graph import Node, below_per_graph, graphs_here, node
 from ..oplog.log import OpLog, rejection
 from ..stages import SYNC_APPLY, SYNC_VERIFY, stage
 from ..utils import now_ms
@@ -76,9 +76,16 @@ class Replica:
 
     def ops_since(self, conn: sqlite3.Connection, base: Iterable[bytes]) -> tuple[list[bytes], int]:
         """Ids of stored ops that are not ancestors of ``base`` (the ones known to the other side), capped."""
-        floor, extra = below(conn, self.known_nodes(conn, base))
-        ids = [r[0] for r in conn.execute("SELECT id, seq FROM ops WHERE seq > ? ORDER BY seq LIMIT ?",
-                                          (floor, MAX_BLOOM_ENTRIES + len(extra) + 1)) if r[1] not in extra]
+        cuts = below_per_graph(conn, self.known_nodes(conn, base))
+        ids: list[bytes] = []
+        for graph in graphs_here(conn):
+            floor, extra = cuts.get(graph, (0, set()))
+            ids += [r[0] for r in conn.execute(f"SELECT id, seq FROM ops WHERE {_in_graph(graph)} AND seq > ?"
+                                               " ORDER BY seq LIMIT ?",
+                                               (*_graph_args(graph), floor, MAX_BLOOM_ENTRIES + len(extra) + 1))
+                    if r[1] not in extra]
+            if len(ids) > MAX_BLOOM_ENTRIES:
+                break
         return ids[:MAX_BLOOM_ENTRIES], len(ids)
 
     def bloom_since(self, base: list[bytes]) -> Bloom | None:
@@ -101,11 +108,8 @@ class Replica:
         skeletons = 0
         more = False
         with self.storage.read() as conn:
-            floor, extra = below(conn, self.known_nodes(conn, known))
-            cursor = conn.execute("SELECT seq, id, body, sig FROM ops WHERE seq > ? ORDER BY seq", (floor,))
-            for seq, oid, body, sig in cursor:
-                if seq in extra:
-                    continue
+            cuts = below_per_graph(conn, self.known_nodes(conn, known))
+            for _seq, oid, body, sig in _unknown_ops(conn, cuts):
                 if codec.is_skeleton(body):
                     skeletons += 1  # compacted: every known peer had it; a new one must get it elsewhere
                     continue
@@ -117,13 +121,14 @@ class Replica:
                 out.append((body, sig))
                 sent.add(oid)
             for oid in need:
-                row = conn.execute("SELECT seq, body, sig FROM ops WHERE id = ?", (oid,)).fetchone()
+                row = conn.execute("SELECT seq, body, sig, graph FROM ops WHERE id = ?", (oid,)).fetchone()
                 if row is None:
                     unknown += 1  # asked for something not held here: ignored, counted as junk
                     continue
                 if codec.is_skeleton(row[1]):
                     skeletons += 1
                     continue
+                floor, extra = cuts.get(row[3], (0, set()))
                 in_scan = row[0] > floor and row[0] not in extra and (bloom is None or oid not in bloom)
                 if oid in sent or (more and in_scan):
                     continue  # sent now, or coming in order with the rest of the scan
@@ -202,6 +207,27 @@ class Replica:
                          (MAX_EVENTS,))
 
 
+def _unknown_ops(conn: sqlite3.Connection, cuts: dict[bytes | None, tuple[int, set[int]]]
+                 ) -> Iterator[tuple[int, bytes, bytes, bytes]]:
+    """(seq, id, body, sig) of the ops beyond ``cuts`` (what the other side holds, per graph), graph by
+    graph, oldest first in each: every op comes after its predecessors, which are in its own graph."""
+    for graph in graphs_here(conn):
+        floor, extra = cuts.get(graph, (0, set()))
+        for row in conn.execute(f"SELECT seq, id, body, sig FROM ops WHERE {_in_graph(graph)} AND seq > ?"
+                                " ORDER BY seq", (*_graph_args(graph), floor)):
+            if row[0] not in extra:
+                yield row
+
+
+def _in_graph(graph: bytes | None) -> str:
+    # "graph = ?" lets SQLite use the partial (graph, seq) index; the personal graph walks the seq key.
+    return "graph IS NULL" if graph is None else "graph = ?"
+
+
+def _graph_args(graph: bytes | None) -> tuple[bytes, ...]:
+    return () if graph is None else (graph,)
+
+
 def _newest_within(ops: list[Op], count: int, size: int) -> list[Op]:
     """The last ``ops`` that fit in ``count`` ops and ``size`` bytes, in their order."""
     kept: list[Op] = []
@@ -219,7 +245,8 @@ def reason_key(reason: str) -> str:
     for needle, key in (("signature", "bad signature"), ("too large", "oversized op"), ("preds", "bad preds"),
                         ("descends from a rejected", "descends from rejected"), ("tag_remove", "bad remove"),
                         ("create is not among", "no create in ancestry"), ("integer outside", "out-of-range value"),
-                        ("hlc", "bad clock")):
+                        ("hlc", "bad clock"), ("another graph", "cross-graph preds"),
+                        ("shared scope", "shared-scope rule")):
         if needle in lowered:
             return key
     return "invalid op"

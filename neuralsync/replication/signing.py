@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import nacl.exceptions
 import nacl.signing
@@ -65,6 +66,38 @@ def verify_reply(peer_key: bytes, nonce_hex: str, body: bytes, signature_hex: st
         raise SyncRejected("the answer is not signed by the peer's key: wrong URL or key for this peer?") from None
 
 
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """The signature headers of a request, parsed (each bad one refused with a 401 naming it)."""
+
+    client_key: bytes
+    at_ms: int
+    nonce: bytes
+    signature: bytes
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> SignedRequest:
+        client_key = _hex_header(headers, KEY_HEADER, 32)
+        time_text = headers.get(TIME_HEADER, "")
+        if not time_text.isdigit() or len(time_text) > 16:
+            raise _refused("sync requests need a signed X-Neuralsync-Time header (epoch milliseconds)", TIME_HEADER)
+        return cls(client_key, int(time_text), _hex_header(headers, NONCE_HEADER, 16),
+                   _hex_header(headers, SIGNATURE_HEADER, 64))
+
+    def check_time(self) -> None:
+        if abs(now_ms() - self.at_ms) > MAX_CLOCK_SKEW_MS:
+            raise _refused("request time is more than 5 minutes from this replica's clock", TIME_HEADER)
+
+    def check(self, server_key: bytes, body: bytes) -> None:
+        """Raise a 401 unless the client key signed this body for ``server_key`` (time and nonce included)."""
+        self.check_time()
+        try:
+            nacl.signing.VerifyKey(self.client_key).verify(
+                _request_message(server_key, self.client_key, self.at_ms, self.nonce, body), self.signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+            raise _refused("bad request signature", SIGNATURE_HEADER) from None
+
+
 class RequestVerifier:
     """Checks signed sync requests: known peer, fresh time, unused nonce, valid signature.
 
@@ -82,39 +115,28 @@ class RequestVerifier:
     def precheck(self, headers: Mapping[str, str], registry: PeerRegistry) -> Peer:
         """What can be checked before the body is read (headers, peer, time, nonce), or
         :class:`SyncRejected`: a stranger is refused without the server reading 16 MiB from it."""
-        peer, _, _, nonce, _ = self._headers(headers, registry)
+        peer, request = self._headers(headers, registry)
         if self.storage.conn.execute("SELECT 1 FROM sync_nonces WHERE peer = ? AND nonce = ?",
-                                     (peer.key, nonce)).fetchone() is not None:
+                                     (peer.key, request.nonce)).fetchone() is not None:
             raise _refused("replayed sync request (nonce already used)", NONCE_HEADER)
         return peer
 
     def verify(self, headers: Mapping[str, str], body: bytes, registry: PeerRegistry) -> Peer:
         """The authenticated peer, or :class:`SyncRejected` with the reason (status 401, 403 or 429)."""
-        peer, client_key, at_ms, nonce, signature = self._headers(headers, registry)
-        try:
-            nacl.signing.VerifyKey(client_key).verify(
-                _request_message(self.own_key, client_key, at_ms, nonce, body), signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-            raise _refused("bad request signature", SIGNATURE_HEADER) from None
-        self._use_nonce(peer.key, nonce, now_ms())
+        peer, request = self._headers(headers, registry)
+        request.check(self.own_key, body)
+        self._use_nonce(peer.key, request.nonce, now_ms())
         return peer
 
     @staticmethod
-    def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, bytes, int, bytes, bytes]:
-        client_key = _hex_header(headers, KEY_HEADER, 32)
-        time_text = headers.get(TIME_HEADER, "")
-        if not time_text.isdigit() or len(time_text) > 16:
-            raise _refused("sync requests need a signed X-Neuralsync-Time header (epoch milliseconds)", TIME_HEADER)
-        at_ms = int(time_text)
-        nonce = _hex_header(headers, NONCE_HEADER, 16)
-        signature = _hex_header(headers, SIGNATURE_HEADER, 64)
-        peer = registry.by_key(client_key)
+    def _headers(headers: Mapping[str, str], registry: PeerRegistry) -> tuple[Peer, SignedRequest]:
+        request = SignedRequest.from_headers(headers)
+        peer = registry.by_key(request.client_key)
         if peer is None:
             raise _refused("unknown peer key: add it here with 'neuralsync peer add NAME URL --key KEY'",
                            KEY_HEADER, status=403)
-        if abs(now_ms() - at_ms) > MAX_CLOCK_SKEW_MS:
-            raise _refused("request time is more than 5 minutes from this replica's clock", TIME_HEADER)
-        return peer, client_key, at_ms, nonce, signature
+        request.check_time()
+        return peer, request
 
     def _use_nonce(self, peer_key: bytes, nonce: bytes, now: int) -> None:
         """Record the nonce (committed before the request is answered), or refuse the request."""

@@ -62,6 +62,8 @@ def create_app(api_or_config: UnifiedMemoryAPI | MemoryConfig | None = None, tok
         api.start_background_maintenance()
         if config.sync_interval_s:
             api.start_interval_sync(config.sync_interval_s)
+        if config.team_sync_interval_s:
+            api.start_team_sync(config.team_sync_interval_s)
     api.forward_recalls = False  # the server answers recalls itself, never sends them to a server
     # Concurrent requests' writes commit together (group commit) instead of queueing on the write lock.
     if write_queue:

@@ -323,6 +323,7 @@ def activity(request: Request) -> HTMLResponse:
     except NeuralSyncError:
         peers = []
     return render(request, "activity.html", nav="activity", sessions=api.sessions(), peers=peers,
+                  teams=api.teams_list(),
                   merges=api.merges(limit=50), conflicts=api.conflicts(limit=50),
                   changes=list(reversed(api.changes_since(max(0, api.last_seq() - 30), 30))))
 

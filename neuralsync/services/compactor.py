@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 from ..model import COMPACT_STRATEGIES
-from ..oplog import codec
+from ..oplog import codec, team
 from ..oplog.clock import pack
-from ..oplog.graph import below, node
+from ..oplog.graph import below, graph_of, node
 from ..oplog.log import OpLog
 from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
@@ -185,7 +185,9 @@ class Compactor:
     def _purge_slice(self) -> int:
         """Delete up to ``PURGE_SLICE`` expired memories, as ``delete`` ops every replica applies."""
         with self._slice() as conn:
-            ids = sorted(r for (r,) in conn.execute("SELECT id FROM memories WHERE expires_at <= ? LIMIT ?",
+            # A shared scope's memories are its members' to purge, in its own graph: not this compactor's.
+            ids = sorted(r for (r,) in conn.execute("SELECT id FROM memories WHERE expires_at <= ?"
+                                                    f" AND scope NOT LIKE '{team.SCOPE_PREFIX}%' LIMIT ?",
                                                     (now_ms(), PURGE_SLICE)))
             if ids:  # one op for the slice: ~40 bytes a memory in the log instead of a delete op each
                 self.oplog.append(conn, [("purge", ids[0], {"records": ids})])
@@ -309,7 +311,8 @@ class Compactor:
         top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
         stable = top
         for peer in PeerRegistry(self.storage, self.oplog.author).all():
-            nodes = [found for found in (node(conn, head) for head in peer.last_sync) if found is not None]
+            nodes = [found for found in (node(conn, head) for head in peer.last_sync)
+                     if found is not None and graph_of(conn, found.seq) is None]  # the personal graph's cut
             if not nodes:
                 return 0
             stable = min(stable, below(conn, nodes)[0])
@@ -318,7 +321,8 @@ class Compactor:
     def _prunable_where(self) -> str:
         # The op that deleted (or merged away) the memory stays whole: it is its tombstone.
         return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
-                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.id != t.op AND o.kind IN ('create', 'update',"
+                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL AND o.id != t.op"
+                " AND o.kind IN ('create', 'update',"
                 " 'tag_add', 'tag_remove', 'merge', 'unmerge')"
                 f" AND NOT {codec.SKELETON_SQL.format(column='o.body')}"
                 " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")

@@ -278,6 +278,24 @@ def _m009_op_records(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _m010_team_graphs(conn: sqlite3.Connection) -> None:
+    # Shared scopes (issue 17): each has a hash graph of its own; ``graph`` is its id (NULL: the personal
+    # graph, every op before this). Heads are per graph. teams: the shared scopes whose root is here
+    # (derived from their team_create ops); team_sync: how far each was pushed to and pulled from a relay.
+    _run(conn, """
+    ALTER TABLE ops ADD COLUMN graph BLOB;
+    ALTER TABLE heads ADD COLUMN graph BLOB;
+    CREATE INDEX ops_graph_kind ON ops(graph, kind) WHERE graph IS NOT NULL;
+    CREATE INDEX ops_graph_seq ON ops(graph, seq) WHERE graph IS NOT NULL;
+    CREATE TABLE teams(graph BLOB PRIMARY KEY, name TEXT NOT NULL, creator BLOB NOT NULL, root BLOB NOT NULL)
+        WITHOUT ROWID;
+    CREATE INDEX teams_name ON teams(name);
+    CREATE TABLE team_relays(graph BLOB PRIMARY KEY, url TEXT NOT NULL, relay_key BLOB NOT NULL,
+                             pushed_seq INTEGER NOT NULL DEFAULT 0, pulled_seq INTEGER NOT NULL DEFAULT 0,
+                             synced_at INTEGER, last_error TEXT) WITHOUT ROWID
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -288,4 +306,5 @@ MIGRATIONS: list[Migration] = [
     (7, "merger: content normal-form hash, merge audit trail, manual candidates", _m007_merger),
     (8, "archived memories", _m008_archive),
     (9, "memories named by ops beyond their own record (purge)", _m009_op_records),
+    (10, "shared scopes: an op's graph, heads per graph, teams", _m010_team_graphs),
 ]

@@ -1,0 +1,1 @@
+"""The team relay: shared scopes through PostgreSQL, which replicas never have to trust (issue 17)."""
