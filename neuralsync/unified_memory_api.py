@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -22,14 +22,14 @@ from . import validation as v
 from .config import MemoryConfig
 from .discovery import recall_via_server
 from .errors import InvalidInput, NeuralSyncError, NotFound
-from .model import Change, LoggedOp, Memory, Remembered
+from .facade.merges import MergesDoor
+from .facade.sharing import SharingDoor
+from .model import Change, Memory, Remembered
 from .oplog import team
 from .oplog.clock import hlc_ms
 from .oplog.log import Intent, OpLog
 from .oplog.materialize import record_pruned
-from .replication.peers import check_url as check_relay_url
-from .replication.protocol import SyncReport
-from .replication.service import Replication, TransportFactory
+from .replication.service import Replication
 from .search.filters import Filters
 from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
@@ -38,7 +38,7 @@ from .services.doctor import DoctorReport, run_doctor
 from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
 from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
-from .services.teams import Teams, hex32
+from .services.teams import Teams
 from .sessions.feed import ChangeFeed
 from .sessions.growth import growth
 from .sessions.registry import SessionRegistry
@@ -61,7 +61,6 @@ AUTO_OPTIMIZE_EVERY = 10_000
 MAX_EMBED_TEXTS = 256
 MERGE_SCAN_INTERVAL_S = 5.0
 COMPACT_INTERVAL_S = 60.0  # a long-running process compacts a slice when the store was idle this long
-MERGING = ("semantic_merge", "last_writer_wins", "content_merge")
 T = TypeVar("T")
 DEFER_AT_MOST = 2000  # creates a batch holds back for one set-at-a-time write
 DEFERRED_TWINS = "deferred_twins"  # tx_cache key: (scope, norm_hash) of the creates a batch holds back
@@ -79,7 +78,7 @@ class _Outcome:
         self.candidate_of: str | None = None
 
 
-class UnifiedMemoryAPI:
+class UnifiedMemoryAPI(MergesDoor, SharingDoor):
     """A persistent memory shared by every process that opens the same ``base_path``.
 
     Use as a context manager (or call :meth:`close`). Safe to share between
@@ -704,230 +703,7 @@ class UnifiedMemoryAPI:
         """The newest change-feed sequence number."""
         return self.feed.last_seq()
 
-    # ------------------------------------------------------------ the merger
-    def merge_memories(self, into_id: str, merged_id: str, strategy: str | None = None) -> dict[str, Any]:
-        """Merge memory ``merged_id`` into ``into_id`` by ``strategy`` (default: the scope's, else the
-        store's; ``manual`` is not a way to merge). Returns the merge as the audit trail shows it."""
-        into, other = v.memory_id(into_id, "into_id"), v.memory_id(merged_id, "merged_id")
-        if strategy is not None and strategy not in MERGING:
-            raise InvalidInput("strategy", f"must be one of {', '.join(MERGING)} (manual keeps both)")
-        if into == other:
-            raise InvalidInput("merged_id", "is the memory it would be merged into")
-        with self.monitor.measure("merge"), self.storage.write() as conn:
-            survivor, merged = self.reads.get(into), self.reads.get(other)
-            if survivor is None:
-                raise NotFound(into)
-            if merged is None:
-                raise NotFound(other)
-            chosen = choose_strategy(self.config, survivor.scope)
-            chosen = strategy or (chosen if chosen not in (OFF, "manual") else "semantic_merge")
-            done = self.merger.merge_pair(conn, survivor, merged, chosen, "asked for")
-            result = self.merger.find_merge(conn, done.merge_id)
-        self._after_commit(1)
-        return result
-
-    def undo_merge(self, merge_id: str) -> dict[str, Any]:
-        """Undo a merge (by its id, or a unique prefix of 8+ hex characters): both memories back as they
-        were, as ops every replica applies. Returns the merge as the audit trail now shows it."""
-        with self.monitor.measure("undo_merge"), self.storage.write() as conn:
-            result = self.merger.undo(conn, merge_id)
-        self._after_commit(1)
-        return result
-
-    def merges(self, limit: int = 100, memory_id: str | None = None) -> list[dict[str, Any]]:
-        """Merges, newest first: who merged what into what, when, by which rule, both values."""
-        record = None if memory_id is None else v.memory_id(memory_id)
-        return self.merger.list_merges(v.positive_int(limit, "limit", optional=False) or 100, record)
-
-    def merge_info(self, merge_id: str) -> dict[str, Any]:
-        """One merge from the audit trail (by id or a unique prefix of 8+ hex characters)."""
-        return self.merger.find_merge(self.storage.conn, merge_id)
-
-    def merge_candidates(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Duplicate pairs the ``manual`` strategy kept for a person to decide (merge or leave)."""
-        return self.merger.candidates(v.positive_int(limit, "limit", optional=False) or 100)
-
-    def provenance(self, memory_id: str) -> list[dict[str, Any]]:
-        """Who wrote what a memory holds: each (tool, source) with its number of writes, first and last
-        time, across every memory merged into it."""
-        return self.merger.provenance(self._require(v.memory_id(memory_id)).id)
-
-    def audit_trail(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Merges and sync conflicts in one list, newest first (``type`` says which)."""
-        k = v.positive_int(limit, "limit", optional=False) or 100
-        rows = self.merger.list_merges(k) + [{"type": "conflict", **c} for c in self.conflicts(None, k)]
-        return sorted(rows, key=lambda r: -int(r.get("at") or 0))[:k]
-
-    def scan_duplicates(self, near: bool = True, threshold: float | None = None,
-                        everything: bool = False) -> dict[str, Any]:
-        """Merge duplicates other paths brought (peers' ops) and, with ``near``, paraphrases among the
-        memories embedded since the last scan (pending vectors are computed first). ``everything``:
-        look at every memory again (those stored before the merger existed, or with ``merge="off"``)."""
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not 0 < threshold <= 1):
-            raise InvalidInput("threshold", "must be a number in (0, 1]")
-        if everything:
-            self.merger.rewind(self.storage.write)
-        with self.monitor.measure("scan_duplicates"):
-            exact = self.merger.scan_arrived(self.storage.write)
-            near_done = []
-            if near and self.semantic is not None:
-                self.embed_pending()
-                near_done = self.merger.scan_near(self.storage.write, threshold=threshold)
-        if exact or near_done:
-            self._after_commit(len(exact) + len(near_done))
-        return {"exact": len(exact), "near": len(near_done),
-                "merges": [d.merge_id for d in (*exact, *near_done)]}
-
-    def _store_has_another_server(self) -> bool:
-        """True when another live process serves this store: its background scans and compaction are that
-        process's, so an MCP server beside it does not load the model and index to repeat them."""
-        from .discovery import read_server_info
-
-        return read_server_info(self.config.home) is not None
-
-    def _background_scan(self) -> None:
-        if not self._store_has_another_server():
-            self._scan_quietly(near=True)
-
-    def _scan_quietly(self, near: bool) -> None:
-        try:
-            self.scan_duplicates(near=near)
-        except NeuralSyncError as exc:  # a busy store: the next scan catches up
-            log.debug("duplicate scan skipped: %s", exc)
-
-    # ------------------------------------------------------------ replication
-    def identity(self) -> str:
-        """This replica's public key (hex): give it to peers for ``neuralsync peer add``."""
-        return self.log.site_id
-
-    def add_peer(self, name: str, url: str, key: str) -> dict[str, Any]:
-        """Trust another replica (name, URL of its ``neuralsync serve``, its public key)."""
-        return self.replication.add_peer(name, url, key)
-
-    def remove_peer(self, name: str) -> None:
-        """Stop trusting a replica (ops received from it stay: they are valid by rule)."""
-        self.replication.remove_peer(name)
-
-    def list_peers(self) -> list[dict[str, Any]]:
-        """Trusted replicas with their last sync time and error."""
-        return self.replication.peers()
-
-    def sync(self, peer: str | None = None, transport: TransportFactory | None = None,
-             timeout: float = 30.0) -> list[SyncReport]:
-        """Sync with one peer or all of them; each report says what moved (a failure is reported, not raised)."""
-        with self.monitor.measure("sync"):
-            reports = self.replication.sync_with(peer, transport, timeout)
-        self._scan_quietly(near=False)
-        return reports
-
-    def start_interval_sync(self, seconds: float) -> None:
-        """Sync with every peer every ``seconds`` on a background thread, until close."""
-        self.replication.start_interval(seconds)
-
-    def check_sync_request(self, headers: Mapping[str, str]) -> tuple[int, str, str] | None:
-        """(status, reason, header at fault) to refuse a peer's sync request on its headers, before its
-        body is read; or None."""
-        return self.replication.precheck(headers)
-
-    def serve_sync(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        """Answer one signed sync request from a peer: (status, JSON body, headers)."""
-        with self.monitor.measure("serve_sync"):
-            answer = self.replication.serve(headers, body)
-        self._scan_quietly(near=False)
-        return answer
-
-    # ------------------------------------------------------------ shared scopes (teams)
-    def team_whoami(self) -> dict[str, str]:
-        """This person's user key (give it to an admin to be added) and this machine's device key."""
-        return {"user": bytes(self.teams.user.verify_key).hex(), "device": self.log.site_id}
-
-    def team_create(self, name: str) -> dict[str, Any]:
-        """A new shared scope ``team:<name>``, this user its first admin."""
-        return self.teams.create(v.label(name, "name", team.MAX_NAME) or "")
-
-    def team_set_member(self, name: str, user: str, role: str) -> dict[str, Any]:
-        """Add a member by user key as ``reader``, ``writer`` or ``admin``, or remove them (``removed``).
-        Removal is not retroactive: it stops what they write after seeing it and their further pulls."""
-        return self.teams.set_member(name, user, role)
-
-    def team_promote(self, memory_id: str, name: str) -> str:
-        """Share a private memory with a shared scope: a new memory there, its provenance in its metadata."""
-        return self.teams.promote(v.memory_id(memory_id), name)
-
-    def teams_list(self) -> list[dict[str, Any]]:
-        """Shared scopes held here: id, members and roles, this user's role, memories, relay and last sync."""
-        return self.teams.all()
-
-    def team_use_relay(self, scope: str, url: str, relay_key: str) -> None:
-        """Sync the shared scope (its name here, or its id) through the relay at ``url``."""
-        self.teams.use_relay(self._team_id(scope), check_relay_url(url), hex32(relay_key, "relay_key"))
-
-    def team_sync(self, scope: str | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Sync one shared scope (or every one with a relay) with its relay; a report per scope."""
-        from .replication.relay_client import RelayClient
-
-        wanted = None if scope is None else self._team_id(scope)
-        reports = []
-        with self.monitor.measure("team_sync"):
-            for graph, url, key in self.teams.relays():
-                if wanted is None or graph == wanted:
-                    reports.append(self.teams.sync(graph, RelayClient(url, key, self.log.key, timeout)).as_dict())
-        if wanted is not None and not reports:
-            raise InvalidInput("scope", "no relay for this shared scope: neuralsync team relay SCOPE URL KEY")
-        return reports
-
-    def start_team_sync(self, seconds: float) -> None:
-        """Sync every shared scope that has a relay every ``seconds``, on a background thread, until close
-        (a failure is logged and retried at the next tick)."""
-        if self._team_syncs is None:
-            self._team_syncs = Periodic("neuralsync-team-sync", seconds, self._team_sync_logged)
-            self._team_syncs.start()
-
-    def _team_sync_logged(self) -> None:
-        if not self.teams.relays():
-            return
-        for report in self.team_sync():
-            if report["error"]:
-                log.warning("team sync of %s failed: %s", report["team"], report["error"])
-            elif report["applied"] or report["pushed"] or report["refused"]:
-                log.info("team sync of %s: pushed %d, applied %d, refused %d", report["team"], report["pushed"],
-                         report["applied"], len(report["refused"]))
-
-    def team_user_key(self, import_hex: str | None = None) -> str:
-        """Export this person's user key (hex, to copy to their other machines), or import one."""
-        return self.teams.export_user_key() if import_hex is None else self.teams.import_user_key(import_hex)
-
-    def _team_id(self, scope: str) -> bytes:
-        text = v.label(scope, "scope", 128) or ""
-        name = text[len(team.SCOPE_PREFIX):] if text.startswith(team.SCOPE_PREFIX) else text
-        row = self.storage.conn.execute("SELECT graph FROM teams WHERE name = ?", (name,)).fetchall()
-        if len(row) == 1:
-            return bytes(row[0][0])
-        return hex32(text, "scope")  # a scope not held yet (joining): its id
-
-    def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
-        """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its
-        wall-clock time and its memory as it is now (expired included)."""
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise InvalidInput("seq", "must be a non-negative integer")
-        ops = self.log.ops_since(seq, v.positive_int(limit, "limit", optional=False))  # type: ignore[arg-type]
-        ops = [(pos, op) for pos, op in ops if not op.pruned]  # compacted: deleted memories' old values
-        now: dict[str, Memory | None] = {}
-        for _, op in ops:
-            if op.kind != "persona" and op.record_id not in now:
-                now[op.record_id] = self.reads.get(op.record_id, include_expired=True)
-        return [LoggedOp(pos, op, hlc_ms(op.hlc), now.get(op.record_id) if op.kind != "persona" else None)
-                for pos, op in ops]
-
-    def latest_seqs(self, record_ids: Sequence[str]) -> dict[str, int]:
-        """The local sequence number of the newest op on each record (a memory id, or ``"persona"``);
-        absent when no op here touched it."""
-        return self.reads.latest_seqs([v.label(i, "record_ids", 64) or "" for i in record_ids])
-
-    def conflicts(self, record_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Losing values of concurrent writes (record, field, both values and authors, resolution)."""
-        return self.replication.conflicts(record_id, limit)
+    # merges: facade/merges.py; peers, sync and shared scopes: facade/sharing.py
 
     def sessions(self, include_ended: bool = False) -> list[dict[str, Any]]:
         """Processes registered on this store (dead ones reaped first)."""

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("replication", ("neuralsync.replication",)),
     ("sessions", ("neuralsync.sessions",)),
     ("services", ("neuralsync.services",)),
-    ("facade", ("neuralsync.unified_memory_api",)),
+    ("facade", ("neuralsync.unified_memory_api", "neuralsync.facade")),
     # The team relay (issue 17): a service of its own on PostgreSQL, beside the memory store rather than on it.
     ("relay", ("neuralsync.relay",)),
     ("adapters", ("neuralsync.cli", "neuralsync.server", "neuralsync.mcp", "neuralsync.integrations",
