@@ -367,11 +367,12 @@ def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
 
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
              modes: Sequence[str] = MODES, distractors: Sequence[int] = (0,), half: str = "all", cv: bool = False,
-             seed: int = SPLIT_SEED) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
+             seed: int = SPLIT_SEED, vector_cache: bool = False) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
     """Load the set into one temporary store per entry of ``distractors`` (that many generated
     memories first) and evaluate the ``half`` of its queries in each. With ``cv``, first choose
-    one fusion on the tuning half over all the stores, then report the held-out half.
-    Returns (reports, run info) per store."""
+    one fusion on the tuning half over all the stores, then report the held-out half. With
+    ``vector_cache``, texts embedded by an earlier run are not embedded again (``vector_cache.py``:
+    the same model's same vectors). Returns (reports, run info) per store."""
     full = load_eval_set(path)
     eval_set = half_of(full, "heldout" if cv else half, seed)
     out = []
@@ -382,12 +383,19 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
             for n in distractors:
                 api = open_store(Path(tmp) / f"store-{n}", embedder)
                 stores.append((api, {}))
+                cached = None
+                if vector_cache:
+                    from vector_cache import install
+
+                    cached = install(api)
                 started = time.perf_counter()
                 stores[-1] = (api, load_into(api, full, build_index, n))
                 infos.append({"embedder": api.semantic.embedder.name if api.semantic is not None else embedder,
                               "memories": len(full.memories), "distractors": n, "queries": len(eval_set.queries),
                               "half": "heldout" if cv else half, "split_seed": seed,
                               "load_seconds": round(time.perf_counter() - started, 3), "vector_index": build_index})
+                if cached is not None:
+                    infos[-1]["vector_cache"] = {"hits": cached.hits, "embedded": cached.embedded}
             cv_info = None
             if cv:
                 fusion, cv_info = choose_fusion(stores, split(full.queries, seed)[0], seed=seed)
@@ -464,12 +472,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="choose the fusion on the tuning half, report the held-out half")
     parser.add_argument("--no-index", action="store_true",
                         help="do not build the HNSW file (vectors are then searched exactly)")
+    parser.add_argument("--vector-cache", action="store_true",
+                        help="reuse vectors of texts embedded by earlier runs (bench/out/vector-cache)")
     parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--misses", action="store_true", help="also list the queries each mode misses")
     args = parser.parse_args(argv)
     runs = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
-                    args.half, args.cv, args.seed)
+                    args.half, args.cv, args.seed, args.vector_cache)
     if args.json:
         print(json.dumps([summary(reports, info) for reports, info in runs], indent=2))
         return 0
