@@ -367,12 +367,15 @@ def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
 
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
              modes: Sequence[str] = MODES, distractors: Sequence[int] = (0,), half: str = "all", cv: bool = False,
-             seed: int = SPLIT_SEED, vector_cache: bool = False) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
+             seed: int = SPLIT_SEED, vector_cache: bool = False,
+             also_indexed: bool = False) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
     """Load the set into one temporary store per entry of ``distractors`` (that many generated
     memories first) and evaluate the ``half`` of its queries in each. With ``cv``, first choose
     one fusion on the tuning half over all the stores, then report the held-out half. With
     ``vector_cache``, texts embedded by an earlier run are not embedded again (``vector_cache.py``:
-    the same model's same vectors). Returns (reports, run info) per store."""
+    the same model's same vectors). With ``also_indexed`` (and no index built at load), each store is
+    evaluated searched exactly, then again after its HNSW file is built: the index's cost in answers
+    on the same vectors. Returns (reports, run info) per store and search."""
     full = load_eval_set(path)
     eval_set = half_of(full, "heldout" if cv else half, seed)
     out = []
@@ -406,6 +409,12 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
                 if cv_info is not None:
                     info["cv"] = cv_info
                 out.append((evaluate(api, eval_set, label_to_id, modes), info))
+                if also_indexed and not build_index:  # the same store again, searched through the index file
+                    started = time.perf_counter()
+                    api.rebuild_vector_index()
+                    indexed = {**info, "vector_index": True, "index_build_seconds":
+                               round(time.perf_counter() - started, 1)}
+                    out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m != "bm25"]), indexed))
         finally:
             for api, _ in stores:
                 api.close()
@@ -472,14 +481,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="choose the fusion on the tuning half, report the held-out half")
     parser.add_argument("--no-index", action="store_true",
                         help="do not build the HNSW file (vectors are then searched exactly)")
+    parser.add_argument("--exact-then-index", action="store_true",
+                        help="evaluate each store searched exactly, then again with the HNSW file built")
     parser.add_argument("--vector-cache", action="store_true",
                         help="reuse vectors of texts embedded by earlier runs (bench/out/vector-cache)")
     parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--misses", action="store_true", help="also list the queries each mode misses")
     args = parser.parse_args(argv)
-    runs = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
-                    args.half, args.cv, args.seed, args.vector_cache)
+    runs = run_eval(args.embedder, args.set, not (args.no_index or args.exact_then_index), args.modes,
+                    args.distractors, args.half, args.cv, args.seed, args.vector_cache, args.exact_then_index)
     if args.json:
         print(json.dumps([summary(reports, info) for reports, info in runs], indent=2))
         return 0
