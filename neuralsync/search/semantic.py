@@ -302,7 +302,7 @@ class SemanticIndex:
                     self._ann_checked = 0.0
         else:
             ann_hits = []
-        delta_hits = exact_search(matrix, keys, vector, want) if len(keys) else []
+        delta_hits = exact_search(matrix, keys, vector, want, normalized=True) if len(keys) else []
         return merge_results(self._rescored(vector, ann_hits), delta_hits, want)
 
     def _rescored(self, vector: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
@@ -435,9 +435,12 @@ class SemanticIndex:
     def _delta_matrix(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np
 
+        from .vector.exact import as_matrix
+
         if self._delta_cache is None:
             keys = np.fromiter(self._delta.keys(), dtype=np.int64, count=len(self._delta))
-            matrix = (np.stack(list(self._delta.values())).astype(np.float32) if self._delta
+            # Validated and normalised once here, not at every search (exact_search(normalized=True)).
+            matrix = (as_matrix(np.stack(list(self._delta.values())), dims, "embeddings") if self._delta
                       else np.zeros((0, dims), dtype=np.float32))
             self._delta_cache = (keys, matrix)
         return self._delta_cache
