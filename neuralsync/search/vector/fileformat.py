@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import struct
+import sys
 import tempfile
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
@@ -54,11 +55,35 @@ def load_usearch() -> ModuleType:
     """
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime  # noqa: F401 - see the docstring
+    stub = None
+    if "tqdm" not in sys.modules and "usearch.index" not in sys.modules:
+        # usearch imports tqdm at its top only to draw bars when a caller passes log=True, which this package
+        # never does; tqdm's import looks its version up in the installed distributions (25-130 ms of a
+        # fresh `neuralsync recall`). A stand-in serves that import; the real tqdm stays importable.
+        stub = ModuleType("tqdm")
+        stub.tqdm = _NoProgress  # type: ignore[attr-defined]
+        sys.modules["tqdm"] = stub
     try:
         import usearch.index as usearch_index
     except ImportError as exc:
         raise VectorIndexUnavailable(f"usearch is not installed; install it with: {USEARCH_PIP}") from exc
+    finally:
+        if stub is not None and sys.modules.get("tqdm") is stub:
+            del sys.modules["tqdm"]
     return usearch_index
+
+
+class _NoProgress:
+    """What usearch gets for ``tqdm`` (see :func:`load_usearch`): a bar that draws nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)

@@ -317,12 +317,15 @@ class AnnIndex:
             rows = self._raw_search(matrix[pending], fetch)
             still: list[int] = []
             for qi, (keys, sims) in zip(pending, rows, strict=True):
-                hits = [
-                    Hit(int(key), float(sim))
-                    for key, sim in zip(keys, sims, strict=True)
-                    if keep is None or keep(int(key))
-                ]
-                results[qi] = hits[:k]
+                # Plain ints and floats in one C call each, and no more Hit objects than k: a hybrid
+                # recall's pool is ~1,000 rows, where the per-row conversions cost ~2 ms.
+                hits: list[Hit] = []
+                for key, sim in zip(keys.tolist(), sims.tolist(), strict=True):
+                    if keep is None or keep(key):
+                        hits.append(Hit(key, sim))
+                        if len(hits) == k:
+                            break
+                results[qi] = hits
                 exhausted = len(keys) < fetch or fetch >= size
                 if len(hits) < k and not exhausted:
                     still.append(int(qi))
