@@ -16,6 +16,10 @@ Targets (issue 15): shrink by at least the removed share (50%); writes during
 compaction p99 under 50 ms.
 
     python bench/bench_compact.py --size 100000
+    python bench/bench_compact.py --size 1000000 --build-only   # then rerun without it: the build is kept
+
+The built store is kept (``compact-pristine-N``) and copied for each run, so
+a rerun measures compaction again without rebuilding (``--rebuild`` forces it).
 """
 
 from __future__ import annotations
@@ -137,11 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
+    parser.add_argument("--rebuild", action="store_true", help="build the store even if a kept build exists")
+    parser.add_argument("--build-only", action="store_true", help="build (and keep) the store, do not compact")
     args = parser.parse_args(argv)
     corpus = Corpus()
+    pristine = Path(args.out) / f"compact-pristine-{args.size}"
+    built_file = pristine / "built.json"
+    if args.rebuild or not built_file.exists():
+        log(f"building {args.size:,} memories ({EXPIRED_SHARE:.0%} expiring, {DUPLICATE_SHARE:.0%} duplicates) ...")
+        built = build(pristine, args.size, corpus, args.batch)
+        built_file.write_text(json.dumps(built) + "\n")
+    built = json.loads(built_file.read_text())
+    if args.build_only:
+        return 0
     store_dir = Path(args.out) / f"compact-store-{args.size}"
-    log(f"building {args.size:,} memories ({EXPIRED_SHARE:.0%} expiring, {DUPLICATE_SHARE:.0%} duplicates) ...")
-    built = build(store_dir, args.size, corpus, args.batch)
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
+    log(f"copying the kept build {pristine} ...")
+    shutil.copytree(pristine, store_dir, ignore=shutil.ignore_patterns("built.json", "monitor"))
     time.sleep(0.1)
     log("compacting while a writer writes ...")
     result = {"machine": machine(), "build": built, **run(store_dir, corpus, args.size)}

@@ -42,17 +42,20 @@ ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
 PRUNE_SLICE = 100  # op bodies replaced by their skeletons per write transaction
-# A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
-# for incremental vacuum, where "vacuum" frees pages a slice at a time).
+# A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
+# ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
 # Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
-DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s != "archive_over_quota")
+DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s not in ("archive_over_quota", "rewrite"))
 # Slices are sized so that one write transaction lasts a few milliseconds (writers wait no longer).
 PURGE_SLICE = 100  # expired memories deleted per write transaction (one purge op)
-MERGE_SLICE = 8  # memories checked for exact duplicates per write transaction
-VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
-FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
-SLICE_PAUSE_S = 0.002  # after each slice: writers waiting for the lock go first
-REWRITE_WHEN_UNUSED = 0.2  # "vacuum" rewrites the file when this share of it is free space inside pages
+MERGE_SLICE = 2  # duplicate clusters merged per write transaction
+VACUUM_SLICE_PAGES = 256  # pages returned to the file system per incremental-vacuum transaction
+FTS_MERGE_PAGES = 100  # pages merged per FTS merge transaction
+# After each slice the lock is left free for at least this long, and for twice as long as the slice held
+# it: a writer in another process polls the lock (SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20 ms...),
+# and a gap shorter than its sleep is one it misses.
+SLICE_PAUSE_S = 0.01
+SLICE_DUTY = 2.0
 VECTOR_BYTES = 4  # float32
 
 
@@ -67,6 +70,7 @@ class Compactor:
         self.oplog = oplog
         self.merger = merger
         self.semantic = semantic
+        self._held_ms: list[float] = []  # how long each slice of the current step held the write lock
 
     # ------------------------------------------------------------ analysis
     def analyze(self) -> dict[str, Any]:
@@ -102,7 +106,8 @@ class Compactor:
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "checkpoint": sizes["wal_bytes"],
-            "vacuum": free * page_size + unused,
+            "vacuum": free * page_size if auto_vacuum == 2 else 0,
+            "rewrite": free * page_size + unused,
         }
         return {
             "db_bytes": sizes["db_bytes"], "wal_bytes": sizes["wal_bytes"], "page_size": page_size,
@@ -134,7 +139,10 @@ class Compactor:
             elif name == "archive_over_quota":
                 step["memories"], step["quota_bytes"] = self._over_quota(self.storage.conn)[0], self.quota_bytes
             elif name == "vacuum":
-                step["mode"] = "incremental" if found["auto_vacuum"] == "incremental" else "full rewrite"
+                step["mode"] = ("incremental" if found["auto_vacuum"] == "incremental"
+                                else "none: the store is not set up for incremental vacuum (see 'rewrite')")
+            elif name == "rewrite":
+                step["mode"] = "full rewrite, holding the write lock while it runs"
             steps.append(step)
         return steps
 
@@ -150,8 +158,11 @@ class Compactor:
         done: list[dict[str, Any]] = []
         for name in chosen:
             step_started = time.perf_counter()
+            self._held_ms = []
             result = getattr(self, "_" + name)(progress)
-            done.append({"strategy": name, **result, "ms": round((time.perf_counter() - step_started) * 1000, 1)})
+            held = self._held_ms
+            done.append({"strategy": name, **result, "ms": round((time.perf_counter() - step_started) * 1000, 1),
+                         "slices": len(held), "max_lock_ms": round(max(held, default=0.0), 1)})
         after = self.storage.sizes()
         return {"dry_run": False, "steps": done, "before": before, "after": after,
                 "reclaimed_bytes": before["total_bytes"] - after["total_bytes"],
@@ -221,27 +232,47 @@ class Compactor:
         return {**self.semantic.refresh_index(full=removed > 0), "removed_keys_dropped": removed}
 
     def _checkpoint(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-        busy, frames, done = self.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return self._wal_checkpoint()
+
+    def _wal_checkpoint(self) -> dict[str, Any]:
+        """Copy the WAL into the database without blocking writers (PASSIVE), then empty the file: the
+        TRUNCATE checkpoint blocks writers, but only for the frames written since the passive one."""
+        conn = self.storage.conn
+        busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        started = time.perf_counter()
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._held_ms.append((time.perf_counter() - started) * 1000)
         return {"frames": frames, "checkpointed": done, "readers_active": bool(busy)}
 
     def _vacuum(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Return free pages to the file system a slice at a time (a store with auto_vacuum=incremental, the
+        default). Space free inside pages stays: only a full rewrite ("rewrite") returns it."""
         conn = self.storage.conn
-        size = self.storage.sizes()["db_bytes"]
-        if self._incremental() and unused_bytes(conn) < REWRITE_WHEN_UNUSED * size:
-            freed = 0
-            while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
-                with self._slice() as wconn:
-                    wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
-                freed += VACUUM_SLICE_PAGES
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            return {"mode": "incremental"}
-        # Space freed inside pages (pruned bodies, deleted rows) or a store made before incremental vacuum
-        # was the default: one full rewrite, which holds the write lock while it runs (writers wait).
+        if not self._incremental():
+            return {"mode": "skipped: the store is not set up for incremental vacuum; 'rewrite' converts it"}
+        total = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        freed = 0
+        while freed < total + VACUUM_SLICE_PAGES:  # bounded: a writer may free pages as we go
+            with self._slice() as wconn:
+                left = wconn.execute("PRAGMA freelist_count").fetchone()[0]
+                if not left:
+                    break
+                wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
+            freed += min(left, VACUUM_SLICE_PAGES)
+            if progress is not None:
+                progress("vacuum", min(freed, total), total)
+        return {"mode": "incremental", "pages_freed": freed, **self._wal_checkpoint()}
+
+    def _rewrite(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """One full VACUUM: returns the space free inside pages too and converts a store to incremental
+        vacuum, but holds the write lock for its whole run (writers wait): only when asked, in an idle
+        window."""
+        conn = self.storage.conn
         started = time.perf_counter()
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return {"mode": "full rewrite", "lock_held_ms": round((time.perf_counter() - started) * 1000, 1)}
+        self._held_ms.append((time.perf_counter() - started) * 1000)
+        return {"mode": "full rewrite", "lock_held_ms": round(self._held_ms[-1], 1), **self._wal_checkpoint()}
 
     def _archive_over_quota(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         """Over the quota, archive the memories of least value until the live ones fit: value is priority
@@ -342,9 +373,12 @@ class Compactor:
     def _slice(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction of compaction, then a pause, so that writers waiting for the lock
         (or, in this process, for the interpreter) go first."""
+        started = time.perf_counter()
         with self.storage.write() as conn:
             yield conn
-        time.sleep(SLICE_PAUSE_S)
+        held = time.perf_counter() - started
+        self._held_ms.append(held * 1000)
+        time.sleep(max(SLICE_PAUSE_S, SLICE_DUTY * held))
 
     def _incremental(self) -> bool:
         return int(self.storage.conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
