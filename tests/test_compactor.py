@@ -11,8 +11,9 @@ import pytest
 
 from neuralsync.errors import InvalidInput, NotFound
 from neuralsync.oplog import codec
+from neuralsync.services import compactor
 from neuralsync.services.compactor import PURGE_SLICE
-from neuralsync.services.doctor import run_doctor
+from neuralsync.services.doctor import fts_levels, run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 MakeApi = Callable[..., UnifiedMemoryAPI]
@@ -274,3 +275,20 @@ def test_replicas_compacted_in_full_sync_with_each_other_and_with_one_offline_me
             found = [m.id for m in api.recall(q, top_k=50, mode="text")]
             alive = {m.id for m in api.range_recall(limit=1000)}
             assert [i for i in survivors_before[q] if i in alive] == [i for i in found if i in set(survivors_before[q])]
+
+
+def test_the_fts_step_beside_a_writer_keeps_the_index_shallow(make_api: MakeApi,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rounds of the compactor's FTS merge, each too small to finish, with writes between them: the merge
+    # FTS5's automerge uses adds no levels (a negative merge adds one or two a round - test_doctor - until
+    # FTS5 refuses the index, as it did once at 1M).
+    monkeypatch.setattr(compactor, "FTS_MERGE_PAGES", 2)
+    api = make_api(embedder="none")
+    with api.batch_operations():
+        for i in range(300):
+            api.remember(f"fact {i}: " + " ".join(f"word{(i * 7 + j) % 997}" for j in range(40)))
+    for i in range(60):
+        api.remember(f"note {i} about the glacier")
+        api.compact(["fts_optimize"])
+    assert fts_levels(api.storage.conn) <= 8
+    assert run_doctor(api.storage, quick=True).ok

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neuralsync.services.doctor import run_doctor
+from neuralsync.services.doctor import FTS_MAX_LEVELS, fts_levels, run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 
@@ -194,3 +194,24 @@ def _tamper_path(path: Path, sql: str) -> None:
         raw.commit()
     finally:
         raw.close()
+
+
+def test_fts_levels_grown_by_negative_merges_are_reported_before_the_index_breaks(
+        make_api: Callable[..., UnifiedMemoryAPI]) -> None:
+    # What broke a 1M index once: FTS5's negative 'merge' with rows arriving between rounds adds levels
+    # until, past 2000, FTS5 refuses the index. The doctor names it long before; a repair resets it.
+    # (It takes a merge that cannot finish in one round: an index larger than the pages a round may write.)
+    api = make_api(embedder="none")
+    with api.batch_operations():
+        for i in range(300):
+            api.remember(f"fact {i}: " + " ".join(f"word{(i * 7 + j) % 997}" for j in range(40)))
+    for i in range(60):
+        api.remember(f"note {i} about the harbour")
+        with api.storage.write() as conn:
+            conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', -2)")
+    assert fts_levels(api.storage.conn) > FTS_MAX_LEVELS
+    report = run_doctor(api.storage, quick=True)
+    assert not report.ok and "levels" in report.fts
+    api.repair_fts()
+    assert fts_levels(api.storage.conn) <= 2 and run_doctor(api.storage, quick=True).ok
+    assert len(api.recall("harbour", top_k=100, mode="text")) == 60

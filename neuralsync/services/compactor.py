@@ -30,6 +30,7 @@ from ..oplog.log import OpLog
 from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
 from ..utils import now_ms
+from .doctor import fts_levels
 
 if TYPE_CHECKING:
     from ..search.semantic import SemanticIndex
@@ -117,7 +118,7 @@ class Compactor:
             "memories": live, "expired": expired,
             "tombstones": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
             "duplicate_clusters": dup_clusters, "duplicates": dup_rows,
-            "fts_segments": segments,
+            "fts_segments": segments, "fts_levels": fts_levels(conn),
             "vector_index_lag": self.semantic.uncovered() if self.semantic is not None else 0,
             "vectors_removed_but_indexed": removed,
             "oplog_bytes": oplog_bytes, "table_bytes": tables,
@@ -217,13 +218,14 @@ class Compactor:
             before = conn.total_changes
             with self._slice() as wconn:
                 # The incremental merge FTS5's own automerge uses (positive: levels of 'usermerge' segments).
-                # A negative merge (towards one segment) left a 1M-row index unreadable once in a compaction
-                # bench here (SQLite 3.40); until that is understood, only this path runs.
+                # Never the negative one (towards a single segment): with rows arriving between rounds it
+                # adds a level or two a round, and past 2000 levels FTS5 refuses the index as corrupt -
+                # what left a 1M-row index unreadable here once (reproduced; see doctor.FTS_MAX_LEVELS).
                 wconn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES,))
             rounds += 1
             if conn.total_changes - before <= 1:
                 break
-        return {"merge_rounds": rounds,
+        return {"merge_rounds": rounds, "levels": fts_levels(conn),
                 "segments": conn.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]}
 
     def _vector_rebuild(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:

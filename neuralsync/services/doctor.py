@@ -31,6 +31,11 @@ from ..store.storage import Storage
 Progress = Callable[[int, int], None]
 FTS = "memories_fts"
 FTS_SETTINGS = (("pgsz", 4050), ("automerge", 8), ("crisismerge", 32))  # as schema migration 1 sets them
+# FTS5 (SQLite 3.40) refuses a structure of more than 2000 levels as corrupt, and its negative 'merge'
+# adds one or two levels a round when rows arrive between rounds (reproduced: ~1000 rounds with writes in
+# between, as a long compaction beside a writer did). Its own merges keep a few; past this many, doctor warns.
+FTS_MAX_LEVELS = 64
+_FTS_STRUCTURE_V2 = b"\xff\x00\x00\x01"
 MAX_LISTED = 20
 
 _DIGEST_QUERIES = (
@@ -105,12 +110,31 @@ def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool =
     return report
 
 
+def fts_levels(conn: sqlite3.Connection) -> int:
+    """Levels in the FTS5 structure record (its header: a 4-byte cookie, then a varint), 0 if unreadable."""
+    row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = 10").fetchone()
+    if row is None or not isinstance(row[0], bytes):
+        return 0
+    block = row[0]
+    pos = 8 if block[4:8] == _FTS_STRUCTURE_V2 else 4
+    value = 0
+    for byte in block[pos:pos + 9]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            break
+    return value
+
+
 def fts_problem(conn: sqlite3.Connection) -> str | None:
     """None when the full-text index opens and matches the memories table, else what is wrong with it."""
     try:
         conn.execute(f"SELECT rowid FROM {FTS} LIMIT 1").fetchall()  # constructs the virtual table
     except sqlite3.DatabaseError as exc:
         return f"FTS index unreadable: {exc}"
+    levels = fts_levels(conn)
+    if levels > FTS_MAX_LEVELS:
+        return (f"FTS index structure has {levels} levels (FTS5 refuses more than 2000; merges with a negative"
+                " argument add them)")
     try:
         conn.execute(f"INSERT INTO {FTS}({FTS}, rank) VALUES ('integrity-check', 1)")
     except sqlite3.DatabaseError as exc:
