@@ -292,3 +292,18 @@ def test_the_fts_step_beside_a_writer_keeps_the_index_shallow(make_api: MakeApi,
         api.compact(["fts_optimize"])
     assert fts_levels(api.storage.conn) <= 8
     assert run_doctor(api.storage, quick=True).ok
+
+
+def test_vacuum_frees_pages_in_slices_and_only_a_rewrite_asked_for_by_name_rewrites(make_api: MakeApi) -> None:
+    api = make_api(embedder="none")
+    _fill(api, 600)
+    assert "rewrite" not in [s["strategy"] for s in api.compact(dry_run=True)["plan"]]
+    steps = {s["strategy"]: s for s in api.compact(["purge_expired", "prune_payloads", "vacuum"])["steps"]}
+    assert steps["vacuum"]["mode"] == "incremental" and steps["vacuum"]["slices"] >= 1
+    assert api.storage.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert all(s["max_lock_ms"] >= s["p99_lock_ms"] >= 0 for s in steps.values())
+    sliced = api.storage.sizes()["total_bytes"]
+    assert api.compact_analyze()["reclaimable_bytes"]["rewrite"] > 0  # space freed inside pages stays
+    rewrite = api.compact(["rewrite"])["steps"][0]
+    assert rewrite["mode"] == "full rewrite" and rewrite["lock_held_ms"] > 0
+    assert api.storage.sizes()["total_bytes"] < sliced and run_doctor(api.storage, quick=True).ok
