@@ -42,13 +42,13 @@ STRATEGIES = COMPACT_STRATEGIES
 ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
-PRUNE_SLICE = 100  # op bodies replaced by their skeletons per write transaction
+PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
 # A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
 # ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
 # Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
 DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s not in ("archive_over_quota", "rewrite"))
 # Slices are sized so that one write transaction lasts a few milliseconds (writers wait no longer).
-PURGE_SLICE = 100  # expired memories deleted per write transaction (one purge op)
+PURGE_SLICE = 25  # expired memories deleted per write transaction (one purge op: ~10 ms at 100)
 MERGE_SLICE = 2  # duplicate clusters merged per write transaction
 VACUUM_SLICE_PAGES = 256  # pages returned to the file system per incremental-vacuum transaction
 FTS_MERGE_PAGES = 100  # pages merged per FTS merge transaction
@@ -57,6 +57,9 @@ FTS_MERGE_PAGES = 100  # pages merged per FTS merge transaction
 # a gap shorter than its sleep is one it sleeps through.
 SLICE_PAUSE_S = 0.01
 SLICE_DUTY = 1.0
+# Every this many slices the compactor copies the WAL into the database itself (PASSIVE: writers go on), so
+# the WAL never reaches the autocheckpoint size and a writer's commit never pays for the compactor's pages.
+CHECKPOINT_EVERY = 8
 VECTOR_BYTES = 4  # float32
 
 
@@ -381,6 +384,8 @@ class Compactor:
             yield conn
         held = time.perf_counter() - started
         self._held_ms.append(held * 1000)
+        if len(self._held_ms) % CHECKPOINT_EVERY == 0:
+            self.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         time.sleep(max(SLICE_PAUSE_S, SLICE_DUTY * held))
 
     def _incremental(self) -> bool:
