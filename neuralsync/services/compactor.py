@@ -176,6 +176,7 @@ class Compactor:
     def idle_slice(self) -> dict[str, Any]:
         """One short round for a scheduler: a slice of each cheap strategy (no full rewrite)."""
         out: dict[str, Any] = {}
+        self._held_ms = []
         out["purged"] = self._purge_slice()
         with self.storage.write() as conn:
             conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
@@ -379,8 +380,8 @@ class Compactor:
     def _slice(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction of compaction, then a pause, so that writers waiting for the lock
         (or, in this process, for the interpreter) go first."""
-        started = time.perf_counter()
         with self.storage.write() as conn:
+            started = time.perf_counter()  # from BEGIN IMMEDIATE's return: the lock is ours, to the commit
             yield conn
         held = time.perf_counter() - started
         self._held_ms.append(held * 1000)
