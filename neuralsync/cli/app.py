@@ -346,6 +346,7 @@ def cmd_doctor(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Full check; exit 0 only when every check passed."""
     from .progress import Progress
 
+    repaired: dict[str, Any] | None = None
     if args.repair:
         repaired = api.repair_fts()
         if not args.json:
@@ -355,7 +356,7 @@ def cmd_doctor(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     with Progress("checking ops", unit="ops") as bar:
         report = api.doctor(progress=bar, quick=args.quick)
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"repair": repaired} if repaired is not None else {})})
         return 0 if report.ok else 1
     match = "rebuild matches" if report.digest == report.rebuilt_digest else "REBUILD DIFFERS"
     rows([("integrity", report.integrity), ("fts", report.fts),
