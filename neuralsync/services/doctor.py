@@ -112,7 +112,10 @@ def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool =
 
 def fts_levels(conn: sqlite3.Connection) -> int:
     """Levels in the FTS5 structure record (its header: a 4-byte cookie, then a varint), 0 if unreadable."""
-    row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = 10").fetchone()
+    try:
+        row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = 10").fetchone()
+    except sqlite3.DatabaseError:  # the shadow table itself is gone or damaged: fts_problem says so
+        return 0
     if row is None or not isinstance(row[0], bytes):
         return 0
     block = row[0]
