@@ -57,7 +57,7 @@ store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 pause = float(sys.argv[5]) / 1000
 latencies = []
 with UnifiedMemoryAPI(config(store, "none")) as api:
-    for record in Corpus().memories(size + 50_000, size):
+    for record in Corpus().memories(size * 10, size):  # more than any run writes: it stops when told
         if stop.exists():
             break
         args = Corpus.remember_args(record)
