@@ -7,21 +7,30 @@ them). Then, in one run:
 
 1. size on disk after a WAL checkpoint, and the top-10 text recall of a fixed
    set of queries;
-2. ``compact()`` (every strategy) on one thread while another writes single
-   memories (``remember``, one transaction each) as fast as it can, timing each;
-3. size on disk afterwards, and the same recalls: the results restricted to the
-   memories that survive must be the same lists.
+2. ``compact()`` (every default strategy, sliced: no full rewrite) while
+   another process writes single memories (``remember``, one transaction
+   each, one every ``--write-every-ms``), timing each;
+3. size on disk afterwards (with the writer's memories counted out at the
+   store's bytes per memory), and the same recalls: the results restricted to
+   the memories that survive must be the same lists;
+4. the writer stopped (an idle window), a full rewrite (``rewrite``): the lock
+   time it takes and the size after it.
 
 Targets (issue 15): shrink by at least the removed share (50%); writes during
 compaction p99 under 50 ms.
 
     python bench/bench_compact.py --size 100000
+    python bench/bench_compact.py --size 1000000 --build-only   # then rerun without it: the build is kept
+
+The built store is kept (``compact-pristine-N``) and copied for each run, so
+a rerun measures compaction again without rebuilding (``--rebuild`` forces it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -36,6 +45,7 @@ from benchlib import config, log, machine, summary
 from corpus import Corpus
 
 from neuralsync import UnifiedMemoryAPI
+from neuralsync.services.doctor import fts_levels, fts_problem
 
 WRITER = """
 import json, sys, time
@@ -44,9 +54,10 @@ from benchlib import config
 from corpus import Corpus
 from neuralsync import UnifiedMemoryAPI
 store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+pause = float(sys.argv[5]) / 1000
 latencies = []
 with UnifiedMemoryAPI(config(store, "none")) as api:
-    for record in Corpus().memories(size + 50_000, size):
+    for record in Corpus().memories(size * 10, size):  # more than any run writes: it stops when told
         if stop.exists():
             break
         args = Corpus.remember_args(record)
@@ -54,7 +65,7 @@ with UnifiedMemoryAPI(config(store, "none")) as api:
         start = time.perf_counter_ns()
         api.remember(**args)
         latencies.append(time.perf_counter_ns() - start)
-        time.sleep(0.002)
+        time.sleep(pause)
 out.write_text(json.dumps(latencies))
 """
 EXPIRED_SHARE = 0.30
@@ -94,7 +105,7 @@ def recall_lists(api: UnifiedMemoryAPI, queries: list[str], k: int = 10) -> list
     return [[m.id for m in api.recall(q, top_k=k, mode="text")] for q in queries]
 
 
-def run(store_dir: Path, corpus: Corpus, size: int) -> dict[str, Any]:
+def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, replay: bool) -> dict[str, Any]:
     queries = [q.text for q in corpus.queries(60)]
     with UnifiedMemoryAPI(config(store_dir, "none", merge_undo_days=0)) as api:
         api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -106,16 +117,23 @@ def run(store_dir: Path, corpus: Corpus, size: int) -> dict[str, Any]:
         # agent's pace until told to stop, timing each, and leaves its latencies in a file.
         stop_file, out_file = store_dir / "writer.stop", store_dir / "writer.json"
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store_dir), str(stop_file), str(out_file),
-                                   str(size)], cwd=str(Path(__file__).resolve().parent))
+                                   str(size), str(write_every_ms)], cwd=str(Path(__file__).resolve().parent))
         time.sleep(2.0)  # the writer is up and writing
+        load_before = os.getloadavg()
         started = time.perf_counter()
-        report = api.compact()
+        report = api.compact()  # every default strategy: sliced, no full rewrite
         seconds = time.perf_counter() - started
+        load_during = os.getloadavg()
         stop_file.touch()
         writer.wait(timeout=120)
         latencies = json.loads(out_file.read_text())
         api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         after_size = api.storage.sizes()["total_bytes"]
+        # The writer's memories are not the compaction's: its share, at the store's own bytes per memory.
+        written_bytes = int(len(latencies) * before_size / size)
+        # Then the step only an idle window gets (the writer has stopped): a full rewrite, lock held.
+        rewrite = api.compact(["rewrite"])["steps"][0]
+        rewritten_size = api.storage.sizes()["total_bytes"]
         # Survivors: memories live before and after (the writer's new ones are left out of both lists).
         survivors = {m.id for m in api.iter_memories()} & {i for b in before_lists for i in b}
         after_lists = recall_lists(api, queries, k=40)
@@ -123,9 +141,20 @@ def run(store_dir: Path, corpus: Corpus, size: int) -> dict[str, Any]:
                 for b, a in zip(before_lists, after_lists, strict=True)]
         found = sum(set(b) <= set(a) for b, a in kept)  # every survivor found before is found after
         ordered = sum(a[:len(b)] == b for b, a in kept)  # and in the same order, ahead of the rest
-        doctor = api.doctor(quick=True).ok
+        if replay:  # the whole doctor: every op verified and replayed into a scratch store
+            doctor: Any = api.doctor(quick=True).ok
+        else:  # its checks without the replay (which takes about as long as the build)
+            integrity = api.storage.conn.execute("PRAGMA quick_check").fetchone()[0]
+            doctor = {"quick_check": integrity, "fts": fts_problem(api.storage.conn) or "ok",
+                      "fts_levels": fts_levels(api.storage.conn), "replay": "skipped (--no-replay)"}
     return {"size": size, "before_bytes": before_size, "after_bytes": after_size,
-            "shrunk_share": round(1 - after_size / before_size, 4), "counts_before": counts_before,
+            "shrunk_share": round(1 - after_size / before_size, 4),
+            "writer_bytes_estimated": written_bytes,
+            "shrunk_share_without_writes": round(1 - (after_size - written_bytes) / before_size, 4),
+            "after_rewrite_bytes": rewritten_size,
+            "shrunk_share_after_rewrite_without_writes": round(1 - (rewritten_size - written_bytes) / before_size, 4),
+            "rewrite": rewrite, "load_average": {"before": load_before, "end": load_during},
+            "write_every_ms": write_every_ms, "counts_before": counts_before,
             "analysis_reclaimable": analysis["reclaimable_bytes"], "compact_seconds": round(seconds, 1),
             "steps": report["steps"], "writes_during": summary(latencies),
             "recall_survivors_found": f"{found}/{len(queries)}", "recall_same_order": f"{ordered}/{len(queries)}",
@@ -137,17 +166,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
+    parser.add_argument("--write-every-ms", type=float, default=10.0,
+                        help="the writer's pause between two memories (default 10: 100 a second at most)")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="doctor's checks without its replay of every op (which takes as long as the build)")
+    parser.add_argument("--rebuild", action="store_true", help="build the store even if a kept build exists")
+    parser.add_argument("--build-only", action="store_true", help="build (and keep) the store, do not compact")
     args = parser.parse_args(argv)
     corpus = Corpus()
+    pristine = Path(args.out) / f"compact-pristine-{args.size}"
+    built_file = pristine / "built.json"
+    if args.rebuild or not built_file.exists():
+        log(f"building {args.size:,} memories ({EXPIRED_SHARE:.0%} expiring, {DUPLICATE_SHARE:.0%} duplicates) ...")
+        built = build(pristine, args.size, corpus, args.batch)
+        built_file.write_text(json.dumps(built) + "\n")
+    built = json.loads(built_file.read_text())
+    if args.build_only:
+        return 0
     store_dir = Path(args.out) / f"compact-store-{args.size}"
-    log(f"building {args.size:,} memories ({EXPIRED_SHARE:.0%} expiring, {DUPLICATE_SHARE:.0%} duplicates) ...")
-    built = build(store_dir, args.size, corpus, args.batch)
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
+    log(f"copying the kept build {pristine} ...")
+    shutil.copytree(pristine, store_dir, ignore=shutil.ignore_patterns("built.json", "monitor"))
     time.sleep(0.1)
     log("compacting while a writer writes ...")
-    result = {"machine": machine(), "build": built, **run(store_dir, corpus, args.size)}
+    result = {"machine": machine(), "build": built, **run(store_dir, corpus, args.size, args.write_every_ms,
+                                                                  not args.no_replay)}
     w = result["writes_during"]
     print(f"{args.size:,} memories: {result['before_bytes'] / 1e6:.1f} MB -> {result['after_bytes'] / 1e6:.1f} MB "
-          f"(shrunk {result['shrunk_share']:.1%}; target >= 50%) in {result['compact_seconds']} s\n"
+          f"with {w['n']:,} memories written meanwhile (~{result['writer_bytes_estimated'] / 1e6:.1f} MB): shrunk "
+          f"{result['shrunk_share_without_writes']:.1%} without them (target >= 50%) in {result['compact_seconds']} s;"
+          f" after a full rewrite ({result['rewrite']['lock_held_ms'] / 1000:.1f} s, lock held) "
+          f"{result['after_rewrite_bytes'] / 1e6:.1f} MB: {result['shrunk_share_after_rewrite_without_writes']:.1%}\n"
           f"writes during compaction: n {w['n']} p50 {w['p50']:.2f} ms p99 {w['p99']:.2f} ms max {w['max']:.1f} ms "
           f"(target p99 < 50 ms)\nrecalls finding the same survivors: {result['recall_survivors_found']} (same order"
           f" {result['recall_same_order']}); "

@@ -28,9 +28,11 @@ UPDATABLE_FIELDS: frozenset[str] = (frozenset(SCALAR_FIELDS) - {"created_at", "s
 MAX_CONTENT_CHARS = 100_000
 # How a duplicate is merged into the memory it repeats (the merger; ``manual`` keeps both for a person).
 MERGE_STRATEGIES: tuple[str, ...] = ("semantic_merge", "last_writer_wins", "content_merge", "manual")
-# What the compactor can do, in the order it does it (purges before the rewrite).
+# What the compactor can do, in the order it does it (purges before the rewrite). "rewrite" (a full VACUUM,
+# which holds the write lock while it runs) only runs when asked by name.
 COMPACT_STRATEGIES: tuple[str, ...] = ("purge_expired", "consolidate_duplicates", "archive_over_quota",
-                                       "prune_payloads", "fts_optimize", "vector_rebuild", "checkpoint", "vacuum")
+                                       "prune_payloads", "fts_optimize", "vector_rebuild", "checkpoint", "vacuum",
+                                       "rewrite")
 
 
 class Memory(NamedTuple):

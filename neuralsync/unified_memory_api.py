@@ -34,7 +34,7 @@ from .search.filters import Filters
 from .search.recall import MODES, Recaller
 from .search.semantic import SemanticIndex
 from .services.compactor import DEFAULT_STRATEGIES, Compactor
-from .services.doctor import DoctorReport, run_doctor
+from .services.doctor import DoctorReport, repair_fts, run_doctor
 from .services.maintenance import optimize, tune
 from .services.merger import OFF, Merger, choose_strategy
 from .services.monitor import AlertCallback, PerformanceMonitor, SharedFigures, check_target, process_resources
@@ -805,6 +805,11 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the
         state from the log compared with the stored state."""
         return run_doctor(self.storage, progress, quick)
+
+    def repair_fts(self) -> dict[str, Any]:
+        """Rebuild the full-text index from the memories table, resetting its shadow tables first when
+        SQLite cannot open it; what it found and did (``neuralsync doctor --repair``)."""
+        return repair_fts(self.storage)
 
     def get_system_stats(self) -> dict[str, Any]:
         """Counts, sizes, and latency percentiles per operation."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -151,7 +152,7 @@ def test_list_orders_and_limits(run: Run) -> None:
     assert json.loads(out) == []
 
 
-def test_stats_doctor_optimize_readable(run: Run) -> None:
+def test_stats_doctor_optimize_readable(run: Run, home: Path) -> None:
     remember(run, "something to count")
     code, out, _ = run("stats")
     assert code == 0 and "memories" in out and "1 (0 expired, 0 deleted)" in out
@@ -159,6 +160,12 @@ def test_stats_doctor_optimize_readable(run: Run) -> None:
     assert code == 0 and "rebuild matches" in out and "OK" in out
     code, out, _ = run("doctor", "--quick")
     assert code == 0
+    with sqlite3.connect(home / "memory.db") as raw:  # the FTS index's structure record gone: unreadable
+        raw.execute("DELETE FROM memories_fts_data")
+    code, out, _ = run("doctor", "--quick")
+    assert code == 1 and "FTS index unreadable" in out and "--repair" in out
+    code, out, _ = run("doctor", "--quick", "--repair")
+    assert code == 0 and "rebuilt" in out and "OK" in out
     code, out, _ = run("optimize")
     assert code == 0 and "probe before" in out and "probe after" in out
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from neuralsync.services.doctor import run_doctor
+from neuralsync.services.doctor import FTS_MAX_LEVELS, fts_levels, run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
 
 
@@ -154,3 +156,62 @@ def test_deleting_a_middle_op_breaks_the_chain(api: UnifiedMemoryAPI) -> None:
     report = run_doctor(api.storage)
     assert not report.ok
     assert any(entry.startswith(f"op #{seqs[2]} ") and "predecessor" in entry for entry in report.bad_ops)
+
+
+@pytest.mark.parametrize(("damage", "unreadable"), [
+    ("DELETE FROM memories_fts_data", True),  # structure record gone: 'vtable constructor failed' (seen at 1M)
+    ("DROP TABLE memories_fts_config", True),  # a shadow table missing: the same
+    ("UPDATE memories_fts_data SET block = x'ffff' WHERE id = 10", False),  # damaged structure: 'malformed'
+])
+def test_a_damaged_fts_index_is_reported_and_repair_rebuilds_it(make_api: Callable[..., UnifiedMemoryAPI],
+                                                                 tmp_path: Path, damage: str,
+                                                                 unreadable: bool) -> None:
+    api = make_api(embedder="none")
+    for i in range(40):
+        api.remember(f"note {i} about the {('harbour', 'glacier', 'orchard')[i % 3]}", tags=[f"t{i % 4}"])
+    before = [m.id for m in api.recall("glacier", top_k=20, mode="text")]
+    digest = run_doctor(api.storage, quick=True).digest
+    api.close()
+    _tamper_path(tmp_path / "store" / "memory.db", damage)
+    api = make_api(embedder="none")
+    report = run_doctor(api.storage, quick=True)
+    assert not report.ok and report.fts.startswith("FTS index") and "--repair" in report.fts
+    assert report.digest == digest  # the memories and the log are intact: only the derived index is damaged
+    repaired = api.repair_fts()
+    assert repaired["rebuilt"] and (repaired["shadow_tables_reset"] != []) == unreadable
+    assert repaired["found"].startswith("FTS index unreadable") == unreadable
+    after = run_doctor(api.storage, quick=True)
+    assert after.ok and after.fts == "ok" and after.digest == digest
+    assert [m.id for m in api.recall("glacier", top_k=20, mode="text")] == before
+    api.remember("a glacier note written after the repair")
+    assert len(api.recall("glacier", top_k=20, mode="text")) == len(before) + 1
+
+
+def _tamper_path(path: Path, sql: str) -> None:
+    raw = sqlite3.connect(path)
+    try:
+        raw.execute(sql)
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def test_fts_levels_grown_by_negative_merges_are_reported_before_the_index_breaks(
+        make_api: Callable[..., UnifiedMemoryAPI]) -> None:
+    # What broke a 1M index once: FTS5's negative 'merge' with rows arriving between rounds adds levels
+    # until, past 2000, FTS5 refuses the index. The doctor names it long before; a repair resets it.
+    # (It takes a merge that cannot finish in one round: an index larger than the pages a round may write.)
+    api = make_api(embedder="none")
+    with api.batch_operations():
+        for i in range(300):
+            api.remember(f"fact {i}: " + " ".join(f"word{(i * 7 + j) % 997}" for j in range(40)))
+    for i in range(60):
+        api.remember(f"note {i} about the harbour")
+        with api.storage.write() as conn:
+            conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', -2)")
+    assert fts_levels(api.storage.conn) > FTS_MAX_LEVELS
+    report = run_doctor(api.storage, quick=True)
+    assert not report.ok and "levels" in report.fts
+    api.repair_fts()
+    assert fts_levels(api.storage.conn) <= 2 and run_doctor(api.storage, quick=True).ok
+    assert len(api.recall("harbour", top_k=100, mode="text")) == 60

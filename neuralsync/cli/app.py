@@ -145,6 +145,9 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     add("stats", cmd_stats, "counts, sizes and latencies")
     cmd = add("doctor", cmd_doctor, "check integrity: SQLite, FTS, op hashes and signatures, rebuild")
     cmd.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead of a full integrity check")
+    cmd.add_argument("--repair", action="store_true",
+                     help="first rebuild the full-text index from the memories table (derived data: what"
+                          " recall shows stays the same), then check")
     cmd = add("export", cmd_export, "write every memory as JSON Lines")
     cmd.add_argument("file", nargs="?", default="-", metavar="FILE", help="output file (default: stdout)")
     cmd = add("import", cmd_import, "read memories from JSON Lines or a NeuralSync2 home"
@@ -347,10 +350,17 @@ def cmd_doctor(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     """Full check; exit 0 only when every check passed."""
     from .progress import Progress
 
+    repaired: dict[str, Any] | None = None
+    if args.repair:
+        repaired = api.repair_fts()
+        if not args.json:
+            print(f"full-text index: was {repaired['found']}; rebuilt in {repaired['ms'] / 1000:.1f} s"
+                  + (f" (shadow tables reset: {', '.join(repaired['shadow_tables_reset'])})"
+                     if repaired["shadow_tables_reset"] else ""))
     with Progress("checking ops", unit="ops") as bar:
         report = api.doctor(progress=bar, quick=args.quick)
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"repair": repaired} if repaired is not None else {})})
         return 0 if report.ok else 1
     match = "rebuild matches" if report.digest == report.rebuilt_digest else "REBUILD DIFFERS"
     rows([("integrity", report.integrity), ("fts", report.fts),

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 def add_compact_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``compact`` on the CLI's subcommand factory."""
     cmd = add("compact", cmd_compact, "reclaim space: purge expired memories, merge duplicates, FTS merge, "
-                                      "vector index rebuild, WAL checkpoint, vacuum")
+                                      "vector index rebuild, WAL checkpoint, incremental vacuum;"
+                                      " a full rewrite only with --strategy rewrite")
     cmd.add_argument("--analyze", action="store_true", help="only measure what could be reclaimed")
     cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     cmd.add_argument("--strategy", action="append", metavar="NAME",

@@ -51,6 +51,7 @@ MAX_DELTA = 200_000              # newest rows kept in memory when the file lags
 REFRESH_DELTA = 5_000            # a server rebuilds the file once this many rows are uncovered
 REFRESH_INTERVAL_S = 15.0
 WIDEN = (8, 32)
+REMOVED_PER_WRITE = 2_000        # removed keys forgotten per write transaction after a rebuild
 SERVER_RECHECK_S = 30.0          # a process embedding locally looks for a started server this often
 INDEX_FILE = "vectors.usearch"
 # Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
@@ -491,8 +492,10 @@ class SemanticIndex:
                 index.save(self.path, covered_seq=top_seq)
             finally:
                 index.close()
-            with self.storage.write() as wconn:
-                wconn.executemany("DELETE FROM vector_removed WHERE mem = ?", [(m,) for m in removed])
+            for start in range(0, len(removed), REMOVED_PER_WRITE):  # short writes: writers wait no longer
+                with self.storage.write() as wconn:
+                    wconn.executemany("DELETE FROM vector_removed WHERE mem = ?",
+                                      [(m,) for m in removed[start:start + REMOVED_PER_WRITE]])
             with self._lock:
                 self._ann_checked = 0.0
             return {"mode": "incremental" if base is not None else "full", "added": added,

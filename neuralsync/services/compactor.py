@@ -30,6 +30,7 @@ from ..oplog.log import OpLog
 from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
 from ..utils import now_ms
+from .doctor import fts_levels
 
 if TYPE_CHECKING:
     from ..search.semantic import SemanticIndex
@@ -41,18 +42,24 @@ STRATEGIES = COMPACT_STRATEGIES
 ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
-PRUNE_SLICE = 100  # op bodies replaced by their skeletons per write transaction
-# A full VACUUM rewrites the file under the write lock: only when asked by name (or on a store set up
-# for incremental vacuum, where "vacuum" frees pages a slice at a time).
+PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
+# A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
+# ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
 # Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
-DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s != "archive_over_quota")
+DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s not in ("archive_over_quota", "rewrite"))
 # Slices are sized so that one write transaction lasts a few milliseconds (writers wait no longer).
-PURGE_SLICE = 100  # expired memories deleted per write transaction (one purge op)
-MERGE_SLICE = 8  # memories checked for exact duplicates per write transaction
-VACUUM_SLICE_PAGES = 2048  # pages returned to the file system per incremental-vacuum transaction
-FTS_MERGE_PAGES = 500  # pages merged per FTS merge transaction
-SLICE_PAUSE_S = 0.002  # after each slice: writers waiting for the lock go first
-REWRITE_WHEN_UNUSED = 0.2  # "vacuum" rewrites the file when this share of it is free space inside pages
+PURGE_SLICE = 25  # expired memories deleted per write transaction (one purge op: ~10 ms at 100)
+MERGE_SLICE = 2  # duplicate clusters merged per write transaction
+VACUUM_SLICE_PAGES = 256  # pages returned to the file system per incremental-vacuum transaction
+FTS_MERGE_PAGES = 100  # pages merged per FTS merge transaction
+# After each slice the lock is left free for at least this long, and for as long as the slice held it: a
+# writer in another process polls the lock (SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20 ms...), and
+# a gap shorter than its sleep is one it sleeps through.
+SLICE_PAUSE_S = 0.01
+SLICE_DUTY = 1.0
+# Every this many slices the compactor copies the WAL into the database itself (PASSIVE: writers go on), so
+# the WAL never reaches the autocheckpoint size and a writer's commit never pays for the compactor's pages.
+CHECKPOINT_EVERY = 8
 VECTOR_BYTES = 4  # float32
 
 
@@ -67,6 +74,7 @@ class Compactor:
         self.oplog = oplog
         self.merger = merger
         self.semantic = semantic
+        self._held_ms: list[float] = []  # how long each slice of the current step held the write lock
 
     # ------------------------------------------------------------ analysis
     def analyze(self) -> dict[str, Any]:
@@ -102,7 +110,8 @@ class Compactor:
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "checkpoint": sizes["wal_bytes"],
-            "vacuum": free * page_size + unused,
+            "vacuum": free * page_size if auto_vacuum == 2 else 0,
+            "rewrite": free * page_size + unused,
         }
         return {
             "db_bytes": sizes["db_bytes"], "wal_bytes": sizes["wal_bytes"], "page_size": page_size,
@@ -112,7 +121,7 @@ class Compactor:
             "memories": live, "expired": expired,
             "tombstones": conn.execute("SELECT count(*) FROM tombstones").fetchone()[0],
             "duplicate_clusters": dup_clusters, "duplicates": dup_rows,
-            "fts_segments": segments,
+            "fts_segments": segments, "fts_levels": fts_levels(conn),
             "vector_index_lag": self.semantic.uncovered() if self.semantic is not None else 0,
             "vectors_removed_but_indexed": removed,
             "oplog_bytes": oplog_bytes, "table_bytes": tables,
@@ -134,7 +143,10 @@ class Compactor:
             elif name == "archive_over_quota":
                 step["memories"], step["quota_bytes"] = self._over_quota(self.storage.conn)[0], self.quota_bytes
             elif name == "vacuum":
-                step["mode"] = "incremental" if found["auto_vacuum"] == "incremental" else "full rewrite"
+                step["mode"] = ("incremental" if found["auto_vacuum"] == "incremental"
+                                else "none: the store is not set up for incremental vacuum (see 'rewrite')")
+            elif name == "rewrite":
+                step["mode"] = "full rewrite, holding the write lock while it runs"
             steps.append(step)
         return steps
 
@@ -150,8 +162,12 @@ class Compactor:
         done: list[dict[str, Any]] = []
         for name in chosen:
             step_started = time.perf_counter()
+            self._held_ms = []
             result = getattr(self, "_" + name)(progress)
-            done.append({"strategy": name, **result, "ms": round((time.perf_counter() - step_started) * 1000, 1)})
+            held = sorted(self._held_ms)
+            done.append({"strategy": name, **result, "ms": round((time.perf_counter() - step_started) * 1000, 1),
+                         "slices": len(held), "p99_lock_ms": round(held[int(0.99 * (len(held) - 1))], 1) if held
+                         else 0.0, "max_lock_ms": round(held[-1], 1) if held else 0.0})
         after = self.storage.sizes()
         return {"dry_run": False, "steps": done, "before": before, "after": after,
                 "reclaimed_bytes": before["total_bytes"] - after["total_bytes"],
@@ -160,6 +176,7 @@ class Compactor:
     def idle_slice(self) -> dict[str, Any]:
         """One short round for a scheduler: a slice of each cheap strategy (no full rewrite)."""
         out: dict[str, Any] = {}
+        self._held_ms = []
         out["purged"] = self._purge_slice()
         with self.storage.write() as conn:
             conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
@@ -207,13 +224,14 @@ class Compactor:
             before = conn.total_changes
             with self._slice() as wconn:
                 # The incremental merge FTS5's own automerge uses (positive: levels of 'usermerge' segments).
-                # A negative merge (towards one segment) left a 1M-row index unreadable once in a compaction
-                # bench here (SQLite 3.40); until that is understood, only this path runs.
+                # Never the negative one (towards a single segment): with rows arriving between rounds it
+                # adds a level or two a round, and past 2000 levels FTS5 refuses the index as corrupt -
+                # what left a 1M-row index unreadable here once (reproduced; see doctor.FTS_MAX_LEVELS).
                 wconn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES,))
             rounds += 1
             if conn.total_changes - before <= 1:
                 break
-        return {"merge_rounds": rounds,
+        return {"merge_rounds": rounds, "levels": fts_levels(conn),
                 "segments": conn.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]}
 
     def _vector_rebuild(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
@@ -223,27 +241,47 @@ class Compactor:
         return {**self.semantic.refresh_index(full=removed > 0), "removed_keys_dropped": removed}
 
     def _checkpoint(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-        busy, frames, done = self.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return self._wal_checkpoint()
+
+    def _wal_checkpoint(self) -> dict[str, Any]:
+        """Copy the WAL into the database without blocking writers (PASSIVE), then empty the file: the
+        TRUNCATE checkpoint blocks writers, but only for the frames written since the passive one."""
+        conn = self.storage.conn
+        busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        started = time.perf_counter()
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._held_ms.append((time.perf_counter() - started) * 1000)
         return {"frames": frames, "checkpointed": done, "readers_active": bool(busy)}
 
     def _vacuum(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Return free pages to the file system a slice at a time (a store with auto_vacuum=incremental, the
+        default). Space free inside pages stays: only a full rewrite ("rewrite") returns it."""
         conn = self.storage.conn
-        size = self.storage.sizes()["db_bytes"]
-        if self._incremental() and unused_bytes(conn) < REWRITE_WHEN_UNUSED * size:
-            freed = 0
-            while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
-                with self._slice() as wconn:
-                    wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
-                freed += VACUUM_SLICE_PAGES
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            return {"mode": "incremental"}
-        # Space freed inside pages (pruned bodies, deleted rows) or a store made before incremental vacuum
-        # was the default: one full rewrite, which holds the write lock while it runs (writers wait).
+        if not self._incremental():
+            return {"mode": "skipped: the store is not set up for incremental vacuum; 'rewrite' converts it"}
+        total = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        freed = 0
+        while freed < total + VACUUM_SLICE_PAGES:  # bounded: a writer may free pages as we go
+            with self._slice() as wconn:
+                left = wconn.execute("PRAGMA freelist_count").fetchone()[0]
+                if not left:
+                    break
+                wconn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES})").fetchall()
+            freed += min(left, VACUUM_SLICE_PAGES)
+            if progress is not None:
+                progress("vacuum", min(freed, total), total)
+        return {"mode": "incremental", "pages_freed": freed, **self._wal_checkpoint()}
+
+    def _rewrite(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """One full VACUUM: returns the space free inside pages too and converts a store to incremental
+        vacuum, but holds the write lock for its whole run (writers wait): only when asked, in an idle
+        window."""
+        conn = self.storage.conn
         started = time.perf_counter()
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return {"mode": "full rewrite", "lock_held_ms": round((time.perf_counter() - started) * 1000, 1)}
+        self._held_ms.append((time.perf_counter() - started) * 1000)
+        return {"mode": "full rewrite", "lock_held_ms": round(self._held_ms[-1], 1), **self._wal_checkpoint()}
 
     def _archive_over_quota(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         """Over the quota, archive the memories of least value until the live ones fit: value is priority
@@ -347,8 +385,13 @@ class Compactor:
         """One short write transaction of compaction, then a pause, so that writers waiting for the lock
         (or, in this process, for the interpreter) go first."""
         with self.storage.write() as conn:
+            started = time.perf_counter()  # from BEGIN IMMEDIATE's return: the lock is ours, to the commit
             yield conn
-        time.sleep(SLICE_PAUSE_S)
+        held = time.perf_counter() - started
+        self._held_ms.append(held * 1000)
+        if len(self._held_ms) % CHECKPOINT_EVERY == 0:
+            self.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        time.sleep(max(SLICE_PAUSE_S, SLICE_DUTY * held))
 
     def _incremental(self) -> bool:
         return int(self.storage.conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2

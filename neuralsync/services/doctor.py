@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidOp
+from ..errors import InvalidOp, StoreError
 from ..oplog import codec
 from ..oplog.graph import pred_nodes
 from ..oplog.materialize import apply_op
@@ -28,6 +29,13 @@ from ..store.schema import MIGRATIONS
 from ..store.storage import Storage
 
 Progress = Callable[[int, int], None]
+FTS = "memories_fts"
+FTS_SETTINGS = (("pgsz", 4050), ("automerge", 8), ("crisismerge", 32))  # as schema migration 1 sets them
+# FTS5 (SQLite 3.40) refuses a structure of more than 2000 levels as corrupt, and its negative 'merge'
+# adds one or two levels a round when rows arrive between rounds (reproduced: ~1000 rounds with writes in
+# between, as a long compaction beside a writer did). Its own merges keep a few; past this many, doctor warns.
+FTS_MAX_LEVELS = 64
+_FTS_STRUCTURE_V2 = b"\xff\x00\x00\x01"
 MAX_LISTED = 20
 
 _DIGEST_QUERIES = (
@@ -82,10 +90,9 @@ def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool =
         "PRAGMA quick_check" if quick else "PRAGMA integrity_check"))
     if report.integrity != "ok":
         report.ok = False
-    try:
-        conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
-    except sqlite3.DatabaseError as exc:
-        report.fts = f"FTS index does not match the memories table: {exc}"
+    problem = fts_problem(conn)
+    if problem is not None:
+        report.fts = f"{problem} (`neuralsync doctor --repair` rebuilds it from the memories table)"
         report.ok = False
     with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir, storage.read():
         # One read snapshot for replay, digest and diff: writers elsewhere may go on.
@@ -101,6 +108,88 @@ def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool =
         finally:
             scratch.close()
     return report
+
+
+def fts_levels(conn: sqlite3.Connection) -> int:
+    """Levels in the FTS5 structure record (its header: a 4-byte cookie, then a varint), 0 if unreadable."""
+    try:
+        row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = 10").fetchone()
+    except sqlite3.DatabaseError:  # the shadow table itself is gone or damaged: fts_problem says so
+        return 0
+    if row is None or not isinstance(row[0], bytes):
+        return 0
+    block = row[0]
+    pos = 8 if block[4:8] == _FTS_STRUCTURE_V2 else 4
+    value = 0
+    for byte in block[pos:pos + 9]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            break
+    return value
+
+
+def fts_problem(conn: sqlite3.Connection) -> str | None:
+    """None when the full-text index opens and matches the memories table, else what is wrong with it."""
+    try:
+        conn.execute(f"SELECT rowid FROM {FTS} LIMIT 1").fetchall()  # constructs the virtual table
+    except sqlite3.DatabaseError as exc:
+        return f"FTS index unreadable: {exc}"
+    levels = fts_levels(conn)
+    if levels > FTS_MAX_LEVELS:
+        return (f"FTS index structure has {levels} levels (FTS5 refuses more than 2000; merges with a negative"
+                " argument add them)")
+    try:
+        conn.execute(f"INSERT INTO {FTS}({FTS}, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return f"FTS index does not match the memories table: {exc}"
+    return None
+
+
+def repair_fts(storage: Storage) -> dict[str, Any]:
+    """Rebuild the full-text index from the memories table (it is derived data: nothing a replica shows
+    changes). When FTS5 cannot even open the index (its shadow tables are damaged: "vtable constructor
+    failed"), the shadow tables are first reset to those of a fresh, empty index - a DROP of the virtual
+    table would need to open it too. Holds the write lock for the whole rebuild (seconds at a million
+    memories): a repair, asked for by a person."""
+    started = time.perf_counter()
+    reset: list[str] = []
+    with storage.write() as conn:
+        before = fts_problem(conn)
+        if before is not None and before.startswith("FTS index unreadable"):
+            reset = _reset_fts_shadows(conn)
+        for setting, value in FTS_SETTINGS:
+            conn.execute(f"INSERT INTO {FTS}({FTS}, rank) VALUES (?, ?)", (setting, value))
+        conn.execute(f"INSERT INTO {FTS}({FTS}) VALUES ('rebuild')")
+        after = fts_problem(conn)
+    if after is not None:
+        raise StoreError(f"the FTS index could not be repaired: {after}")
+    return {"found": before or "ok", "shadow_tables_reset": reset, "rebuilt": True,
+            "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _reset_fts_shadows(conn: sqlite3.Connection) -> list[str]:
+    """Give the FTS table the shadow tables (definitions and rows) of a fresh empty index, made in memory
+    with the same definition, so that FTS5 opens it again; returns the tables replaced."""
+    (ddl,) = conn.execute("SELECT sql FROM sqlite_schema WHERE name = ?", (FTS,)).fetchone()
+    fresh = sqlite3.connect(":memory:")
+    try:
+        fresh.execute(ddl)
+        tables = {name: sql for name, sql in fresh.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
+            (FTS + "\\_%",))}
+        rows = {name: fresh.execute(f"SELECT * FROM {name}").fetchall() for name in tables}
+    finally:
+        fresh.close()
+    for name, sql in tables.items():
+        try:
+            conn.execute(f"DELETE FROM {name}")
+        except sqlite3.DatabaseError:  # missing, or its b-tree is damaged: make it anew
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(sql)
+        if rows[name]:
+            marks = ", ".join("?" * len(rows[name][0]))
+            conn.executemany(f"INSERT INTO {name} VALUES ({marks})", rows[name])
+    return sorted(tables)
 
 
 def _replay(storage: Storage, scratch: Storage, report: DoctorReport, progress: Progress | None) -> None:
