@@ -82,29 +82,43 @@ def server_token(home: Path) -> str | None:
         return None
 
 
-def persona_via_server(home: Path, timeout: float = RECALL_TIMEOUT_S) -> str | None:
-    """The persona text from the store's running server (``GET /v1/persona``); None when no server is
-    announced or it cannot answer (the caller then reads the store itself)."""
+def _ask_server(home: Path, method: str, path: str, request: dict[str, Any] | None, timeout: float
+                ) -> tuple[int, Any] | None:
+    """(status, parsed JSON answer) of one call to the store's announced server; None when no server is
+    announced, it cannot be reached or answers no JSON (the caller then uses the store itself)."""
     info = read_server_info(home)
     token = server_token(home) if info is not None else None
     if info is None or token is None:
         return None
-    import http.client
+    import http.client  # only when a server is announced: ~15 ms of imports a process alone never needs
 
     parts = urlsplit(info.url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"}
+    body = None
+    if request is not None:
+        body, headers["Content-Type"] = json.dumps(request).encode("utf-8"), "application/json"
     try:
-        conn.request("GET", "/v1/persona", headers={"Authorization": f"Bearer {token}"})
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
-        status, body = response.status, response.read()
+        status, raw = response.status, response.read()
     except (OSError, http.client.HTTPException):
-        return None
+        return None  # gone or stuck
     finally:
         conn.close()
     try:
-        answer = parse_json(body)
-    except ValueError:
+        return status, parse_json(raw)  # one rule for JSON read from a socket, bounded
+    except ValueError:  # InvalidInput is one
         return None
+
+
+def persona_via_server(home: Path, timeout: float = RECALL_TIMEOUT_S) -> str | None:
+    """The persona text from the store's running server (``GET /v1/persona``); None when no server is
+    announced or it cannot answer (the caller then reads the store itself)."""
+    asked = _ask_server(home, "GET", "/v1/persona", None, timeout)
+    if asked is None:
+        return None
+    status, answer = asked
     text = answer.get("text") if status == 200 and isinstance(answer, dict) else None
     return text if isinstance(text, str) else None
 
@@ -114,27 +128,10 @@ def recall_via_server(home: Path, request: dict[str, Any], timeout: float = RECA
     ``recall`` arguments, JSON-ready); None when no server is announced or it cannot answer (gone, stuck,
     refusing the token): the caller then searches locally. Input the server refuses as invalid (422)
     raises :class:`InvalidInput`, as a local recall would."""
-    info = read_server_info(home)
-    token = server_token(home) if info is not None else None
-    if info is None or token is None:
+    asked = _ask_server(home, "POST", "/v1/recall", request, timeout)
+    if asked is None:
         return None
-    import http.client  # only when a server is announced: ~15 ms of imports a process alone never needs
-
-    parts = urlsplit(info.url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    try:
-        conn.request("POST", "/v1/recall", body=json.dumps(request).encode("utf-8"),
-                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-        response = conn.getresponse()
-        status, body = response.status, response.read()
-    except (OSError, http.client.HTTPException):
-        return None  # gone or stuck: search locally
-    finally:
-        conn.close()
-    try:
-        answer = parse_json(body)  # one rule for JSON read from a socket, bounded
-    except ValueError:  # InvalidInput is one
-        return None
+    status, answer = asked
     if status == 422 and isinstance(answer, dict) and isinstance(answer.get("error"), dict):
         error = answer["error"]
         raise InvalidInput(str(error.get("field") or "query"), str(error.get("message") or "invalid input"))
