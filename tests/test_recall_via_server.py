@@ -17,6 +17,7 @@ pytest.importorskip("httpx")
 
 from _live import live_server
 
+from neuralsync.discovery import persona_via_server
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
 
 pytestmark = pytest.mark.slow
@@ -88,6 +89,10 @@ def test_recalls_beside_a_server_are_answered_by_it_identically(tmp_path: Path,
             assert _same(_recalls(api), expected)
             assert asked == []
         monkeypatch.setattr(facade, "recall_via_server", real)
+        with UnifiedMemoryAPI(MemoryConfig.from_env(home)) as api:
+            api.set_persona("terse; British spelling")
+        assert persona_via_server(home) == "terse; British spelling"  # the hooks read it this way
+    assert persona_via_server(home) is None  # no server announced: the caller reads the store
     with UnifiedMemoryAPI(MemoryConfig.from_env(home)) as api:  # the server is gone: searched here
         assert _same(_recalls(api), expected)
 
