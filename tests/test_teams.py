@@ -159,3 +159,17 @@ def test_the_team_commands(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "user" in refused.stderr
     nowhere = cli("team", "sync", "platform")
     assert nowhere.returncode == 2 and "relay" in nowhere.stderr
+
+
+def test_a_reader_scan_leaves_the_shared_scope_and_merges_its_own(
+        pair: tuple[UnifiedMemoryAPI, UnifiedMemoryAPI, bytes]) -> None:
+    alice, bob, graph = pair
+    alice.team_set_member("platform", bob.team_whoami()["user"], "reader")
+    for _ in range(2):
+        alice.remember("deploys need two approvals", scope="team:platform", merge="off")
+        bob.remember("bob's own repeated note", merge="off")
+    deliver(alice, bob, graph)
+    scanned = bob.scan_duplicates(near=False, everything=True)  # a reader cannot merge in the scope
+    assert scanned["exact"] == 1 and len(bob.recall("bob's own repeated note", mode="text")) == 1
+    assert len([m for m in bob.recall("deploys approvals", mode="text") if m.scope == "team:platform"]) == 2
+    assert alice.scan_duplicates(near=False, everything=True)["exact"] == 1  # a writer merges there

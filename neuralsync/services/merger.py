@@ -45,6 +45,7 @@ from ..search.similarity import content_union, more_specific, near_duplicate
 from ..store.reads import MEMORY_COLUMNS, NOT_EXPIRED, Reader, row_to_memory
 from ..textnorm import norm_hash
 from ..utils import now_ms
+from .teams import may_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -295,7 +296,7 @@ class Merger:
     def _merge_cluster(self, conn: sqlite3.Connection, scope: str, key: str) -> list[MergeDone]:
         """Merge the live memories of ``scope`` whose normal form hashes to ``key`` into the earliest."""
         strategy = choose_strategy(self.config, scope)
-        if strategy == OFF:
+        if strategy == OFF or not may_write(conn, scope, self.oplog.author):
             return []
         group = self._cluster(conn, scope, key)
         if len(group) < 2:
@@ -360,7 +361,8 @@ class Merger:
             return []  # one went meanwhile
         survivor, other = sorted((first, second), key=lambda m: first_create(conn, m.id))
         strategy = choose_strategy(self.config, survivor.scope)
-        if strategy == OFF or self._undone(conn, survivor.id, other.id):
+        if strategy == OFF or not may_write(conn, survivor.scope, self.oplog.author) or self._undone(
+                conn, survivor.id, other.id):
             return []
         if strategy == "manual":
             self.pair_for_person(conn, survivor.id, other.id, rule)

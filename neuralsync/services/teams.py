@@ -146,9 +146,7 @@ class Teams:
 
     def membership(self, conn: sqlite3.Connection, graph: bytes) -> team.Membership:
         """The scope's membership as of everything held here."""
-        heads = [found for (hid,) in conn.execute("SELECT id FROM heads WHERE graph = ?", (graph,))
-                 if (found := node(conn, hid)) is not None]
-        return membership_at(conn, graph, heads)
+        return membership_now(conn, graph)
 
     def promote(self, memory_id: str, name: str) -> str:
         """Copy a private memory into the shared scope ``name`` (a new memory there, its provenance in its
@@ -311,6 +309,22 @@ class Teams:
                          (now_ms(), report.error, graph))
         for op, reason in report.refused:
             log.warning("relay sync of %s refused op %s: %s", report.team, op, reason)
+
+
+def membership_now(conn: sqlite3.Connection, graph: bytes) -> team.Membership:
+    """A shared scope's membership as of every op of it held here (its heads)."""
+    heads = [found for (hid,) in conn.execute("SELECT id FROM heads WHERE graph = ?", (graph,))
+             if (found := node(conn, hid)) is not None]
+    return membership_at(conn, graph, heads)
+
+
+def may_write(conn: sqlite3.Connection, scope: str, device: bytes) -> bool:
+    """True unless ``scope`` is a shared scope in which this device's ops would be refused (not a writer
+    there, as of what is held here): background work (the merger's scans) leaves such scopes alone."""
+    if not scope.startswith(team.SCOPE_PREFIX):
+        return True
+    rows = conn.execute("SELECT graph FROM teams WHERE name = ?", (scope[len(team.SCOPE_PREFIX):],)).fetchall()
+    return len(rows) == 1 and membership_now(conn, bytes(rows[0][0])).role_of_device(device) in team.WRITE_ROLES
 
 
 def hex32(text: object, name: str, hint: str = "must be 64 hex characters") -> bytes:
