@@ -218,7 +218,7 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
             strategy = choose_strategy(self.config, fields["scope"], merge)
         record_id = new_id()
         if fields["scope"].startswith(team.SCOPE_PREFIX):  # a shared scope's memory: its id is bound to the scope
-            record_id = self.teams.new_record(self.storage.conn, fields) or record_id
+            record_id = self.teams.new_record(self.storage.conn, fields)
         return self._create_or_merge(record_id, fields, strategy, read_back)
 
     def _create_or_merge(self, record_id: str, fields: dict[str, Any], strategy: str, read_back: bool) -> _Outcome:
@@ -289,7 +289,8 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
             def unit(_conn: sqlite3.Connection) -> Memory | None:
                 current = self._require(record_id)
                 moved = scalars.get("scope", current.scope)
-                if moved != current.scope and team.SCOPE_PREFIX in (moved[:5], current.scope[:5]):
+                if moved != current.scope and (moved.startswith(team.SCOPE_PREFIX)
+                                               or current.scope.startswith(team.SCOPE_PREFIX)):
                     raise InvalidInput("scope", "a memory does not move in or out of a shared scope; "
                                        "share a copy with team_promote")
                 intents = [("update", record_id, scalars)] if scalars else []

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import validation as v
 from ..config import MemoryConfig
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..model import LoggedOp, Memory
 from ..oplog import team
 from ..oplog.clock import hlc_ms
-from ..oplog.log import OpLog
+from ..oplog.log import OpLog, team_graph
 from ..replication.peers import check_url as check_relay_url
 from ..replication.protocol import SyncReport
 from ..replication.service import Replication, TransportFactory
@@ -100,7 +100,11 @@ class SharingDoor:
 
     def team_promote(self, memory_id: str, name: str) -> str:
         """Share a private memory with a shared scope: a new memory there, its provenance in its metadata."""
-        return self.teams.promote(v.memory_id(memory_id), name)
+        record_id = v.memory_id(memory_id)
+        memory = self.reads.get(record_id, include_expired=True)
+        if memory is None:
+            raise NotFound(record_id)
+        return self.teams.promote(memory, name)
 
     def teams_list(self) -> list[dict[str, Any]]:
         """Shared scopes held here: id, members and roles, this user's role, memories, relay and last sync."""
@@ -147,11 +151,10 @@ class SharingDoor:
 
     def _team_id(self, scope: str) -> bytes:
         text = v.label(scope, "scope", 128) or ""
-        name = text[len(team.SCOPE_PREFIX):] if text.startswith(team.SCOPE_PREFIX) else text
-        row = self.storage.conn.execute("SELECT graph FROM teams WHERE name = ?", (name,)).fetchall()
-        if len(row) == 1:
-            return bytes(row[0][0])
-        return hex32(text, "scope")  # a scope not held yet (joining): its id
+        try:
+            return team_graph(self.storage.conn, text.removeprefix(team.SCOPE_PREFIX))
+        except InvalidInput:
+            return hex32(text, "scope")  # a scope not held yet (joining): its id
 
     def log_page(self, seq: int, limit: int) -> list[LoggedOp]:
         """Ops after local sequence number ``seq`` (at most ``limit``), oldest first, each with its

@@ -184,7 +184,6 @@ def _elements(blanked: str, open_pos: int) -> tuple[list[tuple[int, int]], int]:
         i = _skip(blanked, i + 1)
 
 
-
 def _skip(blanked: str, i: int) -> int:
     while i < len(blanked) and blanked[i] in _WS:
         i += 1

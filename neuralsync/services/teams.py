@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 
-from ..errors import InvalidInput, InvalidOp, NotFound, SyncRejected
-from ..model import Op
+from ..errors import InvalidInput, InvalidOp, SyncRejected
+from ..model import Memory, Op
 from ..oplog import codec, team
 from ..oplog.graph import node
 from ..oplog.identity import load_or_create_key
@@ -106,15 +106,10 @@ class Teams:
             codec.check_op_fields("team_create", graph.hex(), fields, self.device, graph)
         except InvalidOp as exc:
             raise InvalidInput("name", str(exc)) from None
-
-        def unit(conn: sqlite3.Connection) -> None:
+        with self.storage.write() as conn:
             if conn.execute("SELECT 1 FROM teams WHERE name = ?", (name,)).fetchone() is not None:
                 raise InvalidInput("name", f"a shared scope called {name!r} is here already")
             self.oplog.append_in_graph(conn, graph, [("team_create", graph.hex(), fields)])
-
-        with self.storage.write() as conn:
-
-            unit(conn)
         return self.describe(name)
 
     def set_member(self, name: str, user_hex: str, role: str) -> dict[str, Any]:
@@ -124,22 +119,18 @@ class Teams:
         if role not in team.MEMBER_ROLES:
             raise InvalidInput("role", f"must be one of {', '.join(team.MEMBER_ROLES)}")
         user = hex32(user_hex, "user", "a user key is 64 hex characters (neuralsync team whoami)")
-
-        def unit(conn: sqlite3.Connection) -> None:
+        with self.storage.write() as conn:
             graph = team_graph(conn, name)
             self.oplog.append_in_graph(conn, graph, [("team_member", user.hex(), {"user": user, "role": role})])
-
-        with self.storage.write() as conn:
-
-            unit(conn)
         return self.describe(name)
 
     def add_device(self, conn: sqlite3.Connection, graph: bytes) -> bool:
-        """Certify this device in the scope (once), so its writes count as the user's."""
+        """Certify this device in the scope (once, and only while its user is a member), so its writes
+        count as the user's."""
         state = self.membership(conn, graph)
-        if state.devices.get(self.device) is not None:
-            return False
         user = self.user
+        if self.device in state.devices or state.roles.get(bytes(user.verify_key)) in (None, "removed"):
+            return False
         fields = {"user": bytes(user.verify_key), "cert": team.certify_device(user, self.device)}
         self.oplog.append_in_graph(conn, graph, [("team_device", self.device.hex(), fields)])
         return True
@@ -148,48 +139,27 @@ class Teams:
         """The scope's membership as of everything held here."""
         return membership_now(conn, graph)
 
-    def promote(self, memory_id: str, name: str) -> str:
+    def promote(self, memory: Memory, name: str) -> str:
         """Copy a private memory into the shared scope ``name`` (a new memory there, its provenance in its
         metadata); the private one stays. Returns the new memory's id."""
-        row = self.storage.conn.execute(
-            "SELECT content, tags, kind, priority, confidence, metadata, scope, tool, source FROM memories"
-            " WHERE id = ?", (memory_id,)).fetchone()
-        if row is None:
-            raise NotFound(memory_id)
-        content, tags, kind, priority, confidence, metadata, scope, tool, source = row
-        if scope.startswith(team.SCOPE_PREFIX):
+        if memory.scope.startswith(team.SCOPE_PREFIX):
             raise InvalidInput("memory_id", "the memory is in a shared scope already")
-        import json
-
-        from ..store.reads import TAG_SEP
-
-        meta = json.loads(metadata or "{}")
-        meta["promoted_from"] = {"id": memory_id, "scope": scope, "at": now_ms()}
+        now = now_ms()
         salt = os.urandom(16)
         fields: dict[str, Any] = {
-            "content": content, "scope": team.scope_label(name), "kind": kind, "priority": priority,
-            "confidence": confidence, "metadata": meta, "tags": [t for t in (tags or "").split(TAG_SEP) if t],
-            "tool": tool, "source": source, "created_at": now_ms(), "id_salt": salt}
-        holder: dict[str, str] = {}
-
-        def unit(conn: sqlite3.Connection) -> None:
+            "content": memory.content, "scope": team.scope_label(name), "kind": memory.kind,
+            "priority": memory.priority, "confidence": memory.confidence, "tags": list(memory.tags),
+            "metadata": {**memory.metadata, "promoted_from": {"id": memory.id, "scope": memory.scope, "at": now}},
+            "tool": memory.tool, "source": memory.source, "created_at": now, "id_salt": salt}
+        with self.storage.write() as conn:
             graph = team_graph(conn, name)
             record_id = team.record_id_for(graph, salt)
             self.oplog.append_in_graph(conn, graph, [("create", record_id, fields)])
-            holder["id"] = record_id
+        return record_id
 
-        with self.storage.write() as conn:
-
-            unit(conn)
-        return holder["id"]
-
-    def new_record(self, conn: sqlite3.Connection, fields: dict[str, Any]) -> str | None:
-        """For a new memory labelled ``team:<name>``: its id (bound to the scope) with the salt set in
-        ``fields``; None for a private scope."""
-        scope = fields.get("scope", "")
-        if not scope.startswith(team.SCOPE_PREFIX):
-            return None
-        graph = team_graph(conn, scope[len(team.SCOPE_PREFIX):])
+    def new_record(self, conn: sqlite3.Connection, fields: dict[str, Any]) -> str:
+        """The id of a new memory labelled ``team:<name>`` (bound to that scope), the salt set in ``fields``."""
+        graph = team_graph(conn, fields["scope"][len(team.SCOPE_PREFIX):])
         fields["id_salt"] = os.urandom(16)
         return team.record_id_for(graph, fields["id_salt"])
 
@@ -218,13 +188,9 @@ class Teams:
 
     # -- relays
     def use_relay(self, graph: bytes, url: str, relay_key: bytes) -> None:
-        def unit(conn: sqlite3.Connection) -> None:
+        with self.storage.write() as conn:
             conn.execute("INSERT INTO team_relays(graph, url, relay_key) VALUES (?, ?, ?) ON CONFLICT(graph)"
                          " DO UPDATE SET url = excluded.url, relay_key = excluded.relay_key", (graph, url, relay_key))
-
-        with self.storage.write() as conn:
-
-            unit(conn)
 
     def relays(self) -> list[tuple[bytes, str, bytes]]:
         return [(bytes(g), u, bytes(k)) for g, u, k in self.storage.conn.execute(
@@ -240,10 +206,7 @@ class Teams:
             self._pull(graph, client, report)
             with self.storage.write() as conn:
                 if conn.execute("SELECT 1 FROM teams WHERE graph = ?", (graph,)).fetchone() is not None:
-                    state = self.membership(conn, graph)
-                    if bytes(self.user.verify_key) in state.roles and state.roles[bytes(self.user.verify_key)] != \
-                            "removed":
-                        self.add_device(conn, graph)
+                    self.add_device(conn, graph)
             self._push(graph, client, report)
         except (SyncRejected, OSError) as exc:
             report.error = str(exc)
@@ -323,8 +286,11 @@ def may_write(conn: sqlite3.Connection, scope: str, device: bytes) -> bool:
     there, as of what is held here): background work (the merger's scans) leaves such scopes alone."""
     if not scope.startswith(team.SCOPE_PREFIX):
         return True
-    rows = conn.execute("SELECT graph FROM teams WHERE name = ?", (scope[len(team.SCOPE_PREFIX):],)).fetchall()
-    return len(rows) == 1 and membership_now(conn, bytes(rows[0][0])).role_of_device(device) in team.WRITE_ROLES
+    try:
+        graph = team_graph(conn, scope[len(team.SCOPE_PREFIX):])
+    except InvalidInput:  # not held here, or ambiguous: nothing to write in it
+        return False
+    return membership_now(conn, graph).role_of_device(device) in team.WRITE_ROLES
 
 
 def hex32(text: object, name: str, hint: str = "must be 64 hex characters") -> bytes:
