@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -102,7 +103,7 @@ class VectorCache:
         if not fresh:
             return
         vectors = np.ascontiguousarray(vectors[fresh], dtype=np.float32)
-        name = f"part-{len(self._parts):05d}"
+        name = f"part-{len(self._parts):05d}-{os.getpid()}"  # the pid: fillers may run side by side
         npy = self.directory / f"{name}.npy"
         tmp_keys = self.directory / f".{name}.keys.tmp"
         tmp_npy = self.directory / f".{name}.npy.tmp"
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memories", type=int, default=100_000, help="corpus texts 0 .. N-1 (seed 7)")
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=5000)
+    parser.add_argument("--end", type=int, default=None, help="stop before this text (default: --memories)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from corpus import Corpus
@@ -170,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"cache {cached.cache.directory}: {len(cached.cache)} vectors", flush=True)
     corpus = Corpus(seed=7)
     started = time.perf_counter()
-    for lo in range(args.start, args.memories, args.chunk):
-        hi = min(lo + args.chunk, args.memories)
+    end = args.memories if args.end is None else min(args.end, args.memories)
+    for lo in range(args.start, end, args.chunk):
+        hi = min(lo + args.chunk, end)
         texts = [r["content"] for r in corpus.memories(args.memories, lo, hi)]
         t0, c0 = time.perf_counter(), time.process_time()
         before = cached.embedded

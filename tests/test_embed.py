@@ -71,7 +71,7 @@ def test_minilm_loads_and_embeds_offline_on_one_thread(no_network: None) -> None
     embedder = MiniLMEmbedder()
     vectors = embedder.embed(["hello world", "offline embedding works", "x " * 2000])  # the last is truncated
     assert isinstance(embedder, Embedder)
-    assert (embedder.name, embedder.dims, vectors.shape) == ("minilm-l6-v2-int8:384", 384, (3, 384))
+    assert (embedder.name, embedder.dims, vectors.shape) == ("minilm-l6-v2-q8:384", 384, (3, 384))
     _unit_rows(vectors)
     session, _ = minilm_module._load(1)
     assert session.get_session_options().intra_op_num_threads == 1
@@ -85,17 +85,41 @@ def test_minilm_finds_the_paraphrase_and_batches_like_single_calls() -> None:
     np.testing.assert_allclose(one_by_one, np.vstack([a, b, c]), atol=1e-4)  # padding never leaks in
 
 
-def test_minilm_one_query_session_gives_the_same_vector_and_batches_stay_optimized() -> None:
-    """issue 11: a one-shot recall builds the unoptimized session (fast to build); one text goes through it,
-    within float32 noise of the optimized session; a batch still goes through the optimized one."""
+def test_minilm_computes_in_int8_close_to_the_float_model() -> None:
+    """issue 11: the converted model runs integer matrix products (weights int8 per output channel,
+    activations quantised per call), and its vectors stay close to the float computation of the same
+    weights: the pinned model run as shipped (int8 weights turned back into float32)."""
+    import onnx
+    import onnxruntime as ort
+
+    texts = ["how do we roll back a failed deploy", "the release checklist lives in docs/release.md",
+             "pod keeps getting OOMKilled, where do I look?"]
+    embedder = MiniLMEmbedder()
+    vectors = embedder.embed(texts)
+    graph = minilm_module._derived_model(ort)
+    assert graph is not None
+    ops = {node.op_type for node in onnx.load(str(graph)).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention"}, ops
+    float_session = ort.InferenceSession(str(minilm_module._verified_model()), minilm_module._options(
+        ort, 1, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), providers=["CPUExecutionProvider"])
+    _, tokenizer = minilm_module._load(1)
+    for text, vector in zip(texts, vectors, strict=True):
+        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+        hidden = float_session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                          "token_type_ids": np.zeros_like(ids)})[0].mean(axis=1)[0]
+        assert 0.98 < float(vector @ (hidden / np.linalg.norm(hidden))) < 0.99999  # close, and not the same
+
+
+def test_minilm_converts_in_a_scratch_directory_when_no_cache_can_be_written(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     texts = ["how do we roll back a failed deploy", "the release checklist lives in docs/release.md"]
     reference = MiniLMEmbedder().embed(texts)
-    quick = MiniLMEmbedder()
-    quick.load_for_one_query()
-    assert (1, False) in minilm_module._loaded
-    for text, expected in zip(texts, reference, strict=True):
-        assert np.allclose(quick.embed([text])[0], expected, atol=1e-5)
-    assert np.allclose(quick.embed(texts), reference, atol=1e-6)  # the optimized session: as before
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("NEURALSYNC_MODEL_CACHE", str(blocked / "models"))
+    monkeypatch.setattr(minilm_module, "_loaded", {})
+    np.testing.assert_allclose(MiniLMEmbedder().embed(texts), reference, atol=1e-6)
+    assert blocked.read_text() == "not a directory"
 
 
 def test_minilm_in_a_fresh_process_touches_no_network_and_no_cache(tmp_path: Path) -> None:
@@ -115,18 +139,19 @@ def test_minilm_in_a_fresh_process_touches_no_network_and_no_cache(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(1, 384)"
     # Nothing downloaded into the home: onnxruntime keeps a device-id file there, and the only other thing
-    # written is the optimized graph of the pinned model (issue 11: later processes skip the optimisation).
+    # written is the pinned model converted to int8 (issue 11: later processes load it as it is).
     left = [f for f in tmp_path.rglob("*") if f.is_file()]
     cache = tmp_path / ".cache" / "neuralsync" / "models"
     assert all(".onnxruntime" in f.parts or cache in f.parents for f in left), left
-    assert sorted(f.name for f in left if cache in f.parents) == ["manifest.json", "model.bin", "model.onnx"]
+    assert sorted(f.name for f in left if cache in f.parents) == ["manifest.json", "model.onnx"]
     assert sum(f.stat().st_size for f in left if cache not in f.parents) < 1 << 20
 
 
 def test_minilm_session_from_the_cached_graph_gives_the_same_vectors_and_a_damaged_cache_is_rebuilt(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """issue 11: the first session saves its optimized graph; the next one is built from it with optimisation
-    off (cheap) and embeds identically; a cache whose files do not match their manifest is not used."""
+    """issue 11: the first session saves the converted model; the next one is built from it (cheap) and
+    embeds identically; a cache whose file does not match its manifest is not used; the float kernel's old
+    cache is removed."""
     import onnxruntime as ort
 
     texts = ["how do we roll back a failed deploy", "the release checklist lives in docs/release.md"]
@@ -134,7 +159,11 @@ def test_minilm_session_from_the_cached_graph_gives_the_same_vectors_and_a_damag
     monkeypatch.setenv("NEURALSYNC_MODEL_CACHE", str(tmp_path))
     monkeypatch.setattr(minilm_module, "_loaded", {})
     assert minilm_module._derived_model(ort) is None
-    first = MiniLMEmbedder().embed(texts)  # builds from the pinned model and writes the cache
+    stale = tmp_path / "minilm-l6-v2-int8-8199be6f699a395f-ort1.0"
+    stale.mkdir()
+    (stale / "model.bin").write_bytes(b"\0" * 1024)
+    first = MiniLMEmbedder().embed(texts)  # converts the pinned model and writes the cache
+    assert not stale.exists()
     graph = minilm_module._derived_model(ort)
     assert graph is not None and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.setattr(minilm_module, "_loaded", {})
@@ -352,9 +381,9 @@ def test_get_embedder_specs() -> None:
 
 
 def test_get_embedder_minilm_default_and_wordllama_round_trip() -> None:
-    assert get_embedder().name == "minilm-l6-v2-int8:384"
-    assert get_embedder("").name == "minilm-l6-v2-int8:384"
-    assert get_embedder(get_embedder().name).name == "minilm-l6-v2-int8:384"  # the stored name is a spec
+    assert get_embedder().name == "minilm-l6-v2-q8:384"
+    assert get_embedder("").name == "minilm-l6-v2-q8:384"
+    assert get_embedder(get_embedder().name).name == "minilm-l6-v2-q8:384"  # the stored name is a spec
     pytest.importorskip("wordllama")
     assert get_embedder("wordllama").name == "wordllama:l2_supercat:256"
     assert get_embedder("wordllama:128").dims == 128
@@ -471,7 +500,7 @@ def test_openai_compatible_embedder_errors() -> None:
         unreachable.embed(["x"])
 
 
-@pytest.mark.parametrize("spec", ["", "minilm", "minilm-l6-v2-int8:384", "hashing", "hashing:64", "hashing:v1:32",
+@pytest.mark.parametrize("spec", ["", "minilm", "minilm-l6-v2-q8:384", "hashing", "hashing:64", "hashing:v1:32",
                                   "wordllama", "wordllama:128", "wordllama:l2_supercat:64"])
 def test_known_names_are_the_names_the_embedders_report(spec: str) -> None:
     """A store opened by a fresh process compares these without importing the embedder (fast CLI start)."""

