@@ -1,6 +1,7 @@
 """Compaction of a grown store: bytes on disk, recall of the survivors, and writes while it runs.
 
-Builds a store of N memories (``--size``, default 100,000; embedder ``none``)
+Builds a store of N memories (``--size``, default 100,000; ``--embedder``, default ``none``: text only;
+``minilm``, the library's default, adds vectors and the HNSW file, embedded through ``vector_cache.py``)
 where 30% expire right after they are written and 20% are exact duplicates of
 others (written with ``merge="off"``, as a store from before the merger holds
 them). Then, in one run:
@@ -56,7 +57,7 @@ from neuralsync import UnifiedMemoryAPI
 store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 pause = float(sys.argv[5]) / 1000
 latencies = []
-with UnifiedMemoryAPI(config(store, "none")) as api:
+with UnifiedMemoryAPI(config(store, sys.argv[6])) as api:
     for record in Corpus().memories(size * 10, size):  # more than any run writes: it stops when told
         if stop.exists():
             break
@@ -72,7 +73,22 @@ EXPIRED_SHARE = 0.30
 DUPLICATE_SHARE = 0.20
 
 
-def build(store_dir: Path, size: int, corpus: Corpus, batch: int) -> dict[str, Any]:
+def store_bytes(store_dir: Path) -> int:
+    """Bytes on disk of the store: the database, its WAL and the vector index file (when there is one)."""
+    return sum(f.stat().st_size for f in store_dir.iterdir()
+               if f.is_file() and (f.name.startswith("memory.db") or f.name.startswith("vectors.usearch")))
+
+
+def open_store(store_dir: Path, embedder: str) -> UnifiedMemoryAPI:
+    api = UnifiedMemoryAPI(config(store_dir, embedder, merge_undo_days=0))
+    if embedder != "none":
+        from vector_cache import install
+
+        install(api)  # the corpus's vectors, embedded once (bench/out/vector-cache)
+    return api
+
+
+def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str) -> dict[str, Any]:
     """N memories: 30% expiring at once, 20% exact copies of earlier ones (kept apart: merge off)."""
     if store_dir.exists():
         shutil.rmtree(store_dir)
@@ -80,7 +96,7 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int) -> dict[str, A
     originals = int(size * (1 - DUPLICATE_SHARE))
     started = time.perf_counter()
     texts: list[tuple[str, str]] = []  # the live originals: their copies are duplicates of live memories
-    with UnifiedMemoryAPI(config(store_dir, "none", merge_undo_days=0)) as api:
+    with open_store(store_dir, embedder) as api:
         records = corpus.memories(originals)
         done = 0
         while done < size:
@@ -98,6 +114,8 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int) -> dict[str, A
                         api.remember(text.upper(), scope=scope, merge="off")
                     done += 1
             log(f"  built {done:,} / {size:,}")
+        if embedder != "none":
+            api.rebuild_vector_index(full=True)
     return {"rows": size, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -105,11 +123,12 @@ def recall_lists(api: UnifiedMemoryAPI, queries: list[str], k: int = 10) -> list
     return [[m.id for m in api.recall(q, top_k=k, mode="text")] for q in queries]
 
 
-def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, replay: bool) -> dict[str, Any]:
+def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, replay: bool,
+        embedder: str) -> dict[str, Any]:
     queries = [q.text for q in corpus.queries(60)]
-    with UnifiedMemoryAPI(config(store_dir, "none", merge_undo_days=0)) as api:
+    with open_store(store_dir, embedder) as api:
         api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        before_size = api.storage.sizes()["total_bytes"]
+        before_size = store_bytes(store_dir)
         counts_before = api.counts()
         analysis = api.compact_analyze()
         before_lists = recall_lists(api, queries)
@@ -117,7 +136,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
         # agent's pace until told to stop, timing each, and leaves its latencies in a file.
         stop_file, out_file = store_dir / "writer.stop", store_dir / "writer.json"
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store_dir), str(stop_file), str(out_file),
-                                   str(size), str(write_every_ms)], cwd=str(Path(__file__).resolve().parent))
+                                   str(size), str(write_every_ms), embedder], cwd=str(Path(__file__).resolve().parent))
         time.sleep(2.0)  # the writer is up and writing
         load_before = os.getloadavg()
         started = time.perf_counter()
@@ -128,12 +147,12 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
         writer.wait(timeout=120)
         latencies = json.loads(out_file.read_text())
         api.storage.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        after_size = api.storage.sizes()["total_bytes"]
+        after_size = store_bytes(store_dir)
         # The writer's memories are not the compaction's: its share, at the store's own bytes per memory.
         written_bytes = int(len(latencies) * before_size / size)
         # Then the step only an idle window gets (the writer has stopped): a full rewrite, lock held.
         rewrite = api.compact(["rewrite"])["steps"][0]
-        rewritten_size = api.storage.sizes()["total_bytes"]
+        rewritten_size = store_bytes(store_dir)
         # Survivors: memories live before and after (the writer's new ones are left out of both lists).
         survivors = {m.id for m in api.iter_memories()} & {i for b in before_lists for i in b}
         after_lists = recall_lists(api, queries, k=40)
@@ -147,7 +166,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
             integrity = api.storage.conn.execute("PRAGMA quick_check").fetchone()[0]
             doctor = {"quick_check": integrity, "fts": fts_problem(api.storage.conn) or "ok",
                       "fts_levels": fts_levels(api.storage.conn), "replay": "skipped (--no-replay)"}
-    return {"size": size, "before_bytes": before_size, "after_bytes": after_size,
+    return {"size": size, "embedder": embedder, "before_bytes": before_size, "after_bytes": after_size,
             "shrunk_share": round(1 - after_size / before_size, 4),
             "writer_bytes_estimated": written_bytes,
             "shrunk_share_without_writes": round(1 - (after_size - written_bytes) / before_size, 4),
@@ -172,18 +191,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="doctor's checks without its replay of every op (which takes as long as the build)")
     parser.add_argument("--rebuild", action="store_true", help="build the store even if a kept build exists")
     parser.add_argument("--build-only", action="store_true", help="build (and keep) the store, do not compact")
+    parser.add_argument("--embedder", default="none", help="none (text only) or minilm (vectors and the HNSW file)")
     args = parser.parse_args(argv)
     corpus = Corpus()
-    pristine = Path(args.out) / f"compact-pristine-{args.size}"
+    tag = "" if args.embedder == "none" else f"-{args.embedder}"
+    pristine = Path(args.out) / f"compact-pristine-{args.size}{tag}"
     built_file = pristine / "built.json"
     if args.rebuild or not built_file.exists():
         log(f"building {args.size:,} memories ({EXPIRED_SHARE:.0%} expiring, {DUPLICATE_SHARE:.0%} duplicates) ...")
-        built = build(pristine, args.size, corpus, args.batch)
+        built = build(pristine, args.size, corpus, args.batch, args.embedder)
         built_file.write_text(json.dumps(built) + "\n")
     built = json.loads(built_file.read_text())
     if args.build_only:
         return 0
-    store_dir = Path(args.out) / f"compact-store-{args.size}"
+    store_dir = Path(args.out) / f"compact-store-{args.size}{tag}"
     if store_dir.exists():
         shutil.rmtree(store_dir)
     log(f"copying the kept build {pristine} ...")
@@ -191,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(0.1)
     log("compacting while a writer writes ...")
     result = {"machine": machine(), "build": built, **run(store_dir, corpus, args.size, args.write_every_ms,
-                                                                  not args.no_replay)}
+                                                                  not args.no_replay, args.embedder)}
     w = result["writes_during"]
     print(f"{args.size:,} memories: {result['before_bytes'] / 1e6:.1f} MB -> {result['after_bytes'] / 1e6:.1f} MB "
           f"with {w['n']:,} memories written meanwhile (~{result['writer_bytes_estimated'] / 1e6:.1f} MB): shrunk "
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
           f"doctor ok: {result['doctor_ok']}")
     for step in result["steps"]:
         print(f"  {step}")
-    out = Path(args.out) / f"compact-{args.size}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = Path(args.out) / f"compact-{args.size}{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"written {out}")
     return 0

@@ -31,8 +31,8 @@ MERGE_STRATEGIES: tuple[str, ...] = ("semantic_merge", "last_writer_wins", "cont
 # What the compactor can do, in the order it does it (purges before the rewrite). "rewrite" (a full VACUUM,
 # which holds the write lock while it runs) only runs when asked by name.
 COMPACT_STRATEGIES: tuple[str, ...] = ("purge_expired", "consolidate_duplicates", "archive_over_quota",
-                                       "prune_payloads", "fts_optimize", "vector_rebuild", "checkpoint", "vacuum",
-                                       "rewrite")
+                                       "truncate_log", "prune_payloads", "fts_optimize", "vector_rebuild",
+                                       "checkpoint", "vacuum", "rewrite")
 
 
 class Memory(NamedTuple):

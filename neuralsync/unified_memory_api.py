@@ -743,10 +743,11 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
     def compact(self, strategies: Sequence[str] | None = None, dry_run: bool = False,
                 progress: Callable[[str, int, int], None] | None = None,
                 quota_bytes: int | None = None) -> dict[str, Any]:
-        """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, prune_payloads,
-        fts_optimize, vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run`` returns the
-        plan only. Purges and merges are ops every replica applies; the rest is local (prune_payloads keeps
-        each pruned op's signed skeleton, once every known peer has the op that deleted its memory)."""
+        """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, truncate_log,
+        prune_payloads, fts_optimize, vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run``
+        returns the plan only. Purges and merges are ops every replica applies; the rest is local, once every
+        known peer has the op that removed a memory: truncate_log keeps of its ops only their place in the
+        graph, vouched for by a cut this replica signs; prune_payloads keeps each op's signed skeleton."""
         if quota_bytes is not None:  # a quota given asks for archiving too
             self.compactor.quota_bytes = v.positive_int(quota_bytes, "quota_bytes", optional=False) or 0
             if strategies is None:
@@ -805,7 +806,7 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
     def doctor(self, progress: Callable[[int, int], None] | None = None, quick: bool = False) -> DoctorReport:
         """Check everything: SQLite integrity, FTS, every op's hash and signature, and a rebuild of the
         state from the log compared with the stored state."""
-        return run_doctor(self.storage, progress, quick)
+        return run_doctor(self.storage, progress, quick, signer=self.log.author)
 
     def repair_fts(self) -> dict[str, Any]:
         """Rebuild the full-text index from the memories table, resetting its shadow tables first when

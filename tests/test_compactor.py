@@ -117,6 +117,51 @@ def test_pruned_ops_keep_a_verifying_log_and_the_same_state(make_api: MakeApi, t
         a.undo_merge(merge_id)
 
 
+def test_truncated_ops_keep_the_same_state_and_signed_cuts_vouch_for_them(make_api: MakeApi,
+                                                                          tmp_path: Path) -> None:
+    a = make_api(tmp_path / "a", embedder="none", merge_undo_days=0)
+    whole = make_api(tmp_path / "whole", embedder="none")
+    _fill(a)
+    gone = a.remember("deleted by hand, then compacted")
+    a.forget(gone)
+    a.compact(["purge_expired", "consolidate_duplicates"])
+    whole.log.apply_remote(_ops(a))
+    conn = a.storage.conn
+    removed_bytes = "SELECT sum(length(body) + length(sig)) FROM ops WHERE record_id NOT IN (SELECT id FROM memories)"
+    before = conn.execute(removed_bytes).fetchone()[0]
+    step = a.compact(["truncate_log", "vacuum"])["steps"][0]
+    # Every op of a memory gone for good is truncated (creates, the merges and the delete that took them)
+    # but the purges, which name many memories, and the graph's heads.
+    assert step["truncated"] > 130 and step["cuts"] == 2
+    assert conn.execute("SELECT count(*) FROM ops WHERE record_id IN (SELECT record_id FROM tombstones) AND cut IS NULL"
+                        " AND kind != 'purge' AND id NOT IN (SELECT id FROM heads)").fetchone()[0] == 0
+    assert conn.execute(removed_bytes).fetchone()[0] < before / 5
+    assert a.compact_analyze()["reclaimable_bytes"]["truncate_log"] == 0
+    assert a.compact(["truncate_log"])["steps"][0]["truncated"] == 0  # nothing left to truncate
+    ra, rw = a.doctor(), run_doctor(whole.storage)
+    assert ra.ok and rw.ok and ra.digest == rw.digest, ra.to_dict()  # the rebuild replays the stubs
+    assert not [op for _, op in a.log.ops_since(0, 100_000) if op.pruned and op.kind]  # read back: no fields
+    with pytest.raises(InvalidInput, match="compacted"):
+        a.restore(gone)
+    with pytest.raises(InvalidInput, match="compacted"):
+        a.undo_merge(a.merges()[0]["merge_id"])
+    assert a.merges()[0]["strategy"]  # the audit trail stays
+    stub, sig = conn.execute("SELECT body, sig FROM ops WHERE cut IS NOT NULL LIMIT 1").fetchone()
+    with pytest.raises(codec.InvalidOp, match="never sent"):
+        codec.parse_op(stub, sig)  # a peer cannot send one
+    # What the cuts vouch for cannot be changed unseen: a flipped tombstone flag, a live memory's create
+    # made into a stub to hide it.
+    with a.storage.write() as wconn:
+        seq, body = wconn.execute("SELECT seq, body FROM ops WHERE cut IS NOT NULL LIMIT 1").fetchone()
+        wconn.execute("UPDATE ops SET body = ? WHERE seq = ?", (body[:1] + bytes([body[1] ^ 1]) + body[2:], seq))
+        live = a.range_recall(limit=1)[0].id
+        wconn.execute("UPDATE ops SET body = ? WHERE record_id = ? AND kind = 'create'",
+                      (codec.stub_body([], False), live))
+    report = a.doctor()
+    assert not report.ok and any("do not match what it signed" in p for p in report.cuts)
+    assert any("no signed cut vouches" in p for p in report.cuts)
+
+
 def test_nothing_is_pruned_before_every_peer_has_the_delete(make_api: MakeApi, tmp_path: Path) -> None:
     from tests._replicas import introduce
 
@@ -258,8 +303,8 @@ def test_replicas_compacted_in_full_sync_with_each_other_and_with_one_offline_me
     _sync(a, b)
     _sync(a, c, "c")  # a and b learn what c now holds (a server records the heads a client came with)
     _sync(b, c, "c")
-    for api in (a, b):  # every peer has acknowledged: now the payloads go
-        assert api.compact(["prune_payloads", "vacuum"])["steps"][0]["pruned"] > 0
+    for api in (a, b):  # every peer has acknowledged: now the removed memories' ops go
+        assert api.compact(["truncate_log", "vacuum"])["steps"][0]["truncated"] > 0
     c.remember("written on c after the pruning")
     _sync(c, a, "a")
     _sync(b, c, "c")

@@ -365,9 +365,10 @@ def cmd_doctor(api: UnifiedMemoryAPI, args: argparse.Namespace) -> int:
     match = "rebuild matches" if report.digest == report.rebuilt_digest else "REBUILD DIFFERS"
     rows([("integrity", report.integrity), ("fts", report.fts),
            ("ops checked", f"{report.ops_checked} ({len(report.bad_ops)} bad)"),
+           ("truncated ops", "vouched for by signed cuts" if not report.cuts else "PROBLEMS"),
            ("memories", report.memories), ("state digest", f"{report.digest[:16]}  ({match})"),
            ("result", "OK" if report.ok else "PROBLEMS FOUND")])
-    for problem in report.bad_ops + report.differences:
+    for problem in report.bad_ops + report.cuts + report.differences:
         print(f"  - {problem}")
     return 0 if report.ok else 1
 

@@ -256,6 +256,46 @@ def is_skeleton(body: bytes) -> bool:
     return body[_MARK_AT:_MARK_AT + len(_SKELETON_MARK)] == _SKELETON_MARK
 
 
+# A *truncated* op (``Compactor``'s ``truncate_log``): what is left of an op of a memory that is gone for good
+# once every known peer holds the op that removed it. The row keeps its header columns (id, author, clock,
+# kind, record id) and its place in the graph; the body keeps only a mark, whether the op is its memory's
+# tombstone, and the predecessors, so the graph can be replayed. It verifies through the signed cut that
+# truncated it (``log_cuts``), not on its own, and is never sent. A stored body starting with the mark is
+# nothing else: full bodies and skeletons start with a map's tag ("d"), format 1 with "{".
+STUB_MARK = b"T"
+STUB_SQL = "substr({column}, 1, 1) = CAST('T' AS BLOB)"
+# Skeletons and stubs: ops whose fields this store no longer holds.
+COMPACTED_SQL = f"({SKELETON_SQL} OR {STUB_SQL})"
+
+
+def stub_body(preds: Iterable[bytes], tombstone: bool) -> bytes:
+    """The stored body of a truncated op: the mark, the tombstone flag, its predecessors (sorted)."""
+    return STUB_MARK + (b"\x01" if tombstone else b"\x00") + b"".join(sorted(preds))
+
+
+def is_stub(body: bytes) -> bool:
+    """True for a truncated op's stored body."""
+    return body[:1] == STUB_MARK
+
+
+def is_compacted(body: bytes) -> bool:
+    """True for an op whose fields this store dropped (a skeleton or a stub): it is never sent."""
+    return is_stub(body) or is_skeleton(body)
+
+
+def stub_parts(body: bytes) -> tuple[bool, tuple[bytes, ...]]:
+    """(is its memory's tombstone, predecessors) of a truncated op's body."""
+    if not is_stub(body) or len(body) < 2 or body[1:2] not in (b"\x00", b"\x01") or (len(body) - 2) % 32:
+        raise InvalidOp("not a truncated op's body")
+    return body[1:2] == b"\x01", tuple(body[i:i + 32] for i in range(2, len(body), 32))
+
+
+def stub_op(oid: bytes, kind: str, record_id: str, hlc: int, author: bytes, body: bytes) -> Op:
+    """A truncated op as an :class:`Op` with no fields (``pruned``), its header from its row."""
+    _, preds = stub_parts(body)
+    return Op(oid, kind, record_id, {}, hlc, author, preds, b"", body, True, None)
+
+
 def op_id(body: bytes) -> bytes:
     """The 32-byte id of an op body (full or skeleton, either format): SHA-256 of the skeleton for a
     full format-2 body, of the body itself otherwise."""
@@ -291,10 +331,16 @@ def parse_op(body: bytes, sig: bytes, verify: bool = True, stored: bool = False)
     log (predecessors present, clock above theirs) belong to the caller.
     ``stored``: a skeleton (an op whose fields this store pruned) is accepted,
     as an op with no fields and ``pruned`` set; from a peer it never is: its
-    fields could not be checked.
+    fields could not be checked. So is a truncated op's stub, as an op with
+    only its predecessors (``stub_op`` gives it its header from its row).
     """
     if len(body) > MAX_OP_BYTES:
         raise InvalidOp("op too large")
+    if is_stub(body):
+        if not stored:
+            raise InvalidOp("a truncated op is never sent")
+        # Its header is in its row (``stub_op``); read back alone it is an op whose fields are gone.
+        return Op(b"", "", "", {}, 0, b"", stub_parts(body)[1], b"", body, True, None)
     data = decode(body)
     if not isinstance(data, dict):
         raise InvalidOp("op body has the wrong set of keys")

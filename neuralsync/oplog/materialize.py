@@ -171,7 +171,9 @@ def membership_at(conn: sqlite3.Connection, graph: bytes, preds: list[Node]) -> 
 
 
 def _adds_tag(kind: str, body: bytes, tag: str) -> bool:
-    fields = codec.decode(body).get("fields") or {}  # a pruned add adds nothing any more
+    if codec.is_stub(body):
+        return False  # a truncated add adds nothing any more
+    fields = codec.decode(body).get("fields") or {}  # nor does a pruned one
     if kind == "tag_add":
         return bool(fields.get("tag") == tag)
     return kind == "create" and tag in fields.get("tags", ())
@@ -216,8 +218,10 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
         conn.executemany("INSERT OR IGNORE INTO op_preds(op, pred) VALUES (?, ?)", [(seq, p.seq) for p in preds])
     here = Node(seq, eff, seq if floor is None else floor)
     ctx = Applied(here, clock_of(op, eff), floor is None)
-    if op.pruned:
-        return here  # its fields were pruned: its memory is gone for good (compactor), only its place stays
+    if op.pruned:  # its fields were pruned: its memory is gone for good (compactor), only its place stays
+        if codec.is_stub(op.body) and codec.stub_parts(op.body)[0]:  # a truncated op that was its tombstone
+            conn.execute("INSERT OR IGNORE INTO tombstones(record_id, op) VALUES (?, ?)", (op.record_id, op.id))
+        return here
     if op.kind in MEMORY_WRITES and conn.execute(
             "SELECT 1 FROM tombstones WHERE record_id = ?", (op.record_id,)).fetchone() is not None:
         _resurrect(conn, op, ctx)
@@ -231,7 +235,7 @@ def apply_op(conn: sqlite3.Connection, op: Op, preds: list[Node] | None = None, 
 def record_pruned(conn: sqlite3.Connection, record_id: str) -> bool:
     """True if compaction kept only the skeletons of this memory's ops: nothing can rebuild it any more
     (``_resurrect`` skips skeletons), so restore and undo refuse."""
-    return conn.execute(f"SELECT 1 FROM ops o WHERE o.record_id = ? AND {codec.SKELETON_SQL.format(column='o.body')}"
+    return conn.execute(f"SELECT 1 FROM ops o WHERE o.record_id = ? AND {codec.COMPACTED_SQL.format(column='o.body')}"
                         " LIMIT 1", (record_id,)).fetchone() is not None
 
 

@@ -110,7 +110,7 @@ class Replica:
         with self.storage.read() as conn:
             cuts = below_per_graph(conn, self.known_nodes(conn, known))
             for _seq, oid, body, sig in _unknown_ops(conn, cuts):
-                if codec.is_skeleton(body):
+                if codec.is_compacted(body):
                     skeletons += 1  # compacted: every known peer had it; a new one must get it elsewhere
                     continue
                 if bloom is not None and oid in bloom and not sent.intersection(codec.decode(body)["preds"]):
@@ -125,7 +125,7 @@ class Replica:
                 if row is None:
                     unknown += 1  # asked for something not held here: ignored, counted as junk
                     continue
-                if codec.is_skeleton(row[1]):
+                if codec.is_compacted(row[1]):
                     skeletons += 1
                     continue
                 floor, extra = cuts.get(row[3], (0, set()))

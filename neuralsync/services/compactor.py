@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 from ..model import COMPACT_STRATEGIES
-from ..oplog import codec, team
+from ..oplog import codec, cuts, team
 from ..oplog.clock import pack
 from ..oplog.graph import below, graph_of, node
 from ..oplog.log import OpLog
@@ -43,6 +43,8 @@ ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
 PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
+TRUNCATE_SLICE = 100  # ops truncated (one signed cut) per write transaction
+STUB_BYTES = 40  # what a truncated op keeps in its body (the mark, a flag, usually one predecessor)
 # A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
 # ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
 # Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
@@ -106,6 +108,7 @@ class Compactor:
             "purge_expired": int(expired * per_row),
             "consolidate_duplicates": int(dup_rows * per_row),
             "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
+            "truncate_log": self._truncatable_bytes(conn),
             "prune_payloads": self._prunable_bytes(conn),
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
@@ -343,6 +346,51 @@ class Compactor:
                 progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
         return {"pruned": pruned, "kept_format_1": kept_format1}
 
+    def _truncate_log(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Truncate the ops of memories gone for good: every op of a deleted, purged or merged memory, and
+        the delete or merge that removed it, once every known peer holds that removal (the same causal
+        stability and undo window as pruning). A truncated op keeps its row - id, author, clock, kind,
+        record, its place in the graph - and, in its body, only its predecessors and whether it is its
+        memory's tombstone: ~40 bytes instead of a skeleton's ~300 with its signature. Each slice is one
+        cut signed by this replica (``oplog.cuts``), which the doctor verifies. A purge, which names many
+        memories, stays whole; so do the graph's heads. Truncated ops are never sent: a replica new to
+        the group must get them from one that kept them, as pruned ones."""
+        conn = self.storage.conn
+        candidates = self._truncatable(conn)
+        total = len(candidates)
+        for start in range(0, total, TRUNCATE_SLICE):
+            with self._slice() as wconn:
+                rows: list[tuple[int, cuts.CutRow]] = []
+                for seq, tombstone in candidates[start:start + TRUNCATE_SLICE]:
+                    oid, body, kind, record_id, hlc, author = wconn.execute(
+                        "SELECT id, body, kind, record_id, hlc, author FROM ops WHERE seq = ?", (seq,)).fetchone()
+                    stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstone))
+                    rows.append((seq, (oid, stub, kind, record_id, hlc, author)))
+                cuts.record(wconn, self.oplog.key, rows)
+            if progress is not None:
+                progress("truncate_log", min(start + TRUNCATE_SLICE, total), total)
+        return {"truncated": total, "cuts": -(-total // TRUNCATE_SLICE)}
+
+    def _truncatable_where(self) -> str:
+        return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
+                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL"
+                " AND o.kind IN ('create', 'update', 'tag_add', 'tag_remove', 'merge', 'unmerge', 'delete')"
+                f" AND NOT {codec.STUB_SQL.format(column='o.body')}"
+                " AND o.id NOT IN (SELECT id FROM heads)"
+                " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before)"
+                "      OR (d.kind = 'purge' AND o.id != t.op))")
+
+    def _truncatable(self, conn: sqlite3.Connection) -> list[tuple[int, int]]:
+        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
+        return [(seq, tomb) for seq, tomb in conn.execute(
+            f"SELECT o.seq, o.id = t.op {self._truncatable_where()} ORDER BY o.seq", args)]
+
+    def _truncatable_bytes(self, conn: sqlite3.Connection) -> int:
+        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
+        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body) + length(o.sig)) - {STUB_BYTES} * count(*), 0)"
+                               f" {self._truncatable_where()}", args).fetchone()
+        return max(0, int(size))
+
     def stable_seq(self, conn: sqlite3.Connection) -> int:
         """The largest local seq such that every op at or below it is held by every known peer (all of
         them, with no peers; none, while a peer has never synced)."""
@@ -362,7 +410,7 @@ class Compactor:
                 " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL AND o.id != t.op"
                 " AND o.kind IN ('create', 'update',"
                 " 'tag_add', 'tag_remove', 'merge', 'unmerge')"
-                f" AND NOT {codec.SKELETON_SQL.format(column='o.body')}"
+                f" AND NOT {codec.COMPACTED_SQL.format(column='o.body')}"
                 " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")
 
     def _undo_before(self) -> int:

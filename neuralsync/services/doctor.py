@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOp, StoreError
-from ..oplog import codec
+from ..model import Op
+from ..oplog import codec, cuts
 from ..oplog.graph import pred_nodes
 from ..oplog.materialize import apply_op
 from ..store.schema import MIGRATIONS
@@ -56,6 +57,7 @@ class DoctorReport:
     fts: str = "ok"
     ops_checked: int = 0
     bad_ops: list[str] = field(default_factory=list)
+    cuts: list[str] = field(default_factory=list)  # truncated ops a valid signed cut does not vouch for
     digest: str = ""
     rebuilt_digest: str = ""
     differences: list[str] = field(default_factory=list)
@@ -82,8 +84,10 @@ def state_digest(conn: sqlite3.Connection) -> str:
     return digest.hexdigest()
 
 
-def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool = False) -> DoctorReport:
-    """Check everything; ``quick`` uses ``PRAGMA quick_check`` instead of a full integrity check."""
+def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool = False,
+               signer: bytes | None = None) -> DoctorReport:
+    """Check everything; ``quick`` uses ``PRAGMA quick_check`` instead of a full integrity check.
+    ``signer``: this replica's key, the only one whose cuts may truncate its log."""
     report = DoctorReport()
     conn = storage.conn
     report.integrity = ", ".join(r[0] for r in conn.execute(
@@ -97,6 +101,8 @@ def run_doctor(storage: Storage, progress: Progress | None = None, quick: bool =
     with tempfile.TemporaryDirectory(prefix="neuralsync-doctor-") as scratch_dir, storage.read():
         # One read snapshot for replay, digest and diff: writers elsewhere may go on.
         report.memories = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+        for problem in cuts.check(conn, signer):
+            report.fail(problem, report.cuts)
         scratch = Storage(replace(storage.config, durability="normal"), Path(scratch_dir) / "rebuild.db")
         try:
             scratch.migrate(MIGRATIONS)
@@ -198,22 +204,27 @@ def _replay(storage: Storage, scratch: Storage, report: DoctorReport, progress: 
     last_seq = 0
     while True:
         rows = storage.conn.execute(
-            "SELECT seq, id, body, sig FROM ops WHERE seq > ? ORDER BY seq LIMIT 2000", (last_seq,)).fetchall()
+            "SELECT seq, id, body, sig, kind, record_id, hlc, author FROM ops WHERE seq > ? ORDER BY seq LIMIT 2000",
+            (last_seq,)).fetchall()
         if not rows:
             break
         with scratch.write() as conn:
-            for seq, stored_id, body, sig in rows:
-                _check_and_apply(conn, seq, stored_id, body, sig, report)
+            for seq, stored_id, body, sig, kind, record_id, hlc, author in rows:
+                if codec.is_stub(body):  # truncated: vouched for by its signed cut (checked apart), replayed as is
+                    _check_and_apply(conn, seq, stored_id, report, stub=codec.stub_op(
+                        stored_id, kind, record_id, hlc, author, body))
+                else:
+                    _check_and_apply(conn, seq, stored_id, report, body=body, sig=sig)
         last_seq = rows[-1][0]
         if progress:
             progress(report.ops_checked, total)
 
 
-def _check_and_apply(conn: sqlite3.Connection, seq: int, stored_id: bytes, body: bytes, sig: bytes,
-                     report: DoctorReport) -> None:
+def _check_and_apply(conn: sqlite3.Connection, seq: int, stored_id: bytes, report: DoctorReport, *,
+                     body: bytes = b"", sig: bytes = b"", stub: Op | None = None) -> None:
     report.ops_checked += 1
     try:
-        op = codec.parse_op(body, sig, stored=True)  # a compacted op's skeleton verifies too
+        op = stub or codec.parse_op(body, sig, stored=True)  # a compacted op's skeleton verifies too
         if op.id != stored_id:
             raise InvalidOp("stored id is not the hash of the body")
         preds = pred_nodes(conn, op.preds)

@@ -296,6 +296,15 @@ def _m010_team_graphs(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _m011_log_cuts(conn: sqlite3.Connection) -> None:
+    # Log truncation (issue 15): the ops a compaction truncated name the signed cut that vouches for them.
+    _run(conn, """
+    ALTER TABLE ops ADD COLUMN cut INTEGER;
+    CREATE TABLE log_cuts(n INTEGER PRIMARY KEY, at INTEGER NOT NULL, signer BLOB NOT NULL, ops INTEGER NOT NULL,
+                          root BLOB NOT NULL, sig BLOB NOT NULL)
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -307,4 +316,5 @@ MIGRATIONS: list[Migration] = [
     (8, "archived memories", _m008_archive),
     (9, "memories named by ops beyond their own record (purge)", _m009_op_records),
     (10, "shared scopes: an op's graph, heads per graph, teams", _m010_team_graphs),
+    (11, "signed cuts of truncated ops", _m011_log_cuts),
 ]
