@@ -298,11 +298,8 @@ class SemanticIndex:
                 keys, matrix = self._delta_matrix(len(vector))
                 stale = self._delta  # membership tests only: safe while another thread adds
             try:
-                # Rows re-embedded since the file are left out of its hits (their delta row stands in).
-                # Usually there are none: no filter then, so the index is asked for the pool itself
-                # rather than twice it (a filter oversamples; at 100k that doubled the graph search).
-                ann_hits = ([] if ann is None else ann.search(vector, want * ANN_POOL) if not stale
-                            else ann.search(vector, want * ANN_POOL, exclude=stale.__contains__, oversample=1.25))
+                ann_hits = (ann.search(vector, want * ANN_POOL, exclude=stale.__contains__)
+                            if ann is not None else [])
                 break
             except ReadOnlyIndexError:  # the file was replaced and this view closed: take the new one
                 with self._lock:
