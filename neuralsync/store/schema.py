@@ -300,6 +300,7 @@ def _m011_log_cuts(conn: sqlite3.Connection) -> None:
     # Log truncation (issue 15): the ops a compaction truncated name the signed cut that vouches for them.
     _run(conn, """
     ALTER TABLE ops ADD COLUMN cut INTEGER;
+    CREATE INDEX ops_cut ON ops(cut, seq) WHERE cut IS NOT NULL;
     CREATE TABLE log_cuts(n INTEGER PRIMARY KEY, at INTEGER NOT NULL, signer BLOB NOT NULL, ops INTEGER NOT NULL,
                           root BLOB NOT NULL, sig BLOB NOT NULL)
     """)
