@@ -90,3 +90,26 @@ def test_remember_does_not_wait_for_the_model_and_new_memories_stay_findable(tmp
             time.sleep(0.02)
         assert api.semantic.pending() == 0  # type: ignore[union-attr]  # woken by the write, not the interval
         assert api.semantic_search("who writes the changelog for a release", top_k=1)[0].id == second
+
+
+def test_the_graph_search_widens_as_the_index_grows_unless_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 11: a larger graph reaches fewer true neighbours at the same breadth (at 1M, .956 of exact top-10
+    at 192, .983 at 1,024), so an index file is searched wider as it grows; a breadth set by hand stays."""
+    from neuralsync.search import semantic
+
+    assert [semantic.default_breadth(n) for n in (0, 100_000, 250_000, 1_000_000, 10**8)] == [192, 192, 256, 1024,
+                                                                                               4096]
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing")) as api:
+        _fill(api)
+        api.rebuild_vector_index()
+        index = api.semantic
+        assert index is not None and index.search_breadth == 192
+        monkeypatch.setattr(semantic, "default_breadth", lambda size: 16 * size)  # as if it were 16x larger
+        index._ann_stamp, index._ann_checked = None, 0.0  # reopen the file at the next look
+        assert index.search_breadth == 16 * len(FACTS)
+        before = [m.id for m in api.semantic_search("how do I run the tests", top_k=5)]
+        assert index._ann is not None and index._ann.expansion_search == 16 * len(FACTS)  # searched that wide
+        assert len(before) == 5
+        index.set_search_breadth(300)
+        index._ann_stamp, index._ann_checked = None, 0.0
+        assert index.search_breadth == 300
