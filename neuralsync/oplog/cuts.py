@@ -21,6 +21,7 @@ import nacl.exceptions
 import nacl.signing
 
 from ..utils import now_ms
+from . import codec
 
 CUT_DOMAIN = b"neuralsync-cut-v1\x00"
 _U64 = struct.Struct(">Q")
@@ -68,7 +69,7 @@ def check(conn: sqlite3.Connection, signer: bytes | None) -> list[str]:
             nacl.signing.VerifyKey(bytes(who)).verify(CUT_DOMAIN + bytes(root), bytes(sig))
         except (nacl.exceptions.BadSignatureError, ValueError):
             problems.append(f"cut #{number}: bad signature")
-    loose = conn.execute("SELECT count(*) FROM ops WHERE substr(body, 1, 1) = CAST('T' AS BLOB) AND"
+    loose = conn.execute(f"SELECT count(*) FROM ops WHERE {codec.STUB_SQL.format(column='body')} AND"
                          " (cut IS NULL OR cut NOT IN (SELECT n FROM log_cuts))").fetchone()[0]
     if loose:
         problems.append(f"{loose} truncated ops that no signed cut vouches for")

@@ -42,6 +42,15 @@ STRATEGIES = COMPACT_STRATEGIES
 ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
 PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
+TRUNCATABLE_KINDS = (*PRUNABLE_KINDS, "delete")
+# The ops of removed memories whose removal is below the stable cut (``:stable``), in the personal graph:
+# o, an op of the memory; t, its tombstone; d, the op that removed it. Pruning and truncation narrow it.
+def _sql_list(words: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{word}'" for word in words) + ")"
+
+
+_REMOVED_BELOW_CUT = ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
+                      " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL")
 PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
 TRUNCATE_SLICE = 100  # ops truncated (one signed cut) per write transaction
 STUB_BYTES = 40  # what a truncated op keeps in its body (the mark, a flag, usually one predecessor)
@@ -83,6 +92,7 @@ class Compactor:
         """What the store holds and what each strategy would reclaim (bytes, estimated)."""
         conn = self.storage.conn
         now = now_ms()
+        removal = self._removal_args(conn)
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -108,8 +118,8 @@ class Compactor:
             "purge_expired": int(expired * per_row),
             "consolidate_duplicates": int(dup_rows * per_row),
             "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
-            "truncate_log": self._truncatable_bytes(conn),
-            "prune_payloads": self._prunable_bytes(conn),
+            "truncate_log": self._truncatable_bytes(conn, removal),
+            "prune_payloads": self._prunable_bytes(conn, removal),
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "checkpoint": sizes["wal_bytes"],
@@ -129,7 +139,7 @@ class Compactor:
             "vectors_removed_but_indexed": removed,
             "oplog_bytes": oplog_bytes, "table_bytes": tables,
             "reclaimable_bytes": reclaim,
-            "stable_seq": self.stable_seq(conn),
+            "stable_seq": removal["stable"],
         }
 
     def plan(self, strategies: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -371,24 +381,19 @@ class Compactor:
                 progress("truncate_log", min(start + TRUNCATE_SLICE, total), total)
         return {"truncated": total, "cuts": -(-total // TRUNCATE_SLICE)}
 
-    def _truncatable_where(self) -> str:
-        return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
-                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL"
-                " AND o.kind IN ('create', 'update', 'tag_add', 'tag_remove', 'merge', 'unmerge', 'delete')"
-                f" AND NOT {codec.STUB_SQL.format(column='o.body')}"
-                " AND o.id NOT IN (SELECT id FROM heads)"
-                " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before)"
-                "      OR (d.kind = 'purge' AND o.id != t.op))")
+    # Every op of the memory, and the delete or merge that removed it (a purge, naming many, stays whole).
+    _TRUNCATABLE = (f"{_REMOVED_BELOW_CUT} AND o.kind IN {_sql_list(TRUNCATABLE_KINDS)}"
+                    f" AND NOT {codec.STUB_SQL.format(column='o.body')} AND o.id NOT IN (SELECT id FROM heads)"
+                    " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before)"
+                    "      OR (d.kind = 'purge' AND o.id != t.op))")
 
     def _truncatable(self, conn: sqlite3.Connection) -> list[tuple[int, int]]:
-        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
         return [(seq, tomb) for seq, tomb in conn.execute(
-            f"SELECT o.seq, o.id = t.op {self._truncatable_where()} ORDER BY o.seq", args)]
+            f"SELECT o.seq, o.id = t.op {self._TRUNCATABLE} ORDER BY o.seq", self._removal_args(conn))]
 
-    def _truncatable_bytes(self, conn: sqlite3.Connection) -> int:
-        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
+    def _truncatable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
         (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body) + length(o.sig)) - {STUB_BYTES} * count(*), 0)"
-                               f" {self._truncatable_where()}", args).fetchone()
+                               f" {self._TRUNCATABLE}", removal).fetchone()
         return max(0, int(size))
 
     def stable_seq(self, conn: sqlite3.Connection) -> int:
@@ -404,27 +409,23 @@ class Compactor:
             stable = min(stable, below(conn, nodes)[0])
         return stable
 
-    def _prunable_where(self) -> str:
-        # The op that deleted (or merged away) the memory stays whole: it is its tombstone.
-        return ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
-                " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL AND o.id != t.op"
-                " AND o.kind IN ('create', 'update',"
-                " 'tag_add', 'tag_remove', 'merge', 'unmerge')"
-                f" AND NOT {codec.COMPACTED_SQL.format(column='o.body')}"
-                " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")
+    # The op that deleted (or merged away) the memory stays whole: it is its tombstone.
+    _PRUNABLE = (f"{_REMOVED_BELOW_CUT} AND o.id != t.op AND o.kind IN {_sql_list(PRUNABLE_KINDS)}"
+                 f" AND NOT {codec.COMPACTED_SQL.format(column='o.body')}"
+                 " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")
 
-    def _undo_before(self) -> int:
-        """Merges stamped before this clock are past the undo window (their merged memory may go)."""
-        return pack(max(0, now_ms() - self.merge_undo_ms))
+    def _removal_args(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """The parameters of the removed-ops queries: the stable cut, and the clock merges must be older
+        than to be past the undo window (their merged memory may go)."""
+        return {"stable": self.stable_seq(conn), "undo_before": pack(max(0, now_ms() - self.merge_undo_ms))}
 
     def _prunable(self, conn: sqlite3.Connection) -> list[int]:
-        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
-        return [seq for (seq,) in conn.execute(f"SELECT o.seq {self._prunable_where()} ORDER BY o.seq", args)]
+        return [seq for (seq,) in conn.execute(f"SELECT o.seq {self._PRUNABLE} ORDER BY o.seq",
+                                               self._removal_args(conn))]
 
-    def _prunable_bytes(self, conn: sqlite3.Connection) -> int:
-        args = {"stable": self.stable_seq(conn), "undo_before": self._undo_before()}
-        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body)) - 180 * count(*), 0) {self._prunable_where()}",
-                               args).fetchone()
+    def _prunable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
+        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body)) - 180 * count(*), 0) {self._PRUNABLE}",
+                               removal).fetchone()
         return max(0, int(size))
 
     # ------------------------------------------------------------ helpers
