@@ -31,7 +31,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,22 +156,28 @@ def push_all(relay: Relay, made: Made, size: int) -> dict[str, Any]:
             "client_cpu_s": round(time.process_time() - cpu0, 1), "load_after": load_average()}
 
 
+def pull_pages(pull: Callable[[int], Any], cursor: int, durations: list[int]) -> int:
+    """Pull one scope's pages from ``cursor`` to its last op (``pull(cursor)`` is one page), timing each
+    call into ``durations``; returns how many ops came."""
+    pulled = 0
+    while True:
+        t0 = time.perf_counter_ns()
+        page = pull(cursor)
+        durations.append(time.perf_counter_ns() - t0)
+        pulled += len(page.ops)
+        if page.cursor >= page.last_seq:
+            return pulled
+        cursor = page.cursor
+
+
 def pull_all(relay: Relay, scopes: list[Scope], size: int) -> dict[str, Any]:
     durations: list[int] = []
     pulled = 0
     gc.collect()
     cpu0, start = time.process_time(), time.perf_counter()
     for scope in scopes:
-        cursor = 0
         reader = bytes(scope.reader.verify_key)
-        while True:
-            t0 = time.perf_counter_ns()
-            page = relay.pull(reader, scope.id, cursor, size)
-            durations.append(time.perf_counter_ns() - t0)
-            pulled += len(page.ops)
-            if page.cursor >= page.last_seq:
-                break
-            cursor = page.cursor
+        pulled += pull_pages(lambda at: relay.pull(reader, scope.id, at, size), 0, durations)  # noqa: B023
     seconds = time.perf_counter() - start
     return {"ops": pulled, "pages": len(durations), "seconds": round(seconds, 2), "ops_per_s": round(pulled / seconds),
             "page_ms": summary(durations), "client_cpu_s": round(time.process_time() - cpu0, 1),
@@ -207,14 +213,7 @@ def over_http(db: str, home: Path, scopes: list[Scope], devices: list[nacl.signi
         for scope in scopes:
             client = clients[bytes(scope.reader.verify_key)]
             cursor = _seq_before(client, scope.id, len(made[scope.id]))
-            while True:
-                t0 = time.perf_counter_ns()
-                page = client.pull(scope.id, cursor, size)
-                pull_durations.append(time.perf_counter_ns() - t0)
-                pulled += len(page.ops)
-                if page.cursor >= page.last_seq:
-                    break
-                cursor = page.cursor
+            pulled += pull_pages(lambda at: client.pull(scope.id, at, size), cursor, pull_durations)  # noqa: B023
         pull_s = time.perf_counter() - begin
         return {"ops": ops, "push": {"seconds": round(push_s, 2), "ops_per_s": round(ops / push_s),
                                      "batch_ms": summary(durations)},
