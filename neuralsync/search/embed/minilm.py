@@ -132,13 +132,8 @@ def _convert(ort: Any, threads: int, folder: Path) -> Path:
     log.info("preparing the MiniLM model for int8 inference on this machine (once, a second or two)")
     for stale in model_cache_root().glob("minilm-l6-v2-int8-*"):  # the float kernel's graph (~90 MB), unused now
         shutil.rmtree(stale, ignore_errors=True)
-    folded = folder / "folded.onnx"
-    options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)  # no CPU-specific layouts
-    options.optimized_model_filepath = str(folded)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.bin")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(_verified_model()), options, providers=["CPUExecutionProvider"])
-    quantized, graph = folder / "quantized.onnx", folder / "model.onnx"
+    folded, quantized, graph = folder / "folded.onnx", folder / "quantized.onnx", folder / "model.onnx"
+    _save_optimized(ort, threads, _verified_model(), folded, weights="folded.bin")
     root = logging.getLogger()
     root.addFilter(_quiet_quantiser)
     try:
@@ -147,15 +142,24 @@ def _convert(ort: Any, threads: int, folder: Path) -> Path:
         root.removeFilter(_quiet_quantiser)
     # The int8 graph optimized once more and saved so: later sessions skip the optimisation (~15 ms to load
     # instead of ~30; the same graph, so the same vectors and speed).
-    options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    options.optimized_model_filepath = str(graph)
-    ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+    _save_optimized(ort, threads, quantized, graph)
     for name in ("folded.onnx", "folded.bin", "quantized.onnx"):
         (folder / name).unlink(missing_ok=True)
     manifest = {"source_sha256": MODEL_SHA256, "kernel": KERNEL, "graph_sha256": _file_sha256(graph),
                 "onnxruntime": ort.__version__}
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return graph
+
+
+def _save_optimized(ort: Any, threads: int, source: Path, target: Path, weights: str | None = None) -> None:
+    """Write ``source``'s graph as onnxruntime optimizes it (no CPU-specific layouts) to ``target``; with
+    ``weights``, the large initializers go to that side file."""
+    options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    options.optimized_model_filepath = str(target)
+    if weights is not None:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
 def _quiet_quantiser(record: logging.LogRecord) -> bool:
@@ -165,10 +169,14 @@ def _quiet_quantiser(record: logging.LogRecord) -> bool:
 
 def _session(ort: Any, threads: int) -> Any:
     options = _options(ort, threads, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimized when converted
+
+    def open_session(path: Path) -> Any:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     derived = _derived_model(ort)
     if derived is not None:
         try:
-            return ort.InferenceSession(str(derived), options, providers=["CPUExecutionProvider"])
+            return open_session(derived)
         except (RuntimeError, ValueError):  # unreadable after all: convert again
             pass
     folder = _derived_dir(ort)
@@ -177,11 +185,9 @@ def _session(ort: Any, threads: int) -> Any:
         tmp.mkdir(parents=True, exist_ok=True)
     except OSError:  # no cache can be written here: convert for this process only
         with tempfile.TemporaryDirectory(prefix="neuralsync-minilm-") as scratch:
-            return ort.InferenceSession(str(_convert(ort, threads, Path(scratch))), options,
-                                        providers=["CPUExecutionProvider"])
+            return open_session(_convert(ort, threads, Path(scratch)))
     try:
-        graph = _convert(ort, threads, tmp)
-        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        session = open_session(_convert(ort, threads, tmp))
         try:
             if _derived_model(ort) is None:  # another process may have finished first
                 shutil.rmtree(folder, ignore_errors=True)  # an incomplete or stale copy
