@@ -344,8 +344,7 @@ class Compactor:
         total, pruned, kept_format1 = len(candidates), 0, 0
         for start in range(0, total, PRUNE_SLICE):
             with self._slice() as wconn:
-                for seq in candidates[start:start + PRUNE_SLICE]:
-                    (body,) = wconn.execute("SELECT body FROM ops WHERE seq = ?", (seq,)).fetchone()
+                for seq, body in _rows_at(wconn, "body", candidates[start:start + PRUNE_SLICE]):
                     skeleton = codec.skeleton_of(body)
                     if skeleton is None:
                         kept_format1 += 1  # a format-1 op's id needs its whole body
@@ -370,11 +369,11 @@ class Compactor:
         total = len(candidates)
         for start in range(0, total, TRUNCATE_SLICE):
             with self._slice() as wconn:
+                tombstones = dict(candidates[start:start + TRUNCATE_SLICE])
                 rows: list[tuple[int, cuts.CutRow]] = []
-                for seq, tombstone in candidates[start:start + TRUNCATE_SLICE]:
-                    oid, body, kind, record_id, hlc, author = wconn.execute(
-                        "SELECT id, body, kind, record_id, hlc, author FROM ops WHERE seq = ?", (seq,)).fetchone()
-                    stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstone))
+                for seq, oid, body, kind, record_id, hlc, author in _rows_at(
+                        wconn, "id, body, kind, record_id, hlc, author", list(tombstones)):
+                    stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstones[seq]))
                     rows.append((seq, (oid, stub, kind, record_id, hlc, author)))
                 cuts.record(wconn, self.oplog.key, rows)
             if progress is not None:
@@ -448,6 +447,12 @@ class Compactor:
     def _dims(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT length(vec) FROM embeddings LIMIT 1").fetchone()
         return int(row[0]) // VECTOR_BYTES if row else 0
+
+
+def _rows_at(conn: sqlite3.Connection, columns: str, seqs: Sequence[int]) -> list[tuple[Any, ...]]:
+    """(seq, ``columns``...) of the ops at ``seqs``, in log order: one statement for a slice."""
+    marks = ",".join("?" * len(seqs))
+    return conn.execute(f"SELECT seq, {columns} FROM ops WHERE seq IN ({marks}) ORDER BY seq", list(seqs)).fetchall()
 
 
 def check_strategies(strategies: Sequence[str] | None) -> tuple[str, ...]:
