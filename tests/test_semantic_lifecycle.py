@@ -113,3 +113,22 @@ def test_the_graph_search_widens_as_the_index_grows_unless_set(tmp_path: Path, m
         index.set_search_breadth(300)
         index._ann_stamp, index._ann_checked = None, 0.0
         assert index.search_breadth == 300
+
+
+def test_a_store_without_an_index_file_keeps_its_exact_rows_between_searches(tmp_path: Path) -> None:
+    # With no file, every vector is searched exactly from an in-memory matrix. Looking for the file
+    # (twice a second) must not throw that matrix away: reloading it made each query of a 100k store
+    # take seconds.
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing", embed_on_write=True)) as api:
+        ids = _fill(api)
+        semantic = api.semantic
+        assert semantic is not None and not semantic.path.exists()
+        assert api.semantic_search("pytest test suite", top_k=1)[0].id == ids[FACTS[0]]
+        matrix = semantic._delta_cache
+        assert matrix is not None and len(matrix[0]) == len(FACTS)
+        semantic._ann_checked = 0.0  # the next search looks for the file again
+        assert api.semantic_search("pytest test suite", top_k=1)[0].id == ids[FACTS[0]]
+        assert semantic._delta_cache is matrix
+        new = api.remember("the staging cluster is called blue")  # a new row joins the exact rows
+        assert api.semantic_search("staging cluster blue", top_k=1)[0].id == new
+        assert semantic._delta_cache is not None and len(semantic._delta_cache[0]) == len(FACTS) + 1

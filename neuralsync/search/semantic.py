@@ -422,10 +422,14 @@ class SemanticIndex:
             self._ann.expansion_search = breadth
 
     def _drop_ann(self) -> None:
+        had_file = self._ann_meta is not None
         if self._ann is not None:
             self._ann.close()
         self._ann = self._ann_meta = self._ann_stamp = None
-        if self._delta_upto > 0:
+        # The delta held what the file did not cover; without the file every row belongs in it. Only then:
+        # with no file at all this runs at every look (twice a second), and reloading a 100k-row delta each
+        # time made every query of an unindexed store take ~1-3 s.
+        if had_file:
             self._delta, self._delta_upto, self._delta_cache = {}, -1, None
 
     def _sync_delta(self) -> None:
