@@ -353,3 +353,20 @@ def test_vacuum_frees_pages_in_slices_and_only_a_rewrite_asked_for_by_name_rewri
     rewrite = api.compact(["rewrite"])["steps"][0]
     assert rewrite["mode"] == "full rewrite" and rewrite["lock_held_ms"] > 0
     assert api.storage.sizes()["total_bytes"] < sliced and run_doctor(api.storage, quick=True).ok
+
+
+def test_a_slice_checks_its_ops_again_under_the_write_lock(make_api: MakeApi) -> None:
+    # Two compactors at once (`neuralsync compact` beside a server's idle slices): one finds its candidates,
+    # the other truncates them meanwhile; the first one's slices must leave them alone, not stub a stub.
+    api = make_api(embedder="none")
+    gone = api.remember("deleted, then compacted by two compactors at once")
+    api.forget(gone)
+    api.remember("a later write (the delete is no head)")
+    conn, compactor_ = api.storage.conn, api.compactor
+    removal = compactor_._removal_args(conn)
+    found = compactor_._truncatable(conn, removal)
+    assert len(found) == 2  # the create and the delete
+    assert api.compact(["truncate_log"])["steps"][0]["truncated"] == 2  # the other compactor
+    assert compactor_._truncate_slice(found, removal) == 0 and compactor_._prune_slice(found, removal) == (0, 0)
+    assert conn.execute("SELECT count(*) FROM log_cuts").fetchone()[0] == 1
+    assert api.doctor().ok

@@ -340,20 +340,31 @@ class Compactor:
         peer any more). The skeleton keeps the op's id, signature and predecessors: the log verifies,
         sync and the doctor work; merged memories wait for the undo window."""
         conn = self.storage.conn
-        candidates = self._prunable(conn)
+        removal = self._removal_args(conn)
+        candidates = self._prunable(conn, removal)
         total, pruned, kept_format1 = len(candidates), 0, 0
         for start in range(0, total, PRUNE_SLICE):
-            with self._slice() as wconn:
-                for seq, body in _rows_at(wconn, "body", candidates[start:start + PRUNE_SLICE]):
-                    skeleton = codec.skeleton_of(body)
-                    if skeleton is None:
-                        kept_format1 += 1  # a format-1 op's id needs its whole body
-                        continue
-                    wconn.execute("UPDATE ops SET body = ? WHERE seq = ?", (skeleton, seq))
-                    pruned += 1
+            done, kept = self._prune_slice(candidates[start:start + PRUNE_SLICE], removal)
+            pruned, kept_format1 = pruned + done, kept_format1 + kept
             if progress is not None:
                 progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
         return {"pruned": pruned, "kept_format_1": kept_format1}
+
+    def _prune_slice(self, seqs: Sequence[int], removal: dict[str, int]) -> tuple[int, int]:
+        """Prune the ops at ``seqs`` that are still prunable, in one write transaction: (pruned, format-1
+        ops kept whole)."""
+        pruned = kept_format1 = 0
+        with self._slice() as conn:
+            marks, at = _seq_marks(seqs)
+            for seq, body in conn.execute(f"SELECT o.seq, o.body {self._PRUNABLE} AND o.seq IN ({marks})"
+                                          " ORDER BY o.seq", {**removal, **at}).fetchall():
+                skeleton = codec.skeleton_of(body)
+                if skeleton is None:
+                    kept_format1 += 1  # a format-1 op's id needs its whole body
+                    continue
+                conn.execute("UPDATE ops SET body = ? WHERE seq = ?", (skeleton, seq))
+                pruned += 1
+        return pruned, kept_format1
 
     def _truncate_log(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         """Truncate the ops of memories gone for good: every op of a deleted, purged or merged memory, and
@@ -365,20 +376,30 @@ class Compactor:
         memories, stays whole; so do the graph's heads. Truncated ops are never sent: a replica new to
         the group must get them from one that kept them, as pruned ones."""
         conn = self.storage.conn
-        candidates = self._truncatable(conn)
-        total = len(candidates)
+        removal = self._removal_args(conn)
+        candidates = self._truncatable(conn, removal)
+        total, truncated, signed = len(candidates), 0, 0
         for start in range(0, total, TRUNCATE_SLICE):
-            with self._slice() as wconn:
-                tombstones = dict(candidates[start:start + TRUNCATE_SLICE])
-                rows: list[tuple[int, cuts.CutRow]] = []
-                for seq, oid, body, kind, record_id, hlc, author in _rows_at(
-                        wconn, "id, body, kind, record_id, hlc, author", list(tombstones)):
-                    stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstones[seq]))
-                    rows.append((seq, (oid, stub, kind, record_id, hlc, author)))
-                cuts.record(wconn, self.oplog.key, rows)
+            done = self._truncate_slice(candidates[start:start + TRUNCATE_SLICE], removal)
+            truncated, signed = truncated + done, signed + (done > 0)
             if progress is not None:
                 progress("truncate_log", min(start + TRUNCATE_SLICE, total), total)
-        return {"truncated": total, "cuts": -(-total // TRUNCATE_SLICE)}
+        return {"truncated": truncated, "cuts": signed}
+
+    def _truncate_slice(self, seqs: Sequence[int], removal: dict[str, int]) -> int:
+        """Truncate the ops at ``seqs`` that are still truncatable, in one write transaction and one cut
+        signed by this replica; returns how many."""
+        with self._slice() as conn:
+            marks, at = _seq_marks(seqs)
+            rows: list[tuple[int, cuts.CutRow]] = []
+            for seq, tombstone, oid, body, kind, record_id, hlc, author in conn.execute(
+                    f"SELECT o.seq, o.id = t.op, o.id, o.body, o.kind, o.record_id, o.hlc, o.author"
+                    f" {self._TRUNCATABLE} AND o.seq IN ({marks}) ORDER BY o.seq", {**removal, **at}).fetchall():
+                stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstone))
+                rows.append((seq, (oid, stub, kind, record_id, hlc, author)))
+            if rows:  # (a cut of nothing would only be a row for the doctor to check)
+                cuts.record(conn, self.oplog.key, rows)
+        return len(rows)
 
     # Every op of the memory, and the delete or merge that removed it (a purge, naming many, stays whole).
     _TRUNCATABLE = (f"{_REMOVED_BELOW_CUT} AND o.kind IN {_sql_list(TRUNCATABLE_KINDS)}"
@@ -386,9 +407,9 @@ class Compactor:
                     " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before)"
                     "      OR (d.kind = 'purge' AND o.id != t.op))")
 
-    def _truncatable(self, conn: sqlite3.Connection) -> list[tuple[int, int]]:
-        return [(seq, tomb) for seq, tomb in conn.execute(
-            f"SELECT o.seq, o.id = t.op {self._TRUNCATABLE} ORDER BY o.seq", self._removal_args(conn))]
+    def _truncatable(self, conn: sqlite3.Connection, removal: dict[str, int], after: int = 0,
+                     upto: int | None = None, limit: int = -1) -> list[int]:
+        return _window(conn, self._TRUNCATABLE, removal, after, upto, limit)
 
     def _truncatable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
         (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body) + length(o.sig)) - {STUB_BYTES} * count(*), 0)"
@@ -418,9 +439,9 @@ class Compactor:
         than to be past the undo window (their merged memory may go)."""
         return {"stable": self.stable_seq(conn), "undo_before": pack(max(0, now_ms() - self.merge_undo_ms))}
 
-    def _prunable(self, conn: sqlite3.Connection) -> list[int]:
-        return [seq for (seq,) in conn.execute(f"SELECT o.seq {self._PRUNABLE} ORDER BY o.seq",
-                                               self._removal_args(conn))]
+    def _prunable(self, conn: sqlite3.Connection, removal: dict[str, int], after: int = 0,
+                  upto: int | None = None, limit: int = -1) -> list[int]:
+        return _window(conn, self._PRUNABLE, removal, after, upto, limit)
 
     def _prunable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
         (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body)) - 180 * count(*), 0) {self._PRUNABLE}",
@@ -449,10 +470,22 @@ class Compactor:
         return int(row[0]) // VECTOR_BYTES if row else 0
 
 
-def _rows_at(conn: sqlite3.Connection, columns: str, seqs: Sequence[int]) -> list[tuple[Any, ...]]:
-    """(seq, ``columns``...) of the ops at ``seqs``, in log order: one statement for a slice."""
-    marks = ",".join("?" * len(seqs))
-    return conn.execute(f"SELECT seq, {columns} FROM ops WHERE seq IN ({marks}) ORDER BY seq", list(seqs)).fetchall()
+def _window(conn: sqlite3.Connection, removed: str, removal: dict[str, int], after: int, upto: int | None,
+            limit: int) -> list[int]:
+    """The seqs of the ops the removed-ops query ``removed`` selects in the window (after, upto] of the log
+    (upto None: the stable cut), in log order, at most ``limit`` (-1: all). SQLite walks the ops primary
+    key from ``after`` and stops at the limit (EXPLAIN QUERY PLAN: SEARCH o USING INTEGER PRIMARY KEY
+    (rowid>? AND rowid<?), no sort), so a window costs what it reads, wherever it starts."""
+    args = {**removal, "after": after, "upto": removal["stable"] if upto is None else upto, "limit": limit}
+    return [seq for (seq,) in conn.execute(
+        f"SELECT o.seq {removed} AND o.seq > :after AND o.seq <= :upto ORDER BY o.seq LIMIT :limit", args)]
+
+
+def _seq_marks(seqs: Sequence[int]) -> tuple[str, dict[str, int]]:
+    """Placeholders and parameters for ``o.seq IN (...)`` beside the removed-ops queries' named ones. A
+    slice reads its ops in one statement, which checks them again under the write lock: another compactor
+    (``neuralsync compact`` beside a server's idle slices) may have compacted them since they were found."""
+    return ", ".join(f":seq{i}" for i in range(len(seqs))), {f"seq{i}": seq for i, seq in enumerate(seqs)}
 
 
 def check_strategies(strategies: Sequence[str] | None) -> tuple[str, ...]:
