@@ -370,3 +370,119 @@ def test_a_slice_checks_its_ops_again_under_the_write_lock(make_api: MakeApi) ->
     assert compactor_._truncate_slice(found, removal) == 0 and compactor_._prune_slice(found, removal) == (0, 0)
     assert conn.execute("SELECT count(*) FROM log_cuts").fetchone()[0] == 1
     assert api.doctor().ok
+
+
+
+def _idle_until_quiet(api: UnifiedMemoryAPI, limit: int = 400) -> list[dict[str, Any]]:
+    """``idle_slice()`` until a whole pass over the log (from a call that starts at its beginning to the
+    next) truncates and prunes nothing; every call's report."""
+    rounds: list[dict[str, Any]] = []
+    work: int | None = None  # truncated and pruned in the pass under way (None: before the first one)
+    for _ in range(limit):
+        done = api.compactor.idle_slice()
+        if done["log_window"][0] == 0:
+            if work == 0:
+                return rounds
+            work = 0
+        rounds.append(done)
+        work = (work or 0) + done["truncated"] + done["pruned"]
+    raise AssertionError(f"idle slices still at work after {limit} calls: {rounds[-3:]}")
+
+
+def _log_rows(api: UnifiedMemoryAPI) -> list[tuple[bytes, bytes, bytes]]:
+    return api.storage.conn.execute("SELECT id, body, sig FROM ops ORDER BY id").fetchall()
+
+
+def test_idle_slices_truncate_what_compaction_would_a_bounded_slice_at_a_time(
+        make_api: MakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small slices and windows, so that the ~150 ops to truncate take many calls and several passes.
+    monkeypatch.setattr(compactor, "TRUNCATE_SLICE", 7)
+    monkeypatch.setattr(compactor, "IDLE_SCAN_OPS", 60)
+    a = make_api(tmp_path / "a", embedder="none", merge_undo_days=0)
+    twin = make_api(tmp_path / "twin", embedder="none", merge_undo_days=0)
+    _fill(a)
+    gone = [a.remember(f"deleted by hand {i}") for i in range(3)]
+    for record_id in gone:
+        a.forget(record_id)
+    a.compact(["purge_expired", "consolidate_duplicates"])  # purged and merged memories
+    twin.log.apply_remote(_ops(a))
+    assert _log_rows(twin) == _log_rows(a)  # the same history
+    queries = ["subject 3", "note 7", "detail"]
+    recalled = {q: [m.id for m in a.recall(q, top_k=50, mode="text")] for q in queries}
+    survivors = {m.id: m.content for m in a.range_recall(limit=1000)}
+    digest = run_doctor(a.storage).digest
+
+    rounds = _idle_until_quiet(a)
+    compacted = twin.compact(["truncate_log", "prune_payloads"])["steps"]
+    assert sum(r["truncated"] for r in rounds) == compacted[0]["truncated"] > 130
+    assert sum(r["pruned"] for r in rounds) == compacted[1]["pruned"]
+    assert _log_rows(a) == _log_rows(twin)  # the same stubs, skeletons and whole ops as compaction left
+    # Each call truncated one slice at most, one signed cut, and read one window of the log after the last.
+    assert all(r["truncated"] <= 7 for r in rounds) and sum(r["truncated"] > 0 for r in rounds) >= 20
+    assert a.storage.conn.execute("SELECT max(ops) FROM log_cuts").fetchone()[0] <= 7
+    windows = [r["log_window"] for r in rounds]
+    assert all(0 <= upto - after <= 60 for after, upto in windows)
+    # Each call goes on from where the last one stopped, and starts over only once a pass reached the end
+    # (a pass over the ~360-op log takes 6 windows or more), rather than walking the log from its beginning.
+    assert all(after in (0, previous[1]) for previous, (after, _) in zip(windows, windows[1:], strict=False))
+    assert 2 <= sum(after == 0 for after, _ in windows) <= len(windows) // 6
+    assert a.compact_analyze()["reclaimable_bytes"]["truncate_log"] == 0
+    report = a.doctor()
+    assert report.ok and report.digest == run_doctor(twin.storage).digest == digest, report.to_dict()
+    assert {m.id: m.content for m in a.range_recall(limit=1000)} == survivors
+    assert {q: [m.id for m in a.recall(q, top_k=50, mode="text")] for q in queries} == recalled
+
+
+def test_idle_slices_prune_what_truncation_leaves(make_api: MakeApi, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Truncation takes every op pruning would but the graph's heads, so idle pruning seldom finds anything
+    # left; with truncation held off, it prunes what compaction would, a bounded slice a call.
+    monkeypatch.setattr(compactor.Compactor, "_TRUNCATABLE", compactor.Compactor._TRUNCATABLE + " AND 0")
+    monkeypatch.setattr(compactor, "PRUNE_SLICE", 9)
+    a = make_api(tmp_path / "a", embedder="none", merge_undo_days=0)
+    twin = make_api(tmp_path / "twin", embedder="none", merge_undo_days=0)
+    _fill(a, 120)
+    a.compact(["purge_expired", "consolidate_duplicates"])
+    twin.log.apply_remote(_ops(a))
+    rounds = _idle_until_quiet(a)
+    pruned = twin.compact(["prune_payloads"])["steps"][0]["pruned"]
+    assert sum(r["pruned"] for r in rounds) == pruned > 40 and all(r["pruned"] <= 9 for r in rounds)
+    assert not any(r["truncated"] for r in rounds)
+    assert _log_rows(a) == _log_rows(twin)
+    report = a.doctor()
+    assert report.ok and report.digest == run_doctor(twin.storage).digest
+
+
+def test_idle_slices_truncate_nothing_a_peer_has_not_acknowledged(make_api: MakeApi, tmp_path: Path) -> None:
+    from tests._replicas import introduce
+
+    a = make_api(tmp_path / "a", embedder="none", dedupe=False)
+    b = make_api(tmp_path / "b", embedder="none", dedupe=False)
+    introduce({"a": a, "b": b})
+    _fill(a, 60)  # 20 expired, which the first idle slice purges: b has not seen the purge
+    acked = a.remember("forgotten, and b holds the delete")
+    a.forget(acked)
+    _sync(a, b)
+    unacked = a.remember("forgotten after the last sync")
+    a.forget(unacked)
+    conn = a.storage.conn
+    stable = a.compactor.stable_seq(conn)
+    rounds = _idle_until_quiet(a)
+    assert rounds[0]["purged"] == 20
+    # Only the memory whose delete b holds is truncated (its create and its delete), all below the cut.
+    truncated = conn.execute("SELECT record_id, max(seq), count(*) FROM ops WHERE cut IS NOT NULL"
+                             " GROUP BY record_id").fetchall()
+    assert truncated == [(acked, stable, 2)] and sum(r["truncated"] for r in rounds) == 2
+    whole = f"NOT {codec.COMPACTED_SQL.format(column='body')}"
+    purged = conn.execute("SELECT count(*) FROM ops WHERE kind = 'create' AND record_id IN"
+                          f" (SELECT record_id FROM tombstones) AND {whole}").fetchone()[0]
+    assert purged == 21  # the expired memories' creates, and the unacknowledged one's, stay whole
+    _sync(a, b)  # b acknowledges: the idle slices go back to the start of the log for them
+    rounds = _idle_until_quiet(a)
+    assert sum(r["truncated"] for r in rounds) == 21 + 1  # the creates, and the delete of unacked
+    assert conn.execute("SELECT count(*) FROM ops WHERE record_id IN (SELECT record_id FROM tombstones)"
+                        " AND cut IS NULL AND kind != 'purge' AND id NOT IN (SELECT id FROM heads)").fetchone()[0] == 0
+    a.remember("written after the truncation")
+    _sync(a, b)
+    ra, rb = a.doctor(), run_doctor(b.storage)
+    assert ra.ok and rb.ok and ra.digest == rb.digest, ra.to_dict()

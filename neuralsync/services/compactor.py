@@ -53,6 +53,9 @@ _REMOVED_BELOW_CUT = ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id
                       " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL")
 PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
 TRUNCATE_SLICE = 100  # ops truncated (one signed cut) per write transaction
+# Ops of the log one idle slice looks through for ops to truncate or prune, from where the last one stopped:
+# a read outside the write lock (~50 ms at 50k), so a server never walks a large log in one idle minute.
+IDLE_SCAN_OPS = 50_000
 STUB_BYTES = 40  # what a truncated op keeps in its body (the mark, a flag, usually one predecessor)
 # A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
 # ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
@@ -86,6 +89,9 @@ class Compactor:
         self.merger = merger
         self.semantic = semantic
         self._held_ms: list[float] = []  # how long each slice of the current step held the write lock
+        # The last seq the idle slices looked at for ops to truncate or prune. In memory only: a restart
+        # starts over from the beginning of the log, which costs one more pass and loses nothing.
+        self._idle_after = 0
 
     # ------------------------------------------------------------ analysis
     def analyze(self) -> dict[str, Any]:
@@ -191,6 +197,7 @@ class Compactor:
         out: dict[str, Any] = {}
         self._held_ms = []
         out["purged"] = self._purge_slice()
+        out.update(self._idle_log_slice())
         with self.storage.write() as conn:
             conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
         if self._incremental():
@@ -198,6 +205,34 @@ class Compactor:
                 conn.execute(f"PRAGMA incremental_vacuum({VACUUM_SLICE_PAGES // 4})").fetchall()
         out["checkpointed_frames"] = self.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
         return out
+
+    def _idle_log_slice(self) -> dict[str, Any]:
+        """Truncate, then prune, what one window of the log holds: the ops after the cursor, up to
+        ``IDLE_SCAN_OPS`` of them (below the stable cut), at most one slice of each. A server left running
+        thus reclaims the log space of removed memories without a user running ``compact``.
+
+        The cursor wraps to the start of the log once it has reached the stable cut: a removal that becomes
+        stable later (a peer acknowledges it) makes its memory's older ops, behind the cursor, removable."""
+        conn = self.storage.conn
+        removal = self._removal_args(conn)
+        after = self._idle_after if self._idle_after < removal["stable"] else 0
+        upto = min(removal["stable"], after + IDLE_SCAN_OPS)
+        truncated = pruned = 0
+        found = self._truncatable(conn, removal, after, upto, TRUNCATE_SLICE)
+        if found:
+            truncated = self._truncate_slice(found, removal)
+        if len(found) == TRUNCATE_SLICE:
+            upto = found[-1]  # the window's rest waits for the next call
+        # Truncation took, in the window, every op pruning would but the graph's heads: pruning after it and
+        # over the same window (never beyond what truncation has been through, where it would write skeletons
+        # that truncation then replaces) has those left at most.
+        found = self._prunable(conn, removal, after, upto, PRUNE_SLICE)
+        if found:
+            pruned = self._prune_slice(found, removal)[0]
+        if len(found) == PRUNE_SLICE:
+            upto = found[-1]
+        self._idle_after = upto
+        return {"truncated": truncated, "pruned": pruned, "log_window": [after, upto]}
 
     # ------------------------------------------------------------ strategies
     def _purge_expired(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
