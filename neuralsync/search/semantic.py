@@ -500,6 +500,7 @@ class SemanticIndex:
                 covered = self._ann_meta.covered_seq if (base is not None and self._ann_meta) else 0
             index = base.writable_copy() if base is not None else AnnIndex(
                 self.embedder.dims, embedder=self.embedder.name, **ANN_SETTINGS)
+            index.expansion_add = int(ANN_SETTINGS["expansion_add"])  # a copy of a file adds with usearch's default
             try:
                 if removed and base is not None:
                     index.remove(np.array(removed, dtype=np.int64))

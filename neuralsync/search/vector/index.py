@@ -200,6 +200,21 @@ class AnnIndex:
         with self._lock.write():
             self._index.expansion_search = int(value)
 
+    @property
+    def expansion_add(self) -> int:
+        """HNSW ``ef`` while adding: how widely each new vector looks for its neighbours (a better
+        graph for a slower add). Not kept in the file: an index opened from disk adds with usearch's
+        default unless it is set again."""
+        return int(self._index.expansion_add)
+
+    @expansion_add.setter
+    def expansion_add(self, value: int) -> None:
+        if value < 1:
+            raise InvalidInput("expansion_add", "must be positive")
+        with self._lock.write():
+            self._check_writable()
+            self._index.expansion_add = int(value)
+
     def __len__(self) -> int:
         return 0 if self._closed else len(self._index)
 
