@@ -2,7 +2,7 @@
 
     python bench/bench_ann.py --memories 100000            # MiniLM (the default): ~13 CPU-minutes of embedding
     python bench/bench_ann.py --memories 20000 --embedder hashing --queries 100   # a quick look
-    python bench/bench_ann.py --memories 100000 --breadth 192 384 --pool 4 8     # settings side by side
+    python bench/bench_ann.py --memories 100000 --breadth 192 384               # breadths side by side
 
 Texts already embedded by an earlier run come from ``vector_cache.py`` (the same vectors; fill it
 ahead with ``python bench/vector_cache.py --memories N``); ``--no-vector-cache`` embeds everything.
@@ -11,15 +11,14 @@ Builds (once, kept under ``<out>``) a store of generated developer memories with
 index file, then for each query compares the ids of
 
 - the index alone (``AnnIndex.search``, top 10, as the file is searched),
-- the product path (``semantic_search(top_k=10)``: a wider pool from the index, ranked exactly),
+- the product path (``semantic_search(top_k=10)``: the index's candidates, filtered and ranked exactly),
 
 with the exact top 10 over every stored vector (numpy, float32). Agreement is the share of the
 exact top 10 that a result holds (tie-aware: a row as similar as the tenth counts), averaged
 over queries. Latency is the p50/p99 of
 ``semantic_search`` and of hybrid ``recall`` (top 10), the query embedding included, and of the
-query embedding alone. ``--breadth`` (the index's ``expansion_search``) and ``--pool`` (how many
-times the wanted candidates the index is asked for, ranked exactly) are tried in turn on the same
-store. Results go to ``<out>/ann-<N>.json``.
+query embedding alone. Each ``--breadth`` (the index's ``expansion_search``) is tried in turn on the
+same store. Results go to ``<out>/ann-<N>.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from benchlib import load_average, log, machine, summary  # noqa: E402
 from corpus import Corpus  # noqa: E402
 
-from neuralsync.search import semantic as semantic_module  # noqa: E402
 from neuralsync.search.vector import AnnIndex  # noqa: E402
 from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI  # noqa: E402
 
@@ -67,7 +65,6 @@ def main() -> int:
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--breadth", type=int, nargs="+", help="index expansion_search values to try")
-    parser.add_argument("--pool", type=int, nargs="+", help="ANN pool factors to try (default: the product's)")
     parser.add_argument("--no-vector-cache", action="store_true", help="embed every text, even cached ones")
     args = parser.parse_args()
     home = args.out / f"ann-store-{args.embedder.replace(':', '-')}-{args.memories}"
@@ -107,27 +104,25 @@ def main() -> int:
             vectors.append(vector)
         settings = []
         for breadth in args.breadth or [semantic.search_breadth]:
-            for pool in args.pool or [semantic_module.ANN_POOL]:
-                semantic.set_search_breadth(breadth)
-                index.expansion_search = breadth
-                semantic_module.ANN_POOL = pool
-                index_agree, product_agree, times, hybrid = [], [], [], []
-                for text, vector, (sims, tenth) in zip(queries, vectors, tenths, strict=True):
-                    index_agree.append(sum(sims[row_of[h.key]] >= tenth for h in index.search(vector, 10)) / 10)
-                    start = time.perf_counter_ns()
-                    found = api.semantic_search(text, top_k=10)
-                    times.append(time.perf_counter_ns() - start)
-                    product_agree.append(sum(sims[row_of[key_of[m.id]]] >= tenth for m in found) / 10)
-                    start = time.perf_counter_ns()
-                    api.recall(text, top_k=10, mode="hybrid")
-                    hybrid.append(time.perf_counter_ns() - start)
-                settings.append({
-                    "breadth": breadth, "pool": pool,
-                    "agreement_top10_index_alone": round(float(np.mean(index_agree)), 4),
-                    "agreement_top10_semantic_search": round(float(np.mean(product_agree)), 4),
-                    "semantic_search_latency": summary(times), "hybrid_recall_latency": summary(hybrid),
-                    "load": load_average()})
-                log(json.dumps(settings[-1]))
+            semantic.set_search_breadth(breadth)
+            index.expansion_search = breadth
+            index_agree, product_agree, times, hybrid = [], [], [], []
+            for text, vector, (sims, tenth) in zip(queries, vectors, tenths, strict=True):
+                index_agree.append(sum(sims[row_of[h.key]] >= tenth for h in index.search(vector, 10)) / 10)
+                start = time.perf_counter_ns()
+                found = api.semantic_search(text, top_k=10)
+                times.append(time.perf_counter_ns() - start)
+                product_agree.append(sum(sims[row_of[key_of[m.id]]] >= tenth for m in found) / 10)
+                start = time.perf_counter_ns()
+                api.recall(text, top_k=10, mode="hybrid")
+                hybrid.append(time.perf_counter_ns() - start)
+            settings.append({
+                "breadth": breadth,
+                "agreement_top10_index_alone": round(float(np.mean(index_agree)), 4),
+                "agreement_top10_semantic_search": round(float(np.mean(product_agree)), 4),
+                "semantic_search_latency": summary(times), "hybrid_recall_latency": summary(hybrid),
+                "load": load_average()})
+            log(json.dumps(settings[-1]))
         index.close()
     result: dict[str, Any] = {
         "machine": machine(), "load": load_average(), "memories": args.memories, "embedder": args.embedder,

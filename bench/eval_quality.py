@@ -368,7 +368,7 @@ def _fusion_dict(fusion: Fusion) -> dict[str, Any]:
 def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_index: bool = True,
              modes: Sequence[str] = MODES, distractors: Sequence[int] = (0,), half: str = "all", cv: bool = False,
              seed: int = SPLIT_SEED, vector_cache: bool = False,
-             also_indexed: bool = False, index_settings: Sequence[tuple[int, int]] = ()
+             also_indexed: bool = False, breadths: Sequence[int] = ()
              ) -> list[tuple[dict[str, ModeReport], dict[str, Any]]]:
     """Load the set into one temporary store per entry of ``distractors`` (that many generated
     memories first) and evaluate the ``half`` of its queries in each. With ``cv``, first choose
@@ -376,7 +376,7 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
     ``vector_cache``, texts embedded by an earlier run are not embedded again (``vector_cache.py``:
     the same model's same vectors). With ``also_indexed`` (and no index built at load), each store is
     evaluated searched exactly, then again after its HNSW file is built: the index's cost in answers
-    on the same vectors; ``index_settings`` (search breadth, pool factor) pairs are then tried on that
+    on the same vectors; each of ``breadths`` (the graph search's breadth) is then tried on that
     file too. Returns (reports, run info) per store and search."""
     full = load_eval_set(path)
     eval_set = half_of(full, "heldout" if cv else half, seed)
@@ -417,19 +417,14 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
                     indexed = {**info, "vector_index": True, "index_build_seconds":
                                round(time.perf_counter() - started, 1)}
                     out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m != "bm25"]), indexed))
-                    for breadth, pool in index_settings:  # other search settings on the same file
-                        from neuralsync.search import semantic as semantic_module
-
-                        assert api.semantic is not None
-                        default_pool = semantic_module.ANN_POOL
+                    assert api.semantic is not None
+                    default_breadth = api.semantic.search_breadth
+                    for breadth in breadths:  # other search breadths on the same file
                         api.semantic.set_search_breadth(breadth)
-                        semantic_module.ANN_POOL = pool
-                        try:
-                            out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m in
-                                                                              ("semantic", "hybrid")]),
-                                        {**indexed, "search_breadth": breadth, "ann_pool": pool}))
-                        finally:
-                            semantic_module.ANN_POOL = default_pool
+                        out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m in
+                                                                          ("semantic", "hybrid")]),
+                                    {**indexed, "search_breadth": breadth}))
+                    api.semantic.set_search_breadth(default_breadth)
         finally:
             for api, _ in stores:
                 api.close()
@@ -455,7 +450,7 @@ def format_table(data: dict[str, Any]) -> str:
     lines = [f"embedder {data['embedder']}: {data['memories']} memories + {data['distractors']} distractors, "
              f"{data['queries']} queries ({data['half']}, split seed {data['split_seed']}), "
              f"loaded in {data['load_seconds']:.2f} s (vector index file: {data['vector_index']}"
-             + (f", breadth {data['search_breadth']}, pool x{data['ann_pool']}" if "ann_pool" in data else "") + ")",
+             + (f", breadth {data['search_breadth']}" if "search_breadth" in data else "") + ")",
              f"fusion: {data['fusion']}", ""]
     if "cv" in data:
         cv = data["cv"]
@@ -499,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not build the HNSW file (vectors are then searched exactly)")
     parser.add_argument("--exact-then-index", action="store_true",
                         help="evaluate each store searched exactly, then again with the HNSW file built")
-    parser.add_argument("--index-settings", nargs="+", default=[], metavar="BREADTH:POOL",
-                        help="with --exact-then-index: also search the file with these settings")
+    parser.add_argument("--breadths", nargs="+", type=int, default=[], metavar="BREADTH",
+                        help="with --exact-then-index: also search the file with these search breadths")
     parser.add_argument("--vector-cache", action="store_true",
                         help="reuse vectors of texts embedded by earlier runs (bench/out/vector-cache)")
     parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
@@ -509,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = run_eval(args.embedder, args.set, not (args.no_index or args.exact_then_index), args.modes,
                     args.distractors, args.half, args.cv, args.seed, args.vector_cache, args.exact_then_index,
-                    [(int(b), int(p)) for b, p in (item.split(":") for item in args.index_settings)])
+                    args.breadths)
     if args.json:
         print(json.dumps([summary(reports, info) for reports, info in runs], indent=2))
         return 0

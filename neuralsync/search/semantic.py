@@ -56,20 +56,23 @@ SERVER_RECHECK_S = 30.0          # a process embedding locally looks for a start
 INDEX_FILE = "vectors.usearch"
 # Measured on 100k wordllama vectors with short queries: M=16/ef 64 gave
 # recall@10 0.85; M=32 (build ~2x slower) with ef 192 gives ~0.96 at ~1 ms.
-ANN_SETTINGS: dict[str, Any] = {"connectivity": 32, "expansion_add": 128, "expansion_search": 192}
-# The index is asked for this many times the candidates, ranked exactly after. MiniLM, 100k generated
-# memories plus the labelled eval set (bench/README-semantic.md): x4 kept 0.965 of exact top-10 and hybrid
-# R@5 .579 against exact search's .602; x8 keeps 0.982 and .597, for ~3 ms more per search on a loaded CPU.
-# A wider graph did less: ef 384 at x4 left hybrid at .579; M=64/ef_add 256 doubled the build and the file.
+ANN_SETTINGS: dict[str, Any] = {"connectivity": 32, "expansion_add": 400, "expansion_search": 192}
+# The graph search returns this many times the candidates wanted (so it explores at least that many, twice over
+# through the exclusion filter); the best by the index's own f16 similarity are kept and ranked exactly when
+# their memories are read. MiniLM, 100k generated memories plus the labelled eval set (bench/README-quality.md):
+# hybrid's 90 candidates from a graph search of ~180 left R@5 at .579 against exact search's .602; the wider
+# search keeps it within .02. Only the kept candidates' vectors are read: ranking the whole x8 pool exactly
+# from SQLite cost 2-10 ms of random reads at 1M and changed no answer (the f16 order differs only in ties).
 ANN_POOL = 8
 
 
 def default_breadth(size: int) -> int:
     """The graph search's breadth (``expansion_search``) for an index of ``size`` vectors: the built-in 192
-    up to ~200k, then about one per thousand, in steps of 64. The graph reaches fewer true neighbours as it
-    grows: at 1M (MiniLM, bench/README-semantic.md) top-10 agreement with exact search was .956 at 192,
-    .975 at 768, .983 at 1,024 (the target: .98) and .991 at 1,536, semantic search p50 12 -> 21 ms."""
-    return min(4096, max(int(ANN_SETTINGS["expansion_search"]), -(-size // 64_000) * 64))
+    up to ~400k, then about one per two thousand, in steps of 64. The graph reaches fewer true neighbours as
+    it grows: at 1M (MiniLM, graph built with ``expansion_add`` 400; bench/README-semantic.md) top-10
+    agreement with exact search was .955 at 192, .978 at 384, .984 at 512 (the target: .98) and .989 at 768,
+    the graph search alone 4 -> 5.5 -> 7.8 ms."""
+    return min(4096, max(int(ANN_SETTINGS["expansion_search"]), -(-size // 128_000) * 64))
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -267,11 +270,11 @@ class SemanticIndex:
         falls back to an exact search over just the rows it admits.
         """
         want = max(k * 3, 30)
-        found = self._fetch(self._candidates(vector, want), filters, now)
+        found = self._fetch(vector, self._candidates(vector, want), filters, now)
         if len(found) >= k or not filters.restrictive:
             return found[:k]
         for factor in WIDEN:
-            found = self._fetch(self._candidates(vector, want * factor), filters, now)
+            found = self._fetch(vector, self._candidates(vector, want * factor), filters, now)
             if len(found) >= k:
                 return found[:k]
         exact = self._exact_filtered(vector, k, filters, now)
@@ -306,10 +309,7 @@ class SemanticIndex:
                 keys, matrix = self._delta_matrix(len(vector))
                 stale = self._delta  # membership tests only: safe while another thread adds
             try:
-                # With a filter the index fetches twice the pool (AnnIndex.search's oversample), so the graph
-                # is searched with ef = 2 x pool: asking for the pool alone, when nothing is excluded, saved
-                # ~2.5 ms at 100k but top-10 agreement fell from .987 to .972 (bench/README-semantic.md).
-                ann_hits = (ann.search(vector, want * ANN_POOL, exclude=stale.__contains__)
+                ann_hits = (ann.search(vector, want * ANN_POOL, exclude=stale.__contains__)[:want]
                             if ann is not None else [])
                 break
             except ReadOnlyIndexError:  # the file was replaced and this view closed: take the new one
@@ -318,39 +318,31 @@ class SemanticIndex:
         else:
             ann_hits = []
         delta_hits = exact_search(matrix, keys, vector, want, normalized=True) if len(keys) else []
-        return merge_results(self._rescored(vector, ann_hits), delta_hits, want)
+        return merge_results(ann_hits, delta_hits, want)
 
-    def _rescored(self, vector: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
-        """The index's hits scored exactly against the stored float32 vectors.
+    def _fetch(self, vector: np.ndarray, hits: Sequence[Hit], filters: Filters,
+               now: int) -> list[tuple[Memory, float]]:
+        """The hits' memories that pass ``filters``, ranked by exact similarity to ``vector``.
 
-        The graph search is approximate twice over: it may miss a neighbour, and
-        it ranks what it finds by f16 copies. Asking it for a wider pool
-        (``ANN_POOL`` times what is wanted) and ranking that pool exactly keeps
-        the true neighbours that were found but ranked too low."""
-        from .vector import Hit
-
-        if not hits:
-            return []
-        keys = [h.key for h in hits]
-        rows = self.storage.conn.execute(
-            f"SELECT mem, vec FROM embeddings WHERE mem IN ({','.join('?' * len(keys))}) AND embedder = ?",
-            [*keys, self.embedder.name]).fetchall()
-        if not rows:
-            return []
-        sims = from_blobs([blob for _, blob in rows], len(vector)) @ vector
-        return [Hit(int(mem), float(sim)) for (mem, _), sim in zip(rows, sims, strict=True)]
-
-    def _fetch(self, hits: Sequence[Hit], filters: Filters, now: int) -> list[tuple[Memory, float]]:
+        The index ranks by its f16 copies; each hit's stored float32 vector is read in the same
+        statement as its memory, so the ranking and the similarities returned are exact."""
         if not hits:
             return []
         where, args = filters.sql(now)
         marks = ",".join("?" * len(hits))
         rows = self.storage.conn.execute(
-            f"SELECT {MEMORY_COLUMNS}, m.rowid FROM memories m WHERE m.rowid IN ({marks}) AND {where}"
-            " AND m.rowid NOT IN (SELECT mem FROM embed_queue)",
-            [h.key for h in hits] + args).fetchall()
-        by_key = {row[-1]: row_to_memory(row) for row in rows}
-        return [(by_key[h.key], h.similarity) for h in hits if h.key in by_key]
+            f"SELECT {MEMORY_COLUMNS}, m.rowid, e.vec FROM memories m"
+            " LEFT JOIN embeddings e ON e.mem = m.rowid AND e.embedder = ?"
+            f" WHERE m.rowid IN ({marks}) AND {where} AND m.rowid NOT IN (SELECT mem FROM embed_queue)",
+            [self.embedder.name, *(h.key for h in hits), *args]).fetchall()
+        if not rows:
+            return []
+        found = {h.key: h.similarity for h in hits}
+        exact = [row for row in rows if row[-1] is not None]
+        if exact:
+            sims = from_blobs([row[-1] for row in exact], len(vector)) @ vector
+            found.update(zip((row[-2] for row in exact), sims.tolist(), strict=True))
+        return sorted(((row_to_memory(row), found[row[-2]]) for row in rows), key=lambda pair: -pair[1])
 
     def _exact_filtered(self, vector: np.ndarray, k: int, filters: Filters,
                         now: int) -> list[tuple[Memory, float]] | None:
@@ -367,7 +359,7 @@ class SemanticIndex:
             return None
         keys = np.array([mem for mem, _ in rows], dtype=np.int64)
         hits = exact_search(from_blobs([b for _, b in rows], len(vector)), keys, vector, k) if rows else []
-        return self._fetch(hits, filters, now)
+        return self._fetch(vector, hits, filters, now)
 
     # ------------------------------------------------------------ the file and the delta
     def _current_ann(self) -> AnnIndex | None:
