@@ -418,13 +418,12 @@ def run_eval(embedder: str = "wordllama", path: Path | str = EVAL_SET, build_ind
                                round(time.perf_counter() - started, 1)}
                     out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m != "bm25"]), indexed))
                     assert api.semantic is not None
-                    default_breadth = api.semantic.search_breadth
+                    # Last use of this store: a breadth set here needs no undoing (it is the store's own).
                     for breadth in breadths:  # other search breadths on the same file
                         api.semantic.set_search_breadth(breadth)
                         out.append((evaluate(api, eval_set, label_to_id, [m for m in modes if m in
                                                                           ("semantic", "hybrid")]),
                                     {**indexed, "search_breadth": breadth}))
-                    api.semantic.set_search_breadth(default_breadth)
         finally:
             for api, _ in stores:
                 api.close()
