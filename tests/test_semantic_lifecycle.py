@@ -132,3 +132,24 @@ def test_a_store_without_an_index_file_keeps_its_exact_rows_between_searches(tmp
         new = api.remember("the staging cluster is called blue")  # a new row joins the exact rows
         assert api.semantic_search("staging cluster blue", top_k=1)[0].id == new
         assert semantic._delta_cache is not None and len(semantic._delta_cache[0]) == len(FACTS) + 1
+
+
+def test_incremental_index_updates_add_with_the_configured_expansion_add(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuralsync.search import semantic
+    from neuralsync.search.vector import AnnIndex
+
+    seen: list[int] = []
+    real_add = AnnIndex.add
+
+    def add(self: AnnIndex, keys: object, vectors: object) -> int:
+        seen.append(self.expansion_add)
+        return real_add(self, keys, vectors)
+
+    monkeypatch.setattr(AnnIndex, "add", add)
+    with UnifiedMemoryAPI(MemoryConfig(base_path=tmp_path, embedder="hashing")) as api:
+        _fill(api)
+        assert api.rebuild_vector_index()["mode"] == "full"
+        api.remember("the staging cluster is called blue")
+        assert api.rebuild_vector_index()["mode"] == "incremental"  # a copy of the file opened from disk
+    assert len(seen) == 2 and set(seen) == {semantic.ANN_SETTINGS["expansion_add"]}

@@ -262,6 +262,26 @@ def test_expansion_search_is_persisted(data: np.ndarray, keys: np.ndarray, tmp_p
     viewed.close()
 
 
+def test_expansion_add_is_settable_on_writable_indexes_only(data: np.ndarray, keys: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    # usearch does not keep expansion_add in its file: an opened file adds with its default until it is set.
+    index = AnnIndex.build(keys[:300], data[:300], connectivity=8, expansion_add=300)
+    assert index.expansion_add == 300
+    index.save(tmp_path / "a.ann", covered_seq=0)
+    viewed, _ = AnnIndex.open(tmp_path / "a.ann")
+    with pytest.raises(ReadOnlyIndexError):
+        viewed.expansion_add = 300
+    copy = viewed.writable_copy()
+    assert copy.expansion_add != 300
+    copy.expansion_add = 300
+    assert copy.expansion_add == 300
+    with pytest.raises(InvalidInput, match="expansion_add"):
+        copy.expansion_add = 0
+    assert copy.expansion_add == 300
+    copy.close()
+    viewed.close()
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(built: AnnIndex, tmp_path: Path) -> None:
     path = tmp_path / "vectors.ann"
     built.save(path, covered_seq=1)
