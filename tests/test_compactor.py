@@ -486,3 +486,21 @@ def test_idle_slices_truncate_nothing_a_peer_has_not_acknowledged(make_api: Make
     _sync(a, b)
     ra, rb = a.doctor(), run_doctor(b.storage)
     assert ra.ok and rb.ok and ra.digest == rb.digest, ra.to_dict()
+
+
+def test_vacuum_returns_every_free_page_over_several_slices(make_api: MakeApi) -> None:
+    # PRAGMA incremental_vacuum(N) frees one page per step, and Python steps such a statement once: a slice
+    # that ran it once returned one page, and a large free list stayed in the file.
+    api = make_api(embedder="none")
+    with api.batch_operations():
+        ids = [api.remember(f"memory {i}: " + "words to fill pages " * 80) for i in range(800)]
+    with api.batch_operations():
+        for memory_id in ids:
+            api.forget(memory_id)
+    free = api.storage.conn.execute("PRAGMA freelist_count").fetchone()[0]
+    assert free > 3 * compactor.VACUUM_SLICE_PAGES
+    pages = api.storage.conn.execute("PRAGMA page_count").fetchone()[0]
+    step = api.compact(["vacuum"])["steps"][0]
+    assert step["pages_freed"] == free and step["slices"] >= 3
+    assert api.storage.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert api.storage.conn.execute("PRAGMA page_count").fetchone()[0] == pages - free
