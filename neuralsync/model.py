@@ -32,7 +32,7 @@ MERGE_STRATEGIES: tuple[str, ...] = ("semantic_merge", "last_writer_wins", "cont
 # which holds the write lock while it runs) only runs when asked by name.
 COMPACT_STRATEGIES: tuple[str, ...] = ("purge_expired", "consolidate_duplicates", "archive_over_quota",
                                        "truncate_log", "prune_payloads", "fts_optimize", "vector_rebuild",
-                                       "checkpoint", "vacuum", "rewrite")
+                                       "defragment", "checkpoint", "vacuum", "rewrite")
 
 
 class Memory(NamedTuple):

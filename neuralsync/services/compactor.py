@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from ..oplog.log import OpLog
 from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
 from ..utils import now_ms
+from . import defrag
 from .doctor import fts_levels
 
 if TYPE_CHECKING:
@@ -74,6 +76,11 @@ SLICE_DUTY = 1.0
 # Every this many slices the compactor copies the WAL into the database itself (PASSIVE: writers go on), so
 # the WAL never reaches the autocheckpoint size and a writer's commit never pays for the compactor's pages.
 CHECKPOINT_EVERY = 8
+# An idle minute defragments this many slices of the cached plan; the plan (a dbstat walk of the op log,
+# memories and vectors: ~0.2 s at 100k memories) is read again once it is done, at most this often, and only
+# if the store was written since.
+IDLE_DEFRAG_SLICES = 16
+IDLE_DEFRAG_REPLAN_S = 900.0
 VECTOR_BYTES = 4  # float32
 
 
@@ -92,6 +99,10 @@ class Compactor:
         # The last seq the idle slices looked at for ops to truncate or prune. In memory only: a restart
         # starts over from the beginning of the log, which costs one more pass and loses nothing.
         self._idle_after = 0
+        # The idle slices' defragmentation plan: runs left, and when it was read (monotonic seconds).
+        self._idle_runs: deque[defrag.Run] = deque()
+        self._idle_planned = -IDLE_DEFRAG_REPLAN_S
+        self._idle_plan_mark: tuple[int | None, ...] | None = None  # the log and vectors as the plan saw them
 
     # ------------------------------------------------------------ analysis
     def analyze(self) -> dict[str, Any]:
@@ -128,6 +139,7 @@ class Compactor:
             "prune_payloads": self._prunable_bytes(conn, removal),
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
+            "defragment": defrag.free_bytes(conn),
             "checkpoint": sizes["wal_bytes"],
             "vacuum": free * page_size if auto_vacuum == 2 else 0,
             "rewrite": free * page_size + unused,
@@ -200,6 +212,7 @@ class Compactor:
         out.update(self._idle_log_slice())
         with self.storage.write() as conn:
             conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
+        out["defragmented_rows"] = self._idle_defragment()
         if self._incremental():
             with self.storage.write() as conn:
                 out["pages_freed"] = free_pages(conn, VACUUM_SLICE_PAGES)
@@ -233,6 +246,25 @@ class Compactor:
             upto = found[-1]
         self._idle_after = upto
         return {"truncated": truncated, "pruned": pruned, "log_window": [after, upto]}
+
+    def _idle_defragment(self) -> int:
+        """A few slices of defragmentation from the cached plan, read again once done (not too often)."""
+        if not self._idle_runs and time.monotonic() - self._idle_planned >= IDLE_DEFRAG_REPLAN_S:
+            with self.storage.read() as conn:
+                # Only writes fragment (new ops, cuts, vectors): an idle store is not walked again for nothing.
+                mark = conn.execute("SELECT (SELECT max(seq) FROM ops), (SELECT max(n) FROM log_cuts),"
+                                    " (SELECT max(seq) FROM embeddings)").fetchone()
+                if mark != self._idle_plan_mark:
+                    self._idle_runs = deque(defrag.plan(conn))
+                    self._idle_plan_mark = mark
+            self._idle_planned = time.monotonic()
+        rows = 0
+        for _ in range(IDLE_DEFRAG_SLICES):
+            if not self._idle_runs:
+                break
+            with self._slice() as conn:
+                rows += defrag.rewrite(conn, self._idle_runs)
+        return rows
 
     # ------------------------------------------------------------ strategies
     def _purge_expired(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
@@ -288,6 +320,26 @@ class Compactor:
         removed = self.storage.conn.execute("SELECT count(*) FROM vector_removed").fetchone()[0]
         return {**self.semantic.refresh_index(full=removed > 0), "removed_keys_dropped": removed}
 
+    def _defragment(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Pack the runs of sparse leaf pages of the op log, memories and vectors, a slice at a time; the
+        pages this empties go to the free list (``vacuum`` returns them to the file system)."""
+        conn = self.storage.conn
+        free_before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        with self.storage.read() as rconn:
+            runs = defrag.plan(rconn)
+        queue, total, done = deque(runs), sum(run.rows for run in runs), 0
+        per_table: dict[str, int] = {}
+        while queue:
+            table = queue[0].table
+            with self._slice() as wconn:
+                rows = defrag.rewrite(wconn, queue)
+            done += rows
+            per_table[table] = per_table.get(table, 0) + rows
+            if progress is not None:
+                progress("defragment", min(done, total), total)
+        freed = conn.execute("PRAGMA freelist_count").fetchone()[0] - free_before
+        return {"runs": len(runs), "rows_rewritten": per_table, "pages_emptied": max(0, int(freed))}
+
     def _checkpoint(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         return self._wal_checkpoint()
 
@@ -303,7 +355,7 @@ class Compactor:
 
     def _vacuum(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         """Return free pages to the file system a slice at a time (a store with auto_vacuum=incremental, the
-        default). Space free inside pages stays: only a full rewrite ("rewrite") returns it."""
+        default). Space free inside pages is what "defragment" packs, and a full rewrite ("rewrite") returns."""
         conn = self.storage.conn
         if not self._incremental():
             return {"mode": "skipped: the store is not set up for incremental vacuum; 'rewrite' converts it"}

@@ -306,6 +306,26 @@ def _m011_log_cuts(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _m012_defrag_guard(conn: sqlite3.Connection) -> None:
+    # Defragmentation (issue 15) deletes and inserts memories rows again, unchanged, under the same rowid: the
+    # triggers that queue and drop vectors stand aside while the meta row 'defragmenting' exists, which only
+    # that write transaction ever holds (services/defrag.py).
+    _run(conn, """
+    DROP TRIGGER memories_queue_embedding;
+    DROP TRIGGER memories_drop_embedding;
+    CREATE TRIGGER memories_queue_embedding AFTER INSERT ON memories
+    WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = 'defragmenting') BEGIN
+        INSERT OR IGNORE INTO embed_queue(mem) VALUES (new.rowid);
+    END;
+    CREATE TRIGGER memories_drop_embedding AFTER DELETE ON memories
+    WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = 'defragmenting') BEGIN
+        DELETE FROM embeddings WHERE mem = old.rowid;
+        DELETE FROM embed_queue WHERE mem = old.rowid;
+        INSERT OR IGNORE INTO vector_removed(mem) VALUES (old.rowid);
+    END
+    """)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial schema: op log, memories, tags, fts", _m001_initial),
     (2, "session registry", _m002_sessions),
@@ -318,4 +338,5 @@ MIGRATIONS: list[Migration] = [
     (9, "memories named by ops beyond their own record (purge)", _m009_op_records),
     (10, "shared scopes: an op's graph, heads per graph, teams", _m010_team_graphs),
     (11, "signed cuts of truncated ops", _m011_log_cuts),
+    (12, "memories triggers stand aside while a slice defragments the table", _m012_defrag_guard),
 ]
