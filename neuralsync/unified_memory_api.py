@@ -744,10 +744,12 @@ class UnifiedMemoryAPI(MergesDoor, SharingDoor):
                 progress: Callable[[str, int, int], None] | None = None,
                 quota_bytes: int | None = None) -> dict[str, Any]:
         """Reclaim space: ``strategies`` (default all: purge_expired, consolidate_duplicates, truncate_log,
-        prune_payloads, fts_optimize, vector_rebuild, checkpoint, vacuum), each in short slices; ``dry_run``
-        returns the plan only. Purges and merges are ops every replica applies; the rest is local, once every
-        known peer has the op that removed a memory: truncate_log keeps of its ops only their place in the
-        graph, vouched for by a cut this replica signs; prune_payloads keeps each op's signed skeleton."""
+        prune_payloads, fts_optimize, vector_rebuild, defragment, checkpoint, vacuum), each in short slices;
+        ``dry_run`` returns the plan only. Purges and merges are ops every replica applies; the rest is local,
+        once every known peer has the op that removed a memory: truncate_log keeps of its ops only their place
+        in the graph, vouched for by a cut this replica signs; prune_payloads keeps each op's signed skeleton;
+        defragment packs sparse pages by writing their rows again unchanged. The result's ``left`` says what
+        only a full rewrite returns and which merges wait for their undo window."""
         if quota_bytes is not None:  # a quota given asks for archiving too
             self.compactor.quota_bytes = v.positive_int(quota_bytes, "quota_bytes", optional=False) or 0
             if strategies is None:

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,3 +300,23 @@ def test_remember_json_shows_a_memory_whose_ttl_has_already_passed(run: Run) -> 
     assert shown["expires_at"] - shown["created_at"] == 1
     code, _, _ = run("get", shown["id"])
     assert code == 3  # expired: gone for readers, as the TTL asked
+
+
+def test_compact_says_what_it_left_and_why(run: Run, home: Path) -> None:
+    from neuralsync.cli.compact import _left_lines
+    from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
+
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(home), embedder="none")) as api:
+        api.remember("the build cache lives in /var/cache/ci")
+        api.remember("THE BUILD CACHE LIVES IN /VAR/CACHE/CI", merge="off")  # a duplicate from before the merger
+    code, out, err = run("compact")
+    assert code == 0, err
+    # The merge stays undoable for merge_undo_days (30): its ops wait, and the user is told until when.
+    days = {time.strftime("%Y-%m-%d", time.localtime(time.time() + 30 * 86_400 + shift)) for shift in (-60, 0)}
+    assert any(f"1 merged memories keep their ops for undo until {day}" in out for day in days), out
+    code, out, _ = run("--json", "compact", "--strategy", "vacuum")
+    assert json.loads(out)["left"]["merges_in_undo_window"] == 1
+    # Space only a full rewrite returns is worth a line once it is large, with the command that returns it.
+    left = {"rewrite_bytes": 40 << 20, "merges_in_undo_window": 0, "undo_window_ends_at": None}
+    assert any("neuralsync compact --strategy rewrite" in line for line in _left_lines(left, 100 << 20, None))
+    assert _left_lines(left, 100 << 20, ["rewrite"]) == [] and _left_lines(left, 1 << 30, None) == []

@@ -202,7 +202,17 @@ class Compactor:
         after = self.storage.sizes()
         return {"dry_run": False, "steps": done, "before": before, "after": after,
                 "reclaimed_bytes": before["total_bytes"] - after["total_bytes"],
-                "ms": round((time.perf_counter() - started) * 1000, 1)}
+                "ms": round((time.perf_counter() - started) * 1000, 1), "left": self.left()}
+
+    def left(self) -> dict[str, Any]:
+        """What a compaction leaves for later, and why: the bytes only a full rewrite returns, and the
+        merges still inside their undo window (their merged memories' ops stay whole until it ends)."""
+        conn = self.storage.conn
+        page_size, free = (conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "freelist_count"))
+        held, first = conn.execute("SELECT count(*), min(at) FROM merges WHERE undone_by IS NULL AND at > ?",
+                                   (now_ms() - self.merge_undo_ms,)).fetchone()
+        return {"rewrite_bytes": unused_bytes(conn) + free * page_size, "merges_in_undo_window": held,
+                "undo_window_ends_at": first + self.merge_undo_ms if held else None}
 
     def idle_slice(self) -> dict[str, Any]:
         """One short round for a scheduler: a slice of each cheap strategy (no full rewrite)."""
