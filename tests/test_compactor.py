@@ -488,9 +488,11 @@ def test_idle_slices_truncate_nothing_a_peer_has_not_acknowledged(make_api: Make
     assert ra.ok and rb.ok and ra.digest == rb.digest, ra.to_dict()
 
 
-def test_vacuum_returns_every_free_page_over_several_slices(make_api: MakeApi) -> None:
+def test_vacuum_returns_every_free_page_over_several_slices(make_api: MakeApi,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # PRAGMA incremental_vacuum(N) frees one page per step, and Python steps such a statement once: a slice
     # that ran it once returned one page, and a large free list stayed in the file.
+    monkeypatch.setattr(compactor, "VACUUM_SLICE_PAGES", 16)
     api = make_api(embedder="none")
     with api.batch_operations():
         ids = [api.remember(f"memory {i}: " + "words to fill pages " * 80) for i in range(800)]

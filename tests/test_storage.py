@@ -276,3 +276,23 @@ def test_a_failing_migration_leaves_nothing_behind(storage: Storage) -> None:
     recorded = storage.conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] \
         if "schema_migrations" in tables else 0
     assert recorded == 0
+
+
+def test_new_stores_use_8k_pages_and_older_stores_keep_theirs(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 KB pages hold five vector rows where 4 KB pages held two (~23% of the embeddings table was empty).
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(tmp_path / "new"), embedder="none")) as api:
+        assert api.storage.conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+    # A store made with 4 KB pages (before this) keeps them: the size is fixed when the file is created.
+    import neuralsync.store.storage as storage_module
+
+    made_with = storage_module.pragmas_for
+    monkeypatch.setattr(storage_module, "pragmas_for", lambda config: {**made_with(config), "page_size": 4096})
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(tmp_path / "old"), embedder="none")) as api:
+        api.remember("made with 4 KB pages")
+    monkeypatch.setattr(storage_module, "pragmas_for", made_with)
+    with UnifiedMemoryAPI(MemoryConfig(base_path=str(tmp_path / "old"), embedder="none")) as api:
+        assert api.storage.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        api.remember("written after the upgrade")
+        assert [m.content for m in api.recall("made with pages", mode="text")] == ["made with 4 KB pages"]
+        assert api.doctor(quick=True).ok
