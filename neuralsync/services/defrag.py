@@ -57,7 +57,6 @@ class Run:
     lo: int
     hi: int
     rows: int
-    free_bytes: int  # free bytes in those pages (what packing them can give back, less what stays free)
 
 
 def plan(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> list[Run]:
@@ -109,7 +108,7 @@ def rewrite(conn: sqlite3.Connection, queue: deque[Run]) -> int:
         conn.executemany(insert, rows)
         done += len(rows)
         if last < run.hi:  # cut: the rest waits for the next transaction
-            queue.appendleft(Run(run.table, last + 1, run.hi, max(0, run.rows - len(rows)), run.free_bytes))
+            queue.appendleft(Run(run.table, last + 1, run.hi, max(0, run.rows - len(rows))))
     if table.guarded:
         conn.execute("DELETE FROM meta WHERE key = ?", (GUARD_KEY,))
     return done
@@ -122,33 +121,19 @@ def _table_runs(conn: sqlite3.Connection, table: Table) -> Iterator[Run]:
     except sqlite3.Error:  # no dbstat: nothing is planned (a full rewrite still works)
         return
     keys = _stream(conn.execute(f"SELECT {table.key} FROM {table.name} ORDER BY {table.key}"))
-    run: _Growing | None = None
+    run: Run | None = None  # the run of sparse pages being walked
     for cells, unused, size in pages:
         held = list(islice(keys, cells))
         if len(held) < cells:  # the keys ran out before the pages: not one snapshot; plan no more
             return
         if cells and unused > size * SPARSE_SHARE:
-            run = run or _Growing(held[0])
-            run.add(held[-1], cells, unused)
+            run = Run(table.name, run.lo if run else held[0], held[-1], (run.rows if run else 0) + cells)
             continue
         if run is not None:
-            yield run.done(table.name)
+            yield run
         run = None
     if run is not None:
-        yield run.done(table.name)
-
-
-class _Growing:
-    """A run of sparse leaf pages as the plan walks them."""
-
-    def __init__(self, lo: int) -> None:
-        self.lo, self.hi, self.rows, self.free = lo, lo, 0, 0
-
-    def add(self, hi: int, cells: int, unused: int) -> None:
-        self.hi, self.rows, self.free = hi, self.rows + cells, self.free + unused
-
-    def done(self, table: str) -> Run:
-        return Run(table, self.lo, self.hi, self.rows, self.free)
+        yield run
 
 
 def _stream(cursor: sqlite3.Cursor) -> Iterator[int]:
