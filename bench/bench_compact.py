@@ -36,6 +36,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,21 @@ from corpus import Corpus
 from neuralsync import UnifiedMemoryAPI
 store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 pause = float(sys.argv[5]) / 1000
-latencies = []
+SLOW_NS = 100_000_000  # a write slower than 100 ms is kept with its wall-clock start, to place it in the run
+latencies, slow = [], []
 with UnifiedMemoryAPI(config(store, sys.argv[6])) as api:
     for record in Corpus().memories(size * 10, size):  # more than any run writes: it stops when told
         if stop.exists():
             break
         args = Corpus.remember_args(record)
         args.pop("ttl_ms", None)
-        start = time.perf_counter_ns()
+        at, start = time.time(), time.perf_counter_ns()
         api.remember(**args)
         latencies.append(time.perf_counter_ns() - start)
+        if latencies[-1] > SLOW_NS:
+            slow.append((at, latencies[-1] / 1e6))
         time.sleep(pause)
-out.write_text(json.dumps(latencies))
+out.write_text(json.dumps({"latencies": latencies, "slow": slow}))
 """
 EXPIRED_SHARE = 0.30
 DUPLICATE_SHARE = 0.20
@@ -119,6 +123,51 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
     return {"rows": size, "seconds": round(time.perf_counter() - started, 1)}
 
 
+class WalSampler:
+    """The WAL file's size every 0.2 s in a thread, so a slow write can be set beside what the WAL held."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samples: list[tuple[float, int]] = []  # (wall-clock time, bytes)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            try:
+                self.samples.append((time.time(), self.path.stat().st_size))
+            except FileNotFoundError:
+                self.samples.append((time.time(), 0))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def largest(self) -> int:
+        return max((b for _, b in self.samples), default=0)
+
+    def before(self, at: float) -> int:
+        """The largest size seen in the 5 s before ``at`` (what a checkpoint then had to copy)."""
+        return max((b for t, b in self.samples if at - 5 <= t <= at), default=0)
+
+
+def place_slow_writes(slow: list[list[float]], started_at: float, steps: list[dict[str, Any]],
+                      wal: WalSampler) -> list[dict[str, Any]]:
+    """Each write over 100 ms: when it started (s into compaction), in which step, the WAL's size before it."""
+    placed = []
+    for at, ms in slow:
+        offset, end, step = at - started_at, 0.0, "before or after compaction"
+        for s in steps:
+            if 0 <= offset < end + s["ms"] / 1000:
+                step = s["strategy"]
+                break
+            end += s["ms"] / 1000
+        placed.append({"at_s": round(offset, 1), "ms": round(ms, 1), "step": step,
+                       "wal_mb_before": round(wal.before(at) / 1e6, 1)})
+    return placed
+
+
 def recall_lists(api: UnifiedMemoryAPI, queries: list[str], k: int = 10) -> list[list[str]]:
     return [[m.id for m in api.recall(q, top_k=k, mode="text")] for q in queries]
 
@@ -139,13 +188,17 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
                                    str(size), str(write_every_ms), embedder], cwd=str(Path(__file__).resolve().parent))
         time.sleep(2.0)  # the writer is up and writing
         load_before = os.getloadavg()
-        started = time.perf_counter()
+        wal = WalSampler(store_dir / "memory.db-wal")
+        started, started_at = time.perf_counter(), time.time()
         report = api.compact()  # every default strategy: sliced, no full rewrite
         seconds = time.perf_counter() - started
+        wal.stop()
         load_during = os.getloadavg()
         stop_file.touch()
         writer.wait(timeout=120)
-        latencies = json.loads(out_file.read_text())
+        written = json.loads(out_file.read_text())
+        latencies = written["latencies"]
+        slow_writes = place_slow_writes(written["slow"], started_at, report["steps"], wal)
         if embedder != "none":
             # The writer's last memories wait for their vectors (the store embeds in the background): embedded
             # and indexed, each costs what a memory of the pristine store costs, as the estimate below assumes.
@@ -181,6 +234,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
             "write_every_ms": write_every_ms, "counts_before": counts_before,
             "analysis_reclaimable": analysis["reclaimable_bytes"], "compact_seconds": round(seconds, 1),
             "steps": report["steps"], "writes_during": summary(latencies),
+            "wal_bytes_max": wal.largest(), "slow_writes": slow_writes,
             "recall_survivors_found": f"{found}/{len(queries)}", "recall_same_order": f"{ordered}/{len(queries)}",
             "doctor_ok": doctor}
 
