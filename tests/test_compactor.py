@@ -11,7 +11,7 @@ import pytest
 
 from neuralsync.errors import InvalidInput, NotFound
 from neuralsync.oplog import codec
-from neuralsync.services import compactor
+from neuralsync.services import compactor, logtrim
 from neuralsync.services.compactor import PURGE_SLICE
 from neuralsync.services.doctor import fts_levels, run_doctor
 from neuralsync.unified_memory_api import UnifiedMemoryAPI
@@ -362,12 +362,12 @@ def test_a_slice_checks_its_ops_again_under_the_write_lock(make_api: MakeApi) ->
     gone = api.remember("deleted, then compacted by two compactors at once")
     api.forget(gone)
     api.remember("a later write (the delete is no head)")
-    conn, compactor_ = api.storage.conn, api.compactor
-    removal = compactor_._removal_args(conn)
-    found = compactor_._truncatable(conn, removal)
+    conn, trimmer = api.storage.conn, api.compactor.trimmer
+    removal = trimmer.removal_args(conn)
+    found = trimmer.truncatable(conn, removal)
     assert len(found) == 2  # the create and the delete
     assert api.compact(["truncate_log"])["steps"][0]["truncated"] == 2  # the other compactor
-    assert compactor_._truncate_slice(found, removal) == 0 and compactor_._prune_slice(found, removal) == (0, 0)
+    assert trimmer.truncate_slice(found, removal) == 0 and trimmer.prune_slice(found, removal) == (0, 0)
     assert conn.execute("SELECT count(*) FROM log_cuts").fetchone()[0] == 1
     assert api.doctor().ok
 
@@ -396,8 +396,8 @@ def _log_rows(api: UnifiedMemoryAPI) -> list[tuple[bytes, bytes, bytes]]:
 def test_idle_slices_truncate_what_compaction_would_a_bounded_slice_at_a_time(
         make_api: MakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small slices and windows, so that the ~150 ops to truncate take many calls and several passes.
-    monkeypatch.setattr(compactor, "TRUNCATE_SLICE", 7)
-    monkeypatch.setattr(compactor, "IDLE_SCAN_OPS", 60)
+    monkeypatch.setattr(logtrim, "TRUNCATE_SLICE", 7)
+    monkeypatch.setattr(logtrim, "IDLE_SCAN_OPS", 60)
     a = make_api(tmp_path / "a", embedder="none", merge_undo_days=0)
     twin = make_api(tmp_path / "twin", embedder="none", merge_undo_days=0)
     _fill(a)
@@ -437,8 +437,8 @@ def test_idle_slices_prune_what_truncation_leaves(make_api: MakeApi, tmp_path: P
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Truncation takes every op pruning would but the graph's heads, so idle pruning seldom finds anything
     # left; with truncation held off, it prunes what compaction would, a bounded slice a call.
-    monkeypatch.setattr(compactor.Compactor, "_TRUNCATABLE", compactor.Compactor._TRUNCATABLE + " AND 0")
-    monkeypatch.setattr(compactor, "PRUNE_SLICE", 9)
+    monkeypatch.setattr(logtrim.LogTrimmer, "_TRUNCATABLE", logtrim.LogTrimmer._TRUNCATABLE + " AND 0")
+    monkeypatch.setattr(logtrim, "PRUNE_SLICE", 9)
     a = make_api(tmp_path / "a", embedder="none", merge_undo_days=0)
     twin = make_api(tmp_path / "twin", embedder="none", merge_undo_days=0)
     _fill(a, 120)
@@ -466,7 +466,7 @@ def test_idle_slices_truncate_nothing_a_peer_has_not_acknowledged(make_api: Make
     unacked = a.remember("forgotten after the last sync")
     a.forget(unacked)
     conn = a.storage.conn
-    stable = a.compactor.stable_seq(conn)
+    stable = a.compactor.trimmer.stable_seq(conn)
     rounds = _idle_until_quiet(a)
     assert rounds[0]["purged"] == 20
     # Only the memory whose delete b holds is truncated (its create and its delete), all below the cut.

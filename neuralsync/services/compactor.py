@@ -24,15 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 from ..model import COMPACT_STRATEGIES
-from ..oplog import codec, cuts, team
-from ..oplog.clock import pack
-from ..oplog.graph import below, graph_of, node
+from ..oplog import team
 from ..oplog.log import OpLog
-from ..replication.peers import PeerRegistry
 from ..store.storage import Storage
 from ..utils import now_ms
 from . import defrag
 from .doctor import fts_levels
+from .logtrim import LogTrimmer
 
 if TYPE_CHECKING:
     from ..search.semantic import SemanticIndex
@@ -43,22 +41,6 @@ log = logging.getLogger(__name__)
 STRATEGIES = COMPACT_STRATEGIES
 ARCHIVE_SLICE = 100  # memories archived per write transaction
 DAY_MS = 86_400_000
-PRUNABLE_KINDS = ("create", "update", "tag_add", "tag_remove", "merge", "unmerge")
-TRUNCATABLE_KINDS = (*PRUNABLE_KINDS, "delete")
-# The ops of removed memories whose removal is below the stable cut (``:stable``), in the personal graph:
-# o, an op of the memory; t, its tombstone; d, the op that removed it. Pruning and truncation narrow it.
-def _sql_list(words: tuple[str, ...]) -> str:
-    return "(" + ", ".join(f"'{word}'" for word in words) + ")"
-
-
-_REMOVED_BELOW_CUT = ("FROM ops o JOIN tombstones t ON t.record_id = o.record_id JOIN ops d ON d.id = t.op"
-                      " WHERE o.seq <= :stable AND d.seq <= :stable AND o.graph IS NULL")
-PRUNE_SLICE = 50  # op bodies replaced by their skeletons per write transaction
-TRUNCATE_SLICE = 100  # ops truncated (one signed cut) per write transaction
-# Ops of the log one idle slice looks through for ops to truncate or prune, from where the last one stopped:
-# a read outside the write lock (~50 ms at 50k), so a server never walks a large log in one idle minute.
-IDLE_SCAN_OPS = 50_000
-STUB_BYTES = 40  # what a truncated op keeps in its body (the mark, a flag, usually one predecessor)
 # A full VACUUM rewrites the file under the write lock (seconds at 100k memories): only when asked by name
 # ("rewrite"). "vacuum" frees pages a slice at a time on a store set up for incremental vacuum (the default).
 # Archiving changes what recall shows: only when asked (by name, or by giving compact a quota).
@@ -96,9 +78,7 @@ class Compactor:
         self.merger = merger
         self.semantic = semantic
         self._held_ms: list[float] = []  # how long each slice of the current step held the write lock
-        # The last seq the idle slices looked at for ops to truncate or prune. In memory only: a restart
-        # starts over from the beginning of the log, which costs one more pass and loses nothing.
-        self._idle_after = 0
+        self.trimmer = LogTrimmer(storage, oplog, self.merge_undo_ms, self._slice)
         # The idle slices' defragmentation plan: runs left, and when it was read (monotonic seconds).
         self._idle_runs: deque[defrag.Run] = deque()
         self._idle_planned = -IDLE_DEFRAG_REPLAN_S
@@ -109,7 +89,7 @@ class Compactor:
         """What the store holds and what each strategy would reclaim (bytes, estimated)."""
         conn = self.storage.conn
         now = now_ms()
-        removal = self._removal_args(conn)
+        removal = self.trimmer.removal_args(conn)
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -135,8 +115,8 @@ class Compactor:
             "purge_expired": int(expired * per_row),
             "consolidate_duplicates": int(dup_rows * per_row),
             "fts_optimize": int(tables.get("memories_fts_data", 0) * 0.25) if segments > 1 else 0,
-            "truncate_log": self._truncatable_bytes(conn, removal),
-            "prune_payloads": self._prunable_bytes(conn, removal),
+            "truncate_log": self.trimmer.truncatable_bytes(conn, removal),
+            "prune_payloads": self.trimmer.prunable_bytes(conn, removal),
             "archive_over_quota": self._over_quota(conn)[1],
             "vector_rebuild": int(removed * dims * VECTOR_BYTES * 1.5),
             "defragment": defrag.free_bytes(conn),
@@ -219,7 +199,7 @@ class Compactor:
         out: dict[str, Any] = {}
         self._held_ms = []
         out["purged"] = self._purge_slice()
-        out.update(self._idle_log_slice())
+        out.update(self.trimmer.idle_slice())
         with self.storage.write() as conn:
             conn.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('merge', ?)", (FTS_MERGE_PAGES // 5,))
         out["defragmented_rows"] = self._idle_defragment()
@@ -228,34 +208,6 @@ class Compactor:
                 out["pages_freed"] = free_pages(conn, VACUUM_SLICE_PAGES)
         out["checkpointed_frames"] = self.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
         return out
-
-    def _idle_log_slice(self) -> dict[str, Any]:
-        """Truncate, then prune, what one window of the log holds: the ops after the cursor, up to
-        ``IDLE_SCAN_OPS`` of them (below the stable cut), at most one slice of each. A server left running
-        thus reclaims the log space of removed memories without a user running ``compact``.
-
-        The cursor wraps to the start of the log once it has reached the stable cut: a removal that becomes
-        stable later (a peer acknowledges it) makes its memory's older ops, behind the cursor, removable."""
-        conn = self.storage.conn
-        removal = self._removal_args(conn)
-        after = self._idle_after if self._idle_after < removal["stable"] else 0
-        upto = min(removal["stable"], after + IDLE_SCAN_OPS)
-        truncated = pruned = 0
-        found = self._truncatable(conn, removal, after, upto, TRUNCATE_SLICE)
-        if found:
-            truncated = self._truncate_slice(found, removal)
-        if len(found) == TRUNCATE_SLICE:
-            upto = found[-1]  # the window's rest waits for the next call
-        # Truncation took, in the window, every op pruning would but the graph's heads: pruning after it and
-        # over the same window (never beyond what truncation has been through, where it would write skeletons
-        # that truncation then replaces) has those left at most.
-        found = self._prunable(conn, removal, after, upto, PRUNE_SLICE)
-        if found:
-            pruned = self._prune_slice(found, removal)[0]
-        if len(found) == PRUNE_SLICE:
-            upto = found[-1]
-        self._idle_after = upto
-        return {"truncated": truncated, "pruned": pruned, "log_window": [after, upto]}
 
     def _idle_defragment(self) -> int:
         """A few slices of defragmentation from the cached plan, read again once done (not too often)."""
@@ -299,6 +251,12 @@ class Compactor:
             if ids:  # one op for the slice: ~40 bytes a memory in the log instead of a delete op each
                 self.oplog.append(conn, [("purge", ids[0], {"records": ids})])
         return len(ids)
+
+    def _truncate_log(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        return self.trimmer.truncate(progress)
+
+    def _prune_payloads(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        return self.trimmer.prune(progress)
 
     def _consolidate_duplicates(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
         # Exact duplicates among every live memory (a walk of the normal-form index); paraphrases are the
@@ -430,120 +388,6 @@ class Compactor:
         count = min(live, int(over // per_memory) + 1)
         return count, int(count * per_memory)
 
-    def _prune_payloads(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-        """Replace the bodies of deleted memories' ops by their skeletons, once every known peer has the
-        op that deleted them (causal stability: no write concurrent with the delete can come from a
-        peer any more). The skeleton keeps the op's id, signature and predecessors: the log verifies,
-        sync and the doctor work; merged memories wait for the undo window."""
-        conn = self.storage.conn
-        removal = self._removal_args(conn)
-        candidates = self._prunable(conn, removal)
-        total, pruned, kept_format1 = len(candidates), 0, 0
-        for start in range(0, total, PRUNE_SLICE):
-            done, kept = self._prune_slice(candidates[start:start + PRUNE_SLICE], removal)
-            pruned, kept_format1 = pruned + done, kept_format1 + kept
-            if progress is not None:
-                progress("prune_payloads", min(start + PRUNE_SLICE, total), total)
-        return {"pruned": pruned, "kept_format_1": kept_format1}
-
-    def _prune_slice(self, seqs: Sequence[int], removal: dict[str, int]) -> tuple[int, int]:
-        """Prune the ops at ``seqs`` that are still prunable, in one write transaction: (pruned, format-1
-        ops kept whole)."""
-        pruned = kept_format1 = 0
-        with self._slice() as conn:
-            marks, at = _seq_marks(seqs)
-            for seq, body in conn.execute(f"SELECT o.seq, o.body {self._PRUNABLE} AND o.seq IN ({marks})"
-                                          " ORDER BY o.seq", {**removal, **at}).fetchall():
-                skeleton = codec.skeleton_of(body)
-                if skeleton is None:
-                    kept_format1 += 1  # a format-1 op's id needs its whole body
-                    continue
-                conn.execute("UPDATE ops SET body = ? WHERE seq = ?", (skeleton, seq))
-                pruned += 1
-        return pruned, kept_format1
-
-    def _truncate_log(self, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-        """Truncate the ops of memories gone for good: every op of a deleted, purged or merged memory, and
-        the delete or merge that removed it, once every known peer holds that removal (the same causal
-        stability and undo window as pruning). A truncated op keeps its row - id, author, clock, kind,
-        record, its place in the graph - and, in its body, only its predecessors and whether it is its
-        memory's tombstone: ~40 bytes instead of a skeleton's ~300 with its signature. Each slice is one
-        cut signed by this replica (``oplog.cuts``), which the doctor verifies. A purge, which names many
-        memories, stays whole; so do the graph's heads. Truncated ops are never sent: a replica new to
-        the group must get them from one that kept them, as pruned ones."""
-        conn = self.storage.conn
-        removal = self._removal_args(conn)
-        candidates = self._truncatable(conn, removal)
-        total, truncated, signed = len(candidates), 0, 0
-        for start in range(0, total, TRUNCATE_SLICE):
-            done = self._truncate_slice(candidates[start:start + TRUNCATE_SLICE], removal)
-            truncated, signed = truncated + done, signed + (done > 0)
-            if progress is not None:
-                progress("truncate_log", min(start + TRUNCATE_SLICE, total), total)
-        return {"truncated": truncated, "cuts": signed}
-
-    def _truncate_slice(self, seqs: Sequence[int], removal: dict[str, int]) -> int:
-        """Truncate the ops at ``seqs`` that are still truncatable, in one write transaction and one cut
-        signed by this replica; returns how many."""
-        with self._slice() as conn:
-            marks, at = _seq_marks(seqs)
-            rows: list[tuple[int, cuts.CutRow]] = []
-            for seq, tombstone, oid, body, kind, record_id, hlc, author in conn.execute(
-                    f"SELECT o.seq, o.id = t.op, o.id, o.body, o.kind, o.record_id, o.hlc, o.author"
-                    f" {self._TRUNCATABLE} AND o.seq IN ({marks}) ORDER BY o.seq", {**removal, **at}).fetchall():
-                stub = codec.stub_body(codec.decode(body)["preds"], bool(tombstone))
-                rows.append((seq, (oid, stub, kind, record_id, hlc, author)))
-            if rows:  # (a cut of nothing would only be a row for the doctor to check)
-                cuts.record(conn, self.oplog.key, rows)
-        return len(rows)
-
-    # Every op of the memory, and the delete or merge that removed it (a purge, naming many, stays whole).
-    _TRUNCATABLE = (f"{_REMOVED_BELOW_CUT} AND o.kind IN {_sql_list(TRUNCATABLE_KINDS)}"
-                    f" AND NOT {codec.STUB_SQL.format(column='o.body')} AND o.id NOT IN (SELECT id FROM heads)"
-                    " AND (d.kind = 'delete' OR (d.kind = 'merge' AND d.hlc < :undo_before)"
-                    "      OR (d.kind = 'purge' AND o.id != t.op))")
-
-    def _truncatable(self, conn: sqlite3.Connection, removal: dict[str, int], after: int = 0,
-                     upto: int | None = None, limit: int = -1) -> list[int]:
-        return _window(conn, self._TRUNCATABLE, removal, after, upto, limit)
-
-    def _truncatable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
-        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body) + length(o.sig)) - {STUB_BYTES} * count(*), 0)"
-                               f" {self._TRUNCATABLE}", removal).fetchone()
-        return max(0, int(size))
-
-    def stable_seq(self, conn: sqlite3.Connection) -> int:
-        """The largest local seq such that every op at or below it is held by every known peer (all of
-        them, with no peers; none, while a peer has never synced)."""
-        top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
-        stable = top
-        for peer in PeerRegistry(self.storage, self.oplog.author).all():
-            nodes = [found for found in (node(conn, head) for head in peer.last_sync)
-                     if found is not None and graph_of(conn, found.seq) is None]  # the personal graph's cut
-            if not nodes:
-                return 0
-            stable = min(stable, below(conn, nodes)[0])
-        return stable
-
-    # The op that deleted (or merged away) the memory stays whole: it is its tombstone.
-    _PRUNABLE = (f"{_REMOVED_BELOW_CUT} AND o.id != t.op AND o.kind IN {_sql_list(PRUNABLE_KINDS)}"
-                 f" AND NOT {codec.COMPACTED_SQL.format(column='o.body')}"
-                 " AND (d.kind IN ('delete', 'purge') OR (d.kind = 'merge' AND d.hlc < :undo_before))")
-
-    def _removal_args(self, conn: sqlite3.Connection) -> dict[str, int]:
-        """The parameters of the removed-ops queries: the stable cut, and the clock merges must be older
-        than to be past the undo window (their merged memory may go)."""
-        return {"stable": self.stable_seq(conn), "undo_before": pack(max(0, now_ms() - self.merge_undo_ms))}
-
-    def _prunable(self, conn: sqlite3.Connection, removal: dict[str, int], after: int = 0,
-                  upto: int | None = None, limit: int = -1) -> list[int]:
-        return _window(conn, self._PRUNABLE, removal, after, upto, limit)
-
-    def _prunable_bytes(self, conn: sqlite3.Connection, removal: dict[str, int]) -> int:
-        (size,) = conn.execute(f"SELECT coalesce(sum(length(o.body)) - 180 * count(*), 0) {self._PRUNABLE}",
-                               removal).fetchone()
-        return max(0, int(size))
-
     # ------------------------------------------------------------ helpers
     @contextmanager
     def _slice(self) -> Iterator[sqlite3.Connection]:
@@ -576,23 +420,6 @@ def free_pages(conn: sqlite3.Connection, pages: int) -> int:
         conn.execute("PRAGMA incremental_vacuum(1)")
     return left - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
-
-def _window(conn: sqlite3.Connection, removed: str, removal: dict[str, int], after: int, upto: int | None,
-            limit: int) -> list[int]:
-    """The seqs of the ops the removed-ops query ``removed`` selects in the window (after, upto] of the log
-    (upto None: the stable cut), in log order, at most ``limit`` (-1: all). SQLite walks the ops primary
-    key from ``after`` and stops at the limit (EXPLAIN QUERY PLAN: SEARCH o USING INTEGER PRIMARY KEY
-    (rowid>? AND rowid<?), no sort), so a window costs what it reads, wherever it starts."""
-    args = {**removal, "after": after, "upto": removal["stable"] if upto is None else upto, "limit": limit}
-    return [seq for (seq,) in conn.execute(
-        f"SELECT o.seq {removed} AND o.seq > :after AND o.seq <= :upto ORDER BY o.seq LIMIT :limit", args)]
-
-
-def _seq_marks(seqs: Sequence[int]) -> tuple[str, dict[str, int]]:
-    """Placeholders and parameters for ``o.seq IN (...)`` beside the removed-ops queries' named ones. A
-    slice reads its ops in one statement, which checks them again under the write lock: another compactor
-    (``neuralsync compact`` beside a server's idle slices) may have compacted them since they were found."""
-    return ", ".join(f":seq{i}" for i in range(len(seqs))), {f"seq{i}": seq for i, seq in enumerate(seqs)}
 
 
 def check_strategies(strategies: Sequence[str] | None) -> tuple[str, ...]:
