@@ -19,10 +19,12 @@ TEXT_SEARCH = "text_search"
 VECTOR_SEARCH = "vector_search"
 FUSION = "fusion"
 SQLITE_WRITE = "sqlite_write"
+LOCK_WAIT = "lock_wait"
 COMMIT = "commit"
 SYNC_VERIFY = "sync_verify"
 SYNC_APPLY = "sync_apply"
-STAGES = (PARSE, EMBED, TEXT_SEARCH, VECTOR_SEARCH, FUSION, SQLITE_WRITE, COMMIT, SYNC_VERIFY, SYNC_APPLY)
+STAGES = (PARSE, EMBED, TEXT_SEARCH, VECTOR_SEARCH, FUSION, SQLITE_WRITE, LOCK_WAIT, COMMIT, SYNC_VERIFY,
+          SYNC_APPLY)
 
 current = threading.local()
 """``current.acc``: the running operation's {stage: seconds} on this thread, or absent/None."""

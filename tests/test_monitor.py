@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,24 @@ def test_an_injected_slow_stage_is_named_the_bottleneck_and_raises_alerts(
     assert {"parse", "text_search", "fusion"} <= set(stages) and stages["text_search"]["share"] > 0.5
     assert {"operation": "recall", "bottleneck": "text_search", "count": 1} in perf["alerts"]
     assert quick.performance_alerts()[-1]["bottleneck"] == "text_search"
+
+
+def test_a_write_kept_waiting_by_another_connection_names_the_wait_as_its_bottleneck(
+        quick: UnifiedMemoryAPI) -> None:
+    # Another process's write transaction (a compaction slice, a second agent) holds the lock for 100 ms.
+    quick.remember("the first write opens the store")
+    received: list[dict[str, Any]] = []
+    quick.on_performance_alert(received.append)
+    other = sqlite3.connect(quick.storage.path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.1, lambda: other.execute("COMMIT")).start()
+        quick.remember("this write waits for the lock")
+    finally:
+        time.sleep(0.15)
+        other.close()
+    [alert] = [a for a in received if a["operation"] == "remember"]
+    assert alert["bottleneck"] == "lock_wait" and alert["stages_ms"]["lock_wait"] >= 90
 
 
 def test_the_metrics_gauge_and_counters_show_the_alert(quick: UnifiedMemoryAPI,

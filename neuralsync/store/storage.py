@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import MemoryConfig
 from ..errors import StoreBusy, StoreError
-from ..stages import COMMIT, stage
+from ..stages import COMMIT, LOCK_WAIT, stage
 
 # Only these pragmas may be set, and only with these value types: the factory
 # formats them into SQL, so nothing caller-controlled reaches the string.
@@ -273,7 +273,8 @@ class Storage:
         depth = local.depth
         was_poisoned = local.poisoned
         if depth == 0:
-            self._with_retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            with stage(LOCK_WAIT):  # waiting for another connection's write transaction to end
+                self._with_retry(lambda: conn.execute("BEGIN IMMEDIATE"))
             local.poisoned = was_poisoned = False
             local.tx_cache, local.deferred = {}, {}
         elif savepoint:
