@@ -58,8 +58,10 @@ from neuralsync import UnifiedMemoryAPI
 store, stop, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 pause = float(sys.argv[5]) / 1000
 SLOW_NS = 100_000_000  # a write slower than 100 ms is kept with its wall-clock start, to place it in the run
-latencies, slow = [], []
+latencies, slow, stages = [], [], []
 with UnifiedMemoryAPI(config(store, sys.argv[6])) as api:
+    # Where a slow write spent its time, by the monitor's stages (lock_wait, sqlite_write, commit, ...).
+    api.on_performance_alert(lambda a: stages.append((a["at"], a["stages_ms"])) if a["ms"] > 100 else None)
     for record in Corpus().memories(size * 10, size):  # more than any run writes: it stops when told
         if stop.exists():
             break
@@ -71,7 +73,7 @@ with UnifiedMemoryAPI(config(store, sys.argv[6])) as api:
         if latencies[-1] > SLOW_NS:
             slow.append((at, latencies[-1] / 1e6))
         time.sleep(pause)
-out.write_text(json.dumps({"latencies": latencies, "slow": slow}))
+out.write_text(json.dumps({"latencies": latencies, "slow": slow, "stages": stages}))
 """
 EXPIRED_SHARE = 0.30
 DUPLICATE_SHARE = 0.20
@@ -152,6 +154,26 @@ class WalSampler:
         return max((b for t, b in self.samples if at - 5 <= t <= at), default=0)
 
 
+class CheckpointTimer:
+    """The compactor's own WAL checkpoints over 50 ms (start, ms), from its connection's statement trace: a
+    checkpoint lasts until the connection's next statement begins."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.slow: list[tuple[float, float]] = []
+        self._began: float | None = None
+        conn.set_trace_callback(self._trace)
+
+    def _trace(self, sql: str) -> None:
+        now = time.time()
+        if self._began is not None and now - self._began > 0.05:
+            self.slow.append((self._began, (now - self._began) * 1000))
+        self._began = now if sql.lstrip().upper().startswith("PRAGMA WAL_CHECKPOINT") else None
+
+    def stop(self) -> None:
+        self.conn.set_trace_callback(None)
+
+
 def place_slow_writes(slow: list[list[float]], started_at: float, steps: list[dict[str, Any]],
                       wal: WalSampler) -> list[dict[str, Any]]:
     """Each write over 100 ms: when it started (s into compaction), in which step, the WAL's size before it."""
@@ -189,6 +211,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
         time.sleep(2.0)  # the writer is up and writing
         load_before = os.getloadavg()
         wal = WalSampler(store_dir / "memory.db-wal")
+        checkpoints = CheckpointTimer(api.storage.conn)
         started, started_at = time.perf_counter(), time.time()
         report = api.compact()  # every default strategy: sliced, no full rewrite
         seconds = time.perf_counter() - started
@@ -198,7 +221,12 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
         writer.wait(timeout=120)
         written = json.loads(out_file.read_text())
         latencies = written["latencies"]
+        checkpoints.stop()
         slow_writes = place_slow_writes(written["slow"], started_at, report["steps"], wal)
+        for placed, (at, ms) in zip(slow_writes, written["slow"], strict=True):  # the alert raised as it ended
+            ends = [st for alert_at, st in written["stages"] if at <= alert_at <= at + ms / 1000 + 0.5]
+            placed["stages_ms"] = ends[0] if ends else None
+        slow_checkpoints = [{"at_s": round(at - started_at, 1), "ms": round(ms, 1)} for at, ms in checkpoints.slow]
         if embedder != "none":
             # The writer's last memories wait for their vectors (the store embeds in the background): embedded
             # and indexed, each costs what a memory of the pristine store costs, as the estimate below assumes.
@@ -234,7 +262,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
             "write_every_ms": write_every_ms, "counts_before": counts_before,
             "analysis_reclaimable": analysis["reclaimable_bytes"], "compact_seconds": round(seconds, 1),
             "steps": report["steps"], "writes_during": summary(latencies),
-            "wal_bytes_max": wal.largest(), "slow_writes": slow_writes,
+            "wal_bytes_max": wal.largest(), "slow_writes": slow_writes, "slow_checkpoints": slow_checkpoints,
             "recall_survivors_found": f"{found}/{len(queries)}", "recall_same_order": f"{ordered}/{len(queries)}",
             "doctor_ok": doctor}
 
