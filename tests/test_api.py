@@ -349,6 +349,34 @@ def test_data_persists_across_reopen(make_api: MakeApi) -> None:
     assert second.get(mid).tags == ("t",)
 
 
+def test_automatic_maintenance_inside_a_write_merges_but_reads_no_probe(
+        make_api: Callable[..., UnifiedMemoryAPI], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every AUTO_OPTIMIZE_EVERY ops a process runs light maintenance in the write call that reached the count:
+    # its probe of ranked text searches took ~2 s of that call at 1M memories, for figures nobody read.
+    import neuralsync.services.maintenance as maintenance
+    import neuralsync.unified_memory_api as facade
+
+    monkeypatch.setattr(facade, "AUTO_OPTIMIZE_EVERY", 3)
+    api = make_api(embedder="none", enable_auto_optimization=True)
+    reports: list[dict[str, object]] = []
+    real = maintenance.optimize
+
+    def spy(storage: object, light: bool = False) -> dict[str, object]:
+        reports.append(real(storage, light=light))  # type: ignore[arg-type]
+        return reports[-1]
+
+    probed: list[object] = []
+    monkeypatch.setattr(facade, "optimize", spy)
+    monkeypatch.setattr(maintenance, "_probe", lambda *args: probed.append(args) or 0.0)
+    for i in range(7):
+        api.remember(f"note number {i} about the build")
+    api.remember("note number 0 about the build")  # a repeat: merged, after its transaction (so is forget)
+    api.forget(api.remember("a note to forget"))
+    assert len(reports) == 1 and probed == []  # the count reached at the merge; then 2 ops since
+    assert reports[0]["before_ms"] is None and "FTS incremental merge (200 pages)" in reports[0]["actions"]
+    assert api.optimize_performance()["before_ms"] is not None and probed  # asked for: measured
+
+
 def test_seed_example_from_the_issue_runs(tmp_path: Path) -> None:
     from neuralsync import now_ms
     from neuralsync.unified_memory_api import MemoryConfig, UnifiedMemoryAPI
