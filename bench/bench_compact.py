@@ -36,7 +36,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,35 +124,6 @@ def build(store_dir: Path, size: int, corpus: Corpus, batch: int, embedder: str)
     return {"rows": size, "seconds": round(time.perf_counter() - started, 1)}
 
 
-class WalSampler:
-    """The WAL file's size every 0.2 s in a thread, so a slow write can be set beside what the WAL held."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.samples: list[tuple[float, int]] = []  # (wall-clock time, bytes)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(0.2):
-            try:
-                self.samples.append((time.time(), self.path.stat().st_size))
-            except FileNotFoundError:
-                self.samples.append((time.time(), 0))
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def largest(self) -> int:
-        return max((b for _, b in self.samples), default=0)
-
-    def before(self, at: float) -> int:
-        """The largest size seen in the 5 s before ``at`` (what a checkpoint then had to copy)."""
-        return max((b for t, b in self.samples if at - 5 <= t <= at), default=0)
-
-
 class CheckpointTimer:
     """The compactor's own WAL checkpoints over 50 ms (start, ms), from its connection's statement trace: a
     checkpoint lasts until the connection's next statement begins."""
@@ -174,19 +144,21 @@ class CheckpointTimer:
         self.conn.set_trace_callback(None)
 
 
-def place_slow_writes(slow: list[list[float]], started_at: float, steps: list[dict[str, Any]],
-                      wal: WalSampler) -> list[dict[str, Any]]:
-    """Each write over 100 ms: when it started (s into compaction), in which step, the WAL's size before it."""
+def place_slow_writes(written: dict[str, Any], started_at: float,
+                      steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each write over 100 ms: when it started (s into compaction), in which step, and where it spent its time
+    (the stages of the performance alert the writer raised as it ended)."""
     placed = []
-    for at, ms in slow:
+    for at, ms in written["slow"]:
         offset, end, step = at - started_at, 0.0, "before or after compaction"
         for s in steps:
             if 0 <= offset < end + s["ms"] / 1000:
                 step = s["strategy"]
                 break
             end += s["ms"] / 1000
+        stages = [st for alert_at, st in written["stages"] if at <= alert_at <= at + ms / 1000 + 0.5]
         placed.append({"at_s": round(offset, 1), "ms": round(ms, 1), "step": step,
-                       "wal_mb_before": round(wal.before(at) / 1e6, 1)})
+                       "stages_ms": stages[0] if stages else None})
     return placed
 
 
@@ -210,22 +182,17 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
                                    str(size), str(write_every_ms), embedder], cwd=str(Path(__file__).resolve().parent))
         time.sleep(2.0)  # the writer is up and writing
         load_before = os.getloadavg()
-        wal = WalSampler(store_dir / "memory.db-wal")
         checkpoints = CheckpointTimer(api.storage.conn)
         started, started_at = time.perf_counter(), time.time()
         report = api.compact()  # every default strategy: sliced, no full rewrite
         seconds = time.perf_counter() - started
-        wal.stop()
         load_during = os.getloadavg()
         stop_file.touch()
         writer.wait(timeout=120)
         written = json.loads(out_file.read_text())
         latencies = written["latencies"]
         checkpoints.stop()
-        slow_writes = place_slow_writes(written["slow"], started_at, report["steps"], wal)
-        for placed, (at, ms) in zip(slow_writes, written["slow"], strict=True):  # the alert raised as it ended
-            ends = [st for alert_at, st in written["stages"] if at <= alert_at <= at + ms / 1000 + 0.5]
-            placed["stages_ms"] = ends[0] if ends else None
+        slow_writes = place_slow_writes(written, started_at, report["steps"])
         slow_checkpoints = [{"at_s": round(at - started_at, 1), "ms": round(ms, 1)} for at, ms in checkpoints.slow]
         if embedder != "none":
             # The writer's last memories wait for their vectors (the store embeds in the background): embedded
@@ -262,7 +229,7 @@ def run(store_dir: Path, corpus: Corpus, size: int, write_every_ms: float, repla
             "write_every_ms": write_every_ms, "counts_before": counts_before,
             "analysis_reclaimable": analysis["reclaimable_bytes"], "compact_seconds": round(seconds, 1),
             "steps": report["steps"], "writes_during": summary(latencies),
-            "wal_bytes_max": wal.largest(), "slow_writes": slow_writes, "slow_checkpoints": slow_checkpoints,
+            "slow_writes": slow_writes, "slow_checkpoints": slow_checkpoints,
             "recall_survivors_found": f"{found}/{len(queries)}", "recall_same_order": f"{ordered}/{len(queries)}",
             "doctor_ok": doctor}
 

@@ -421,7 +421,6 @@ def free_pages(conn: sqlite3.Connection, pages: int) -> int:
     return left - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
-
 def check_strategies(strategies: Sequence[str] | None) -> tuple[str, ...]:
     """The strategies to run, in the order that reclaims most (purges before the rewrite)."""
     if strategies is None:
